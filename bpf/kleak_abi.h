@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * kleak_abi.h - the one record layout shared by the BPF programs and the
+ * C++ daemon.  Everything crossing the ring buffers is defined here.
+ *
+ * Rules: fixed-width types only, explicit padding, every struct a multiple of
+ * 8 bytes, no pointers.  Any change to a layout bumps KLEAK_ABI_VERSION; the
+ * daemon static_asserts the sizes and offsets, and recordings carry the
+ * version so a report refuses data it cannot read.
+ */
+#ifndef KLEAK_ABI_H
+#define KLEAK_ABI_H
+
+#ifdef __BPF__
+/* vmlinux.h already provides __u8.. __u64 */
+#else
+#include <linux/types.h>
+#endif
+
+#define KLEAK_ABI_VERSION 1
+
+/* What a record describes.  Values are part of the ABI. */
+enum kleak_record_kind {
+	KLEAK_KMALLOC = 1,          /* kmem:kmalloc */
+	KLEAK_KFREE = 2,            /* kmem:kfree */
+	KLEAK_CACHE_ALLOC = 3,      /* kmem:kmem_cache_alloc */
+	KLEAK_CACHE_FREE = 4,       /* kmem:kmem_cache_free */
+};
+
+/* First 16 bytes of every record. */
+struct kleak_record_header {
+	__u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u16 kind;   /* enum kleak_record_kind */
+	__u16 flags;  /* reserved, 0 */
+	__u32 tgid;   /* process (thread group) id, 0 in IRQ context of idle */
+};
+
+/* kfree / kmem_cache_free: 32 bytes. */
+struct kleak_free_record {
+	struct kleak_record_header hdr;
+	__u64 ptr;
+	__u64 call_site;
+};
+
+/* kmalloc / kmem_cache_alloc: 48 bytes. Slack = bytes_alloc - bytes_req. */
+struct kleak_alloc_record {
+	struct kleak_record_header hdr;
+	__u64 ptr;
+	__u64 call_site;
+	__u32 bytes_req;
+	__u32 bytes_alloc;
+	__u32 gfp_flags;
+	__u32 tid;    /* thread id */
+};
+
+/* Index of the single slot of the per-CPU `drops` array. */
+#define KLEAK_DROPS_KEY 0
+
+#endif /* KLEAK_ABI_H */

@@ -1,0 +1,68 @@
+#include "event.h"
+
+#include <cstring>
+
+#include "kleak_abi.h"
+
+namespace kleak::core {
+
+static_assert(KLEAK_ABI_VERSION == 1, "update the static_asserts below with the ABI");
+static_assert(sizeof(kleak_record_header) == 16);
+static_assert(offsetof(kleak_record_header, ts_ns) == 0);
+static_assert(offsetof(kleak_record_header, kind) == 8);
+static_assert(offsetof(kleak_record_header, tgid) == 12);
+static_assert(sizeof(kleak_free_record) == 32);
+static_assert(offsetof(kleak_free_record, ptr) == 16);
+static_assert(offsetof(kleak_free_record, call_site) == 24);
+static_assert(sizeof(kleak_alloc_record) == 48);
+static_assert(offsetof(kleak_alloc_record, ptr) == 16);
+static_assert(offsetof(kleak_alloc_record, call_site) == 24);
+static_assert(offsetof(kleak_alloc_record, bytes_req) == 32);
+static_assert(offsetof(kleak_alloc_record, bytes_alloc) == 36);
+static_assert(offsetof(kleak_alloc_record, gfp_flags) == 40);
+static_assert(offsetof(kleak_alloc_record, tid) == 44);
+static_assert(static_cast<int>(EventKind::kmalloc) == KLEAK_KMALLOC);
+static_assert(static_cast<int>(EventKind::kfree) == KLEAK_KFREE);
+static_assert(static_cast<int>(EventKind::cache_alloc) == KLEAK_CACHE_ALLOC);
+static_assert(static_cast<int>(EventKind::cache_free) == KLEAK_CACHE_FREE);
+
+DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
+    kleak_record_header hdr;
+    if (bytes.size() < sizeof hdr) return DecodeStatus::too_short;
+    std::memcpy(&hdr, bytes.data(), sizeof hdr);
+
+    out.ts_ns = hdr.ts_ns;
+    out.tgid = hdr.tgid;
+    out.cpu = cpu;
+    switch (hdr.kind) {
+    case KLEAK_KMALLOC:
+    case KLEAK_CACHE_ALLOC: {
+        kleak_alloc_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = static_cast<EventKind>(hdr.kind);
+        out.ptr = rec.ptr;
+        out.call_site = rec.call_site;
+        out.bytes_req = rec.bytes_req;
+        out.bytes_alloc = rec.bytes_alloc;
+        out.gfp_flags = rec.gfp_flags;
+        out.tid = rec.tid;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_KFREE:
+    case KLEAK_CACHE_FREE: {
+        kleak_free_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = static_cast<EventKind>(hdr.kind);
+        out.ptr = rec.ptr;
+        out.call_site = rec.call_site;
+        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+        return DecodeStatus::ok;
+    }
+    default:
+        return DecodeStatus::unknown_kind;
+    }
+}
+
+}  // namespace kleak::core

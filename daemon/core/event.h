@@ -1,0 +1,45 @@
+// One decoded trace record, as the pure core sees it. Decoding is the only
+// place that knows the wire layout in bpf/kleak_abi.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace kleak::core {
+
+enum class EventKind : std::uint16_t {
+    kmalloc = 1,
+    kfree = 2,
+    cache_alloc = 3,
+    cache_free = 4,
+};
+
+constexpr bool is_alloc(EventKind kind) {
+    return kind == EventKind::kmalloc || kind == EventKind::cache_alloc;
+}
+
+struct Event {
+    std::uint64_t ts_ns = 0;
+    std::uint64_t ptr = 0;
+    std::uint64_t call_site = 0;
+    std::uint32_t bytes_req = 0;    // allocations only
+    std::uint32_t bytes_alloc = 0;  // allocations only
+    std::uint32_t gfp_flags = 0;    // allocations only
+    std::uint32_t tgid = 0;
+    std::uint32_t tid = 0;          // allocations only
+    EventKind kind = EventKind::kmalloc;
+    std::uint16_t cpu = 0;          // the ring the record came from
+};
+
+enum class DecodeStatus {
+    ok,
+    too_short,     // shorter than the struct its kind needs
+    unknown_kind,  // a kind this build does not know
+};
+
+// Size-checked decode of one raw ring record. Never reads past `bytes`, never
+// assumes alignment (records are memcpy'd out).
+DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out);
+
+}  // namespace kleak::core

@@ -1,0 +1,126 @@
+#include "recording_format.h"
+
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+namespace kleak::core {
+
+std::string cpu_file_name(unsigned cpu) { return "kleak" + std::to_string(cpu); }
+
+std::array<std::byte, kRecordingHeaderSize> encode_file_header(const RecordingFileHeader& header) {
+    std::array<std::byte, kRecordingHeaderSize> out{};
+    std::memcpy(out.data(), kRecordingMagic, sizeof kRecordingMagic);
+    std::memcpy(out.data() + 8, &header.format_version, 4);
+    std::memcpy(out.data() + 12, &header.abi_version, 4);
+    std::memcpy(out.data() + 16, &header.cpu, 4);
+    return out;
+}
+
+std::optional<std::string> decode_file_header(std::span<const std::byte> bytes, RecordingFileHeader& out) {
+    if (bytes.size() < kRecordingHeaderSize) return "file is shorter than a recording header";
+    if (std::memcmp(bytes.data(), kRecordingMagic, sizeof kRecordingMagic) != 0)
+        return "not a kleakd recording (bad magic)";
+    std::memcpy(&out.format_version, bytes.data() + 8, 4);
+    std::memcpy(&out.abi_version, bytes.data() + 12, 4);
+    std::memcpy(&out.cpu, bytes.data() + 16, 4);
+    if (out.format_version != kRecordingFormatVersion)
+        return "recording format version " + std::to_string(out.format_version) + ", this kleakd reads " +
+               std::to_string(kRecordingFormatVersion);
+    return std::nullopt;
+}
+
+void append_frame(std::vector<std::byte>& out, std::span<const std::byte> record) {
+    const auto len = static_cast<std::uint32_t>(record.size());
+    const std::size_t at = out.size();
+    out.resize(at + sizeof len + record.size());
+    std::memcpy(out.data() + at, &len, sizeof len);
+    if (!record.empty()) std::memcpy(out.data() + at + sizeof len, record.data(), record.size());
+}
+
+FrameStatus FrameReader::next(std::span<const std::byte>& record) {
+    std::uint32_t len = 0;
+    if (bytes_.size() - pos_ < sizeof len) return FrameStatus::need_more;
+    std::memcpy(&len, bytes_.data() + pos_, sizeof len);
+    if (len > kMaxFrameSize) return FrameStatus::corrupt;
+    if (bytes_.size() - pos_ - sizeof len < len) return FrameStatus::need_more;
+    record = bytes_.subspan(pos_ + sizeof len, len);
+    pos_ += sizeof len + len;
+    return FrameStatus::ok;
+}
+
+namespace {
+
+std::string hex(std::uint64_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+template <class T>
+T required(const nlohmann::json& json, const char* key) {
+    if (!json.contains(key)) throw std::runtime_error(std::string("meta.json: missing key '") + key + "'");
+    try {
+        return json.at(key).get<T>();
+    } catch (const nlohmann::json::exception&) {
+        throw std::runtime_error(std::string("meta.json: key '") + key + "' has the wrong type");
+    }
+}
+
+}  // namespace
+
+nlohmann::json meta_to_json(const RecordingMeta& meta) {
+    nlohmann::json symbols = nlohmann::json::object();
+    for (const auto& [address, symbol] : meta.symbols) {
+        symbols[hex(address)] = {{"function", symbol.function}, {"offset", symbol.offset}, {"module", symbol.module}};
+    }
+    return {
+        {"format_version", meta.format_version},
+        {"abi_version", meta.abi_version},
+        {"kleakd_version", meta.kleakd_version},
+        {"kernel_release", meta.kernel_release},
+        {"boot_id", meta.boot_id},
+        {"hostname", meta.hostname},
+        {"cpus", meta.cpus},
+        {"buffer_size", meta.buffer_size},
+        {"start_ns", meta.start_ns},
+        {"end_ns", meta.end_ns},
+        {"dropped_per_cpu", meta.dropped_per_cpu},
+        {"peak_backlog_bytes", meta.peak_backlog_bytes},
+        {"records", meta.records},
+        {"symbols", std::move(symbols)},
+    };
+}
+
+RecordingMeta meta_from_json(const nlohmann::json& json) {
+    if (!json.is_object()) throw std::runtime_error("meta.json: not a JSON object");
+    RecordingMeta meta;
+    meta.format_version = required<std::uint32_t>(json, "format_version");
+    if (meta.format_version != kRecordingFormatVersion)
+        throw std::runtime_error("meta.json: recording format version " + std::to_string(meta.format_version) +
+                                 ", this kleakd reads " + std::to_string(kRecordingFormatVersion));
+    meta.abi_version = required<std::uint32_t>(json, "abi_version");
+    meta.kleakd_version = required<std::string>(json, "kleakd_version");
+    meta.kernel_release = required<std::string>(json, "kernel_release");
+    meta.boot_id = required<std::string>(json, "boot_id");
+    meta.hostname = required<std::string>(json, "hostname");
+    meta.cpus = required<unsigned>(json, "cpus");
+    meta.buffer_size = required<std::uint64_t>(json, "buffer_size");
+    meta.start_ns = required<std::uint64_t>(json, "start_ns");
+    meta.end_ns = required<std::uint64_t>(json, "end_ns");
+    meta.dropped_per_cpu = required<std::vector<std::uint64_t>>(json, "dropped_per_cpu");
+    meta.peak_backlog_bytes = required<std::uint64_t>(json, "peak_backlog_bytes");
+    meta.records = required<std::uint64_t>(json, "records");
+    const auto symbols = required<nlohmann::json>(json, "symbols");
+    if (!symbols.is_object()) throw std::runtime_error("meta.json: key 'symbols' has the wrong type");
+    for (const auto& [key, value] : symbols.items()) {
+        std::uint64_t address = 0;
+        if (std::sscanf(key.c_str(), "0x%llx", reinterpret_cast<unsigned long long*>(&address)) != 1)
+            throw std::runtime_error("meta.json: symbol key '" + key + "' is not a hex address");
+        meta.symbols[address] = Symbol{required<std::string>(value, "function"),
+                                       required<std::uint64_t>(value, "offset"), required<std::string>(value, "module")};
+    }
+    return meta;
+}
+
+}  // namespace kleak::core

@@ -1,0 +1,213 @@
+#include "report.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+
+namespace kleak::core {
+
+std::uint64_t Losses::dropped() const {
+    return std::accumulate(dropped_per_cpu.begin(), dropped_per_cpu.end(), std::uint64_t{0});
+}
+
+namespace {
+
+SiteRow make_row(const SiteStats& stats, Symbolizer& symbolizer) {
+    const Symbol symbol = symbolizer.resolve(stats.call_site);
+    std::string site = format_site(stats.call_site, symbol);
+    std::string function = symbol.known() ? symbol.function : site;
+    return SiteRow{std::move(site), std::move(function), stats};
+}
+
+bool by_outstanding(const SiteStats& a, const SiteStats& b) {
+    if (a.outstanding_bytes != b.outstanding_bytes) return a.outstanding_bytes > b.outstanding_bytes;
+    if (a.bytes_alloc != b.bytes_alloc) return a.bytes_alloc > b.bytes_alloc;
+    return a.call_site < b.call_site;
+}
+
+}  // namespace
+
+Report build_report(const Tracker& tracker, const Losses& losses, Symbolizer& symbolizer) {
+    std::vector<SiteStats> sorted = tracker.sites();
+    std::sort(sorted.begin(), sorted.end(), by_outstanding);
+    Report report{tracker.totals(), {}, losses};
+    report.sites.reserve(sorted.size());
+    for (const SiteStats& s : sorted) report.sites.push_back(make_row(s, symbolizer));
+    return report;
+}
+
+std::vector<SiteRow> top_sites_by_outstanding(const Tracker& tracker, std::size_t top, Symbolizer& symbolizer) {
+    std::vector<SiteStats> sorted;
+    for (const SiteStats& s : tracker.sites())
+        if (s.outstanding > 0) sorted.push_back(s);
+    const std::size_t n = std::min(top, sorted.size());
+    std::partial_sort(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(n), sorted.end(), by_outstanding);
+    std::vector<SiteRow> rows;
+    for (std::size_t i = 0; i < n; ++i) rows.push_back(make_row(sorted[i], symbolizer));
+    return rows;
+}
+
+nlohmann::json report_to_json(const Report& report) {
+    using nlohmann::json;
+    const Totals& t = report.totals;
+    const Losses& l = report.losses;
+    json out;
+    out["totals"] = {
+        {"allocs", t.allocs},
+        {"frees", t.frees},
+        {"bytes_alloc", t.bytes_alloc},
+        {"bytes_req", t.bytes_req},
+        {"bytes_freed", t.bytes_freed},
+        {"unmatched_frees", t.unmatched_frees},
+        {"replaced", t.replaced},
+        {"outstanding", t.outstanding},
+        {"outstanding_bytes", t.outstanding_bytes},
+        {"dropped", l.dropped()},
+        {"late", l.late},
+    };
+    json sites = json::array();
+    json unmatched = json::array();
+    for (const SiteRow& row : report.sites) {
+        const SiteStats& s = row.stats;
+        sites.push_back({
+            {"site", row.site},
+            {"function", row.function},
+            {"address", s.call_site},
+            {"allocs", s.allocs},
+            {"frees", s.frees},
+            {"bytes_alloc", s.bytes_alloc},
+            {"bytes_req", s.bytes_req},
+            {"bytes_freed", s.bytes_freed},
+            {"replaced", s.replaced},
+            {"outstanding", s.outstanding},
+            {"outstanding_bytes", s.outstanding_bytes},
+            {"free_calls", s.free_calls},
+            {"unmatched_frees", s.unmatched_frees},
+        });
+    }
+    std::vector<const SiteRow*> by_unmatched;
+    for (const SiteRow& row : report.sites)
+        if (row.stats.unmatched_frees > 0) by_unmatched.push_back(&row);
+    std::stable_sort(by_unmatched.begin(), by_unmatched.end(), [](const SiteRow* a, const SiteRow* b) {
+        return a->stats.unmatched_frees > b->stats.unmatched_frees;
+    });
+    for (const SiteRow* row : by_unmatched)
+        unmatched.push_back({{"site", row->site}, {"function", row->function}, {"count", row->stats.unmatched_frees}});
+    out["sites"] = std::move(sites);
+    out["unmatched_frees"] = std::move(unmatched);
+    out["losses"] = {
+        {"dropped", l.dropped()},
+        {"dropped_per_cpu", l.dropped_per_cpu},
+        {"late", l.late},
+        {"undecodable", l.undecodable},
+        {"buffer_size", l.buffer_size},
+        {"suggested_buffer_size", l.suggested_buffer_size},
+    };
+    return out;
+}
+
+namespace {
+
+std::string line(const char* fmt, auto... args) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, fmt, args...);
+    return buf;
+}
+
+unsigned long long ull(std::uint64_t v) { return static_cast<unsigned long long>(v); }
+
+// One "by caller" section: rows with a non-zero key, largest first.
+void section(std::string& out, const char* title, const char* header, const std::vector<SiteRow>& sites,
+             std::size_t top, const std::function<std::uint64_t(const SiteStats&)>& key,
+             const std::function<std::string(const SiteRow&)>& format) {
+    std::vector<const SiteRow*> rows;
+    for (const SiteRow& row : sites)
+        if (key(row.stats) > 0) rows.push_back(&row);
+    std::stable_sort(rows.begin(), rows.end(),
+                     [&](const SiteRow* a, const SiteRow* b) { return key(a->stats) > key(b->stats); });
+    out += "\n";
+    out += title;
+    out += "\n";
+    if (rows.empty()) {
+        out += "  (none)\n";
+        return;
+    }
+    out += header;
+    out += "\n";
+    const std::size_t n = top == 0 ? rows.size() : std::min(top, rows.size());
+    for (std::size_t i = 0; i < n; ++i) out += format(*rows[i]);
+    if (n < rows.size()) out += line("  ... %zu more\n", rows.size() - n);
+}
+
+}  // namespace
+
+std::string report_to_text(const Report& report, std::size_t top) {
+    const Totals& t = report.totals;
+    const Losses& l = report.losses;
+    std::string out;
+    out += "kleak report\n";
+    out += line("total allocations:      %llu\n", ull(t.allocs));
+    out += line("total frees:            %llu (+%llu unmatched)\n", ull(t.frees), ull(t.unmatched_frees));
+    out += line("total bytes allocated:  %llu [with slack] (%llu requested, %llu slack)\n", ull(t.bytes_alloc),
+                ull(t.bytes_req), ull(t.bytes_alloc - t.bytes_req));
+    out += line("total bytes freed:      %llu\n", ull(t.bytes_freed));
+    out += line("outstanding:            %llu allocations, %llu bytes\n", ull(t.outstanding), ull(t.outstanding_bytes));
+    if (t.replaced > 0) out += line("replaced (missed free): %llu\n", ull(t.replaced));
+
+    const auto& sites = report.sites;
+    section(out, "allocations by caller:", "     count  caller", sites, top,
+            [](const SiteStats& s) { return s.allocs; },
+            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.allocs), r.site.c_str()); });
+    section(out, "frees by caller:", "     count  unmatched  caller", sites, top,
+            [](const SiteStats& s) { return s.free_calls + s.unmatched_frees; },
+            [](const SiteRow& r) {
+                return line("%10llu  %9llu  %s\n", ull(r.stats.free_calls + r.stats.unmatched_frees),
+                            ull(r.stats.unmatched_frees), r.site.c_str());
+            });
+    section(out, "allocated bytes by caller [with slack]:", "     bytes   requested       slack  caller", sites, top,
+            [](const SiteStats& s) { return s.bytes_alloc; },
+            [](const SiteRow& r) {
+                return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.bytes_alloc), ull(r.stats.bytes_req),
+                            ull(r.stats.bytes_alloc - r.stats.bytes_req), r.site.c_str());
+            });
+    section(out, "freed bytes by caller (credited to the allocating caller):", "     bytes  caller", sites, top,
+            [](const SiteStats& s) { return s.bytes_freed; },
+            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.bytes_freed), r.site.c_str()); });
+    section(out, "unfreed allocations by caller:", "     count       bytes  caller", sites, top,
+            [](const SiteStats& s) { return s.outstanding_bytes > 0 ? s.outstanding_bytes : s.outstanding; },
+            [](const SiteRow& r) {
+                return line("%10llu  %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
+                            r.site.c_str());
+            });
+    section(out, "unmatched frees by caller (pointer never seen allocated):", "     count  caller", sites, top,
+            [](const SiteStats& s) { return s.unmatched_frees; },
+            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.unmatched_frees), r.site.c_str()); });
+
+    out += "\nlosses: ring drops";
+    for (std::size_t cpu = 0; cpu < l.dropped_per_cpu.size(); ++cpu)
+        out += line(" cpu%zu=%llu", cpu, ull(l.dropped_per_cpu[cpu]));
+    out += line(" (total %llu); late records %llu; undecodable %llu\n", ull(l.dropped()), ull(l.late),
+                ull(l.undecodable));
+    if (l.dropped() > 0) {
+        out += line("WARNING: %llu records were lost because a ring buffer overflowed; totals undercount and "
+                    "unmatched frees/replaced may be inflated.\n",
+                    ull(l.dropped()));
+        if (l.suggested_buffer_size > 0)
+            out += line("         a buffer of --buffer-size %s per CPU would have held the burst (now %s).\n",
+                        format_size(l.suggested_buffer_size).c_str(),
+                        format_size(l.buffer_size).c_str());
+    }
+    return out;
+}
+
+std::string top_table_text(const std::vector<SiteRow>& rows) {
+    std::string out = line("%12s %14s %10s %10s  %s\n", "outstanding", "bytes", "allocs", "frees", "caller");
+    if (rows.empty()) out += "  (no outstanding allocations)\n";
+    for (const SiteRow& r : rows)
+        out += line("%12llu %14llu %10llu %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
+                    ull(r.stats.allocs), ull(r.stats.frees), r.site.c_str());
+    return out;
+}
+
+}  // namespace kleak::core

@@ -1,0 +1,54 @@
+// The kleak report: what the seed's post-processing script printed, built
+// from the tracker's aggregates, plus honest loss accounting. Symbolization
+// happens here, at report time, for the sites the report shows.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "symbolizer.h"
+#include "sizes.h"
+#include "tracker.h"
+
+namespace kleak::core {
+
+struct Losses {
+    std::vector<std::uint64_t> dropped_per_cpu;  // ring reserve failures
+    std::uint64_t late = 0;                      // released behind the watermark
+    std::uint64_t undecodable = 0;               // short / unknown records
+    std::uint64_t buffer_size = 0;               // per-CPU ring bytes in force
+    std::uint64_t suggested_buffer_size = 0;     // 0: no overflow, no advice
+
+    std::uint64_t dropped() const;
+};
+
+struct SiteRow {
+    std::string site;      // function+0xoff [module]
+    std::string function;  // bare symbol, or the hex address when unknown
+    SiteStats stats;
+};
+
+struct Report {
+    Totals totals;
+    std::vector<SiteRow> sites;  // every site, by outstanding bytes, then bytes allocated
+    Losses losses;
+};
+
+Report build_report(const Tracker& tracker, const Losses& losses, Symbolizer& symbolizer);
+
+// The `top` sites by outstanding bytes only: for the periodic live table,
+// symbolizing just what is shown.
+std::vector<SiteRow> top_sites_by_outstanding(const Tracker& tracker, std::size_t top, Symbolizer& symbolizer);
+
+nlohmann::json report_to_json(const Report& report);
+
+// `top` bounds every per-caller section (0 = all rows).
+std::string report_to_text(const Report& report, std::size_t top);
+
+// Periodic table: outstanding count/bytes, allocs, frees per site.
+std::string top_table_text(const std::vector<SiteRow>& rows);
+
+}  // namespace kleak::core

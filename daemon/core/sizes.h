@@ -1,0 +1,34 @@
+// Ring-buffer sizes: parsing what the user typed, and suggesting a size that
+// would have held a burst that overflowed.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace kleak::core {
+
+constexpr std::uint64_t kMinBufferSize = 4096;                    // one page
+constexpr std::uint64_t kMaxBufferSize = std::uint64_t{1} << 30;  // 1 GiB per CPU
+constexpr std::uint64_t kDefaultBufferSize = std::uint64_t{8} << 20;
+
+struct SizeParse {
+    std::optional<std::uint64_t> bytes;
+    std::string error;  // set when bytes is empty
+};
+
+// "8M", "512k", "1G", "65536", "4KiB": a BPF ring must be a power of two and a
+// multiple of the page size, from 4K to 1G.
+SizeParse parse_buffer_size(std::string_view text);
+
+// 8388608 -> "8M", 4096 -> "4K", 1000 -> "1000".
+std::string format_size(std::uint64_t bytes);
+
+// The smallest valid power-of-two size that would have held the biggest
+// backlog a ring reached (`peak_backlog_bytes`) plus what was dropped, with
+// 2x headroom; 0 when nothing was dropped.
+std::uint64_t suggest_buffer_size(std::uint64_t current, std::uint64_t peak_backlog_bytes,
+                                  std::uint64_t dropped_records, std::uint64_t bytes_per_record);
+
+}  // namespace kleak::core

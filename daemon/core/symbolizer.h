@@ -1,0 +1,82 @@
+// Call-site symbolization: kernel address -> "function+0xoff [module]".
+// The table is parsed from /proc/kallsyms text (a stream, so tests use
+// fixture files); loading is lazy and results are cached, because only the
+// sites a report or query shows are ever resolved.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <istream>
+#include <map>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace kleak::core {
+
+struct Symbol {
+    std::string function;  // empty when unknown
+    std::uint64_t offset = 0;
+    std::string module;    // empty for the core kernel
+
+    bool known() const { return !function.empty(); }
+};
+
+// "function+0x1a", "function+0x1a [module]", or "0xffffffff81234567" when unknown.
+std::string format_site(std::uint64_t address, const Symbol& symbol);
+
+class Symbolizer {
+public:
+    virtual ~Symbolizer() = default;
+    virtual Symbol resolve(std::uint64_t address) = 0;
+};
+
+class KallsymsTable {
+public:
+    // Keeps text symbols (t T w W) only; call sites are code addresses.
+    static KallsymsTable parse(std::istream& in);
+
+    // nullopt below the first symbol or past the last one (its size is unknown).
+    std::optional<Symbol> lookup(std::uint64_t address) const;
+
+    std::size_t size() const { return entries_.size(); }
+    // True when the file listed symbols but every address was 0: kallsyms
+    // hides addresses from readers without CAP_SYSLOG (kptr_restrict).
+    bool addresses_hidden() const { return addresses_hidden_; }
+
+private:
+    struct Entry {
+        std::uint64_t address;
+        std::uint32_t name;    // index into names_
+        std::uint32_t module;  // index into names_, 0 = core kernel ("")
+    };
+    std::vector<Entry> entries_;
+    std::vector<std::string> names_;
+    bool addresses_hidden_ = false;
+};
+
+// Lazily loads a table through `loader` on the first resolve, caches answers.
+class CachingSymbolizer final : public Symbolizer {
+public:
+    explicit CachingSymbolizer(std::function<KallsymsTable()> loader) : loader_(std::move(loader)) {}
+    Symbol resolve(std::uint64_t address) override;
+    const KallsymsTable* table() const { return table_ ? &*table_ : nullptr; }
+
+private:
+    std::function<KallsymsTable()> loader_;
+    std::optional<KallsymsTable> table_;
+    std::unordered_map<std::uint64_t, Symbol> cache_;
+};
+
+// Answers from a fixed map, e.g. the symbols stored with a recording.
+class FixedSymbolizer final : public Symbolizer {
+public:
+    explicit FixedSymbolizer(std::map<std::uint64_t, Symbol> symbols) : symbols_(std::move(symbols)) {}
+    Symbol resolve(std::uint64_t address) override;
+
+private:
+    std::map<std::uint64_t, Symbol> symbols_;
+};
+
+}  // namespace kleak::core
