@@ -40,7 +40,7 @@ function(kleak_bpf_skeleton target source)
   add_custom_command(
     OUTPUT ${skel}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/generated
-    COMMAND sh -c "${BPFTOOL} gen skeleton ${obj} name ${stem} > ${skel}.tmp && mv ${skel}.tmp ${skel}"
+    COMMAND sh -c "${BPFTOOL} gen skeleton ${obj} name ${stem}_bpf > ${skel}.tmp && mv ${skel}.tmp ${skel}"
     DEPENDS ${obj}
     COMMENT "Generating BPF skeleton ${stem}.skel.h"
     VERBATIM)

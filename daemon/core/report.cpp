@@ -5,10 +5,22 @@
 #include <functional>
 #include <numeric>
 
+#include "kleak_abi.h"
+
 namespace kleak::core {
 
 std::uint64_t Losses::dropped() const {
     return std::accumulate(dropped_per_cpu.begin(), dropped_per_cpu.end(), std::uint64_t{0});
+}
+
+Losses make_losses(std::vector<std::uint64_t> dropped_per_cpu, std::uint64_t late, std::uint64_t undecodable,
+                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes) {
+    Losses losses{std::move(dropped_per_cpu), late, undecodable, buffer_size, 0};
+    // The largest record plus its 8-byte ring header: advice errs large.
+    constexpr std::uint64_t bytes_per_record = sizeof(kleak_alloc_record) + 8;
+    losses.suggested_buffer_size =
+        suggest_buffer_size(buffer_size, peak_backlog_bytes, losses.dropped(), bytes_per_record);
+    return losses;
 }
 
 namespace {

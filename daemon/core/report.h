@@ -25,6 +25,10 @@ struct Losses {
     std::uint64_t dropped() const;
 };
 
+// Fills in the buffer-size advice from how full the rings got.
+Losses make_losses(std::vector<std::uint64_t> dropped_per_cpu, std::uint64_t late, std::uint64_t undecodable,
+                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes);
+
 struct SiteRow {
     std::string site;      // function+0xoff [module]
     std::string function;  // bare symbol, or the hex address when unknown

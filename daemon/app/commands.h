@@ -1,0 +1,44 @@
+// The subcommands of kleakd. Each returns the process exit code; start-up
+// failures are thrown as StartupError and reported by main.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "app/tracing_session.h"
+#include "kernel/bpf_tracer.h"
+
+namespace kleak {
+
+struct TraceCommand {
+    TracerOptions tracer;
+    SessionTiming timing;
+    std::chrono::seconds interval{5};
+    std::size_t top = 10;
+    bool json = false;
+    std::filesystem::path kallsyms = "/proc/kallsyms";
+};
+
+struct RecordCommand {
+    TracerOptions tracer;
+    SessionTiming timing;
+    std::filesystem::path output;
+    std::chrono::seconds duration{0};  // 0: until SIGINT/SIGTERM
+    std::filesystem::path kallsyms = "/proc/kallsyms";
+};
+
+struct ReportCommand {
+    std::filesystem::path dir;
+    std::size_t top = 0;  // 0: every row
+    bool json = false;
+    std::chrono::milliseconds holdback{10};
+};
+
+int run_trace(const TraceCommand& command);
+int run_record(const RecordCommand& command);
+int run_report(const ReportCommand& command);
+
+}  // namespace kleak

@@ -1,0 +1,126 @@
+// kleakd: kernel memory-leak tracer. Parses the command line and runs a
+// subcommand; start-up failures print one line and exit 1.
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "app/commands.h"
+#include "core/sizes.h"
+#include "kernel/startup_error.h"
+#include "version.h"
+
+namespace {
+
+// CLI11 validator for --buffer-size that keeps parse_buffer_size's message.
+struct BufferSizeOption {
+    std::uint64_t bytes = kleak::core::kDefaultBufferSize;
+    std::string text = "8M";
+
+    void add_to(CLI::App& app) {
+        app.add_option("--buffer-size,-b", text,
+                       "Ring buffer size per CPU: a power of two from 4K to 1G (K, M, G suffixes)")
+            ->default_str("8M")
+            ->check(CLI::Validator(
+                [](std::string& value) {
+                    auto parsed = kleak::core::parse_buffer_size(value);
+                    return parsed.bytes ? std::string() : parsed.error;
+                },
+                "SIZE"));
+    }
+    std::uint64_t resolve() const { return *kleak::core::parse_buffer_size(text).bytes; }
+};
+
+void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
+    app.add_flag("!--no-kmalloc", tracer.trace_kmalloc, "Do not trace kmalloc (kmalloc/kfree)");
+    app.add_flag("!--no-kmem-cache", tracer.trace_kmem_cache,
+                 "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
+}
+
+void add_timing_options(CLI::App& app, kleak::SessionTiming& timing) {
+    // Tuning for experts and tests; hidden from --help (empty group).
+    app.add_option("--drain-ms", timing.drain_period, "How often the rings are drained")->group("");
+    app.add_option("--holdback-ms", timing.holdback, "How long a record may take to commit")->group("");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto logger = spdlog::stderr_color_mt("kleakd");
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("kleakd: %^%l%$: %v");
+
+    CLI::App app{"kleakd - an always-on kernel memory-leak tracer.\n"
+                 "Traces kmalloc/kfree and kmem_cache_alloc/free through BPF tracepoints into per-CPU ring\n"
+                 "buffers, merges them in time order and reports allocations that were never freed, by call site."};
+    app.set_version_flag("--version", std::string("kleakd ") + kKleakdVersion);
+    std::string log_level = "info";
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+        ->default_str("info");
+    app.require_subcommand(1);
+
+    kleak::TraceCommand trace;
+    BufferSizeOption trace_buffer;
+    int trace_interval = 5;
+    auto* trace_cmd = app.add_subcommand(
+        "trace", "Trace live: print the top call sites by outstanding bytes every interval, and the full kleak "
+                 "report on Ctrl-C/SIGTERM");
+    trace_cmd->add_option("--interval,-i", trace_interval, "Seconds between live tables")
+        ->check(CLI::Range(1, 86400))
+        ->default_str("5");
+    trace_cmd->add_option("--top,-n", trace.top, "Call sites per table and report section")
+        ->check(CLI::Range(1, 100000))
+        ->default_str("10");
+    trace_cmd->add_flag("--json", trace.json, "Print the final report as JSON on stdout (live tables go to stderr)");
+    trace_buffer.add_to(*trace_cmd);
+    add_allocator_flags(*trace_cmd, trace.tracer);
+    add_timing_options(*trace_cmd, trace.timing);
+
+    kleak::RecordCommand record;
+    BufferSizeOption record_buffer;
+    int record_duration = 0;
+    auto* record_cmd = app.add_subcommand(
+        "record", "Record raw records to per-CPU files (kleak0..kleakN) and meta.json in DIR, for `kleakd report`");
+    record_cmd->add_option("--output,-o", record.output, "Directory to write (created if missing)")->required();
+    record_cmd->add_option("--duration,-d", record_duration, "Stop after this many seconds (default: on Ctrl-C)")
+        ->check(CLI::Range(1, 365 * 86400));
+    record_buffer.add_to(*record_cmd);
+    add_allocator_flags(*record_cmd, record.tracer);
+    add_timing_options(*record_cmd, record.timing);
+
+    kleak::ReportCommand report;
+    auto* report_cmd = app.add_subcommand("report", "Replay a recording and print its kleak report");
+    report_cmd->add_option("dir", report.dir, "Directory written by `kleakd record`")->required()->check(CLI::ExistingDirectory);
+    report_cmd->add_flag("--json", report.json, "Print the report as JSON");
+    report_cmd->add_option("--top,-n", report.top, "Rows per report section (default: all)");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e);
+        return code == 0 ? 0 : 2;  // usage errors: exit 2
+    }
+    spdlog::set_level(spdlog::level::from_str(log_level));
+
+    try {
+        if (*trace_cmd) {
+            trace.tracer.buffer_size = trace_buffer.resolve();
+            trace.interval = std::chrono::seconds(trace_interval);
+            return kleak::run_trace(trace);
+        }
+        if (*record_cmd) {
+            record.tracer.buffer_size = record_buffer.resolve();
+            record.duration = std::chrono::seconds(record_duration);
+            return kleak::run_record(record);
+        }
+        return kleak::run_report(report);
+    } catch (const kleak::StartupError& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,206 @@
+#include "app/recording_io.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+
+#include "kernel/startup_error.h"
+#include "kleak_abi.h"
+
+namespace kleak {
+
+namespace {
+
+constexpr std::size_t kFlushThreshold = 1 << 20;  // write when a CPU buffer passes 1 MiB
+constexpr std::size_t kReadChunk = 4 << 20;
+
+// Writes all of `bytes`; returns 0 or -errno.
+int write_all(int fd, const std::byte* bytes, std::size_t size) {
+    while (size > 0) {
+        const ssize_t n = ::write(fd, bytes, size);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        bytes += n;
+        size -= static_cast<std::size_t>(n);
+    }
+    return 0;
+}
+
+}  // namespace
+
+RecordingWriter::RecordingWriter(std::filesystem::path dir, unsigned cpu_count) : dir_(std::move(dir)) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir_, ec);
+    if (ec) throw StartupError("cannot create output directory " + dir_.string() + ": " + ec.message());
+    for (unsigned cpu = 0; cpu < cpu_count; ++cpu) {
+        const std::filesystem::path path = dir_ / core::cpu_file_name(cpu);
+        CpuFile file;
+        file.fd.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        if (!file.fd) throw StartupError(describe_errno("output directory not writable: cannot create " + path.string(), -errno));
+        const auto header = core::encode_file_header({core::kRecordingFormatVersion, KLEAK_ABI_VERSION, cpu});
+        if (const int err = write_all(file.fd.get(), header.data(), header.size()); err != 0)
+            throw StartupError(describe_errno("cannot write " + path.string(), err));
+        file.buffer.reserve(kFlushThreshold + 4096);
+        files_.push_back(std::move(file));
+    }
+}
+
+void RecordingWriter::on_record(unsigned cpu, std::span<const std::byte> record) {
+    CpuFile& file = files_[std::min<std::size_t>(cpu, files_.size() - 1)];
+    core::append_frame(file.buffer, record);
+    ++file.frames;
+}
+
+void RecordingWriter::collect_sites(const std::vector<std::byte>& buffer) {
+    core::FrameReader reader(buffer);
+    std::span<const std::byte> record;
+    core::Event event;
+    while (reader.next(record) == core::FrameStatus::ok) {
+        if (core::decode_record(record, 0, event) == core::DecodeStatus::ok) sites_.insert(event.call_site);
+    }
+}
+
+int RecordingWriter::flush() {
+    int result = 0;
+    for (CpuFile& file : files_) {
+        if (file.buffer.empty()) continue;
+        collect_sites(file.buffer);
+        const int err = write_all(file.fd.get(), file.buffer.data(), file.buffer.size());
+        if (err == 0) {
+            records_ += file.frames;
+            bytes_written_ += file.buffer.size();
+        } else {
+            records_lost_ += file.frames;
+            if (write_errors_++ % 100 == 0)  // rate-limited
+                spdlog::warn("writing the recording failed: {}; {} records lost so far", std::strerror(-err),
+                             records_lost_);
+            result = err;
+        }
+        file.buffer.clear();
+        file.frames = 0;
+    }
+    return result;
+}
+
+bool RecordingWriter::finish(core::RecordingMeta meta, core::Symbolizer& symbolizer) {
+    flush();
+    for (CpuFile& file : files_) {
+        if (::fsync(file.fd.get()) != 0) spdlog::warn("fsync of the recording failed: {}", std::strerror(errno));
+    }
+    for (const std::uint64_t site : sites_) meta.symbols[site] = symbolizer.resolve(site);
+    meta.records = records_;
+
+    const std::filesystem::path tmp = dir_ / "meta.json.tmp";
+    {
+        std::ofstream out(tmp);
+        out << core::meta_to_json(meta).dump(1) << '\n';
+        out.flush();
+        if (!out) {
+            spdlog::error("cannot write {}", tmp.string());
+            return false;
+        }
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, dir_ / "meta.json", ec);
+    if (ec) {
+        spdlog::error("cannot rename {} into place: {}", tmp.string(), ec.message());
+        return false;
+    }
+    return records_lost_ == 0;
+}
+
+core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
+    const std::filesystem::path path = dir / "meta.json";
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno) +
+                                      " (is this a directory written by `kleakd record`?)");
+    nlohmann::json json;
+    try {
+        json = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw std::runtime_error(path.string() + " is not valid JSON: " + e.what());
+    }
+    core::RecordingMeta meta = core::meta_from_json(json);
+    if (meta.abi_version != KLEAK_ABI_VERSION)
+        throw std::runtime_error("recording has record ABI version " + std::to_string(meta.abi_version) +
+                                 ", this kleakd reads version " + std::to_string(KLEAK_ABI_VERSION));
+    return meta;
+}
+
+void replay_recording(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
+                      std::chrono::nanoseconds holdback) {
+    struct Input {
+        std::filesystem::path path;
+        std::ifstream in;
+        unsigned cpu = 0;
+        std::vector<std::byte> buffer;
+        std::size_t offset = 0;  // file offset of buffer[0]
+        bool eof = false;
+    };
+    std::vector<Input> inputs;
+    for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
+        Input input;
+        input.path = dir / core::cpu_file_name(cpu);
+        input.in.open(input.path, std::ios::binary);
+        if (!input.in) throw std::runtime_error("cannot read " + input.path.string() + ": " + std::strerror(errno));
+        std::array<std::byte, core::kRecordingHeaderSize> header_bytes{};
+        input.in.read(reinterpret_cast<char*>(header_bytes.data()), header_bytes.size());
+        core::RecordingFileHeader header;
+        if (auto err = core::decode_file_header({header_bytes.data(), static_cast<std::size_t>(input.in.gcount())}, header))
+            throw std::runtime_error(input.path.string() + ": " + *err);
+        if (header.abi_version != meta.abi_version)
+            throw std::runtime_error(input.path.string() + ": record ABI version " + std::to_string(header.abi_version) +
+                                     " differs from meta.json's " + std::to_string(meta.abi_version));
+        if (header.cpu != cpu)
+            throw std::runtime_error(input.path.string() + ": header says CPU " + std::to_string(header.cpu));
+        input.cpu = header.cpu;
+        input.offset = core::kRecordingHeaderSize;
+        inputs.push_back(std::move(input));
+    }
+
+    const auto holdback_ns = static_cast<std::uint64_t>(holdback.count());
+    bool any_open = true;
+    while (any_open) {
+        any_open = false;
+        for (Input& input : inputs) {
+            if (input.eof) continue;
+            const std::size_t kept = input.buffer.size();
+            input.buffer.resize(kept + kReadChunk);
+            input.in.read(reinterpret_cast<char*>(input.buffer.data() + kept), kReadChunk);
+            input.buffer.resize(kept + static_cast<std::size_t>(input.in.gcount()));
+            if (input.in.gcount() == 0) input.eof = true;
+
+            core::FrameReader reader(input.buffer);
+            std::span<const std::byte> record;
+            core::FrameStatus status;
+            while ((status = reader.next(record)) == core::FrameStatus::ok) pipeline.on_record(input.cpu, record);
+            if (status == core::FrameStatus::corrupt)
+                throw std::runtime_error(input.path.string() + ": corrupt frame at offset " +
+                                         std::to_string(input.offset + reader.consumed()));
+            if (input.eof && reader.consumed() != input.buffer.size()) {
+                spdlog::warn("{}: ignoring a truncated last record ({} bytes)", input.path.string(),
+                             input.buffer.size() - reader.consumed());
+            }
+            input.offset += reader.consumed();
+            input.buffer.erase(input.buffer.begin(), input.buffer.begin() + static_cast<std::ptrdiff_t>(reader.consumed()));
+            if (!input.eof) any_open = true;
+        }
+        // Every input still open has been read up to its newest timestamp:
+        // nothing older than the oldest of those (less the in-CPU skew a
+        // live ring can have) can still come.
+        std::uint64_t watermark = std::numeric_limits<std::uint64_t>::max();
+        for (const Input& input : inputs)
+            if (!input.eof) watermark = std::min(watermark, pipeline.newest_ts(input.cpu));
+        if (any_open) pipeline.release_until(watermark > holdback_ns ? watermark - holdback_ns : 0);
+    }
+    pipeline.finish();
+}
+
+}  // namespace kleak

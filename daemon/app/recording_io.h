@@ -1,0 +1,69 @@
+// Writing and replaying recordings (layout: core/recording_format.h).
+#pragma once
+
+#include <absl/container/flat_hash_set.h>
+
+#include <array>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <vector>
+
+#include "core/pipeline.h"
+#include "core/recording_format.h"
+#include "kernel/ring_consumer.h"
+#include "kernel/unique_fd.h"
+
+namespace kleak {
+
+// The ring sink of `kleakd record`: on_record() only appends a frame to the
+// CPU's buffer; flush() writes buffers out between drains.
+class RecordingWriter final : public RecordSink {
+public:
+    // Creates `dir` if needed and the per-CPU files in it (truncating old
+    // ones). Throws StartupError naming the path when it is not writable.
+    RecordingWriter(std::filesystem::path dir, unsigned cpu_count);
+
+    void on_record(unsigned cpu, std::span<const std::byte> record) override;
+
+    // Writes what is buffered. Returns 0, or a negative errno (counted; the
+    // records of a failed write are lost and reported by finish()).
+    int flush();
+
+    // Flushes, fsyncs, and writes meta.json (atomically) with the symbols of
+    // every call site seen. Returns false if any record could not be written.
+    bool finish(core::RecordingMeta meta, core::Symbolizer& symbolizer);
+
+    std::uint64_t records() const { return records_; }
+    std::uint64_t bytes_written() const { return bytes_written_; }
+    std::uint64_t records_lost_to_io() const { return records_lost_; }
+
+private:
+    struct CpuFile {
+        UniqueFd fd;
+        std::vector<std::byte> buffer;
+        std::uint64_t frames = 0;  // frames in buffer
+    };
+    void collect_sites(const std::vector<std::byte>& buffer);
+
+    std::filesystem::path dir_;
+    std::vector<CpuFile> files_;
+    absl::flat_hash_set<std::uint64_t> sites_;
+    std::uint64_t records_ = 0;
+    std::uint64_t bytes_written_ = 0;
+    std::uint64_t records_lost_ = 0;
+    std::uint64_t write_errors_ = 0;
+};
+
+// Reads and checks DIR/meta.json. Throws std::runtime_error saying what is wrong.
+core::RecordingMeta read_recording_meta(const std::filesystem::path& dir);
+
+// Streams every per-CPU file of the recording in `dir` through `pipeline`
+// (built for meta.cpus CPUs), chunk by chunk, and finishes it. Throws
+// std::runtime_error naming the file and offset of a bad recording.
+void replay_recording(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
+                      std::chrono::nanoseconds holdback);
+
+}  // namespace kleak

@@ -1,0 +1,35 @@
+#include <iostream>
+
+#include "app/commands.h"
+#include "app/recording_io.h"
+#include "core/report.h"
+
+namespace kleak {
+
+int run_report(const ReportCommand& command) {
+    const core::RecordingMeta meta = read_recording_meta(command.dir);
+    core::Pipeline pipeline(meta.cpus);
+    replay_recording(command.dir, meta, pipeline, command.holdback);
+
+    core::FixedSymbolizer symbolizer(meta.symbols);
+    const core::Losses losses = core::make_losses(meta.dropped_per_cpu, pipeline.late(), pipeline.undecodable(),
+                                                  meta.buffer_size, meta.peak_backlog_bytes);
+    const core::Report report = core::build_report(pipeline.tracker(), losses, symbolizer);
+    if (command.json) {
+        nlohmann::json json = core::report_to_json(report);
+        json["recording"] = {
+            {"kernel_release", meta.kernel_release}, {"boot_id", meta.boot_id},     {"hostname", meta.hostname},
+            {"cpus", meta.cpus},                     {"records", pipeline.records()},
+            {"duration_ns", meta.end_ns - meta.start_ns},
+        };
+        std::cout << json.dump(2) << '\n';
+    } else {
+        std::cout << "recording of " << meta.hostname << " (kernel " << meta.kernel_release << "), "
+                  << pipeline.records() << " records over " << static_cast<double>(meta.end_ns - meta.start_ns) / 1e9
+                  << "s\n\n"
+                  << core::report_to_text(report, command.top);
+    }
+    return 0;
+}
+
+}  // namespace kleak

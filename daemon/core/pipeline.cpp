@@ -1,0 +1,45 @@
+#include "pipeline.h"
+
+#include <algorithm>
+
+namespace kleak::core {
+
+Pipeline::Pipeline(unsigned cpu_count) : merger_(cpu_count), newest_ts_(merger_.cpu_count(), 0) {}
+
+void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
+    Event event;
+    if (decode_record(record, static_cast<std::uint16_t>(cpu), event) != DecodeStatus::ok) {
+        ++undecodable_;
+        return;
+    }
+    ++records_;
+    const std::size_t slot = std::min<std::size_t>(cpu, newest_ts_.size() - 1);
+    newest_ts_[slot] = std::max(newest_ts_[slot], event.ts_ns);
+    merger_.stage(event);
+}
+
+void Pipeline::apply_released() {
+    tracker_.apply(released_);
+    released_.clear();
+}
+
+void Pipeline::release_until(std::uint64_t watermark) {
+    merger_.release_until(watermark, released_);
+    apply_released();
+}
+
+void Pipeline::finish() {
+    merger_.release_all(released_);
+    apply_released();
+}
+
+void Pipeline::reset() {
+    merger_.reset();
+    tracker_.reset();
+    released_.clear();
+    std::fill(newest_ts_.begin(), newest_ts_.end(), 0);
+    undecodable_ = 0;
+    records_ = 0;
+}
+
+}  // namespace kleak::core

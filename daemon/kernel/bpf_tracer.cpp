@@ -1,0 +1,206 @@
+#include "kernel/bpf_tracer.h"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <linux/capability.h>
+#include <spdlog/spdlog.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "kernel/startup_error.h"
+#include "kleak.skel.h"
+#include "kleak_abi.h"
+
+namespace kleak {
+
+std::string describe_errno(const std::string& what, int negative_errno) {
+    const int err = negative_errno < 0 ? -negative_errno : negative_errno;
+    std::string text = what + ": " + std::strerror(err);
+    switch (err) {
+    case EPERM:
+    case EACCES:
+        text += " (kleakd needs root, or CAP_BPF and CAP_PERFMON; run it with sudo)";
+        break;
+    case ENOMEM:
+    case E2BIG:
+        text += " (try a smaller --buffer-size)";
+        break;
+    case ENOENT:
+        text += " (the kernel lacks this tracepoint or BTF for it)";
+        break;
+    default:
+        break;
+    }
+    return text;
+}
+
+namespace {
+
+constexpr const char* kVmlinuxBtf = "/sys/kernel/btf/vmlinux";
+
+int print_libbpf(enum libbpf_print_level level, const char* format, va_list args) {
+    char buf[1024];
+    const int n = std::vsnprintf(buf, sizeof buf, format, args);
+    if (n <= 0) return 0;
+    std::string_view text(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
+    while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+    // libbpf's warnings (and the verifier log) explain load failures; its info
+    // and debug chatter belong at debug level.
+    if (level == LIBBPF_WARN) spdlog::warn("{}", text);
+    else spdlog::debug("{}", text);
+    return n;
+}
+
+void check_btf_present() {
+    if (::access(kVmlinuxBtf, R_OK) != 0) {
+        throw StartupError(std::string("this kernel has no BTF (") + kVmlinuxBtf + " " +
+                           (errno == ENOENT ? "is missing" : std::strerror(errno)) +
+                           "): kleakd needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
+    }
+}
+
+void check_privileges() {
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
+    if (::syscall(SYS_capget, &header, data) != 0) return;  // let the load itself report
+    auto has = [&data](int cap) { return (data[cap / 32].effective & (1u << (cap % 32))) != 0; };
+    const int cap_perfmon = 38;
+    const int cap_bpf = 39;
+    if (has(CAP_SYS_ADMIN) || (has(cap_bpf) && has(cap_perfmon))) return;
+    throw StartupError("kleakd needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before "
+                       "Linux 5.8), to load BPF programs: run it with sudo");
+}
+
+// What each program traces, and whether start-up must fail without it.
+struct ProgramSpec {
+    const char* tracepoint;  // kmem:<tracepoint>
+    bpf_program* program;
+    bpf_link** link;
+    bool wanted;    // the user asked for its allocator family
+    bool required;  // false: only some kernels have it (pre-6.1 *_node events)
+};
+
+std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& options) {
+    auto& p = skel.progs;
+    auto& l = skel.links;
+    return {
+        {"kmalloc", p.kleak__kmalloc, &l.kleak__kmalloc, options.trace_kmalloc, true},
+        {"kmalloc_node", p.kleak__kmalloc_node, &l.kleak__kmalloc_node, options.trace_kmalloc, false},
+        {"kfree", p.kleak__kfree, &l.kleak__kfree, options.trace_kmalloc || options.trace_kmem_cache, true},
+        {"kmem_cache_alloc", p.kleak__kmem_cache_alloc, &l.kleak__kmem_cache_alloc, options.trace_kmem_cache, true},
+        {"kmem_cache_alloc_node", p.kleak__kmem_cache_alloc_node, &l.kleak__kmem_cache_alloc_node,
+         options.trace_kmem_cache, false},
+        {"kmem_cache_free", p.kleak__kmem_cache_free, &l.kleak__kmem_cache_free,
+         options.trace_kmalloc || options.trace_kmem_cache, true},
+    };
+}
+
+// A tp_btf program needs the kernel's btf_trace_<name> typedef.
+bool tracepoint_in_btf(const btf* vmlinux, const char* tracepoint) {
+    const std::string name = std::string("btf_trace_") + tracepoint;
+    return btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF) >= 0;
+}
+
+}  // namespace
+
+void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
+
+BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer_size) {
+    libbpf_set_print(print_libbpf);
+    check_btf_present();
+    check_privileges();
+
+    skel_.reset(kleak_bpf__open());
+    if (!skel_) throw StartupError(describe_errno("opening the BPF object failed", -errno));
+
+    const int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) throw StartupError(describe_errno("cannot count the possible CPUs", cpus));
+
+    // Wake the consumer only when a ring is half full; the daemon drains on a
+    // timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c).
+    skel_->rodata->wakeup_backlog_bytes = options.buffer_size / 2;
+
+    int err = bpf_map__set_max_entries(skel_->maps.rings, static_cast<__u32>(cpus));
+    if (err) throw StartupError(describe_errno("sizing the rings map to " + std::to_string(cpus) + " CPUs failed", err));
+    for (int cpu = 0; cpu < cpus; ++cpu) {
+        const int fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0,
+                                      static_cast<__u32>(options.buffer_size), nullptr);
+        if (fd < 0) {
+            throw StartupError(describe_errno("creating the " + std::to_string(options.buffer_size) +
+                                                  "-byte ring buffer for CPU " + std::to_string(cpu) + " failed",
+                                              -errno));
+        }
+        ring_fds_.emplace_back(fd);
+    }
+    err = bpf_map__set_inner_map_fd(skel_->maps.rings, ring_fds_.front().get());
+    if (err) throw StartupError(describe_errno("setting the ring template failed", err));
+
+    btf* vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) throw StartupError(describe_errno(std::string("reading the kernel BTF from ") + kVmlinuxBtf + " failed", -errno));
+    std::vector<ProgramSpec> specs = program_specs(*skel_, options);
+    std::vector<std::string> missing;
+    for (ProgramSpec& spec : specs) {
+        const bool present = tracepoint_in_btf(vmlinux, spec.tracepoint);
+        if (spec.wanted && spec.required && !present) missing.push_back(std::string("kmem:") + spec.tracepoint);
+        if (!spec.wanted || !present) {
+            bpf_program__set_autoload(spec.program, false);
+            spec.wanted = false;
+        }
+    }
+    btf__free(vmlinux);
+    if (!missing.empty()) {
+        std::string list;
+        for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+        throw StartupError("this kernel lacks the tracepoint(s) " + list +
+                           " (no btf_trace_* type in its BTF); kleakd cannot trace that allocator here");
+    }
+
+    err = kleak_bpf__load(skel_.get());
+    if (err) {
+        throw StartupError(describe_errno("loading the BPF programs failed", err) +
+                           "; rerun with --log-level debug to see the verifier log");
+    }
+
+    const int rings_fd = bpf_map__fd(skel_->maps.rings);
+    for (int cpu = 0; cpu < cpus; ++cpu) {
+        const __u32 key = static_cast<__u32>(cpu);
+        const int ring_fd = ring_fds_[static_cast<std::size_t>(cpu)].get();
+        if (bpf_map_update_elem(rings_fd, &key, &ring_fd, BPF_ANY) != 0)
+            throw StartupError(describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
+    }
+
+    for (ProgramSpec& spec : specs) {
+        if (!spec.wanted) continue;
+        bpf_link* link = bpf_program__attach(spec.program);
+        if (!link) {
+            throw StartupError(describe_errno(std::string("attaching to tracepoint kmem:") + spec.tracepoint + " failed",
+                                              -errno));
+        }
+        *spec.link = link;  // the skeleton destroys it
+        attached_.emplace_back(std::string("kmem:") + spec.tracepoint);
+    }
+}
+
+BpfTracer::~BpfTracer() = default;
+
+std::vector<int> BpfTracer::ring_fds() const {
+    std::vector<int> fds;
+    for (const UniqueFd& fd : ring_fds_) fds.push_back(fd.get());
+    return fds;
+}
+
+std::vector<std::uint64_t> BpfTracer::read_drops() const {
+    // A per-CPU array returns one 8-byte-aligned value per possible CPU.
+    std::vector<std::uint64_t> per_cpu(ring_fds_.size(), 0);
+    const __u32 key = KLEAK_DROPS_KEY;
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.drops), &key, per_cpu.data()) != 0) return {};
+    return per_cpu;
+}
+
+void BpfTracer::detach() { kleak_bpf__detach(skel_.get()); }
+
+}  // namespace kleak

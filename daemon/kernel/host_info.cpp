@@ -1,0 +1,40 @@
+#include "kernel/host_info.h"
+
+#include <bpf/libbpf.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fstream>
+
+namespace kleak {
+
+std::string kernel_release() {
+    utsname u{};
+    return ::uname(&u) == 0 ? u.release : "";
+}
+
+std::string boot_id() {
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::string id;
+    std::getline(in, id);
+    return id;
+}
+
+std::string host_name() {
+    char buf[256] = {};
+    return ::gethostname(buf, sizeof buf - 1) == 0 ? buf : "";
+}
+
+std::uint64_t monotonic_now_ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+unsigned possible_cpus() {
+    const int n = libbpf_num_possible_cpus();
+    return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+}  // namespace kleak

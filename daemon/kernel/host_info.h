@@ -1,0 +1,17 @@
+// Facts about the running host that recordings and reports carry.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kleak {
+
+std::string kernel_release();  // uname -r
+std::string boot_id();         // /proc/sys/kernel/random/boot_id, "" if unreadable
+std::string host_name();
+// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+std::uint64_t monotonic_now_ns();
+// CPUs the kernel may ever bring online: one ring each.
+unsigned possible_cpus();
+
+}  // namespace kleak

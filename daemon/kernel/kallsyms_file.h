@@ -1,0 +1,18 @@
+// The kallsyms symbolizer over a file path (/proc/kallsyms in production, a
+// fixture in tests). The file is read on the first resolve, not before.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "core/symbolizer.h"
+
+namespace kleak {
+
+inline constexpr const char* kProcKallsyms = "/proc/kallsyms";
+
+// An unreadable file, or one whose addresses are hidden (kptr_restrict), is
+// logged once and yields an empty table: sites then print as hex addresses.
+std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(std::filesystem::path path);
+
+}  // namespace kleak
