@@ -48,11 +48,15 @@ void Merger::release_until(std::uint64_t watermark, std::vector<Event>& out) {
     // hundreds) and one queue usually runs ahead for many records, so a linear
     // scan for the minimum head beats a heap's bookkeeping.
     std::vector<std::size_t> pos(queues_.size(), 0);
+    // "No candidate" is tracked by index, not by a UINT64_MAX timestamp
+    // sentinel: a record may legitimately carry that timestamp (release_all
+    // releases everything), and a sentinel would then select no queue at all.
+    const std::size_t none = queues_.size();
     for (std::size_t left = total; left > 0; --left) {
-        std::size_t best = queues_.size();
-        std::uint64_t best_ts = std::numeric_limits<std::uint64_t>::max();
+        std::size_t best = none;
+        std::uint64_t best_ts = 0;
         for (std::size_t i = 0; i < queues_.size(); ++i) {
-            if (pos[i] < ready[i] && queues_[i].events[pos[i]].ts_ns < best_ts) {
+            if (pos[i] < ready[i] && (best == none || queues_[i].events[pos[i]].ts_ns < best_ts)) {
                 best = i;
                 best_ts = queues_[i].events[pos[i]].ts_ns;
             }
@@ -60,11 +64,11 @@ void Merger::release_until(std::uint64_t watermark, std::vector<Event>& out) {
         // Copy the whole run of this queue that stays ahead of every other
         // queue's head, ordering by (timestamp, CPU) so ties go to the lower CPU.
         std::uint64_t next_ts = std::numeric_limits<std::uint64_t>::max();
-        std::size_t next_cpu = queues_.size();
+        std::size_t next_cpu = none;
         for (std::size_t i = 0; i < queues_.size(); ++i) {
             if (i == best || pos[i] >= ready[i]) continue;
             const std::uint64_t ts = queues_[i].events[pos[i]].ts_ns;
-            if (ts < next_ts) {
+            if (next_cpu == none || ts < next_ts) {
                 next_ts = ts;
                 next_cpu = i;
             }

@@ -1,8 +1,10 @@
 #include "recording_format.h"
 
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <string_view>
 
 namespace kleak::core {
 
@@ -55,6 +57,17 @@ std::string hex(std::uint64_t v) {
     char buf[24];
     std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
     return buf;
+}
+
+// Exactly "0x" and hex digits, as hex() writes them: sscanf("0x%llx") would
+// also take a sign, blanks, trailing junk and overflow without complaint.
+std::optional<std::uint64_t> parse_hex_address(std::string_view text) {
+    if (text.size() <= 2 || text[0] != '0' || text[1] != 'x') return std::nullopt;
+    std::uint64_t value = 0;
+    const char* end = text.data() + text.size();
+    const auto [ptr, ec] = std::from_chars(text.data() + 2, end, value, 16);
+    if (ec != std::errc{} || ptr != end) return std::nullopt;
+    return value;
 }
 
 template <class T>
@@ -114,10 +127,9 @@ RecordingMeta meta_from_json(const nlohmann::json& json) {
     const auto symbols = required<nlohmann::json>(json, "symbols");
     if (!symbols.is_object()) throw std::runtime_error("meta.json: key 'symbols' has the wrong type");
     for (const auto& [key, value] : symbols.items()) {
-        std::uint64_t address = 0;
-        if (std::sscanf(key.c_str(), "0x%llx", reinterpret_cast<unsigned long long*>(&address)) != 1)
-            throw std::runtime_error("meta.json: symbol key '" + key + "' is not a hex address");
-        meta.symbols[address] = Symbol{required<std::string>(value, "function"),
+        const std::optional<std::uint64_t> address = parse_hex_address(key);
+        if (!address) throw std::runtime_error("meta.json: symbol key '" + key + "' is not a hex address");
+        meta.symbols[*address] = Symbol{required<std::string>(value, "function"),
                                        required<std::uint64_t>(value, "offset"), required<std::string>(value, "module")};
     }
     return meta;

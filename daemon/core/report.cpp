@@ -121,10 +121,14 @@ nlohmann::json report_to_json(const Report& report) {
 
 namespace {
 
+// Sized to fit: kernel symbol names reach KSYM_NAME_LEN (512) bytes, so a
+// fixed buffer would silently cut rows short.
 std::string line(const char* fmt, auto... args) {
-    char buf[512];
-    std::snprintf(buf, sizeof buf, fmt, args...);
-    return buf;
+    const int n = std::snprintf(nullptr, 0, fmt, args...);
+    if (n <= 0) return {};
+    std::string out(static_cast<std::size_t>(n), '\0');
+    std::snprintf(out.data(), out.size() + 1, fmt, args...);
+    return out;
 }
 
 unsigned long long ull(std::uint64_t v) { return static_cast<unsigned long long>(v); }

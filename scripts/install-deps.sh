@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package kleakd needs to build, test and benchmark.
+# Run as root on a fresh machine: apt-get update is part of it.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git
+  clang llvm                      # BPF target compiler
+  bpftool libbpf-dev libelf-dev zlib1g-dev
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libabsl-dev
+  libsystemd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3 bc
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (apt-get needs it)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${packages[@]}"
