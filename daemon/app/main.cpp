@@ -1,9 +1,9 @@
 // kleakd: kernel memory-leak tracer. Parses the command line and runs a
 // subcommand; start-up failures print one line and exit 1.
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "app/commands.h"
@@ -38,10 +38,13 @@ void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
                  "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
 }
 
-void add_timing_options(CLI::App& app, kleak::SessionTiming& timing) {
+void add_timing_options(CLI::App& app, kleak::SessionTiming& timing, kleak::TracerOptions& tracer) {
     // Tuning for experts and tests; hidden from --help (empty group).
     app.add_option("--drain-ms", timing.drain_period, "How often the rings are drained")->group("");
     app.add_option("--holdback-ms", timing.holdback, "How long a record may take to commit")->group("");
+    app.add_option("--wakeup-backlog", tracer.wakeup_backlog_bytes,
+                   "Ring bytes that force a consumer wake-up (default: half the ring)")
+        ->group("");
 }
 
 }  // namespace
@@ -51,9 +54,10 @@ int main(int argc, char** argv) {
     spdlog::set_default_logger(logger);
     spdlog::set_pattern("kleakd: %^%l%$: %v");
 
-    CLI::App app{"kleakd - an always-on kernel memory-leak tracer.\n"
-                 "Traces kmalloc/kfree and kmem_cache_alloc/free through BPF tracepoints into per-CPU ring\n"
-                 "buffers, merges them in time order and reports allocations that were never freed, by call site."};
+    CLI::App app{
+        "kleakd - an always-on kernel memory-leak tracer.\n"
+        "Traces kmalloc/kfree and kmem_cache_alloc/free through BPF tracepoints into per-CPU ring\n"
+        "buffers, merges them in time order and reports allocations that were never freed, by call site."};
     app.set_version_flag("--version", std::string("kleakd ") + kKleakdVersion);
     std::string log_level = "info";
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
@@ -65,8 +69,9 @@ int main(int argc, char** argv) {
     BufferSizeOption trace_buffer;
     int trace_interval = 5;
     auto* trace_cmd = app.add_subcommand(
-        "trace", "Trace live: print the top call sites by outstanding bytes every interval, and the full kleak "
-                 "report on Ctrl-C/SIGTERM");
+        "trace",
+        "Trace live: print the top call sites by outstanding bytes every interval, and the full kleak "
+        "report on Ctrl-C/SIGTERM");
     trace_cmd->add_option("--interval,-i", trace_interval, "Seconds between live tables")
         ->check(CLI::Range(1, 86400))
         ->default_str("5");
@@ -76,7 +81,7 @@ int main(int argc, char** argv) {
     trace_cmd->add_flag("--json", trace.json, "Print the final report as JSON on stdout (live tables go to stderr)");
     trace_buffer.add_to(*trace_cmd);
     add_allocator_flags(*trace_cmd, trace.tracer);
-    add_timing_options(*trace_cmd, trace.timing);
+    add_timing_options(*trace_cmd, trace.timing, trace.tracer);
 
     kleak::RecordCommand record;
     BufferSizeOption record_buffer;
@@ -88,11 +93,13 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 365 * 86400));
     record_buffer.add_to(*record_cmd);
     add_allocator_flags(*record_cmd, record.tracer);
-    add_timing_options(*record_cmd, record.timing);
+    add_timing_options(*record_cmd, record.timing, record.tracer);
 
     kleak::ReportCommand report;
     auto* report_cmd = app.add_subcommand("report", "Replay a recording and print its kleak report");
-    report_cmd->add_option("dir", report.dir, "Directory written by `kleakd record`")->required()->check(CLI::ExistingDirectory);
+    report_cmd->add_option("dir", report.dir, "Directory written by `kleakd record`")
+        ->required()
+        ->check(CLI::ExistingDirectory);
     report_cmd->add_flag("--json", report.json, "Print the report as JSON");
     report_cmd->add_option("--top,-n", report.top, "Rows per report section (default: all)");
 

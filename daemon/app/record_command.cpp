@@ -17,7 +17,7 @@ namespace kleak {
 int run_record(const RecordCommand& command) {
     SignalFd signals{SIGINT, SIGTERM};
     RecordingWriter writer(command.output, possible_cpus());
-    TracingSession session(command.tracer, writer, signals);
+    TracingSession session(command.tracer, writer);
 
     core::RecordingMeta meta;
     meta.abi_version = KLEAK_ABI_VERSION;
@@ -29,16 +29,14 @@ int run_record(const RecordCommand& command) {
     meta.buffer_size = command.tracer.buffer_size;
     meta.start_ns = monotonic_now_ns();
 
-    const std::uint64_t deadline =
-        command.duration.count() > 0
-            ? meta.start_ns + static_cast<std::uint64_t>(std::chrono::nanoseconds(command.duration).count())
-            : 0;
-    spdlog::info("recording to {} with a {} ring per CPU on {} CPUs{}", command.output.string(),
-                 core::format_size(command.tracer.buffer_size), session.cpu_count(),
-                 deadline ? " for " + std::to_string(command.duration.count()) + "s" : "; Ctrl-C stops");
+    spdlog::info(
+        "recording to {} with a {} ring per CPU on {} CPUs{}", command.output.string(),
+        core::format_size(command.tracer.buffer_size), session.cpu_count(),
+        command.duration.count() > 0 ? " for " + std::to_string(command.duration.count()) + "s" : "; Ctrl-C stops");
 
-    session.run(
-        command.timing, deadline, [&](std::uint64_t) { writer.flush(); }, std::chrono::seconds(1), [] {});
+    EventLoop loop;
+    session.start(loop, command.timing, [&](std::uint64_t) { writer.flush(); });
+    run_until_stopped(loop, signals, command.duration, std::chrono::milliseconds(0), [] {});
     session.stop_and_drain();
 
     meta.end_ns = monotonic_now_ns();

@@ -43,7 +43,8 @@ RecordingWriter::RecordingWriter(std::filesystem::path dir, unsigned cpu_count) 
         const std::filesystem::path path = dir_ / core::cpu_file_name(cpu);
         CpuFile file;
         file.fd.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-        if (!file.fd) throw StartupError(describe_errno("output directory not writable: cannot create " + path.string(), -errno));
+        if (!file.fd)
+            throw StartupError(describe_errno("output directory not writable: cannot create " + path.string(), -errno));
         const auto header = core::encode_file_header({core::kRecordingFormatVersion, KLEAK_ABI_VERSION, cpu});
         if (const int err = write_all(file.fd.get(), header.data(), header.size()); err != 0)
             throw StartupError(describe_errno("cannot write " + path.string(), err));
@@ -119,8 +120,9 @@ bool RecordingWriter::finish(core::RecordingMeta meta, core::Symbolizer& symboli
 core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
     const std::filesystem::path path = dir / "meta.json";
     std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno) +
-                                      " (is this a directory written by `kleakd record`?)");
+    if (!in)
+        throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno) +
+                                 " (is this a directory written by `kleakd record`?)");
     nlohmann::json json;
     try {
         json = nlohmann::json::parse(in);
@@ -153,11 +155,13 @@ void replay_recording(const std::filesystem::path& dir, const core::RecordingMet
         std::array<std::byte, core::kRecordingHeaderSize> header_bytes{};
         input.in.read(reinterpret_cast<char*>(header_bytes.data()), header_bytes.size());
         core::RecordingFileHeader header;
-        if (auto err = core::decode_file_header({header_bytes.data(), static_cast<std::size_t>(input.in.gcount())}, header))
+        if (auto err =
+                core::decode_file_header({header_bytes.data(), static_cast<std::size_t>(input.in.gcount())}, header))
             throw std::runtime_error(input.path.string() + ": " + *err);
         if (header.abi_version != meta.abi_version)
-            throw std::runtime_error(input.path.string() + ": record ABI version " + std::to_string(header.abi_version) +
-                                     " differs from meta.json's " + std::to_string(meta.abi_version));
+            throw std::runtime_error(input.path.string() + ": record ABI version " +
+                                     std::to_string(header.abi_version) + " differs from meta.json's " +
+                                     std::to_string(meta.abi_version));
         if (header.cpu != cpu)
             throw std::runtime_error(input.path.string() + ": header says CPU " + std::to_string(header.cpu));
         input.cpu = header.cpu;
@@ -189,7 +193,8 @@ void replay_recording(const std::filesystem::path& dir, const core::RecordingMet
                              input.buffer.size() - reader.consumed());
             }
             input.offset += reader.consumed();
-            input.buffer.erase(input.buffer.begin(), input.buffer.begin() + static_cast<std::ptrdiff_t>(reader.consumed()));
+            input.buffer.erase(input.buffer.begin(),
+                               input.buffer.begin() + static_cast<std::ptrdiff_t>(reader.consumed()));
             if (!input.eof) any_open = true;
         }
         // Every input still open has been read up to its newest timestamp:

@@ -4,7 +4,6 @@
 #include <absl/container/flat_hash_set.h>
 
 #include <array>
-
 #include <chrono>
 #include <cstdint>
 #include <filesystem>

@@ -18,8 +18,11 @@ int run_report(const ReportCommand& command) {
     if (command.json) {
         nlohmann::json json = core::report_to_json(report);
         json["recording"] = {
-            {"kernel_release", meta.kernel_release}, {"boot_id", meta.boot_id},     {"hostname", meta.hostname},
-            {"cpus", meta.cpus},                     {"records", pipeline.records()},
+            {"kernel_release", meta.kernel_release},
+            {"boot_id", meta.boot_id},
+            {"hostname", meta.hostname},
+            {"cpus", meta.cpus},
+            {"records", pipeline.records()},
             {"duration_ns", meta.end_ns - meta.start_ns},
         };
         std::cout << json.dump(2) << '\n';

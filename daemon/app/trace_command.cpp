@@ -42,36 +42,33 @@ int run_trace(const TraceCommand& command) {
     core::Pipeline pipeline(possible_cpus());
     PipelineSink sink(pipeline);
     auto symbolizer = make_kallsyms_symbolizer(command.kallsyms);
-    TracingSession session(command.tracer, sink, signals);
+    TracingSession session(command.tracer, sink);
     spdlog::info("tracing {} with a {} ring per CPU on {} CPUs; Ctrl-C prints the report",
-                 join(session.tracer().attached()), core::format_size(command.tracer.buffer_size),
-                 session.cpu_count());
+                 join(session.tracer().attached()), core::format_size(command.tracer.buffer_size), session.cpu_count());
 
     // In --json mode stdout carries only the final report.
     std::FILE* live_out = command.json ? stderr : stdout;
     const std::uint64_t started = monotonic_now_ns();
     std::uint64_t last_tick = started;
     std::uint64_t last_records = 0;
-    session.run(
-        command.timing, 0, [&](std::uint64_t watermark) { pipeline.release_until(watermark); },
-        command.interval,
-        [&]() {
-            const std::uint64_t now = monotonic_now_ns();
-            const std::uint64_t records = pipeline.records();
-            const double seconds = static_cast<double>(now - last_tick) / 1e9;
-            std::uint64_t dropped = 0;
-            for (const auto d : session.drops()) dropped += d;
-            print_interval(live_out, pipeline, now - started, records - last_records, seconds, dropped, command.top,
-                           *symbolizer);
-            last_tick = now;
-            last_records = records;
-        });
+    EventLoop loop;
+    session.start(loop, command.timing, [&](std::uint64_t watermark) { pipeline.release_until(watermark); });
+    run_until_stopped(loop, signals, std::chrono::seconds(0), command.interval, [&]() {
+        const std::uint64_t now = monotonic_now_ns();
+        const std::uint64_t records = pipeline.records();
+        const double seconds = static_cast<double>(now - last_tick) / 1e9;
+        std::uint64_t dropped = 0;
+        for (const auto d : session.drops()) dropped += d;
+        print_interval(live_out, pipeline, now - started, records - last_records, seconds, dropped, command.top,
+                       *symbolizer);
+        last_tick = now;
+        last_records = records;
+    });
 
     session.stop_and_drain();
     pipeline.finish();
-    const core::Losses losses =
-        core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(), command.tracer.buffer_size,
-                          session.consumer().peak_backlog_bytes());
+    const core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),
+                                                  command.tracer.buffer_size, session.consumer().peak_backlog_bytes());
     const core::Report report = core::build_report(pipeline.tracker(), losses, *symbolizer);
     if (command.json) {
         std::cout << core::report_to_json(report).dump(2) << '\n';

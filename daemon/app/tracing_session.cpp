@@ -8,47 +8,32 @@
 
 namespace kleak {
 
-TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink, SignalFd& signals)
-    : tracer_(options), consumer_(tracer_.ring_fds(), sink), signals_(signals), drops_(tracer_.cpu_count(), 0) {}
+TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink)
+    : tracer_(options), consumer_(tracer_.ring_fds(), sink), drops_(tracer_.cpu_count(), 0) {}
 
-void TracingSession::run(const SessionTiming& timing, std::uint64_t deadline_ns,
-                         const std::function<void(std::uint64_t)>& on_drained, std::chrono::milliseconds tick,
-                         const std::function<void()>& on_tick) {
-    EventLoop loop;
-    TimerFd drain_timer(timing.drain_period);
-    TimerFd tick_timer(tick);
-    const std::uint64_t holdback_ns = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(timing.holdback).count());
-    std::uint64_t failed_drains = 0;
-
-    auto drain = [&]() {
-        const std::uint64_t started = monotonic_now_ns();
-        const int n = consumer_.drain();
-        if (n < 0 && failed_drains++ % 1000 == 0)  // rate-limited: once per 1000 failures
-            spdlog::warn("draining the rings failed: {} ({} times so far)", std::strerror(-n), failed_drains);
-        on_drained(started > holdback_ns ? started - holdback_ns : 0);
-        if (deadline_ns != 0 && started >= deadline_ns) loop.stop();
-    };
-
+void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
+                           std::function<void(std::uint64_t)> on_drained) {
+    on_drained_ = std::move(on_drained);
+    holdback_ns_ = static_cast<std::uint64_t>(std::chrono::nanoseconds(timing.holdback).count());
+    drain_timer_.emplace(timing.drain_period);
+    loop.watch(drain_timer_->fd(), [this]() {
+        drain_timer_->take();
+        drain();
+    });
     // A ring fd polls readable whenever it holds any data, so level-triggered
     // watching would spin; edge-triggered, it fires only when a producer
     // forces a wake-up (its ring passed half full), which is the point.
-    for (const int fd : tracer_.ring_fds()) loop.watch(fd, drain, EventLoop::Trigger::edge);
-    loop.watch(drain_timer.fd(), [&]() {
-        drain_timer.take();
-        drain();
-    });
-    loop.watch(tick_timer.fd(), [&]() {
-        tick_timer.take();
-        on_tick();
-    });
-    loop.watch(signals_.fd(), [&]() {
-        if (const int sig = signals_.take(); sig != 0) {
-            spdlog::info("{} received, stopping", strsignal(sig));
-            loop.stop();
-        }
-    });
-    loop.run();
+    for (const int fd : tracer_.ring_fds())
+        loop.watch(
+            fd, [this]() { drain(); }, EventLoop::Trigger::edge);
+}
+
+void TracingSession::drain() {
+    const std::uint64_t started = monotonic_now_ns();
+    const int n = consumer_.drain();
+    if (n < 0 && failed_drains_++ % 1000 == 0)  // rate-limited: once per 1000 failures
+        spdlog::warn("draining the rings failed: {} ({} times so far)", std::strerror(-n), failed_drains_);
+    if (on_drained_) on_drained_(started > holdback_ns_ ? started - holdback_ns_ : 0);
 }
 
 void TracingSession::stop_and_drain() {
@@ -60,6 +45,33 @@ void TracingSession::stop_and_drain() {
 const std::vector<std::uint64_t>& TracingSession::drops() {
     if (auto now = tracer_.read_drops(); !now.empty()) drops_ = std::move(now);
     return drops_;
+}
+
+void run_until_stopped(EventLoop& loop, SignalFd& signals, std::chrono::seconds duration,
+                       std::chrono::milliseconds tick, const std::function<void()>& on_tick) {
+    std::optional<TimerFd> tick_timer;
+    if (tick.count() > 0) {
+        tick_timer.emplace(tick);
+        loop.watch(tick_timer->fd(), [&]() {
+            tick_timer->take();
+            on_tick();
+        });
+    }
+    std::optional<TimerFd> deadline;
+    if (duration.count() > 0) {
+        deadline.emplace(duration, TimerFd::Repeat::once);
+        loop.watch(deadline->fd(), [&]() { loop.stop(); });
+    }
+    loop.watch(signals.fd(), [&]() {
+        if (const int sig = signals.take(); sig != 0) {
+            spdlog::info("{} received, stopping", strsignal(sig));
+            loop.stop();
+        }
+    });
+    loop.run();
+    loop.unwatch(signals.fd());
+    if (tick_timer) loop.unwatch(tick_timer->fd());
+    if (deadline) loop.unwatch(deadline->fd());
 }
 
 }  // namespace kleak

@@ -1,11 +1,12 @@
-// Live tracing shared by `trace` and `record`: the BPF programs, the ring
-// consumer, and one epoll loop that drains the rings on a timer (and when a
-// ring passes half full), stopping on SIGINT/SIGTERM or a deadline.
+// Live tracing: the BPF programs, the ring consumer, and the drain timer on
+// the caller's epoll loop. Rings are drained every drain period, and early
+// when a producer forces a wake-up because its ring passed half full.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "app/event_loop.h"
@@ -23,19 +24,19 @@ struct SessionTiming {
 
 class TracingSession {
 public:
-    // `signals` must have been constructed before any thread started.
-    TracingSession(const TracerOptions& options, RecordSink& sink, SignalFd& signals);
+    TracingSession(const TracerOptions& options, RecordSink& sink);
 
     unsigned cpu_count() const { return tracer_.cpu_count(); }
     const BpfTracer& tracer() const { return tracer_; }
     const RingConsumer& consumer() const { return consumer_; }
 
-    // Runs until a signal or until `deadline_ns` (CLOCK_MONOTONIC, 0 = none).
-    // After every drain calls on_drained(watermark): records older than the
-    // watermark can no longer arrive. Every `tick` calls on_tick().
-    void run(const SessionTiming& timing, std::uint64_t deadline_ns,
-             const std::function<void(std::uint64_t watermark)>& on_drained,
-             std::chrono::milliseconds tick, const std::function<void()>& on_tick);
+    // Drains on `loop` from now on. After every drain calls
+    // on_drained(watermark): records older than the watermark can no longer
+    // arrive.
+    void start(EventLoop& loop, const SessionTiming& timing, std::function<void(std::uint64_t)> on_drained);
+
+    // Drains now (also what the timer does).
+    void drain();
 
     // Detaches the programs and drains what they left in the rings.
     void stop_and_drain();
@@ -46,8 +47,16 @@ public:
 private:
     BpfTracer tracer_;
     RingConsumer consumer_;
-    SignalFd& signals_;
     std::vector<std::uint64_t> drops_;
+    std::optional<TimerFd> drain_timer_;
+    std::function<void(std::uint64_t)> on_drained_;
+    std::uint64_t holdback_ns_ = 0;
+    std::uint64_t failed_drains_ = 0;
 };
+
+// Runs `loop` until SIGINT/SIGTERM on `signals` or, when `duration` is
+// non-zero, until it has passed; calls on_tick() every `tick` (0: never).
+void run_until_stopped(EventLoop& loop, SignalFd& signals, std::chrono::seconds duration,
+                       std::chrono::milliseconds tick, const std::function<void()>& on_tick);
 
 }  // namespace kleak

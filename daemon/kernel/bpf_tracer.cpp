@@ -21,19 +21,19 @@ std::string describe_errno(const std::string& what, int negative_errno) {
     const int err = negative_errno < 0 ? -negative_errno : negative_errno;
     std::string text = what + ": " + std::strerror(err);
     switch (err) {
-    case EPERM:
-    case EACCES:
-        text += " (kleakd needs root, or CAP_BPF and CAP_PERFMON; run it with sudo)";
-        break;
-    case ENOMEM:
-    case E2BIG:
-        text += " (try a smaller --buffer-size)";
-        break;
-    case ENOENT:
-        text += " (the kernel lacks this tracepoint or BTF for it)";
-        break;
-    default:
-        break;
+        case EPERM:
+        case EACCES:
+            text += " (kleakd needs root, or CAP_BPF and CAP_PERFMON; run it with sudo)";
+            break;
+        case ENOMEM:
+        case E2BIG:
+            text += " (try a smaller --buffer-size)";
+            break;
+        case ENOENT:
+            text += " (the kernel lacks this tracepoint or BTF for it)";
+            break;
+        default:
+            break;
     }
     return text;
 }
@@ -50,8 +50,10 @@ int print_libbpf(enum libbpf_print_level level, const char* format, va_list args
     while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
     // libbpf's warnings (and the verifier log) explain load failures; its info
     // and debug chatter belong at debug level.
-    if (level == LIBBPF_WARN) spdlog::warn("{}", text);
-    else spdlog::debug("{}", text);
+    if (level == LIBBPF_WARN)
+        spdlog::warn("{}", text);
+    else
+        spdlog::debug("{}", text);
     return n;
 }
 
@@ -71,8 +73,9 @@ void check_privileges() {
     const int cap_perfmon = 38;
     const int cap_bpf = 39;
     if (has(CAP_SYS_ADMIN) || (has(cap_bpf) && has(cap_perfmon))) return;
-    throw StartupError("kleakd needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before "
-                       "Linux 5.8), to load BPF programs: run it with sudo");
+    throw StartupError(
+        "kleakd needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before "
+        "Linux 5.8), to load BPF programs: run it with sudo");
 }
 
 // What each program traces, and whether start-up must fail without it.
@@ -122,13 +125,15 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 
     // Wake the consumer only when a ring is half full; the daemon drains on a
     // timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c).
-    skel_->rodata->wakeup_backlog_bytes = options.buffer_size / 2;
+    skel_->rodata->wakeup_backlog_bytes =
+        options.wakeup_backlog_bytes != 0 ? options.wakeup_backlog_bytes : options.buffer_size / 2;
 
     int err = bpf_map__set_max_entries(skel_->maps.rings, static_cast<__u32>(cpus));
-    if (err) throw StartupError(describe_errno("sizing the rings map to " + std::to_string(cpus) + " CPUs failed", err));
+    if (err)
+        throw StartupError(describe_errno("sizing the rings map to " + std::to_string(cpus) + " CPUs failed", err));
     for (int cpu = 0; cpu < cpus; ++cpu) {
-        const int fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0,
-                                      static_cast<__u32>(options.buffer_size), nullptr);
+        const int fd =
+            bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0, static_cast<__u32>(options.buffer_size), nullptr);
         if (fd < 0) {
             throw StartupError(describe_errno("creating the " + std::to_string(options.buffer_size) +
                                                   "-byte ring buffer for CPU " + std::to_string(cpu) + " failed",
@@ -140,7 +145,9 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     if (err) throw StartupError(describe_errno("setting the ring template failed", err));
 
     btf* vmlinux = btf__load_vmlinux_btf();
-    if (!vmlinux) throw StartupError(describe_errno(std::string("reading the kernel BTF from ") + kVmlinuxBtf + " failed", -errno));
+    if (!vmlinux)
+        throw StartupError(
+            describe_errno(std::string("reading the kernel BTF from ") + kVmlinuxBtf + " failed", -errno));
     std::vector<ProgramSpec> specs = program_specs(*skel_, options);
     std::vector<std::string> missing;
     for (ProgramSpec& spec : specs) {
@@ -177,8 +184,8 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         if (!spec.wanted) continue;
         bpf_link* link = bpf_program__attach(spec.program);
         if (!link) {
-            throw StartupError(describe_errno(std::string("attaching to tracepoint kmem:") + spec.tracepoint + " failed",
-                                              -errno));
+            throw StartupError(
+                describe_errno(std::string("attaching to tracepoint kmem:") + spec.tracepoint + " failed", -errno));
         }
         *spec.link = link;  // the skeleton destroys it
         attached_.emplace_back(std::string("kmem:") + spec.tracepoint);

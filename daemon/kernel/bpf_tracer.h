@@ -23,6 +23,10 @@ struct TracerOptions {
     std::uint64_t buffer_size = 0;  // bytes per CPU ring, validated by the caller
     bool trace_kmalloc = true;      // kmalloc/kfree
     bool trace_kmem_cache = true;   // kmem_cache_alloc/kmem_cache_free
+    // Producers force a consumer wake-up when their ring holds this much;
+    // 0 means half the ring. Tests set it past the ring size to make a
+    // burst overflow deterministically.
+    std::uint64_t wakeup_backlog_bytes = 0;
 };
 
 class BpfTracer {

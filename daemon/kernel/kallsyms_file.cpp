@@ -17,8 +17,7 @@ std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(std::filesyste
         }
         core::KallsymsTable table = core::KallsymsTable::parse(in);
         if (table.addresses_hidden()) {
-            spdlog::warn("{} hides addresses (kernel.kptr_restrict); run as root to see function names",
-                         path.string());
+            spdlog::warn("{} hides addresses (kernel.kptr_restrict); run as root to see function names", path.string());
         }
         return table;
     });

@@ -305,8 +305,10 @@ TEST(KernelTrace, DetachLeavesNoProgramsBehind) {
 TEST(KernelRecord, TinyBufferOverflowIsCountedAndAdvised) {
     REQUIRE_KERNEL();
     const fs::path dir = Kleakd::make_temp_dir() / "rec";
-    // 4K holds under a hundred records; drains every 2 s cannot keep up.
-    Kleakd recorder({"record", "--output", dir.string(), "--buffer-size", "4K", "--drain-ms", "2000"});
+    // 4K holds under a hundred records; with no early wake-up and a drain
+    // every 2 s the burst below must overflow it.
+    Kleakd recorder({"record", "--output", dir.string(), "--buffer-size", "4K", "--drain-ms", "2000",
+                     "--wakeup-backlog", "1073741824"});
     ASSERT_TRUE(recorder.wait_for_stderr("recording to")) << recorder.stop().err;
     for (int round = 0; round < 20; ++round) HeldPipes pipes(kPipes);
     const Result rec = recorder.stop();
