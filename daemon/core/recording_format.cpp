@@ -1,7 +1,9 @@
 #include "recording_format.h"
 
 #include <charconv>
+#include <algorithm>
 #include <cstdio>
+#include <type_traits>
 #include <cstring>
 #include <stdexcept>
 #include <string_view>
@@ -53,12 +55,6 @@ FrameStatus FrameReader::next(std::span<const std::byte>& record) {
 
 namespace {
 
-std::string hex(std::uint64_t v) {
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
 // Exactly "0x" and hex digits, as hex() writes them: sscanf("0x%llx") would
 // also take a sign, blanks, trailing junk and overflow without complaint.
 std::optional<std::uint64_t> parse_hex_address(std::string_view text) {
@@ -73,8 +69,21 @@ std::optional<std::uint64_t> parse_hex_address(std::string_view text) {
 template <class T>
 T required(const nlohmann::json& json, const char* key) {
     if (!json.contains(key)) throw std::runtime_error(std::string("meta.json: missing key '") + key + "'");
+    const nlohmann::json& value = json.at(key);
+    // nlohmann converts silently (-1 -> 4294967295, 2.7 -> 2): insist on the
+    // JSON type the field really has.
+    const auto non_negative_integer = [](const nlohmann::json& v) {
+        return v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0);
+    };
+    bool right_type = true;
+    if constexpr (std::is_unsigned_v<T>) right_type = non_negative_integer(value);
+    if constexpr (std::is_same_v<T, std::string>) right_type = value.is_string();
+    if constexpr (std::is_same_v<T, std::vector<std::uint64_t>>) {
+        right_type = value.is_array() && std::all_of(value.begin(), value.end(), non_negative_integer);
+    }
+    if (!right_type) throw std::runtime_error(std::string("meta.json: key '") + key + "' has the wrong type");
     try {
-        return json.at(key).get<T>();
+        return value.get<T>();
     } catch (const nlohmann::json::exception&) {
         throw std::runtime_error(std::string("meta.json: key '") + key + "' has the wrong type");
     }
@@ -85,7 +94,7 @@ T required(const nlohmann::json& json, const char* key) {
 nlohmann::json meta_to_json(const RecordingMeta& meta) {
     nlohmann::json symbols = nlohmann::json::object();
     for (const auto& [address, symbol] : meta.symbols) {
-        symbols[hex(address)] = {{"function", symbol.function}, {"offset", symbol.offset}, {"module", symbol.module}};
+        symbols[hex_address(address)] = {{"function", symbol.function}, {"offset", symbol.offset}, {"module", symbol.module}};
     }
     return {
         {"format_version", meta.format_version},

@@ -85,7 +85,7 @@ nlohmann::json report_to_json(const Report& report) {
         sites.push_back({
             {"site", row.site},
             {"function", row.function},
-            {"address", s.call_site},
+            {"address", hex_address(s.call_site)},  // a string: JSON numbers lose precision past 2^53
             {"allocs", s.allocs},
             {"frees", s.frees},
             {"bytes_alloc", s.bytes_alloc},
@@ -133,6 +133,11 @@ std::string line(const char* fmt, auto... args) {
 
 unsigned long long ull(std::uint64_t v) { return static_cast<unsigned long long>(v); }
 
+// Saturating: a corrupt record with bytes_req > bytes_alloc must not wrap.
+std::uint64_t slack(std::uint64_t allocated, std::uint64_t requested) {
+    return allocated > requested ? allocated - requested : 0;
+}
+
 // One "by caller" section: rows with a non-zero key, largest first.
 void section(std::string& out, const char* title, const char* header, const std::vector<SiteRow>& sites,
              std::size_t top, const std::function<std::uint64_t(const SiteStats&)>& key,
@@ -166,7 +171,7 @@ std::string report_to_text(const Report& report, std::size_t top) {
     out += line("total allocations:      %llu\n", ull(t.allocs));
     out += line("total frees:            %llu (+%llu unmatched)\n", ull(t.frees), ull(t.unmatched_frees));
     out += line("total bytes allocated:  %llu [with slack] (%llu requested, %llu slack)\n", ull(t.bytes_alloc),
-                ull(t.bytes_req), ull(t.bytes_alloc - t.bytes_req));
+                ull(t.bytes_req), ull(slack(t.bytes_alloc, t.bytes_req)));
     out += line("total bytes freed:      %llu\n", ull(t.bytes_freed));
     out += line("outstanding:            %llu allocations, %llu bytes\n", ull(t.outstanding), ull(t.outstanding_bytes));
     if (t.replaced > 0) out += line("replaced (missed free): %llu\n", ull(t.replaced));
@@ -185,16 +190,19 @@ std::string report_to_text(const Report& report, std::size_t top) {
             [](const SiteStats& s) { return s.bytes_alloc; },
             [](const SiteRow& r) {
                 return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.bytes_alloc), ull(r.stats.bytes_req),
-                            ull(r.stats.bytes_alloc - r.stats.bytes_req), r.site.c_str());
+                            ull(slack(r.stats.bytes_alloc, r.stats.bytes_req)), r.site.c_str());
             });
     section(out, "freed bytes by caller (credited to the allocating caller):", "     bytes  caller", sites, top,
             [](const SiteStats& s) { return s.bytes_freed; },
             [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.bytes_freed), r.site.c_str()); });
-    section(out, "unfreed allocations by caller:", "     count       bytes  caller", sites, top,
-            [](const SiteStats& s) { return s.outstanding_bytes > 0 ? s.outstanding_bytes : s.outstanding; },
+    section(out, "unfreed allocations by caller:", "     count       bytes    replaced  caller", sites, top,
+            [](const SiteStats& s) { return s.outstanding > 0 ? s.outstanding_bytes + 1 : 0; },
             [](const SiteRow& r) {
-                return line("%10llu  %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
-                            r.site.c_str());
+                // `replaced` > 0 means frees of this site's memory went unseen
+                // (an untraced free path or a lost record), so part of its
+                // outstanding count may not be a leak.
+                return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
+                            ull(r.stats.replaced), r.site.c_str());
             });
     section(out, "unmatched frees by caller (pointer never seen allocated):", "     count  caller", sites, top,
             [](const SiteStats& s) { return s.unmatched_frees; },

@@ -1,5 +1,6 @@
 #include "sizes.h"
 
+#include <algorithm>
 #include <bit>
 #include <cctype>
 #include <charconv>

@@ -7,12 +7,15 @@
 
 namespace kleak::core {
 
+std::string hex_address(std::uint64_t address) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(address));
+    return buf;
+}
+
 std::string format_site(std::uint64_t address, const Symbol& symbol) {
+    if (!symbol.known()) return hex_address(address);
     char buf[32];
-    if (!symbol.known()) {
-        std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(address));
-        return buf;
-    }
     std::snprintf(buf, sizeof buf, "+0x%llx", static_cast<unsigned long long>(symbol.offset));
     std::string out = symbol.function + buf;
     if (!symbol.module.empty()) out += " [" + symbol.module + "]";

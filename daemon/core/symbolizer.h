@@ -23,6 +23,9 @@ struct Symbol {
     bool known() const { return !function.empty(); }
 };
 
+// "0xffffffff81234567"
+std::string hex_address(std::uint64_t address);
+
 // "function+0x1a", "function+0x1a [module]", or "0xffffffff81234567" when unknown.
 std::string format_site(std::uint64_t address, const Symbol& symbol);
 

@@ -1,0 +1,106 @@
+#include "leaks_query.h"
+
+#include <algorithm>
+
+namespace kleak::core {
+
+namespace {
+
+struct Candidate {
+    SiteId site;
+    std::uint64_t count;
+    std::uint64_t bytes;
+    std::optional<std::uint64_t> oldest_ts;
+};
+
+std::vector<Candidate> from_aggregates(const Tracker& tracker) {
+    std::vector<Candidate> out;
+    const auto& sites = tracker.sites();
+    for (SiteId id = 0; id < sites.size(); ++id) {
+        if (sites[id].outstanding > 0) out.push_back({id, sites[id].outstanding, sites[id].outstanding_bytes, {}});
+    }
+    return out;
+}
+
+std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64_t born_before) {
+    std::vector<Candidate> per_site(tracker.sites().size());
+    for (SiteId id = 0; id < per_site.size(); ++id) per_site[id].site = id;
+    tracker.for_each_outstanding([&](std::uint64_t, const OutstandingAllocation& a) {
+        if (a.ts_ns > born_before) return;
+        Candidate& c = per_site[a.site];
+        ++c.count;
+        c.bytes += a.bytes_alloc;
+        c.oldest_ts = std::min(c.oldest_ts.value_or(a.ts_ns), a.ts_ns);
+    });
+    std::erase_if(per_site, [](const Candidate& c) { return c.count == 0; });
+    return per_site;
+}
+
+}  // namespace
+
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer) {
+    std::vector<Candidate> candidates;
+    if (query.min_age_ns == 0) {
+        candidates = from_aggregates(tracker);
+    } else {
+        const std::uint64_t born_before = query.now_ns > query.min_age_ns ? query.now_ns - query.min_age_ns : 0;
+        candidates = from_live_allocations(tracker, born_before);
+    }
+
+    LeaksResult result;
+    for (const Candidate& c : candidates) {
+        result.outstanding += c.count;
+        result.outstanding_bytes += c.bytes;
+    }
+    const auto key = [&query](const Candidate& c) {
+        return query.sort == LeakSort::bytes ? std::pair(c.bytes, c.count) : std::pair(c.count, c.bytes);
+    };
+    const std::size_t n = std::min(query.top, candidates.size());
+    std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n), candidates.end(),
+                      [&](const Candidate& a, const Candidate& b) {
+                          if (key(a) != key(b)) return key(a) > key(b);
+                          return a.site < b.site;
+                      });
+    for (std::size_t i = 0; i < n; ++i) {
+        const Candidate& c = candidates[i];
+        const SiteStats& s = tracker.sites()[c.site];
+        const Symbol symbol = symbolizer.resolve(s.call_site);
+        LeakRow row;
+        row.site = format_site(s.call_site, symbol);
+        row.function = symbol.known() ? symbol.function : row.site;
+        row.outstanding = c.count;
+        row.outstanding_bytes = c.bytes;
+        row.allocs = s.allocs;
+        row.frees = s.frees;
+        row.replaced = s.replaced;
+        if (c.oldest_ts) row.oldest_age_ns = query.now_ns > *c.oldest_ts ? query.now_ns - *c.oldest_ts : 0;
+        result.rows.push_back(std::move(row));
+    }
+    return result;
+}
+
+nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query) {
+    nlohmann::json sites = nlohmann::json::array();
+    for (const LeakRow& row : result.rows) {
+        nlohmann::json site = {
+            {"site", row.site},
+            {"function", row.function},
+            {"outstanding", row.outstanding},
+            {"outstanding_bytes", row.outstanding_bytes},
+            {"allocs", row.allocs},
+            {"frees", row.frees},
+            {"replaced", row.replaced},
+        };
+        if (row.oldest_age_ns) site["oldest_age_ns"] = *row.oldest_age_ns;
+        sites.push_back(std::move(site));
+    }
+    return {
+        {"sort", query.sort == LeakSort::bytes ? "bytes" : "count"},
+        {"min_age_ns", query.min_age_ns},
+        {"outstanding", result.outstanding},
+        {"outstanding_bytes", result.outstanding_bytes},
+        {"sites", std::move(sites)},
+    };
+}
+
+}  // namespace kleak::core

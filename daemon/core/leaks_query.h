@@ -1,0 +1,48 @@
+// The `leaks` query: top call sites by outstanding bytes or count. Without an
+// age filter it reads the per-site aggregates (O(sites)); with one it scans
+// the live allocations (O(outstanding)), since only they know their age.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "symbolizer.h"
+#include "tracker.h"
+
+namespace kleak::core {
+
+enum class LeakSort { bytes, count };
+
+struct LeaksQuery {
+    std::size_t top = 20;
+    std::uint64_t min_age_ns = 0;  // only allocations at least this old count
+    std::uint64_t now_ns = 0;      // the records' clock (CLOCK_MONOTONIC), from the caller
+    LeakSort sort = LeakSort::bytes;
+};
+
+struct LeakRow {
+    std::string site;
+    std::string function;
+    std::uint64_t outstanding = 0;
+    std::uint64_t outstanding_bytes = 0;
+    std::uint64_t allocs = 0;
+    std::uint64_t frees = 0;
+    std::uint64_t replaced = 0;
+    std::optional<std::uint64_t> oldest_age_ns;  // known when the query scanned allocations
+};
+
+struct LeaksResult {
+    std::uint64_t outstanding = 0;  // over every site that passed the filter
+    std::uint64_t outstanding_bytes = 0;
+    std::vector<LeakRow> rows;
+};
+
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer);
+
+nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query);
+
+}  // namespace kleak::core

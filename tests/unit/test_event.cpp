@@ -1,0 +1,177 @@
+// decode_record: the only reader of the wire layout in bpf/kleak_abi.h.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstring>
+
+#include "core/event.h"
+#include "test_helpers.h"
+
+namespace kleak::core {
+namespace {
+
+using test::alloc_event;
+using test::encode_event;
+using test::event_fields;
+using test::free_event;
+
+constexpr std::uint64_t kPtr = 0xffff888012345678;
+constexpr std::uint64_t kSite = 0xffffffff81234567;
+
+// An Event full of values no decode should leave behind.
+Event stale_event() {
+    Event e;
+    e.ts_ns = e.ptr = e.call_site = 0xdeadbeefdeadbeef;
+    e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = 0xdeadbeef;
+    e.kind = EventKind::cache_alloc;
+    e.cpu = 0xdead;
+    return e;
+}
+
+TEST(DecodeRecord, KmallocAllFields) {
+    const Event sent = alloc_event({.ts = 123456789012, .ptr = kPtr, .site = kSite, .req = 100, .alloc = 128,
+                                    .kind = EventKind::kmalloc, .gfp = 0xcc0, .tgid = 4242, .tid = 4243});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(encode_event(sent), 3, got), DecodeStatus::ok);
+
+    Event expected = sent;
+    expected.cpu = 3;  // the ring, not the record, says which CPU
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+}
+
+TEST(DecodeRecord, CacheAllocAllFields) {
+    const Event sent = alloc_event({.ts = 5, .ptr = kPtr, .site = kSite, .req = 192, .alloc = 192,
+                                    .kind = EventKind::cache_alloc, .gfp = 0x400, .tgid = 1, .tid = 2});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(encode_event(sent), 0, got), DecodeStatus::ok);
+
+    Event expected = sent;
+    expected.cpu = 0;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+}
+
+TEST(DecodeRecord, KfreeClearsAllocationOnlyFields) {
+    const Event sent = free_event({.ts = 99, .ptr = kPtr, .site = kSite, .kind = EventKind::kfree, .tgid = 77});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(encode_event(sent), 1, got), DecodeStatus::ok);
+
+    Event expected = sent;
+    expected.cpu = 1;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+    EXPECT_EQ(got.bytes_req, 0u);
+    EXPECT_EQ(got.bytes_alloc, 0u);
+    EXPECT_EQ(got.gfp_flags, 0u);
+    EXPECT_EQ(got.tid, 0u);
+}
+
+TEST(DecodeRecord, CacheFreeAllFields) {
+    const Event sent = free_event({.ts = 1000, .ptr = kPtr + 64, .site = kSite + 8, .kind = EventKind::cache_free});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(encode_event(sent), 65535, got), DecodeStatus::ok);
+
+    Event expected = sent;
+    expected.cpu = 65535;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+}
+
+TEST(DecodeRecord, TooShortHeader) {
+    const std::vector<std::byte> full = encode_event(free_event({.ts = 1, .ptr = kPtr, .site = kSite}));
+    Event got;
+    EXPECT_EQ(decode_record({}, 0, got), DecodeStatus::too_short);
+    EXPECT_EQ(decode_record(std::span(full).first(1), 0, got), DecodeStatus::too_short);
+    EXPECT_EQ(decode_record(std::span(full).first(sizeof(kleak_record_header) - 1), 0, got),
+              DecodeStatus::too_short);
+}
+
+TEST(DecodeRecord, TooShortAllocBody) {
+    for (EventKind kind : {EventKind::kmalloc, EventKind::cache_alloc}) {
+        const std::vector<std::byte> full =
+            encode_event(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8, .kind = kind}));
+        ASSERT_EQ(full.size(), sizeof(kleak_alloc_record));
+        Event got;
+        // A header alone, a free-sized record, and one byte short are all too short for an allocation.
+        EXPECT_EQ(decode_record(std::span(full).first(sizeof(kleak_record_header)), 0, got), DecodeStatus::too_short);
+        EXPECT_EQ(decode_record(std::span(full).first(sizeof(kleak_free_record)), 0, got), DecodeStatus::too_short);
+        EXPECT_EQ(decode_record(std::span(full).first(full.size() - 1), 0, got), DecodeStatus::too_short);
+        EXPECT_EQ(decode_record(full, 0, got), DecodeStatus::ok);
+    }
+}
+
+TEST(DecodeRecord, TooShortFreeBody) {
+    for (EventKind kind : {EventKind::kfree, EventKind::cache_free}) {
+        const std::vector<std::byte> full = encode_event(free_event({.ts = 1, .ptr = kPtr, .site = kSite, .kind = kind}));
+        ASSERT_EQ(full.size(), sizeof(kleak_free_record));
+        Event got;
+        EXPECT_EQ(decode_record(std::span(full).first(sizeof(kleak_record_header)), 0, got), DecodeStatus::too_short);
+        EXPECT_EQ(decode_record(std::span(full).first(full.size() - 1), 0, got), DecodeStatus::too_short);
+        EXPECT_EQ(decode_record(full, 0, got), DecodeStatus::ok);
+    }
+}
+
+TEST(DecodeRecord, UnknownKind) {
+    for (std::uint16_t kind : {0, 5, 0x100, 0xffff}) {
+        kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
+        rec.hdr.kind = kind;
+        Event got;
+        EXPECT_EQ(decode_record(test::record_bytes(rec), 0, got), DecodeStatus::unknown_kind) << "kind " << kind;
+    }
+}
+
+TEST(DecodeRecord, UnknownKindInABareHeader) {
+    // A header of an unknown kind is reported as unknown, not too short: the
+    // kind says nothing about how long the record should be.
+    kleak_record_header hdr{};
+    hdr.kind = 9;
+    Event got;
+    EXPECT_EQ(decode_record(test::record_bytes(hdr), 0, got), DecodeStatus::unknown_kind);
+}
+
+TEST(DecodeRecord, TrailingBytesAreIgnored) {
+    // Ring records are rounded up to 8 bytes; a longer span still decodes.
+    const Event sent = free_event({.ts = 7, .ptr = kPtr, .site = kSite});
+    std::vector<std::byte> padded = encode_event(sent);
+    padded.resize(padded.size() + 8, std::byte{0xab});
+    Event got;
+    ASSERT_EQ(decode_record(padded, 2, got), DecodeStatus::ok);
+    Event expected = sent;
+    expected.cpu = 2;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+}
+
+TEST(DecodeRecord, UnalignedInputBuffer) {
+    // Ring and recording frames give no alignment guarantee: decode from odd
+    // offsets of a byte array (run under UBSan to catch misaligned loads).
+    const Event alloc = alloc_event({.ts = 0x0102030405060708, .ptr = kPtr, .site = kSite, .req = 33, .alloc = 64,
+                                     .kind = EventKind::kmalloc, .gfp = 0x10, .tgid = 3, .tid = 4});
+    const Event free = free_event({.ts = 0x1112131415161718, .ptr = kPtr, .site = kSite + 1,
+                                   .kind = EventKind::cache_free, .tgid = 5});
+    for (std::size_t offset : {1u, 3u, 5u, 7u}) {
+        alignas(16) std::array<std::byte, 128> storage{};
+        const std::vector<std::byte> alloc_bytes = encode_event(alloc);
+        const std::vector<std::byte> free_bytes = encode_event(free);
+        std::memcpy(storage.data() + offset, alloc_bytes.data(), alloc_bytes.size());
+        std::memcpy(storage.data() + offset + alloc_bytes.size(), free_bytes.data(), free_bytes.size());
+
+        Event got;
+        ASSERT_EQ(decode_record(std::span(storage).subspan(offset, alloc_bytes.size()), 1, got), DecodeStatus::ok);
+        Event expected = alloc;
+        expected.cpu = 1;
+        EXPECT_EQ(event_fields(got), event_fields(expected)) << "offset " << offset;
+
+        ASSERT_EQ(decode_record(std::span(storage).subspan(offset + alloc_bytes.size(), free_bytes.size()), 1, got),
+                  DecodeStatus::ok);
+        expected = free;
+        expected.cpu = 1;
+        EXPECT_EQ(event_fields(got), event_fields(expected)) << "offset " << offset;
+    }
+}
+
+TEST(EventKind, IsAlloc) {
+    EXPECT_TRUE(is_alloc(EventKind::kmalloc));
+    EXPECT_TRUE(is_alloc(EventKind::cache_alloc));
+    EXPECT_FALSE(is_alloc(EventKind::kfree));
+    EXPECT_FALSE(is_alloc(EventKind::cache_free));
+}
+
+}  // namespace
+}  // namespace kleak::core

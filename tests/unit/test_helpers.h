@@ -1,0 +1,214 @@
+// Shared helpers for the core unit tests: event and raw-record builders,
+// fixture and golden-file access, and field-wise views of the tracker's
+// aggregates so gtest can compare and print them.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <span>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "core/event.h"
+#include "core/tracker.h"
+#include "kleak_abi.h"
+
+#ifndef KLEAK_FIXTURES_DIR
+#error "KLEAK_FIXTURES_DIR must name tests/fixtures (set by tests/unit/CMakeLists.txt)"
+#endif
+
+namespace kleak::test {
+
+using core::Event;
+using core::EventKind;
+
+// --- events -------------------------------------------------------------------
+
+struct AllocSpec {
+    std::uint64_t ts = 0;
+    std::uint16_t cpu = 0;
+    std::uint64_t ptr = 0;
+    std::uint64_t site = 0;
+    std::uint32_t req = 0;
+    std::uint32_t alloc = 0;
+    EventKind kind = EventKind::kmalloc;
+    std::uint32_t gfp = 0;
+    std::uint32_t tgid = 0;
+    std::uint32_t tid = 0;
+};
+
+struct FreeSpec {
+    std::uint64_t ts = 0;
+    std::uint16_t cpu = 0;
+    std::uint64_t ptr = 0;
+    std::uint64_t site = 0;
+    EventKind kind = EventKind::kfree;
+    std::uint32_t tgid = 0;
+};
+
+// Designated initializers keep call sites readable:
+//   alloc_event({.ts = 100, .cpu = 1, .ptr = 0x1000, .site = kSite, .req = 10, .alloc = 16})
+inline Event alloc_event(const AllocSpec& s) {
+    Event e;
+    e.ts_ns = s.ts;
+    e.cpu = s.cpu;
+    e.ptr = s.ptr;
+    e.call_site = s.site;
+    e.bytes_req = s.req;
+    e.bytes_alloc = s.alloc;
+    e.gfp_flags = s.gfp;
+    e.tgid = s.tgid;
+    e.tid = s.tid;
+    e.kind = s.kind;
+    return e;
+}
+
+inline Event free_event(const FreeSpec& s) {
+    Event e;
+    e.ts_ns = s.ts;
+    e.cpu = s.cpu;
+    e.ptr = s.ptr;
+    e.call_site = s.site;
+    e.tgid = s.tgid;
+    e.kind = s.kind;
+    return e;
+}
+
+// --- raw ABI records ------------------------------------------------------------
+
+template <class Record>
+std::vector<std::byte> record_bytes(const Record& record) {
+    std::vector<std::byte> out(sizeof record);
+    std::memcpy(out.data(), &record, sizeof record);
+    return out;
+}
+
+inline kleak_alloc_record alloc_record(const Event& e) {
+    kleak_alloc_record rec{};
+    rec.hdr.ts_ns = e.ts_ns;
+    rec.hdr.kind = static_cast<__u16>(e.kind);
+    rec.hdr.tgid = e.tgid;
+    rec.ptr = e.ptr;
+    rec.call_site = e.call_site;
+    rec.bytes_req = e.bytes_req;
+    rec.bytes_alloc = e.bytes_alloc;
+    rec.gfp_flags = e.gfp_flags;
+    rec.tid = e.tid;
+    return rec;
+}
+
+inline kleak_free_record free_record(const Event& e) {
+    kleak_free_record rec{};
+    rec.hdr.ts_ns = e.ts_ns;
+    rec.hdr.kind = static_cast<__u16>(e.kind);
+    rec.hdr.tgid = e.tgid;
+    rec.ptr = e.ptr;
+    rec.call_site = e.call_site;
+    return rec;
+}
+
+// The bytes the BPF program would have put in the ring for `e` (its cpu is
+// implied by which ring it goes to, so it is not encoded).
+inline std::vector<std::byte> encode_event(const Event& e) {
+    return core::is_alloc(e.kind) ? record_bytes(alloc_record(e)) : record_bytes(free_record(e));
+}
+
+// Every field of an Event, for exact comparisons with readable failures.
+inline auto event_fields(const Event& e) {
+    return std::make_tuple(e.ts_ns, e.cpu, static_cast<int>(e.kind), e.ptr, e.call_site, e.bytes_req, e.bytes_alloc,
+                           e.gfp_flags, e.tgid, e.tid);
+}
+
+// --- tracker aggregates -----------------------------------------------------------
+
+inline auto site_fields(const core::SiteStats& s) {
+    return std::make_tuple(s.call_site, static_cast<int>(s.kind), s.allocs, s.bytes_alloc, s.bytes_req, s.frees,
+                           s.bytes_freed, s.replaced, s.replaced_bytes, s.outstanding, s.outstanding_bytes,
+                           s.free_calls, s.unmatched_frees);
+}
+
+inline auto totals_fields(const core::Totals& t) {
+    return std::make_tuple(t.allocs, t.frees, t.bytes_alloc, t.bytes_req, t.bytes_freed, t.unmatched_frees,
+                           t.replaced, t.outstanding, t.outstanding_bytes);
+}
+
+inline const core::SiteStats& site_of(const core::Tracker& tracker, std::uint64_t call_site) {
+    for (const core::SiteStats& s : tracker.sites())
+        if (s.call_site == call_site) return s;
+    ADD_FAILURE() << "no site 0x" << std::hex << call_site;
+    static const core::SiteStats missing{};
+    return missing;
+}
+
+// What totals must be if they are kept consistent with the sites.
+inline core::Totals sum_over_sites(const std::vector<core::SiteStats>& sites) {
+    core::Totals t;
+    for (const core::SiteStats& s : sites) {
+        t.allocs += s.allocs;
+        t.frees += s.frees;
+        t.bytes_alloc += s.bytes_alloc;
+        t.bytes_req += s.bytes_req;
+        t.bytes_freed += s.bytes_freed;
+        t.unmatched_frees += s.unmatched_frees;
+        t.replaced += s.replaced;
+        t.outstanding += s.outstanding;
+        t.outstanding_bytes += s.outstanding_bytes;
+    }
+    return t;
+}
+
+// Sites keyed by call site (interning order depends on event order).
+inline std::map<std::uint64_t, decltype(site_fields(core::SiteStats{}))> sites_by_address(const core::Tracker& tracker) {
+    std::map<std::uint64_t, decltype(site_fields(core::SiteStats{}))> out;
+    for (const core::SiteStats& s : tracker.sites()) out.emplace(s.call_site, site_fields(s));
+    return out;
+}
+
+// Live allocations as ptr -> (ts, allocating call site, bytes).
+inline std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>> outstanding_by_ptr(
+    const core::Tracker& tracker) {
+    std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>> out;
+    tracker.for_each_outstanding([&](std::uint64_t ptr, const core::OutstandingAllocation& a) {
+        out.emplace(ptr, std::make_tuple(a.ts_ns, tracker.sites()[a.site].call_site, a.bytes_alloc));
+    });
+    return out;
+}
+
+// --- fixtures and golden files ------------------------------------------------------
+
+inline std::string fixture_path(std::string_view name) { return std::string(KLEAK_FIXTURES_DIR) + "/" + std::string(name); }
+
+inline std::string read_fixture(std::string_view name) {
+    std::ifstream in(fixture_path(name), std::ios::binary);
+    EXPECT_TRUE(in.good()) << "cannot open fixture " << fixture_path(name);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+// Compares `actual` with tests/fixtures/<name> byte for byte.
+// To regenerate after an intended output change, run the test with
+// KLEAK_UPDATE_GOLDEN=1 (e.g. `KLEAK_UPDATE_GOLDEN=1 ctest -L unit`), which
+// rewrites the golden file in the source tree; review the diff before committing.
+inline void expect_matches_golden(std::string_view name, const std::string& actual) {
+    const char* update = std::getenv("KLEAK_UPDATE_GOLDEN");
+    if (update != nullptr && std::string_view(update) == "1") {
+        std::ofstream out(fixture_path(name), std::ios::binary | std::ios::trunc);
+        out << actual;
+        ASSERT_TRUE(out.good()) << "cannot write golden file " << fixture_path(name);
+        std::cout << "[golden] rewrote " << fixture_path(name) << "\n";
+        return;
+    }
+    EXPECT_EQ(read_fixture(name), actual) << "golden file " << fixture_path(name)
+                                          << " differs; rerun with KLEAK_UPDATE_GOLDEN=1 to regenerate";
+}
+
+}  // namespace kleak::test
