@@ -7,6 +7,8 @@
 #include <iostream>
 
 #include "app/commands.h"
+#include "app/logging.h"
+#include "app/serve_command.h"
 #include "core/sizes.h"
 #include "kernel/startup_error.h"
 #include "version.h"
@@ -38,10 +40,14 @@ void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
                  "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
 }
 
-void add_timing_options(CLI::App& app, kleak::SessionTiming& timing, kleak::TracerOptions& tracer) {
-    // Tuning for experts and tests; hidden from --help (empty group).
+// Tuning for experts and tests; hidden from --help (empty group).
+void add_timing_options(CLI::App& app, kleak::SessionTiming& timing) {
     app.add_option("--drain-ms", timing.drain_period, "How often the rings are drained")->group("");
     app.add_option("--holdback-ms", timing.holdback, "How long a record may take to commit")->group("");
+}
+
+void add_tracer_tuning(CLI::App& app, kleak::SessionTiming& timing, kleak::TracerOptions& tracer) {
+    add_timing_options(app, timing);
     app.add_option("--wakeup-backlog", tracer.wakeup_backlog_bytes,
                    "Ring bytes that force a consumer wake-up (default: half the ring)")
         ->group("");
@@ -50,9 +56,7 @@ void add_timing_options(CLI::App& app, kleak::SessionTiming& timing, kleak::Trac
 }  // namespace
 
 int main(int argc, char** argv) {
-    auto logger = spdlog::stderr_color_mt("kleakd");
-    spdlog::set_default_logger(logger);
-    spdlog::set_pattern("kleakd: %^%l%$: %v");
+    kleak::setup_logging();
 
     CLI::App app{
         "kleakd - an always-on kernel memory-leak tracer.\n"
@@ -63,7 +67,21 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
         ->default_str("info");
-    app.require_subcommand(1);
+    app.require_subcommand(0, 1);
+    kleak::ServeCommand serve;
+    std::string check_config;
+    app.add_option("--config,-c", serve.config_path, "Daemon configuration file")
+        ->default_str(kleak::kDefaultConfigPath);
+    app.add_option("--check-config", check_config, "Validate a configuration file, print every error, and exit");
+    app.footer("Without a subcommand kleakd runs the daemon (`kleakd serve`).");
+
+    auto* serve_cmd = app.add_subcommand(
+        "serve",
+        "Run the daemon: trace continuously, answer kleakctl on the query socket, write JSON snapshots "
+        "(the default when no subcommand is given)");
+    serve_cmd->add_option("--config,-c", serve.config_path, "Daemon configuration file")
+        ->default_str(kleak::kDefaultConfigPath);
+    add_timing_options(*serve_cmd, serve.timing);
 
     kleak::TraceCommand trace;
     BufferSizeOption trace_buffer;
@@ -81,7 +99,7 @@ int main(int argc, char** argv) {
     trace_cmd->add_flag("--json", trace.json, "Print the final report as JSON on stdout (live tables go to stderr)");
     trace_buffer.add_to(*trace_cmd);
     add_allocator_flags(*trace_cmd, trace.tracer);
-    add_timing_options(*trace_cmd, trace.timing, trace.tracer);
+    add_tracer_tuning(*trace_cmd, trace.timing, trace.tracer);
 
     kleak::RecordCommand record;
     BufferSizeOption record_buffer;
@@ -93,7 +111,7 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 365 * 86400));
     record_buffer.add_to(*record_cmd);
     add_allocator_flags(*record_cmd, record.tracer);
-    add_timing_options(*record_cmd, record.timing, record.tracer);
+    add_tracer_tuning(*record_cmd, record.timing, record.tracer);
 
     kleak::ReportCommand report;
     auto* report_cmd = app.add_subcommand("report", "Replay a recording and print its kleak report");
@@ -112,6 +130,7 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(log_level));
 
     try {
+        if (!check_config.empty()) return kleak::run_check_config(check_config);
         if (*trace_cmd) {
             trace.tracer.buffer_size = trace_buffer.resolve();
             trace.interval = std::chrono::seconds(trace_interval);
@@ -122,7 +141,8 @@ int main(int argc, char** argv) {
             record.duration = std::chrono::seconds(record_duration);
             return kleak::run_record(record);
         }
-        return kleak::run_report(report);
+        if (*report_cmd) return kleak::run_report(report);
+        return kleak::run_serve(serve);
     } catch (const kleak::StartupError& e) {
         spdlog::error("{}", e.what());
         return 1;

@@ -3,9 +3,8 @@
 // the live allocations (O(outstanding)), since only they know their age.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>

@@ -119,6 +119,44 @@ nlohmann::json report_to_json(const Report& report) {
     return out;
 }
 
+Report report_from_json(const nlohmann::json& json) {
+    Report report;
+    const auto& t = json.at("totals");
+    Totals& totals = report.totals;
+    totals.allocs = t.at("allocs").get<std::uint64_t>();
+    totals.frees = t.at("frees").get<std::uint64_t>();
+    totals.bytes_alloc = t.at("bytes_alloc").get<std::uint64_t>();
+    totals.bytes_req = t.at("bytes_req").get<std::uint64_t>();
+    totals.bytes_freed = t.at("bytes_freed").get<std::uint64_t>();
+    totals.unmatched_frees = t.at("unmatched_frees").get<std::uint64_t>();
+    totals.replaced = t.at("replaced").get<std::uint64_t>();
+    totals.outstanding = t.at("outstanding").get<std::uint64_t>();
+    totals.outstanding_bytes = t.at("outstanding_bytes").get<std::uint64_t>();
+    for (const auto& s : json.at("sites")) {
+        SiteRow row{s.at("site").get<std::string>(), s.at("function").get<std::string>(), {}};
+        SiteStats& stats = row.stats;
+        stats.call_site = std::stoull(s.at("address").get<std::string>(), nullptr, 16);
+        stats.allocs = s.at("allocs").get<std::uint64_t>();
+        stats.frees = s.at("frees").get<std::uint64_t>();
+        stats.bytes_alloc = s.at("bytes_alloc").get<std::uint64_t>();
+        stats.bytes_req = s.at("bytes_req").get<std::uint64_t>();
+        stats.bytes_freed = s.at("bytes_freed").get<std::uint64_t>();
+        stats.replaced = s.at("replaced").get<std::uint64_t>();
+        stats.outstanding = s.at("outstanding").get<std::uint64_t>();
+        stats.outstanding_bytes = s.at("outstanding_bytes").get<std::uint64_t>();
+        stats.free_calls = s.at("free_calls").get<std::uint64_t>();
+        stats.unmatched_frees = s.at("unmatched_frees").get<std::uint64_t>();
+        report.sites.push_back(std::move(row));
+    }
+    const auto& l = json.at("losses");
+    report.losses.dropped_per_cpu = l.at("dropped_per_cpu").get<std::vector<std::uint64_t>>();
+    report.losses.late = l.at("late").get<std::uint64_t>();
+    report.losses.undecodable = l.at("undecodable").get<std::uint64_t>();
+    report.losses.buffer_size = l.at("buffer_size").get<std::uint64_t>();
+    report.losses.suggested_buffer_size = l.at("suggested_buffer_size").get<std::uint64_t>();
+    return report;
+}
+
 namespace {
 
 // Sized to fit: kernel symbol names reach KSYM_NAME_LEN (512) bytes, so a
@@ -177,50 +215,55 @@ std::string report_to_text(const Report& report, std::size_t top) {
     if (t.replaced > 0) out += line("replaced (missed free): %llu\n", ull(t.replaced));
 
     const auto& sites = report.sites;
-    section(out, "allocations by caller:", "     count  caller", sites, top,
-            [](const SiteStats& s) { return s.allocs; },
-            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.allocs), r.site.c_str()); });
-    section(out, "frees by caller:", "     count  unmatched  caller", sites, top,
-            [](const SiteStats& s) { return s.free_calls + s.unmatched_frees; },
-            [](const SiteRow& r) {
-                return line("%10llu  %9llu  %s\n", ull(r.stats.free_calls + r.stats.unmatched_frees),
-                            ull(r.stats.unmatched_frees), r.site.c_str());
-            });
-    section(out, "allocated bytes by caller [with slack]:", "     bytes   requested       slack  caller", sites, top,
-            [](const SiteStats& s) { return s.bytes_alloc; },
-            [](const SiteRow& r) {
-                return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.bytes_alloc), ull(r.stats.bytes_req),
-                            ull(slack(r.stats.bytes_alloc, r.stats.bytes_req)), r.site.c_str());
-            });
-    section(out, "freed bytes by caller (credited to the allocating caller):", "     bytes  caller", sites, top,
-            [](const SiteStats& s) { return s.bytes_freed; },
-            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.bytes_freed), r.site.c_str()); });
-    section(out, "unfreed allocations by caller:", "     count       bytes    replaced  caller", sites, top,
-            [](const SiteStats& s) { return s.outstanding > 0 ? s.outstanding_bytes + 1 : 0; },
-            [](const SiteRow& r) {
-                // `replaced` > 0 means frees of this site's memory went unseen
-                // (an untraced free path or a lost record), so part of its
-                // outstanding count may not be a leak.
-                return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
-                            ull(r.stats.replaced), r.site.c_str());
-            });
-    section(out, "unmatched frees by caller (pointer never seen allocated):", "     count  caller", sites, top,
-            [](const SiteStats& s) { return s.unmatched_frees; },
-            [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.unmatched_frees), r.site.c_str()); });
+    section(
+        out, "allocations by caller:", "     count  caller", sites, top, [](const SiteStats& s) { return s.allocs; },
+        [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.allocs), r.site.c_str()); });
+    section(
+        out, "frees by caller:", "     count  unmatched  caller", sites, top,
+        [](const SiteStats& s) { return s.free_calls + s.unmatched_frees; },
+        [](const SiteRow& r) {
+            return line("%10llu  %9llu  %s\n", ull(r.stats.free_calls + r.stats.unmatched_frees),
+                        ull(r.stats.unmatched_frees), r.site.c_str());
+        });
+    section(
+        out, "allocated bytes by caller [with slack]:", "     bytes   requested       slack  caller", sites, top,
+        [](const SiteStats& s) { return s.bytes_alloc; },
+        [](const SiteRow& r) {
+            return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.bytes_alloc), ull(r.stats.bytes_req),
+                        ull(slack(r.stats.bytes_alloc, r.stats.bytes_req)), r.site.c_str());
+        });
+    section(
+        out, "freed bytes by caller (credited to the allocating caller):", "     bytes  caller", sites, top,
+        [](const SiteStats& s) { return s.bytes_freed; },
+        [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.bytes_freed), r.site.c_str()); });
+    section(
+        out, "unfreed allocations by caller:", "     count       bytes    replaced  caller", sites, top,
+        [](const SiteStats& s) { return s.outstanding > 0 ? s.outstanding_bytes + 1 : 0; },
+        [](const SiteRow& r) {
+            // `replaced` > 0 means frees of this site's memory went unseen
+            // (an untraced free path or a lost record), so part of its
+            // outstanding count may not be a leak.
+            return line("%10llu  %10llu  %10llu  %s\n", ull(r.stats.outstanding), ull(r.stats.outstanding_bytes),
+                        ull(r.stats.replaced), r.site.c_str());
+        });
+    section(
+        out, "unmatched frees by caller (pointer never seen allocated):", "     count  caller", sites, top,
+        [](const SiteStats& s) { return s.unmatched_frees; },
+        [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.unmatched_frees), r.site.c_str()); });
 
     out += "\nlosses: ring drops";
     for (std::size_t cpu = 0; cpu < l.dropped_per_cpu.size(); ++cpu)
         out += line(" cpu%zu=%llu", cpu, ull(l.dropped_per_cpu[cpu]));
-    out += line(" (total %llu); late records %llu; undecodable %llu\n", ull(l.dropped()), ull(l.late),
-                ull(l.undecodable));
+    out +=
+        line(" (total %llu); late records %llu; undecodable %llu\n", ull(l.dropped()), ull(l.late), ull(l.undecodable));
     if (l.dropped() > 0) {
-        out += line("WARNING: %llu records were lost because a ring buffer overflowed; totals undercount and "
-                    "unmatched frees/replaced may be inflated.\n",
-                    ull(l.dropped()));
+        out += line(
+            "WARNING: %llu records were lost because a ring buffer overflowed; totals undercount and "
+            "unmatched frees/replaced may be inflated.\n",
+            ull(l.dropped()));
         if (l.suggested_buffer_size > 0)
             out += line("         a buffer of --buffer-size %s per CPU would have held the burst (now %s).\n",
-                        format_size(l.suggested_buffer_size).c_str(),
-                        format_size(l.buffer_size).c_str());
+                        format_size(l.suggested_buffer_size).c_str(), format_size(l.buffer_size).c_str());
     }
     return out;
 }

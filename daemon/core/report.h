@@ -3,14 +3,13 @@
 // happens here, at report time, for the sites the report shows.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "symbolizer.h"
 #include "sizes.h"
+#include "symbolizer.h"
 #include "tracker.h"
 
 namespace kleak::core {
@@ -48,6 +47,9 @@ Report build_report(const Tracker& tracker, const Losses& losses, Symbolizer& sy
 std::vector<SiteRow> top_sites_by_outstanding(const Tracker& tracker, std::size_t top, Symbolizer& symbolizer);
 
 nlohmann::json report_to_json(const Report& report);
+// The inverse, for clients that print a report they received as JSON.
+// Throws nlohmann::json::exception on a document of another shape.
+Report report_from_json(const nlohmann::json& json);
 
 // `top` bounds every per-caller section (0 = all rows).
 std::string report_to_text(const Report& report, std::size_t top);

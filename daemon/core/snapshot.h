@@ -2,9 +2,8 @@
 // report plus where and when it was taken. Time values come from the caller.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "report.h"
@@ -18,9 +17,9 @@ struct SnapshotContext {
     std::string kernel_release;
     std::string boot_id;
     std::string kleakd_version;
-    std::int64_t unix_time_ms = 0;  // wall clock, for humans and file names
-    std::uint64_t monotonic_ns = 0; // the records' clock
-    std::uint64_t uptime_ns = 0;    // since the daemon attached (or was last reset)
+    std::int64_t unix_time_ms = 0;   // wall clock, for humans and file names
+    std::uint64_t monotonic_ns = 0;  // the records' clock
+    std::uint64_t uptime_ns = 0;     // since the daemon attached (or was last reset)
 };
 
 nlohmann::json snapshot_document(const SnapshotContext& context, const Report& report);

@@ -1,20 +1,123 @@
-// kleakctl: the client of the kleakd query socket. The socket and the daemon
-// mode arrive together; until then it says so instead of pretending.
+// kleakctl: query a running kleakd over its Unix socket.
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
+#include "kleakctl/client.h"
+#include "kleakctl/format.h"
 #include "version.h"
 
+namespace {
+
+using kleak::proto::Op;
+
+struct Options {
+    std::string socket;
+    bool json = false;
+    std::uint32_t top = 20;
+    std::string min_age = "0s";
+    std::string sort = "bytes";
+    std::size_t report_top = 10;
+};
+
+int print_result(Op op, const Options& options, const nlohmann::json& result) {
+    if (options.json || op == Op::snapshot) {
+        std::cout << result.dump(2) << '\n';
+        return 0;
+    }
+    switch (op) {
+        case Op::leaks:
+            std::cout << kleak::ctl::format_leaks(result);
+            break;
+        case Op::stats:
+            std::cout << kleak::ctl::format_stats(result);
+            break;
+        case Op::report:
+            std::cout << kleak::ctl::format_report(result, options.report_top);
+            break;
+        case Op::version:
+            std::cout << kleak::ctl::format_version(result, kKleakdVersion);
+            break;
+        case Op::reset:
+            std::cout << "kleakd forgot its history; a fresh baseline starts now\n";
+            break;
+        case Op::snapshot:
+            break;
+    }
+    return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-    CLI::App app{"kleakctl - query a running kleakd (current leaks, stats, the kleak report)"};
+    CLI::App app{"kleakctl - query a running kleakd: current leaks, statistics, the kleak report"};
     app.set_version_flag("--version", std::string("kleakctl ") + kKleakdVersion);
+    app.require_subcommand(1);
+    Options options;
+    app.add_option("--socket,-s", options.socket,
+                   "kleakd's socket (default: $KLEAKD_SOCKET, else /run/kleakd/kleakd.sock)");
+    app.add_flag("--json,-j", options.json, "Print the daemon's raw JSON result");
+    app.footer("Exit status: 0 on success, 1 if kleakd cannot be reached or answers with an error, 2 on usage errors.");
+
+    auto* leaks = app.add_subcommand("leaks", "Top call sites by outstanding (never freed) memory");
+    leaks->add_option("--top,-n", options.top, "How many call sites")->check(CLI::Range(1, 100000))->default_str("20");
+    leaks->add_option("--min-age", options.min_age, "Count only allocations at least this old: 500ms, 30s, 5m, 1h, 1d")
+        ->default_str("0s");
+    leaks->add_option("--sort", options.sort, "Order by outstanding bytes or count")
+        ->check(CLI::IsMember({"bytes", "count"}))
+        ->default_str("bytes");
+    auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
+    auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
+    report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");
+    auto* snapshot = app.add_subcommand("snapshot", "A full JSON snapshot, as written to the snapshot directory");
+    auto* reset = app.add_subcommand("reset", "Forget all history and start a fresh baseline");
+    auto* version = app.add_subcommand("version", "kleakctl's and kleakd's versions");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        const int code = app.exit(e);
+        return code == 0 ? 0 : 2;
     }
-    std::cerr << "kleakctl: not yet: kleakd has no query socket in this version; use `kleakd trace` for live "
-                 "leaks or `kleakd record` + `kleakd report`\n";
-    return 2;
+
+    kleak::proto::Request request;
+    request.id = 1;
+    if (*leaks) {
+        request.op = Op::leaks;
+        request.leaks.top = options.top;
+        request.leaks.sort = options.sort == "count" ? kleak::proto::LeakSort::count : kleak::proto::LeakSort::bytes;
+        std::string why;
+        const auto age = kleak::proto::parse_duration_ns(nlohmann::json(options.min_age), why);
+        if (!age) {
+            std::cerr << "kleakctl: --min-age: " << why << '\n';
+            return 2;
+        }
+        request.leaks.min_age_ns = *age;
+    } else if (*stats) {
+        request.op = Op::stats;
+    } else if (*report) {
+        request.op = Op::report;
+    } else if (*snapshot) {
+        request.op = Op::snapshot;
+    } else if (*reset) {
+        request.op = Op::reset;
+    } else if (*version) {
+        request.op = Op::version;
+    }
+
+    try {
+        kleak::ctl::Client client(kleak::ctl::socket_path(options.socket));
+        const kleak::proto::Response response = client.call(request);
+        if (!response.ok) {
+            std::cerr << "kleakctl: kleakd refused: " << kleak::proto::error_code_name(response.error->code) << ": "
+                      << response.error->message << '\n';
+            return 1;
+        }
+        return print_result(request.op, options, response.result);
+    } catch (const kleak::ctl::ClientError& e) {
+        std::cerr << "kleakctl: " << e.what() << '\n';
+        return 1;
+    } catch (const nlohmann::json::exception& e) {
+        std::cerr << "kleakctl: unexpected reply from kleakd: " << e.what() << '\n';
+        return 1;
+    }
 }

@@ -107,6 +107,19 @@ TEST(Report, TextGolden) {
     test::expect_matches_golden("report_small.txt", report_to_text(sample_report(), 0));
 }
 
+TEST(Report, JsonRoundTripGivesTheSameTextAndJson) {
+    // kleakctl prints the daemon's JSON report with report_to_text: it must
+    // read back exactly what the daemon would have printed.
+    const Report original = sample_report();
+    const Report back = report_from_json(report_to_json(original));
+    EXPECT_EQ(report_to_json(back), report_to_json(original));
+    EXPECT_EQ(report_to_text(back, 0), report_to_text(original, 0));
+}
+
+TEST(Report, FromJsonRejectsAnotherShape) {
+    EXPECT_THROW(report_from_json(nlohmann::json{{"totals", 1}}), nlohmann::json::exception);
+}
+
 TEST(Report, TextGoldenWithTopTruncation) {
     test::expect_matches_golden("report_small_top1.txt", report_to_text(sample_report(), 1));
 }

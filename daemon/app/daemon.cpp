@@ -1,0 +1,298 @@
+#include "app/daemon.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "core/leaks_query.h"
+#include "core/sizes.h"
+#include "core/snapshot.h"
+#include "kernel/host_info.h"
+#include "kernel/kallsyms_file.h"
+#include "kernel/startup_error.h"
+#include "kleak_abi.h"
+#include "version.h"
+
+namespace kleak {
+
+namespace {
+
+// One log line per error, each naming the file and the key.
+void log_config_errors(const std::filesystem::path& path, const std::vector<config::ConfigError>& errors,
+                       const char* prefix) {
+    for (const auto& error : errors) spdlog::error("{}{}", prefix, config::format_error(path, error));
+}
+
+constexpr auto kStatusPeriod = std::chrono::seconds(5);
+
+TracerOptions tracer_options(const config::Settings& settings) {
+    TracerOptions options;
+    options.buffer_size = settings.tracing.buffer_size;
+    options.trace_kmalloc = settings.tracing.kmalloc;
+    options.trace_kmem_cache = settings.tracing.kmem_cache;
+    return options;
+}
+
+// systemd's socket (kleakd.socket), or nullopt when not socket-activated.
+std::optional<UniqueFd> activated_socket() {
+    const int n = sd_listen_fds(1);  // 1: unset LISTEN_* so children do not inherit them
+    if (n <= 0) return std::nullopt;
+    if (n > 1) throw StartupError("systemd passed " + std::to_string(n) + " sockets; kleakd.socket should define one");
+    const int fd = SD_LISTEN_FDS_START;
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
+        throw StartupError("the socket systemd passed is not a listening Unix stream socket");
+    return UniqueFd(fd);
+}
+
+std::int64_t unix_time_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
+
+Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd& signals)
+    : command_(command),
+      settings_(std::move(settings)),
+      signals_(signals),
+      pipeline_(possible_cpus()),
+      sink_(pipeline_),
+      symbolizer_(make_kallsyms_symbolizer(command.kallsyms)),
+      session_(tracer_options(settings_), sink_),
+      snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
+      snapshot_timer_(settings_.snapshots.interval),
+      status_timer_(kStatusPeriod) {
+    const service::AccessPolicy policy{service::lookup_group(settings_.socket.group)};
+    if (!policy.group)
+        spdlog::info("group '{}' does not exist: only root may query the socket", settings_.socket.group);
+    UniqueFd listener;
+    if (auto activated = activated_socket()) {
+        listener = std::move(*activated);
+        spdlog::info("using the query socket passed by systemd");
+    } else {
+        listener = service::listen_unix(settings_.socket.path, settings_.socket.mode, policy.group);
+        owned_socket_ = settings_.socket.path;
+    }
+    server_.emplace(loop_, std::move(listener), policy, *this);
+
+    started_ns_ = rate_window_ns_ = monotonic_now_ns();
+    session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { pipeline_.release_until(watermark); });
+    loop_.watch(signals_.fd(), [this]() { on_signal(); });
+    loop_.watch(snapshot_timer_.fd(), [this]() {
+        snapshot_timer_.take();
+        write_snapshot();
+    });
+    loop_.watch(status_timer_.fd(), [this]() {
+        status_timer_.take();
+        update_status();
+    });
+    if (auto interval = notifier_.watchdog_interval()) {
+        watchdog_timer_.emplace(*interval);
+        loop_.watch(watchdog_timer_->fd(), [this]() {
+            watchdog_timer_->take();
+            notifier_.watchdog();  // from the main loop: a stuck loop stops petting
+        });
+    }
+
+    std::string attached;
+    for (const auto& a : session_.tracer().attached()) attached += (attached.empty() ? "" : ", ") + a;
+    spdlog::info("kleakd {} tracing {} ({} ring per CPU, {} CPUs); queries on {}", kKleakdVersion, attached,
+                 core::format_size(settings_.tracing.buffer_size), session_.cpu_count(),
+                 owned_socket_.empty() ? "the activated socket" : owned_socket_.string());
+    notifier_.ready("tracing " + attached);
+}
+
+Daemon::~Daemon() {
+    server_.reset();
+    if (!owned_socket_.empty()) ::unlink(owned_socket_.c_str());
+}
+
+void Daemon::run() {
+    loop_.run();
+    notifier_.stopping();
+    session_.stop_and_drain();
+    pipeline_.finish();
+    write_snapshot();
+    spdlog::info("detached; final snapshot in {}", snapshots_.directory().string());
+}
+
+void Daemon::on_signal() {
+    const int sig = signals_.take();
+    if (sig == SIGHUP) {
+        reload();
+    } else if (sig != 0) {
+        spdlog::info("{} received, stopping", strsignal(sig));
+        loop_.stop();
+    }
+}
+
+core::Losses Daemon::losses() {
+    return core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
+                             session_.consumer().peak_backlog_bytes());
+}
+
+core::Report Daemon::build_report() { return core::build_report(pipeline_.tracker(), losses(), *symbolizer_); }
+
+nlohmann::json Daemon::snapshot() {
+    const std::uint64_t now = monotonic_now_ns();
+    core::SnapshotContext context{host_name(), kernel_release(), boot_id(), kKleakdVersion, unix_time_ms(),
+                                  now,         now - started_ns_};
+    return core::snapshot_document(context, build_report());
+}
+
+nlohmann::json Daemon::stats() {
+    const auto& totals = pipeline_.tracker().totals();
+    const core::Losses loss = losses();
+    const auto& server = server_->counters();
+    return {
+        {"uptime_ns", monotonic_now_ns() - started_ns_},
+        {"records", pipeline_.records()},
+        // Until the first status period has passed, the average since start.
+        {"records_per_second", records_per_second_ > 0 ? records_per_second_
+                                                       : static_cast<double>(pipeline_.records()) * 1e9 /
+                                                             static_cast<double>(std::max<std::uint64_t>(
+                                                                 monotonic_now_ns() - started_ns_, 1))},
+        {"outstanding", totals.outstanding},
+        {"outstanding_bytes", totals.outstanding_bytes},
+        {"tracker_bytes", pipeline_.tracker().memory_bytes()},
+        {"dropped", loss.dropped()},
+        {"dropped_per_cpu", loss.dropped_per_cpu},
+        {"suggested_buffer_size", loss.suggested_buffer_size},
+        {"late", pipeline_.late()},
+        {"undecodable", pipeline_.undecodable()},
+        {"totals", core::report_to_json(core::Report{totals, {}, loss}).at("totals")},
+        {"attached", session_.tracer().attached()},
+        {"config", config::settings_to_json(settings_)},
+        {"clients", server_->clients()},
+        {"queries",
+         {{"requests", server.requests},
+          {"errors", server.errors},
+          {"refused", server.refused},
+          {"dropped_slow", server.dropped_slow}}},
+    };
+}
+
+std::variant<nlohmann::json, proto::Error> Daemon::handle(const proto::Request& request) {
+    switch (request.op) {
+        case proto::Op::version:
+            return nlohmann::json{
+                {"kleakd", kKleakdVersion}, {"protocol", proto::kProtocolVersion}, {"abi", KLEAK_ABI_VERSION}};
+        case proto::Op::stats:
+            return stats();
+        case proto::Op::leaks: {
+            core::LeaksQuery query;
+            query.top = request.leaks.top;
+            query.min_age_ns = request.leaks.min_age_ns;
+            query.now_ns = monotonic_now_ns();
+            query.sort = request.leaks.sort == proto::LeakSort::bytes ? core::LeakSort::bytes : core::LeakSort::count;
+            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_), query);
+        }
+        case proto::Op::report:
+            return core::report_to_json(build_report());
+        case proto::Op::snapshot:
+            return snapshot();
+        case proto::Op::reset:
+            reset();
+            return nlohmann::json{{"reset", true}};
+    }
+    return proto::Error{proto::ErrorCode::internal, "unhandled op"};
+}
+
+void Daemon::write_snapshot() {
+    const auto error = snapshots_.write(snapshot(), std::chrono::system_clock::now());
+    if (!error) {
+        if (snapshot_failures_ > 0) spdlog::info("snapshots are written again ({} failed before)", snapshot_failures_);
+        snapshot_failures_ = 0;
+        return;
+    }
+    // Rate-limited: the first failure, then every 60th (an hour at the default interval).
+    if (snapshot_failures_++ % 60 == 0) spdlog::warn("writing a snapshot failed: {}; still tracing", *error);
+}
+
+void Daemon::update_status() {
+    const std::uint64_t now = monotonic_now_ns();
+    const std::uint64_t records = pipeline_.records();
+    records_per_second_ = static_cast<double>(records - rate_window_records_) * 1e9 /
+                          static_cast<double>(std::max<std::uint64_t>(now - rate_window_ns_, 1));
+    rate_window_ns_ = now;
+    rate_window_records_ = records;
+    std::uint64_t dropped = 0;
+    for (const auto d : session_.drops()) dropped += d;
+    const auto& totals = pipeline_.tracker().totals();
+    notifier_.status(fmt::format("{:.0f} records/s, {} outstanding ({} bytes), {} dropped", records_per_second_,
+                                 totals.outstanding, totals.outstanding_bytes, dropped));
+}
+
+void Daemon::reset() {
+    pipeline_.reset();
+    symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms);  // modules may have come and gone
+    started_ns_ = rate_window_ns_ = monotonic_now_ns();
+    rate_window_records_ = 0;
+    spdlog::info("reset: history forgotten, a fresh baseline starts now");
+}
+
+void Daemon::reload() {
+    notifier_.reloading();
+    config::ConfigResult result = config::load_config(command_.config_path);
+    if (!result.settings) {
+        log_config_errors(command_.config_path, result.errors, "reload rejected: ");
+        spdlog::error("reload rejected: keeping the configuration in force");
+        notifier_.reloaded("reload rejected; previous configuration in force");
+        return;
+    }
+    config::Settings next = std::move(*result.settings);
+    spdlog::set_level(spdlog::level::from_str(next.log_level));
+    if (next.snapshots != settings_.snapshots) {
+        snapshots_.reconfigure(next.snapshots.directory, next.snapshots.retention);
+        snapshot_timer_.rearm(next.snapshots.interval);
+    }
+    if (next.socket.group != settings_.socket.group || next.socket.mode != settings_.socket.mode) {
+        const service::AccessPolicy policy{service::lookup_group(next.socket.group)};
+        server_->set_policy(policy);
+        if (!owned_socket_.empty()) {
+            if (::chmod(owned_socket_.c_str(), next.socket.mode) != 0 ||
+                (policy.group && ::chown(owned_socket_.c_str(), static_cast<uid_t>(-1), *policy.group) != 0))
+                spdlog::warn("could not apply the new socket mode/group to {}", owned_socket_.string());
+        }
+    }
+    if (next.socket.path != settings_.socket.path) {
+        spdlog::warn("socket.path changed to {}; it takes effect when kleakd restarts", next.socket.path.string());
+        next.socket.path = settings_.socket.path;
+    }
+    if (next.tracing != settings_.tracing) {
+        spdlog::warn("tracing settings changed; they take effect when kleakd restarts");
+        next.tracing = settings_.tracing;
+    }
+    settings_ = std::move(next);
+    spdlog::info("configuration reloaded from {}", command_.config_path.string());
+    notifier_.reloaded("configuration reloaded");
+}
+
+int run_serve(const ServeCommand& command) {
+    config::ConfigResult result = config::load_config(command.config_path);
+    if (!result.settings) {
+        log_config_errors(command.config_path, result.errors, "");
+        return 1;
+    }
+    spdlog::set_level(spdlog::level::from_str(result.settings->log_level));
+    SignalFd signals{SIGINT, SIGTERM, SIGHUP};
+    Daemon daemon(command, std::move(*result.settings), signals);
+    daemon.run();
+    return 0;
+}
+
+int run_check_config(const std::filesystem::path& path) {
+    const config::ConfigResult result = config::load_config(path);
+    if (!result.settings) {
+        std::fputs(config::format_errors(path, result.errors).c_str(), stderr);
+        return 1;
+    }
+    std::printf("%s: OK\n", path.c_str());
+    return 0;
+}
+
+}  // namespace kleak

@@ -1,0 +1,73 @@
+// The daemon: tracing, the query socket, snapshots, and systemd's protocol,
+// all on one epoll loop. Queries read the tracker between drains, so a query
+// never races ingest and ingest never waits on a client (the server only
+// ever does non-blocking I/O).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "app/event_loop.h"
+#include "app/pipeline_sink.h"
+#include "app/serve_command.h"
+#include "app/tracing_session.h"
+#include "config/config.h"
+#include "core/pipeline.h"
+#include "core/report.h"
+#include "core/symbolizer.h"
+#include "service/query_server.h"
+#include "service/snapshot_writer.h"
+#include "service/systemd_notify.h"
+
+namespace kleak {
+
+class Daemon final : public service::QueryHandler {
+public:
+    // Attaches, opens the socket (or takes systemd's), and tells systemd it
+    // is ready. Throws StartupError.
+    Daemon(const ServeCommand& command, config::Settings settings, SignalFd& signals);
+    ~Daemon() override;
+
+    // Until SIGTERM/SIGINT; then detaches, drains, writes a final snapshot.
+    void run();
+
+    std::variant<nlohmann::json, proto::Error> handle(const proto::Request& request) override;
+
+private:
+    core::Losses losses();
+    core::Report build_report();
+    nlohmann::json snapshot();
+    nlohmann::json stats();
+    void write_snapshot();
+    void update_status();
+    void reload();
+    void reset();
+    void on_signal();
+
+    ServeCommand command_;
+    config::Settings settings_;
+    SignalFd& signals_;
+    service::SystemdNotifier notifier_;
+    EventLoop loop_;
+    core::Pipeline pipeline_;
+    PipelineSink sink_;
+    std::unique_ptr<core::CachingSymbolizer> symbolizer_;
+    TracingSession session_;
+    service::SnapshotWriter snapshots_;
+    std::optional<service::QueryServer> server_;
+    std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
+    TimerFd snapshot_timer_;
+    TimerFd status_timer_;
+    std::optional<TimerFd> watchdog_timer_;
+
+    std::uint64_t started_ns_ = 0;  // attach time, or the last reset
+    std::uint64_t rate_window_ns_ = 0;
+    std::uint64_t rate_window_records_ = 0;
+    double records_per_second_ = 0;
+    std::uint64_t snapshot_failures_ = 0;
+};
+
+}  // namespace kleak

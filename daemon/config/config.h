@@ -1,0 +1,84 @@
+// The daemon's configuration file (/etc/kleakd/kleakd.conf): JSON with
+// comments, every key optional. Reading it is a pipeline: text -> JSON ->
+// typed-but-unchecked values -> validated Settings, collecting every problem
+// with the dotted key path it concerns, so one run shows the user all of
+// them. Nothing here logs or throws on bad input.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/sizes.h"
+
+namespace kleak::config {
+
+struct SocketSettings {
+    std::filesystem::path path = "/run/kleakd/kleakd.sock";
+    std::string group = "kleakd";
+    unsigned mode = 0660;
+
+    bool operator==(const SocketSettings&) const = default;
+};
+
+struct SnapshotSettings {
+    std::filesystem::path directory = "/var/lib/kleakd/snapshots";
+    std::chrono::seconds interval{60};
+    unsigned retention = 60;  // snapshot files kept; older ones are deleted
+
+    bool operator==(const SnapshotSettings&) const = default;
+};
+
+struct TracingSettings {
+    std::uint64_t buffer_size = core::kDefaultBufferSize;  // per-CPU ring bytes
+    bool kmalloc = true;
+    bool kmem_cache = true;
+
+    bool operator==(const TracingSettings&) const = default;
+};
+
+struct Settings {
+    SocketSettings socket;
+    SnapshotSettings snapshots;
+    TracingSettings tracing;
+    std::string log_level = "info";  // an spdlog level name
+
+    bool operator==(const Settings&) const = default;
+};
+
+struct ConfigError {
+    std::string key;      // dotted path, e.g. "snapshots.retention", "tracing.allocators[1]"; "" for the whole file
+    std::string message;  // what is wrong and what would be valid
+
+    bool operator==(const ConfigError&) const = default;
+};
+
+struct ConfigResult {
+    std::optional<Settings> settings;  // set iff errors is empty
+    std::vector<ConfigError> errors;
+};
+
+// Pure: no I/O.
+ConfigResult parse_config(std::string_view text);
+
+// Reads `path` and parses it; an unreadable file is one error naming the path
+// and the reason.
+ConfigResult load_config(const std::filesystem::path& path);
+
+// "<path>: <key>: <message>" ("<path>: <message>" for a file-level error),
+// without a newline: one log line.
+std::string format_error(const std::filesystem::path& path, const ConfigError& error);
+
+// format_error() for each error, each line ending in a newline: for stderr.
+std::string format_errors(const std::filesystem::path& path, const std::vector<ConfigError>& errors);
+
+// The config in force, in the file's own format (parse_config accepts it back):
+// mode as an octal string, interval in seconds ("60s"), buffer_size as "8M".
+nlohmann::json settings_to_json(const Settings& settings);
+
+}  // namespace kleak::config

@@ -1,0 +1,84 @@
+#include "kleakctl/format.h"
+
+#include <fmt/format.h>
+
+#include "core/report.h"
+#include "proto/protocol.h"
+
+namespace kleak::ctl {
+
+namespace {
+
+std::uint64_t u64(const nlohmann::json& j, const char* key) { return j.at(key).get<std::uint64_t>(); }
+
+// "1.5s", "3m20s"-ish: enough for an age column.
+std::string human_age(std::uint64_t ns) {
+    const double s = static_cast<double>(ns) / 1e9;
+    if (s < 60) return fmt::format("{:.1f}s", s);
+    if (s < 3600) return fmt::format("{:.1f}m", s / 60);
+    if (s < 86400) return fmt::format("{:.1f}h", s / 3600);
+    return fmt::format("{:.1f}d", s / 86400);
+}
+
+}  // namespace
+
+std::string format_leaks(const nlohmann::json& result) {
+    const auto& sites = result.at("sites");
+    const std::uint64_t min_age = u64(result, "min_age_ns");
+    std::string out = fmt::format("{} outstanding allocations, {} bytes{}; top {} call sites by {}:\n",
+                                  u64(result, "outstanding"), u64(result, "outstanding_bytes"),
+                                  min_age ? " older than " + proto::format_duration(min_age) : std::string(),
+                                  sites.size(), result.at("sort").get<std::string>());
+    const bool ages = min_age > 0;
+    out += fmt::format("{:>12} {:>14} {:>10} {:>10} {:>9}{}  {}\n", "outstanding", "bytes", "allocs", "frees",
+                       "replaced", ages ? fmt::format(" {:>8}", "oldest") : "", "caller");
+    for (const auto& s : sites) {
+        out += fmt::format(
+            "{:>12} {:>14} {:>10} {:>10} {:>9}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
+            u64(s, "allocs"), u64(s, "frees"), u64(s, "replaced"),
+            ages && s.contains("oldest_age_ns") ? fmt::format(" {:>8}", human_age(u64(s, "oldest_age_ns"))) : "",
+            s.at("site").get<std::string>());
+    }
+    if (sites.empty()) out += "  (none)\n";
+    return out;
+}
+
+std::string format_stats(const nlohmann::json& r) {
+    std::string drops;
+    for (const auto& d : r.at("dropped_per_cpu"))
+        drops += (drops.empty() ? "" : " ") + std::to_string(d.get<std::uint64_t>());
+    std::string attached;
+    for (const auto& a : r.at("attached")) attached += (attached.empty() ? "" : ", ") + a.get<std::string>();
+    const auto& t = r.at("totals");
+    std::string out;
+    out += fmt::format("uptime:            {}\n", human_age(u64(r, "uptime_ns")));
+    out +=
+        fmt::format("records:           {} ({:.0f}/s)\n", u64(r, "records"), r.at("records_per_second").get<double>());
+    out += fmt::format("allocations:       {} ({} bytes)\n", u64(t, "allocs"), u64(t, "bytes_alloc"));
+    out += fmt::format("frees:             {} matched, {} unmatched, {} replaced\n", u64(t, "frees"),
+                       u64(t, "unmatched_frees"), u64(t, "replaced"));
+    out += fmt::format("outstanding:       {} allocations, {} bytes\n", u64(r, "outstanding"),
+                       u64(r, "outstanding_bytes"));
+    out += fmt::format("tracker memory:    {} bytes\n", u64(r, "tracker_bytes"));
+    out += fmt::format("dropped:           {} (per CPU: {})\n", u64(r, "dropped"), drops);
+    if (u64(r, "suggested_buffer_size") > 0)
+        out += fmt::format("                   rings overflowed: set tracing.buffer_size to {} or more\n",
+                           u64(r, "suggested_buffer_size"));
+    out += fmt::format("late records:      {}\n", u64(r, "late"));
+    out += fmt::format("undecodable:       {}\n", u64(r, "undecodable"));
+    out += fmt::format("tracing:           {}\n", attached);
+    out += fmt::format("clients:           {}\n", u64(r, "clients"));
+    out += fmt::format("config:            {}\n", r.at("config").dump());
+    return out;
+}
+
+std::string format_report(const nlohmann::json& result, std::size_t top) {
+    return core::report_to_text(core::report_from_json(result), top);
+}
+
+std::string format_version(const nlohmann::json& r, const char* client_version) {
+    return fmt::format("kleakctl {}\nkleakd {} (protocol {}, record ABI {})\n", client_version,
+                       r.at("kleakd").get<std::string>(), r.at("protocol").get<int>(), r.at("abi").get<int>());
+}
+
+}  // namespace kleak::ctl

@@ -1,0 +1,14 @@
+// Human-readable renderings of the daemon's results (--json prints them raw).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace kleak::ctl {
+
+std::string format_leaks(const nlohmann::json& result);
+std::string format_stats(const nlohmann::json& result);
+std::string format_report(const nlohmann::json& result, std::size_t top);
+std::string format_version(const nlohmann::json& result, const char* client_version);
+
+}  // namespace kleak::ctl

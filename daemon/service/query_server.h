@@ -1,0 +1,87 @@
+// The daemon's query socket: non-blocking clients on the main epoll loop.
+// Requests are answered in order per connection; replies are queued and
+// written as the client reads them. Nothing a client does (or fails to do)
+// can block ingest: a client whose unread replies pass a bound is dropped.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unordered_map>
+#include <variant>
+
+#include "app/event_loop.h"
+#include "kernel/unique_fd.h"
+#include "proto/protocol.h"
+#include "service/peer_access.h"
+
+namespace kleak::service {
+
+class QueryHandler {
+public:
+    virtual ~QueryHandler() = default;
+    // A result object, or a protocol error to send back.
+    virtual std::variant<nlohmann::json, proto::Error> handle(const proto::Request& request) = 0;
+};
+
+struct ServerLimits {
+    std::size_t max_clients = 64;
+    std::size_t max_unsent_bytes = 64u << 20;  // per client
+};
+
+struct ServerCounters {
+    std::uint64_t accepted = 0;
+    std::uint64_t refused = 0;  // credentials or too many clients
+    std::uint64_t requests = 0;
+    std::uint64_t errors = 0;  // error replies sent
+    std::uint64_t dropped_slow = 0;
+};
+
+// Creates, binds and listens on a Unix stream socket at `path` with `mode`
+// and, if set, group `gid`. A stale socket file left by a dead daemon is
+// replaced; a live one (something answers) is an error. Throws StartupError.
+UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::optional<gid_t> gid);
+
+class QueryServer {
+public:
+    QueryServer(EventLoop& loop, UniqueFd listener, AccessPolicy policy, QueryHandler& handler,
+                ServerLimits limits = {});
+    ~QueryServer();
+    QueryServer(const QueryServer&) = delete;
+    QueryServer& operator=(const QueryServer&) = delete;
+
+    void set_policy(AccessPolicy policy) { policy_ = policy; }
+    std::size_t clients() const { return clients_.size(); }
+    const ServerCounters& counters() const { return counters_; }
+
+private:
+    struct Client {
+        UniqueFd fd;
+        proto::LineReader reader;
+        std::string unsent;
+        std::size_t sent = 0;  // bytes of `unsent` already written
+        bool close_after_flush = false;
+        bool writing = false;  // EPOLLOUT armed
+    };
+
+    void accept_clients();
+    void on_client(int fd, std::uint32_t events);
+    void read_requests(Client& client);
+    void answer(Client& client, const std::string& line);
+    void flush(Client& client);
+    void close_client(int fd);
+
+    EventLoop& loop_;
+    UniqueFd listener_;
+    AccessPolicy policy_;
+    QueryHandler& handler_;
+    ServerLimits limits_;
+    ServerCounters counters_;
+    std::unordered_map<int, std::unique_ptr<Client>> clients_;
+    std::uint64_t log_budget_ = 0;  // for rate-limited warnings
+};
+
+}  // namespace kleak::service

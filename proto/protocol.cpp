@@ -1,0 +1,433 @@
+// The kleakd query protocol codec; the wire format and its reasons are in
+// proto/PROTOCOL.md. Decoding never throws: every way a line can be wrong
+// becomes an Error (server side) or a `why_not` (client side).
+#include "proto/protocol.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+namespace kleak::proto {
+namespace {
+
+using nlohmann::json;
+// Envelopes keep the documented key order (v, id, op/ok, ...) so a line
+// read in socat looks like the examples in PROTOCOL.md.
+using ordered_json = nlohmann::ordered_json;
+
+// --- names ---------------------------------------------------------------------------
+// One table per enum; the *_name and *_from_name functions and the unknown-op
+// message all read these, so adding a value touches one line.
+
+template <typename Enum>
+struct Named {
+    Enum value;
+    std::string_view name;
+};
+
+constexpr std::array kOps{
+    Named<Op>{Op::version, "version"}, Named<Op>{Op::stats, "stats"},       Named<Op>{Op::leaks, "leaks"},
+    Named<Op>{Op::report, "report"},   Named<Op>{Op::snapshot, "snapshot"}, Named<Op>{Op::reset, "reset"},
+};
+
+constexpr std::array kLeakSorts{
+    Named<LeakSort>{LeakSort::bytes, "bytes"},
+    Named<LeakSort>{LeakSort::count, "count"},
+};
+
+constexpr std::array kErrorCodes{
+    Named<ErrorCode>{ErrorCode::parse_error, "parse_error"},
+    Named<ErrorCode>{ErrorCode::bad_request, "bad_request"},
+    Named<ErrorCode>{ErrorCode::unknown_op, "unknown_op"},
+    Named<ErrorCode>{ErrorCode::unsupported_version, "unsupported_version"},
+    Named<ErrorCode>{ErrorCode::too_large, "too_large"},
+    Named<ErrorCode>{ErrorCode::internal, "internal"},
+    Named<ErrorCode>{ErrorCode::not_permitted, "not_permitted"},
+};
+
+template <typename Enum, std::size_t N>
+std::string_view name_of(const std::array<Named<Enum>, N>& table, Enum value) {
+    const auto it = std::find_if(table.begin(), table.end(), [&](const auto& entry) { return entry.value == value; });
+    return it == table.end() ? std::string_view("?") : it->name;
+}
+
+template <typename Enum, std::size_t N>
+std::optional<Enum> value_of(const std::array<Named<Enum>, N>& table, std::string_view name) {
+    const auto it = std::find_if(table.begin(), table.end(), [&](const auto& entry) { return entry.name == name; });
+    if (it == table.end()) return std::nullopt;
+    return it->value;
+}
+
+// "version, stats, ..." for messages that tell the client what would work.
+template <typename Enum, std::size_t N>
+std::string list_names(const std::array<Named<Enum>, N>& table) {
+    std::string names;
+    for (const auto& entry : table) {
+        if (!names.empty()) names += ", ";
+        names += entry.name;
+    }
+    return names;
+}
+
+// --- messages ------------------------------------------------------------------------
+
+// Messages quote what the client sent; a bound keeps a 64 KiB value from
+// being echoed back whole.
+constexpr std::size_t kMaxQuotedChars = 40;
+
+std::string dump_line_safe(const auto& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string quoted(const json& value) {
+    std::string text = dump_line_safe(value);
+    if (text.size() > kMaxQuotedChars) text = text.substr(0, kMaxQuotedChars) + "...";
+    return text;
+}
+
+// `"args.top" must be an integer in 1..100000, got "5"`: the key path first,
+// so the client can find the field in what it sent.
+std::string field_error(std::string_view path, std::string_view expectation, const json& got) {
+    return "\"" + std::string(path) + "\" " + std::string(expectation) + ", got " + quoted(got);
+}
+
+// --- durations -----------------------------------------------------------------------
+
+constexpr std::uint64_t kNsPerSecond = 1'000'000'000;
+constexpr std::uint64_t kMaxU64 = std::numeric_limits<std::uint64_t>::max();
+constexpr double kTwoTo64 = 18446744073709551616.0;
+
+// Largest first, so format_duration picks the coarsest exact unit.
+constexpr std::array<std::pair<std::string_view, std::uint64_t>, 7> kDurationUnits{{
+    {"d", 86400 * kNsPerSecond},
+    {"h", 3600 * kNsPerSecond},
+    {"m", 60 * kNsPerSecond},
+    {"s", kNsPerSecond},
+    {"ms", 1'000'000},
+    {"us", 1'000},
+    {"ns", 1},
+}};
+
+constexpr std::string_view kDurationForms =
+    "a number of seconds >= 0 or a string like \"500ms\", \"30s\", \"5m\", \"1h\", \"1d\"";
+
+std::string not_a_duration(const json& value) {
+    return "expected " + std::string(kDurationForms) + ", got " + quoted(value);
+}
+
+std::optional<std::uint64_t> too_long(const json& value, std::string& why_not) {
+    why_not = quoted(value) + " is too long a duration (2^64 ns or more)";
+    return std::nullopt;
+}
+
+std::optional<std::uint64_t> scale(std::uint64_t count, std::uint64_t unit_ns, const json& value,
+                                   std::string& why_not) {
+    if (count > kMaxU64 / unit_ns) return too_long(value, why_not);
+    return count * unit_ns;
+}
+
+std::optional<std::uint64_t> parse_seconds(double seconds, const json& value, std::string& why_not) {
+    if (!std::isfinite(seconds) || seconds < 0) {
+        why_not = not_a_duration(value);
+        return std::nullopt;
+    }
+    const double ns = std::round(seconds * static_cast<double>(kNsPerSecond));
+    if (ns >= kTwoTo64) return too_long(value, why_not);
+    return static_cast<std::uint64_t>(ns);
+}
+
+// "<digits><unit>": no sign, no fraction, no spaces, so every accepted string
+// is exact and there is one way to write each value per unit.
+std::optional<std::uint64_t> parse_duration_string(std::string_view text, const json& value, std::string& why_not) {
+    const std::size_t digits =
+        std::find_if(text.begin(), text.end(), [](char c) { return c < '0' || c > '9'; }) - text.begin();
+    const std::string_view unit = text.substr(digits);
+    const auto known =
+        std::find_if(kDurationUnits.begin(), kDurationUnits.end(), [&](const auto& u) { return u.first == unit; });
+    if (digits == 0 || known == kDurationUnits.end()) {
+        why_not = not_a_duration(value);
+        return std::nullopt;
+    }
+    std::uint64_t count = 0;
+    for (const char c : text.substr(0, digits)) {
+        const auto digit = static_cast<std::uint64_t>(c - '0');
+        if (count > (kMaxU64 - digit) / 10) return too_long(value, why_not);
+        count = count * 10 + digit;
+    }
+    return scale(count, known->second, value, why_not);
+}
+
+// --- requests ------------------------------------------------------------------------
+
+constexpr std::array<std::string_view, 4> kRequestFields{"v", "id", "op", "args"};
+
+// Fills `args` from the request's "args" object; an error message or nullopt.
+std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key == "top") {
+            // Parsed JSON holds every non-negative integer as unsigned.
+            if (!value.is_number_unsigned() || value.get<std::uint64_t>() < 1 ||
+                value.get<std::uint64_t>() > kMaxLeaksTop) {
+                return field_error("args.top", "must be an integer in 1.." + std::to_string(kMaxLeaksTop), value);
+            }
+            args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+        } else if (key == "min_age") {
+            std::string why_not;
+            const auto ns = parse_duration_ns(value, why_not);
+            if (!ns) return "\"args.min_age\": " + why_not;
+            args.min_age_ns = *ns;
+        } else if (key == "sort") {
+            const auto sort = value.is_string() ? value_of(kLeakSorts, value.get<std::string>()) : std::nullopt;
+            if (!sort) return field_error("args.sort", "must be one of " + list_names(kLeakSorts), value);
+            args.sort = *sort;
+        } else {
+            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort";
+        }
+    }
+    return std::nullopt;
+}
+
+// Both directions want to say where the JSON broke, which only nlohmann's
+// exception tells; it is caught here and becomes `why_not`. Only the byte
+// offset is kept: nlohmann's wording changes between releases, and the
+// message is part of the golden replies.
+std::optional<json> parse_json(std::string_view line, std::string& why_not) {
+    try {
+        return json::parse(line);
+    } catch (const json::parse_error& e) {
+        why_not = "not JSON: the parser stopped at byte " + std::to_string(e.byte) + " of the line";
+        return std::nullopt;
+    }
+}
+
+std::string to_line(const ordered_json& message) { return dump_line_safe(message) + '\n'; }
+
+}  // namespace
+
+std::string_view op_name(Op op) { return name_of(kOps, op); }
+std::optional<Op> op_from_name(std::string_view name) { return value_of(kOps, name); }
+std::string_view leak_sort_name(LeakSort sort) { return name_of(kLeakSorts, sort); }
+std::string_view error_code_name(ErrorCode code) { return name_of(kErrorCodes, code); }
+std::optional<ErrorCode> error_code_from_name(std::string_view name) { return value_of(kErrorCodes, name); }
+
+std::optional<std::uint64_t> parse_duration_ns(const json& value, std::string& why_not) {
+    if (value.is_number_unsigned()) return scale(value.get<std::uint64_t>(), kNsPerSecond, value, why_not);
+    if (value.is_number_integer()) {  // signed: only negative numbers parse this way
+        const auto seconds = value.get<std::int64_t>();
+        if (seconds < 0) {
+            why_not = not_a_duration(value);
+            return std::nullopt;
+        }
+        return scale(static_cast<std::uint64_t>(seconds), kNsPerSecond, value, why_not);
+    }
+    if (value.is_number_float()) return parse_seconds(value.get<double>(), value, why_not);
+    if (value.is_string()) return parse_duration_string(value.get_ref<const std::string&>(), value, why_not);
+    why_not = not_a_duration(value);
+    return std::nullopt;
+}
+
+std::string format_duration(std::uint64_t ns) {
+    if (ns == 0) return "0s";
+    const auto unit =
+        std::find_if(kDurationUnits.begin(), kDurationUnits.end(), [&](const auto& u) { return ns % u.second == 0; });
+    return std::to_string(ns / unit->second) + std::string(unit->first);  // "ns" divides everything
+}
+
+DecodedRequest decode_request(std::string_view line) {
+    DecodedRequest out;
+    const auto fail = [&out](ErrorCode code, std::string message) {
+        out.error = Error{code, std::move(message)};
+        return out;
+    };
+
+    std::string why_not;
+    const std::optional<json> parsed = parse_json(line, why_not);
+    if (!parsed) return fail(ErrorCode::parse_error, std::move(why_not));
+    const json& doc = *parsed;
+    if (!doc.is_object())
+        return fail(ErrorCode::bad_request, std::string("a request must be a JSON object, got ") + doc.type_name());
+
+    // Read the id before anything can fail, so every later error echoes it.
+    const auto id = doc.find("id");
+    if (id != doc.end() && id->is_number_unsigned()) out.id = id->get<std::uint64_t>();
+
+    // The version comes before the other checks: a request from another
+    // version may be invalid in ways that only its version explains.
+    const auto version = doc.find("v");
+    const std::string speaks = "this kleakd speaks protocol version " + std::to_string(kProtocolVersion);
+    if (version == doc.end()) return fail(ErrorCode::unsupported_version, "missing \"v\"; " + speaks);
+    if (!version->is_number_integer())
+        return fail(ErrorCode::bad_request, field_error("v", "must be an integer (the protocol version)", *version));
+    if (!version->is_number_unsigned() || version->get<std::uint64_t>() != kProtocolVersion) {
+        return fail(ErrorCode::unsupported_version,
+                    "protocol version " + quoted(*version) + " is not supported; " + speaks);
+    }
+
+    if (id == doc.end()) return fail(ErrorCode::bad_request, "missing \"id\"");
+    if (!out.id) return fail(ErrorCode::bad_request, field_error("id", "must be an unsigned 64-bit integer", *id));
+
+    for (const auto& [key, value] : doc.items()) {
+        if (std::find(kRequestFields.begin(), kRequestFields.end(), key) == kRequestFields.end()) {
+            return fail(ErrorCode::bad_request, "unknown field \"" + key + "\"; a request has v, id, op, args");
+        }
+    }
+
+    const auto op_field = doc.find("op");
+    if (op_field == doc.end()) return fail(ErrorCode::bad_request, "missing \"op\"");
+    if (!op_field->is_string()) return fail(ErrorCode::bad_request, field_error("op", "must be a string", *op_field));
+    const auto op = op_from_name(op_field->get_ref<const std::string&>());
+    if (!op) return fail(ErrorCode::unknown_op, "unknown op " + quoted(*op_field) + "; known ops: " + list_names(kOps));
+
+    Request request;
+    request.id = *out.id;
+    request.op = *op;
+    const auto args = doc.find("args");
+    if (args != doc.end()) {
+        if (!args->is_object()) return fail(ErrorCode::bad_request, field_error("args", "must be an object", *args));
+        if (*op == Op::leaks) {
+            if (auto message = decode_leaks_args(*args, request.leaks))
+                return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (!args->empty()) {
+            return fail(ErrorCode::bad_request, "op \"" + std::string(op_name(*op)) + "\" takes no args, got \"args." +
+                                                    args->begin().key() + "\"");
+        }
+    }
+    out.request = request;
+    return out;
+}
+
+// --- encoding ------------------------------------------------------------------------
+
+std::string encode_request(const Request& request) {
+    ordered_json message{{"v", kProtocolVersion}, {"id", request.id}, {"op", op_name(request.op)}};
+    if (request.op == Op::leaks) {
+        // Every arg spelled out, so the request means the same to a daemon
+        // whose defaults differ.
+        message["args"] = ordered_json{
+            {"top", request.leaks.top},
+            {"min_age", format_duration(request.leaks.min_age_ns)},
+            {"sort", leak_sort_name(request.leaks.sort)},
+        };
+    }
+    return to_line(message);
+}
+
+std::string encode_result(std::uint64_t id, const json& result) {
+    return to_line(ordered_json{{"v", kProtocolVersion}, {"id", id}, {"ok", true}, {"result", ordered_json(result)}});
+}
+
+std::string encode_error(std::optional<std::uint64_t> id, const Error& error) {
+    return to_line(ordered_json{
+        {"v", kProtocolVersion},
+        {"id", id ? ordered_json(*id) : ordered_json(nullptr)},
+        {"ok", false},
+        {"error", {{"code", error_code_name(error.code)}, {"message", error.message}}},
+    });
+}
+
+Error line_too_large_error(std::size_t max_line) {
+    return Error{ErrorCode::too_large, "a request line may be at most " + std::to_string(max_line) +
+                                           " bytes, newline included; this one was discarded"};
+}
+
+// --- responses (client side) ---------------------------------------------------------
+
+std::optional<Response> decode_response(std::string_view line, std::string& why_not) {
+    const auto malformed = [&why_not](std::string reason) -> std::optional<Response> {
+        why_not = std::move(reason);
+        return std::nullopt;
+    };
+
+    std::optional<json> parsed = parse_json(line, why_not);
+    if (!parsed) return std::nullopt;
+    json& doc = *parsed;
+    if (!doc.is_object()) return malformed("the reply is not a JSON object");
+
+    const auto version = doc.find("v");
+    if (version == doc.end() || !version->is_number_unsigned() || version->get<std::uint64_t>() != kProtocolVersion) {
+        return malformed("the reply is not protocol version " + std::to_string(kProtocolVersion));
+    }
+
+    Response response;
+    const auto id = doc.find("id");
+    if (id == doc.end()) return malformed("the reply has no \"id\"");
+    if (id->is_number_unsigned()) {
+        response.id = id->get<std::uint64_t>();
+    } else if (!id->is_null()) {
+        return malformed("the reply's \"id\" is neither an unsigned integer nor null");
+    }
+
+    const auto ok = doc.find("ok");
+    if (ok == doc.end() || !ok->is_boolean()) return malformed("the reply has no boolean \"ok\"");
+    response.ok = ok->get<bool>();
+
+    if (response.ok) {
+        const auto result = doc.find("result");
+        if (result == doc.end()) return malformed("the reply is ok but has no \"result\"");
+        response.result = std::move(*result);
+        return response;
+    }
+
+    const auto error = doc.find("error");
+    if (error == doc.end() || !error->is_object()) return malformed("the reply failed but has no \"error\" object");
+    const auto code = error->find("code");
+    const auto message = error->find("message");
+    if (code == error->end() || !code->is_string()) return malformed("the reply's \"error.code\" is not a string");
+    if (message == error->end() || !message->is_string())
+        return malformed("the reply's \"error.message\" is not a string");
+    const auto known = error_code_from_name(code->get_ref<const std::string&>());
+    if (!known) return malformed("the reply's error code " + quoted(*code) + " is not one this client knows");
+    response.error = Error{*known, message->get<std::string>()};
+    return response;
+}
+
+// --- framing -------------------------------------------------------------------------
+
+LineReader::LineReader(std::size_t max_line) : max_line_(max_line) {}
+
+void LineReader::feed(std::string_view bytes) { buffer_.append(bytes); }
+
+std::size_t LineReader::buffered() const { return buffer_.size() - start_; }
+
+void LineReader::compact() {
+    buffer_.erase(0, start_);
+    start_ = 0;
+}
+
+LineReader::Status LineReader::next(std::string& line) {
+    while (true) {
+        if (discarding_) {
+            const std::size_t newline = buffer_.find('\n', start_);
+            if (newline == std::string::npos) {
+                buffer_.clear();
+                start_ = 0;
+                return Status::need_more;
+            }
+            start_ = newline + 1;
+            discarding_ = false;
+        }
+
+        // Look for the newline only where an acceptable line could end.
+        const std::size_t window = std::min(buffered(), max_line_);
+        const std::size_t newline = std::string_view(buffer_).substr(start_, window).find('\n');
+        if (newline == std::string_view::npos) {
+            if (buffered() >= max_line_) {
+                // Known to be too long already: say so now rather than after
+                // the client has sent the rest of it. The next call drops it.
+                discarding_ = true;
+                return Status::too_large;
+            }
+            compact();
+            return Status::need_more;
+        }
+
+        std::string_view found = std::string_view(buffer_).substr(start_, newline);
+        start_ += newline + 1;
+        if (found.ends_with('\r')) found.remove_suffix(1);
+        if (found.empty()) continue;  // blank lines carry nothing; skipping them costs no reply
+        line.assign(found);
+        return Status::line;
+    }
+}
+
+}  // namespace kleak::proto

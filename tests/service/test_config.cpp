@@ -1,0 +1,427 @@
+// The daemon's config file: defaults, every validation rule with the key path
+// it reports, error collection and formatting, and the "config in force"
+// round trip.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+
+#ifndef KLEAK_FIXTURES_DIR
+#error "KLEAK_FIXTURES_DIR must name tests/fixtures (set by tests/service/CMakeLists.txt)"
+#endif
+#ifndef KLEAK_SHIPPED_CONFIG
+#error "KLEAK_SHIPPED_CONFIG must name config/kleakd.conf (set by tests/service/CMakeLists.txt)"
+#endif
+
+namespace kleak::config {
+
+// gtest prints values it compares; the config in force is the readable form.
+void PrintTo(const Settings& settings, std::ostream* os) { *os << settings_to_json(settings).dump(); }
+void PrintTo(const ConfigError& error, std::ostream* os) { *os << '{' << error.key << ": " << error.message << '}'; }
+
+namespace {
+
+const std::filesystem::path kConfigFixtures = std::filesystem::path(KLEAK_FIXTURES_DIR) / "config";
+
+std::string read_text(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    EXPECT_TRUE(in) << "cannot open " << path;
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+std::vector<std::string> keys_of(const std::vector<ConfigError>& errors) {
+    std::vector<std::string> keys;
+    for (const ConfigError& error : errors) keys.push_back(error.key);
+    std::sort(keys.begin(), keys.end());
+    return keys;
+}
+
+Settings parse_valid(const std::string& text) {
+    const ConfigResult result = parse_config(text);
+    EXPECT_TRUE(result.errors.empty()) << format_errors("<text>", result.errors);
+    return result.settings.value_or(Settings{});
+}
+
+// --- defaults -----------------------------------------------------------------------
+
+TEST(Config, ShippedFileParsesToExactlyTheDefaults) {
+    const ConfigResult result = load_config(KLEAK_SHIPPED_CONFIG);
+    ASSERT_TRUE(result.errors.empty()) << format_errors(KLEAK_SHIPPED_CONFIG, result.errors);
+    ASSERT_TRUE(result.settings.has_value());
+    EXPECT_EQ(*result.settings, Settings{});
+}
+
+TEST(Config, ShippedFileSpellsOutEveryKey) {
+    // Documentation, not just defaults: each key the daemon knows appears in
+    // the shipped file, so an admin can see what is tunable.
+    const std::string shipped = read_text(KLEAK_SHIPPED_CONFIG);
+    const nlohmann::json in_force = settings_to_json(Settings{});
+    for (const auto& [section, value] : in_force.items()) {
+        EXPECT_NE(shipped.find('"' + section + '"'), std::string::npos) << section;
+        if (!value.is_object()) continue;
+        for (const auto& [key, unused] : value.items())
+            EXPECT_NE(shipped.find('"' + key + '"'), std::string::npos) << section << "." << key;
+    }
+}
+
+TEST(Config, DefaultsAreTheDocumentedValues) {
+    const Settings defaults;
+    EXPECT_EQ(defaults.socket.path, "/run/kleakd/kleakd.sock");
+    EXPECT_EQ(defaults.socket.group, "kleakd");
+    EXPECT_EQ(defaults.socket.mode, 0660u);
+    EXPECT_EQ(defaults.snapshots.directory, "/var/lib/kleakd/snapshots");
+    EXPECT_EQ(defaults.snapshots.interval, std::chrono::seconds{60});
+    EXPECT_EQ(defaults.snapshots.retention, 60u);
+    EXPECT_EQ(defaults.tracing.buffer_size, 8u << 20);
+    EXPECT_TRUE(defaults.tracing.kmalloc);
+    EXPECT_TRUE(defaults.tracing.kmem_cache);
+    EXPECT_EQ(defaults.log_level, "info");
+}
+
+TEST(Config, EmptyObjectAndEmptySectionsGiveDefaults) {
+    EXPECT_EQ(parse_valid("{}"), Settings{});
+    EXPECT_EQ(parse_valid(R"({"socket": {}, "snapshots": {}, "tracing": {}})"), Settings{});
+}
+
+TEST(Config, AcceptsCommentsOfBothKinds) {
+    EXPECT_EQ(parse_valid("// leading\n{ /* inline */ \"log_level\": \"debug\" // trailing\n}").log_level, "debug");
+}
+
+// --- accepted values ----------------------------------------------------------------
+
+TEST(Config, EveryKeySetToANonDefaultValue) {
+    const Settings settings = parse_valid(R"({
+        "socket": {"path": "/run/leaks.sock", "group": "_leak-watchers9", "mode": "600"},
+        "snapshots": {"directory": "/srv/leaks", "interval": "5m", "retention": 7},
+        "tracing": {"buffer_size": "64K", "allocators": ["kmem_cache"]},
+        "log_level": "warn"
+    })");
+    Settings expected;
+    expected.socket = {"/run/leaks.sock", "_leak-watchers9", 0600};
+    expected.snapshots = {"/srv/leaks", std::chrono::minutes{5}, 7};
+    expected.tracing = {64 << 10, /*kmalloc=*/false, /*kmem_cache=*/true};
+    expected.log_level = "warn";
+    EXPECT_EQ(settings, expected);
+}
+
+struct Accepted {
+    const char* name;
+    std::string text;
+    Settings expected;
+};
+
+void PrintTo(const Accepted& a, std::ostream* os) { *os << a.name; }
+
+Settings with(auto change) {
+    Settings settings;
+    change(settings);
+    return settings;
+}
+
+class ConfigAccepts : public ::testing::TestWithParam<Accepted> {};
+
+TEST_P(ConfigAccepts, Value) { EXPECT_EQ(parse_valid(GetParam().text), GetParam().expected); }
+
+using std::chrono::seconds;
+
+INSTANTIATE_TEST_SUITE_P(
+    Boundaries, ConfigAccepts,
+    ::testing::Values(
+        Accepted{"interval_1s", R"({"snapshots": {"interval": "1s"}})",
+                 with([](Settings& s) { s.snapshots.interval = seconds{1}; })},
+        Accepted{"interval_24h", R"({"snapshots": {"interval": "24h"}})",
+                 with([](Settings& s) { s.snapshots.interval = seconds{86400}; })},
+        Accepted{"interval_1440m", R"({"snapshots": {"interval": "1440m"}})",
+                 with([](Settings& s) { s.snapshots.interval = seconds{86400}; })},
+        Accepted{"interval_integer", R"({"snapshots": {"interval": 90}})",
+                 with([](Settings& s) { s.snapshots.interval = seconds{90}; })},
+        Accepted{"interval_bare_string", R"({"snapshots": {"interval": "90"}})",
+                 with([](Settings& s) { s.snapshots.interval = seconds{90}; })},
+        Accepted{"retention_1", R"({"snapshots": {"retention": 1}})",
+                 with([](Settings& s) { s.snapshots.retention = 1; })},
+        Accepted{"retention_10000", R"({"snapshots": {"retention": 10000}})",
+                 with([](Settings& s) { s.snapshots.retention = 10000; })},
+        Accepted{"mode_0600", R"({"socket": {"mode": "0600"}})", with([](Settings& s) { s.socket.mode = 0600; })},
+        Accepted{"mode_0777_minus_world_write", R"({"socket": {"mode": "0775"}})",
+                 with([](Settings& s) { s.socket.mode = 0775; })},
+        Accepted{"mode_0664", R"({"socket": {"mode": "0664"}})", with([](Settings& s) { s.socket.mode = 0664; })},
+        Accepted{"group_32_chars", R"({"socket": {"group": "abcdefghijklmnopqrstuvwxyz012345"}})",
+                 with([](Settings& s) { s.socket.group = "abcdefghijklmnopqrstuvwxyz012345"; })},
+        Accepted{"socket_path_107_bytes", R"({"socket": {"path": "/)" + std::string(106, 's') + R"("}})",
+                 with([](Settings& s) { s.socket.path = "/" + std::string(106, 's'); })},
+        Accepted{"buffer_size_1G", R"({"tracing": {"buffer_size": "1G"}})",
+                 with([](Settings& s) { s.tracing.buffer_size = 1u << 30; })},
+        Accepted{"only_kmalloc", R"({"tracing": {"allocators": ["kmalloc"]}})",
+                 with([](Settings& s) { s.tracing.kmem_cache = false; })},
+        Accepted{"allocators_any_order", R"({"tracing": {"allocators": ["kmem_cache", "kmalloc"]}})", Settings{}},
+        Accepted{"log_level_off", R"({"log_level": "off"})", with([](Settings& s) { s.log_level = "off"; })}),
+    [](const auto& test) { return std::string(test.param.name); });
+
+// --- one invalid value, one error at its key ------------------------------------------
+
+struct Rejected {
+    const char* name;
+    std::string text;
+    const char* key;
+    const char* phrase;  // the message must contain it
+};
+
+void PrintTo(const Rejected& r, std::ostream* os) { *os << r.name; }
+
+class ConfigRejects : public ::testing::TestWithParam<Rejected> {};
+
+TEST_P(ConfigRejects, WithOneErrorAtTheKey) {
+    const ConfigResult result = parse_config(GetParam().text);
+    EXPECT_FALSE(result.settings.has_value());
+    ASSERT_EQ(result.errors.size(), 1u) << format_errors("<text>", result.errors);
+    EXPECT_EQ(result.errors[0].key, GetParam().key);
+    EXPECT_NE(result.errors[0].message.find(GetParam().phrase), std::string::npos) << result.errors[0].message;
+}
+
+const std::string kLongSocketPath = "/" + std::string(107, 's');  // 108 bytes: no room for the NUL
+
+INSTANTIATE_TEST_SUITE_P(
+    Values, ConfigRejects,
+    ::testing::Values(
+        // the file as a whole
+        Rejected{"syntax", "{\"log_level\": }", "", "invalid JSON: parse error at line 1"},
+        Rejected{"top_level_array", "[]", "", "must be a JSON object at the top level"},
+        Rejected{"top_level_null", "null", "", "is null; must be a JSON object at the top level"},
+        Rejected{"duplicate_key", R"({"log_level": "info", "log_level": "debug"})", "log_level", "duplicate key"},
+        Rejected{"duplicate_nested_key", R"({"socket": {"mode": "0600", "mode": "0660"}})", "socket.mode",
+                 "duplicate key"},
+        // sections
+        Rejected{"section_not_object", R"({"socket": "/run/kleakd.sock"})", "socket",
+                 "is a string; must be a JSON object"},
+        Rejected{"section_array", R"({"tracing": []})", "tracing", "is an array; must be a JSON object"},
+        // socket.path
+        Rejected{"socket_path_relative", R"({"socket": {"path": "run/kleakd.sock"}})", "socket.path",
+                 "is not absolute"},
+        Rejected{"socket_path_empty", R"({"socket": {"path": ""}})", "socket.path", "is not absolute"},
+        Rejected{"socket_path_root", R"({"socket": {"path": "/"}})", "socket.path", "names a directory"},
+        Rejected{"socket_path_trailing_slash", R"({"socket": {"path": "/run/kleakd/"}})", "socket.path",
+                 "names a directory"},
+        Rejected{"socket_path_too_long", R"({"socket": {"path": ")" + kLongSocketPath + R"("}})", "socket.path",
+                 "at most 107"},
+        Rejected{"socket_path_type", R"({"socket": {"path": 5}})", "socket.path",
+                 "is an integer; must be an absolute file path, e.g. \"/run/kleakd/kleakd.sock\""},
+        // socket.group
+        Rejected{"group_empty", R"({"socket": {"group": ""}})", "socket.group", "matching [a-z_][a-z0-9_-]*"},
+        Rejected{"group_uppercase", R"({"socket": {"group": "Kleakd"}})", "socket.group", "not a valid group name"},
+        Rejected{"group_leading_digit", R"({"socket": {"group": "1kleakd"}})", "socket.group", "not a valid"},
+        Rejected{"group_space", R"({"socket": {"group": "kle akd"}})", "socket.group", "not a valid"},
+        Rejected{"group_33_chars", R"({"socket": {"group": "abcdefghijklmnopqrstuvwxyz0123456"}})", "socket.group",
+                 "at most 32 characters"},
+        Rejected{"group_type", R"({"socket": {"group": true}})", "socket.group", "is a boolean"},
+        // socket.mode
+        Rejected{"mode_number", R"({"socket": {"mode": 660}})", "socket.mode",
+                 "is an integer; must be an octal string"},
+        Rejected{"mode_not_octal", R"({"socket": {"mode": "0680"}})", "socket.mode", "is not an octal mode"},
+        Rejected{"mode_prefixed", R"({"socket": {"mode": "0o660"}})", "socket.mode", "is not an octal mode"},
+        Rejected{"mode_empty", R"({"socket": {"mode": ""}})", "socket.mode", "is not an octal mode"},
+        Rejected{"mode_five_digits", R"({"socket": {"mode": "00660"}})", "socket.mode", "is not an octal mode"},
+        Rejected{"mode_sticky", R"({"socket": {"mode": "1770"}})", "socket.mode", "beyond 0777"},
+        Rejected{"mode_owner_read_only", R"({"socket": {"mode": "0460"}})", "socket.mode",
+                 "does not let the daemon's own user read and write"},
+        Rejected{"mode_owner_nothing", R"({"socket": {"mode": "0060"}})", "socket.mode", "read and write"},
+        Rejected{"mode_world_writable", R"({"socket": {"mode": "0666"}})", "socket.mode",
+                 "lets every user on the host control the daemon"},
+        Rejected{"mode_0777", R"({"socket": {"mode": "0777"}})", "socket.mode", "every user"},
+        // snapshots.directory
+        Rejected{"directory_relative", R"({"snapshots": {"directory": "snapshots"}})", "snapshots.directory",
+                 "'snapshots' is not absolute; must be an absolute directory path"},
+        Rejected{"directory_type", R"({"snapshots": {"directory": ["/a"]}})", "snapshots.directory", "is an array"},
+        // snapshots.interval
+        Rejected{"interval_zero", R"({"snapshots": {"interval": "0s"}})", "snapshots.interval",
+                 "'0s' is out of range; must be a duration from 1s to 24h"},
+        Rejected{"interval_over_a_day", R"({"snapshots": {"interval": "25h"}})", "snapshots.interval", "out of range"},
+        Rejected{"interval_integer_over_a_day", R"({"snapshots": {"interval": 86401}})", "snapshots.interval",
+                 "86401 is out of range"},
+        Rejected{"interval_integer_zero", R"({"snapshots": {"interval": 0}})", "snapshots.interval", "out of range"},
+        Rejected{"interval_negative", R"({"snapshots": {"interval": -5}})", "snapshots.interval", "out of range"},
+        Rejected{"interval_huge", R"({"snapshots": {"interval": "99999999999999999999h"}})", "snapshots.interval",
+                 "out of range"},
+        Rejected{"interval_unknown_unit", R"({"snapshots": {"interval": "5d"}})", "snapshots.interval",
+                 "'5d' is not a duration"},
+        Rejected{"interval_fraction", R"({"snapshots": {"interval": "1.5m"}})", "snapshots.interval", "not a duration"},
+        Rejected{"interval_spaced", R"({"snapshots": {"interval": "5 m"}})", "snapshots.interval", "not a duration"},
+        Rejected{"interval_empty", R"({"snapshots": {"interval": ""}})", "snapshots.interval", "not a duration"},
+        Rejected{"interval_float", R"({"snapshots": {"interval": 1.5}})", "snapshots.interval",
+                 "is a fractional number"},
+        // snapshots.retention
+        Rejected{"retention_zero", R"({"snapshots": {"retention": 0}})", "snapshots.retention",
+                 "0 is out of range; must be an integer from 1 to 10000"},
+        Rejected{"retention_too_many", R"({"snapshots": {"retention": 10001}})", "snapshots.retention", "out of range"},
+        Rejected{"retention_negative", R"({"snapshots": {"retention": -1}})", "snapshots.retention", "out of range"},
+        Rejected{"retention_beyond_int64", R"({"snapshots": {"retention": 18446744073709551615}})",
+                 "snapshots.retention", "out of range"},
+        Rejected{"retention_string", R"({"snapshots": {"retention": "60"}})", "snapshots.retention",
+                 "is a string; must be an integer from 1 to 10000"},
+        Rejected{"retention_fraction", R"({"snapshots": {"retention": 2.5}})", "snapshots.retention",
+                 "is a fractional number"},
+        // tracing.buffer_size: the size parser's own words
+        Rejected{"buffer_size_not_power_of_two", R"({"tracing": {"buffer_size": "3M"}})", "tracing.buffer_size",
+                 "'3M' is not a power of two (BPF ring buffers must be)"},
+        Rejected{"buffer_size_too_large", R"({"tracing": {"buffer_size": "2G"}})", "tracing.buffer_size", "too large"},
+        Rejected{"buffer_size_number", R"({"tracing": {"buffer_size": 8388608}})", "tracing.buffer_size",
+                 "is an integer; must be a size string"},
+        // tracing.allocators
+        Rejected{"allocators_empty", R"({"tracing": {"allocators": []}})", "tracing.allocators",
+                 "no allocator is listed"},
+        Rejected{"allocators_not_array", R"({"tracing": {"allocators": "kmalloc"}})", "tracing.allocators",
+                 "is a string; must be a non-empty array"},
+        Rejected{"allocator_unknown", R"({"tracing": {"allocators": ["kmalloc", "slab"]}})", "tracing.allocators[1]",
+                 "'slab' is not an allocator; must be one of \"kmalloc\", \"kmem_cache\""},
+        Rejected{"allocator_misspelt", R"({"tracing": {"allocators": ["kmaloc"]}})", "tracing.allocators[0]",
+                 "must be one of \"kmalloc\", \"kmem_cache\"; did you mean \"kmalloc\"?"},
+        Rejected{"allocator_twice", R"({"tracing": {"allocators": ["kmalloc", "kmem_cache", "kmalloc"]}})",
+                 "tracing.allocators[2]", "'kmalloc' is listed twice"},
+        Rejected{"allocator_type", R"({"tracing": {"allocators": ["kmalloc", {"name": "kmem_cache"}]}})",
+                 "tracing.allocators[1]", "is an object; must be one of"},
+        // log_level
+        Rejected{"log_level_unknown", R"({"log_level": "verbose"})", "log_level",
+                 "'verbose' is not a log level; must be one of trace, debug, info, warn, error, critical, off"},
+        Rejected{"log_level_long_name", R"({"log_level": "warning"})", "log_level", "did you mean \"warn\"?"},
+        Rejected{"log_level_typo", R"({"log_level": "debgu"})", "log_level", "did you mean \"debug\"?"},
+        Rejected{"log_level_type", R"({"log_level": 3})", "log_level", "is an integer"},
+        // unknown keys
+        Rejected{"unknown_section_close", R"({"snapshot": {"retention": 5}})", "snapshot",
+                 "unknown key; did you mean \"snapshots\"?"},
+        Rejected{"unknown_key_close", R"({"socket": {"pth": "/run/k.sock"}})", "socket.pth", "did you mean \"path\"?"},
+        Rejected{"unknown_key_hyphen", R"({"tracing": {"buffer-size": "8M"}})", "tracing.buffer-size",
+                 "did you mean \"buffer_size\"?"},
+        Rejected{"unknown_key_far", R"({"verbosity": 3})", "verbosity",
+                 "unknown key; valid keys here: socket, snapshots, tracing, log_level"},
+        Rejected{"unknown_key_in_section_far", R"({"snapshots": {"compress": true}})", "snapshots.compress",
+                 "valid keys here: directory, interval, retention"}),
+    [](const auto& test) { return std::string(test.param.name); });
+
+TEST(Config, UnknownOnlySuggestsAnUnambiguousNeighbour) {
+    // "on" is two edits from "off" but too short for that to mean a typo.
+    const ConfigResult result = parse_config(R"({"log_level": "on"})");
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0].message.find("did you mean"), std::string::npos) << result.errors[0].message;
+}
+
+// --- many errors at once ----------------------------------------------------------------
+
+TEST(Config, ReportsEveryErrorNotJustTheFirst) {
+    const ConfigResult result = parse_config(R"({
+        "socket": {"path": "relative", "mode": "0666", "owner": "root"},
+        "snapshots": {"interval": "0s", "retention": 0},
+        "tracing": {"buffer_size": "3M", "allocators": [1, "slab"]},
+        "log_level": "loud",
+        "extra": 1
+    })");
+    EXPECT_FALSE(result.settings.has_value());
+    EXPECT_EQ(keys_of(result.errors),
+              (std::vector<std::string>{"extra", "log_level", "snapshots.interval", "snapshots.retention",
+                                        "socket.mode", "socket.owner", "socket.path", "tracing.allocators[0]",
+                                        "tracing.allocators[1]", "tracing.buffer_size"}));
+}
+
+TEST(Config, ATypeErrorInASectionStillChecksTheOtherSections) {
+    const ConfigResult result = parse_config(R"({"socket": 1, "snapshots": {"retention": 0}})");
+    EXPECT_EQ(keys_of(result.errors), (std::vector<std::string>{"snapshots.retention", "socket"}));
+}
+
+TEST(Config, SyntaxErrorGivesLineAndColumn) {
+    // A trailing comma on line 3 (JSON allows none).
+    const ConfigResult result = parse_config("{\n  \"log_level\": \"info\",\n}\n");
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0].key, "");
+    EXPECT_NE(result.errors[0].message.find("line 3, column 1"), std::string::npos) << result.errors[0].message;
+    // nlohmann's internal exception tag is noise to a user.
+    EXPECT_EQ(result.errors[0].message.find("json.exception"), std::string::npos) << result.errors[0].message;
+}
+
+TEST(Config, InvalidUtf8IsASyntaxErrorNotAThrow) {
+    const ConfigResult result = parse_config("{\"log_level\": \"\xff\"}");
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0].key, "");
+}
+
+// --- files and formatting ---------------------------------------------------------------
+
+TEST(Config, LoadingAMissingFileNamesThePathAndTheReason) {
+    const std::filesystem::path missing = kConfigFixtures / "does-not-exist.conf";
+    const ConfigResult result = load_config(missing);
+    EXPECT_FALSE(result.settings.has_value());
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0], (ConfigError{"", "cannot read " + missing.string() + ": No such file or directory"}));
+}
+
+TEST(Config, LoadingADirectoryNamesThePathAndTheReason) {
+    const ConfigResult result = load_config(kConfigFixtures);
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0].message, "cannot read " + kConfigFixtures.string() + ": Is a directory");
+}
+
+TEST(Config, LoadingAnEndlessFileStops) {
+    const ConfigResult result = load_config("/dev/zero");
+    ASSERT_EQ(result.errors.size(), 1u);
+    EXPECT_EQ(result.errors[0].message, "/dev/zero is larger than 1 MiB; is it the right file?");
+}
+
+TEST(Config, LoadsAValidFile) {
+    const ConfigResult result = load_config(kConfigFixtures / "custom.conf");
+    ASSERT_TRUE(result.errors.empty()) << format_errors("custom.conf", result.errors);
+    EXPECT_EQ(result.settings->snapshots.interval, std::chrono::hours{1});
+    EXPECT_EQ(result.settings->snapshots.directory, "/srv/kleakd");
+    EXPECT_FALSE(result.settings->tracing.kmem_cache);
+}
+
+TEST(Config, FormatsOneLinePerErrorWithPathAndKey) {
+    const std::vector<ConfigError> errors{
+        {"snapshots.retention", "0 is out of range; must be an integer from 1 to 10000"},
+        {"", "invalid JSON: parse error at line 2, column 3: oops"},
+    };
+    EXPECT_EQ(format_errors("/etc/kleakd/kleakd.conf", errors),
+              "/etc/kleakd/kleakd.conf: snapshots.retention: 0 is out of range; must be an integer from 1 to 10000\n"
+              "/etc/kleakd/kleakd.conf: invalid JSON: parse error at line 2, column 3: oops\n");
+    EXPECT_EQ(format_errors("/etc/kleakd/kleakd.conf", {}), "");
+    EXPECT_EQ(format_error("/etc/kleakd/kleakd.conf", errors[0]),
+              "/etc/kleakd/kleakd.conf: snapshots.retention: 0 is out of range; must be an integer from 1 to 10000");
+}
+
+TEST(Config, BrokenFileReportIsStable) {
+    // Golden: the whole report for a file with one mistake of each kind, as
+    // an admin would see it from the daemon.
+    const std::filesystem::path broken = kConfigFixtures / "broken.conf";
+    const ConfigResult result = load_config(broken);
+    EXPECT_FALSE(result.settings.has_value());
+    EXPECT_EQ(format_errors("kleakd.conf", result.errors), read_text(kConfigFixtures / "broken.expected"));
+}
+
+// --- the config in force ------------------------------------------------------------------
+
+TEST(Config, InForceUsesTheFileFormat) {
+    EXPECT_EQ(settings_to_json(Settings{}), nlohmann::json::parse(R"({
+        "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660"},
+        "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
+        "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"]},
+        "log_level": "info"
+    })"));
+}
+
+TEST(Config, InForceRoundTripsThroughTheParser) {
+    Settings custom;
+    custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
+    custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
+    custom.tracing = {4096, true, false};
+    custom.log_level = "trace";
+    for (const Settings& settings : {Settings{}, custom}) {
+        const std::string text = settings_to_json(settings).dump(2);
+        EXPECT_EQ(parse_valid(text), settings) << text;
+    }
+}
+
+}  // namespace
+}  // namespace kleak::config
