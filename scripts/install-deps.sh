@@ -10,7 +10,8 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libabsl-dev
   libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 bc
+  python3 python3-jsonschema bc
+  systemd systemd-container       # the service test boots systemd in systemd-nspawn
 )
 
 if [ "$(id -u)" -ne 0 ]; then

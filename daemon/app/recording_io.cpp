@@ -1,6 +1,8 @@
 #include "app/recording_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -17,7 +19,7 @@ namespace kleak {
 namespace {
 
 constexpr std::size_t kFlushThreshold = 1 << 20;  // write when a CPU buffer passes 1 MiB
-constexpr std::size_t kReadChunk = 4 << 20;
+constexpr std::size_t kReplaySlice = 4 << 20;  // bytes of each file per merge round
 
 // Writes all of `bytes`; returns 0 or -errno.
 int write_all(int fd, const std::byte* bytes, std::size_t size) {
@@ -136,73 +138,112 @@ core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
     return meta;
 }
 
+namespace {
+
+// A read-only mapping of a whole recording file: replay reads frames in place,
+// with no copy and no buffer management.
+class MappedFile {
+public:
+    explicit MappedFile(const std::filesystem::path& path) {
+        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd) throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno));
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0) throw std::runtime_error("cannot stat " + path.string() + ": " + std::strerror(errno));
+        size_ = static_cast<std::size_t>(st.st_size);
+        if (size_ == 0) return;
+        void* data = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+        if (data == MAP_FAILED) throw std::runtime_error("cannot map " + path.string() + ": " + std::strerror(errno));
+        data_ = static_cast<const std::byte*>(data);
+        ::madvise(data, size_, MADV_SEQUENTIAL);
+    }
+    ~MappedFile() {
+        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+    }
+    MappedFile(MappedFile&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)),
+          size_(std::exchange(other.size_, 0)),
+          released_(std::exchange(other.released_, 0)) {}
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    std::span<const std::byte> bytes() const { return {data_, size_}; }
+
+    // Drops the pages before `offset` from this process (they stay in the
+    // page cache): replaying a large recording must not look like a large RSS.
+    void release_before(std::size_t offset) {
+        const std::size_t page = 4096;
+        const std::size_t end = offset / page * page;
+        if (data_ && end > released_) {
+            ::madvise(const_cast<std::byte*>(data_) + released_, end - released_, MADV_DONTNEED);
+            released_ = end;
+        }
+    }
+
+private:
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+    std::size_t released_ = 0;
+};
+
+}  // namespace
+
 void replay_recording(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
                       std::chrono::nanoseconds holdback) {
     struct Input {
         std::filesystem::path path;
-        std::ifstream in;
+        MappedFile file;
         unsigned cpu = 0;
-        std::vector<std::byte> buffer;
-        std::size_t offset = 0;  // file offset of buffer[0]
-        bool eof = false;
+        std::size_t offset = 0;  // next unread byte
+        bool done = false;
     };
     std::vector<Input> inputs;
     for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
-        Input input;
-        input.path = dir / core::cpu_file_name(cpu);
-        input.in.open(input.path, std::ios::binary);
-        if (!input.in) throw std::runtime_error("cannot read " + input.path.string() + ": " + std::strerror(errno));
-        std::array<std::byte, core::kRecordingHeaderSize> header_bytes{};
-        input.in.read(reinterpret_cast<char*>(header_bytes.data()), header_bytes.size());
+        const std::filesystem::path path = dir / core::cpu_file_name(cpu);
+        Input input{path, MappedFile(path), cpu, core::kRecordingHeaderSize, false};
         core::RecordingFileHeader header;
-        if (auto err =
-                core::decode_file_header({header_bytes.data(), static_cast<std::size_t>(input.in.gcount())}, header))
-            throw std::runtime_error(input.path.string() + ": " + *err);
+        if (auto err = core::decode_file_header(input.file.bytes(), header))
+            throw std::runtime_error(path.string() + ": " + *err);
         if (header.abi_version != meta.abi_version)
-            throw std::runtime_error(input.path.string() + ": record ABI version " +
-                                     std::to_string(header.abi_version) + " differs from meta.json's " +
-                                     std::to_string(meta.abi_version));
-        if (header.cpu != cpu)
-            throw std::runtime_error(input.path.string() + ": header says CPU " + std::to_string(header.cpu));
-        input.cpu = header.cpu;
-        input.offset = core::kRecordingHeaderSize;
+            throw std::runtime_error(path.string() + ": record ABI version " + std::to_string(header.abi_version) +
+                                     " differs from meta.json's " + std::to_string(meta.abi_version));
+        if (header.cpu != cpu) throw std::runtime_error(path.string() + ": header says CPU " + std::to_string(header.cpu));
         inputs.push_back(std::move(input));
     }
 
+    // Files are merged a slice at a time, like drains of live rings, so the
+    // merge's staging stays small however long the recording is.
     const auto holdback_ns = static_cast<std::uint64_t>(holdback.count());
     bool any_open = true;
     while (any_open) {
         any_open = false;
         for (Input& input : inputs) {
-            if (input.eof) continue;
-            const std::size_t kept = input.buffer.size();
-            input.buffer.resize(kept + kReadChunk);
-            input.in.read(reinterpret_cast<char*>(input.buffer.data() + kept), kReadChunk);
-            input.buffer.resize(kept + static_cast<std::size_t>(input.in.gcount()));
-            if (input.in.gcount() == 0) input.eof = true;
-
-            core::FrameReader reader(input.buffer);
+            if (input.done) continue;
+            const auto all = input.file.bytes();
+            const std::size_t end = std::min(all.size(), input.offset + kReplaySlice);
+            core::FrameReader reader(all.subspan(input.offset, end - input.offset));
             std::span<const std::byte> record;
             core::FrameStatus status;
             while ((status = reader.next(record)) == core::FrameStatus::ok) pipeline.on_record(input.cpu, record);
             if (status == core::FrameStatus::corrupt)
                 throw std::runtime_error(input.path.string() + ": corrupt frame at offset " +
                                          std::to_string(input.offset + reader.consumed()));
-            if (input.eof && reader.consumed() != input.buffer.size()) {
-                spdlog::warn("{}: ignoring a truncated last record ({} bytes)", input.path.string(),
-                             input.buffer.size() - reader.consumed());
-            }
             input.offset += reader.consumed();
-            input.buffer.erase(input.buffer.begin(),
-                               input.buffer.begin() + static_cast<std::ptrdiff_t>(reader.consumed()));
-            if (!input.eof) any_open = true;
+            input.file.release_before(input.offset);
+            if (end == all.size()) {
+                input.done = true;
+                if (input.offset != all.size())
+                    spdlog::warn("{}: ignoring a truncated last record ({} bytes)", input.path.string(),
+                                 all.size() - input.offset);
+            } else {
+                any_open = true;
+            }
         }
         // Every input still open has been read up to its newest timestamp:
         // nothing older than the oldest of those (less the in-CPU skew a
         // live ring can have) can still come.
         std::uint64_t watermark = std::numeric_limits<std::uint64_t>::max();
         for (const Input& input : inputs)
-            if (!input.eof) watermark = std::min(watermark, pipeline.newest_ts(input.cpu));
+            if (!input.done) watermark = std::min(watermark, pipeline.newest_ts(input.cpu));
         if (any_open) pipeline.release_until(watermark > holdback_ns ? watermark - holdback_ns : 0);
     }
     pipeline.finish();

@@ -23,12 +23,12 @@ std::size_t Merger::staged() const {
     return n;
 }
 
-void Merger::release_until(std::uint64_t watermark, std::vector<Event>& out) {
+std::size_t Merger::prepare_release(std::uint64_t& watermark) {
     if (released_any_ && watermark < released_watermark_) watermark = released_watermark_;
-
     // Each queue: sort if needed (stable: equal timestamps keep arrival order),
     // then find how much of it is ready.
-    std::vector<std::size_t> ready(queues_.size());
+    ready_.assign(queues_.size(), 0);
+    pos_.assign(queues_.size(), 0);
     std::size_t total = 0;
     for (std::size_t i = 0; i < queues_.size(); ++i) {
         Queue& q = queues_[i];
@@ -39,57 +39,23 @@ void Merger::release_until(std::uint64_t watermark, std::vector<Event>& out) {
         }
         auto end = std::upper_bound(q.events.begin(), q.events.end(), watermark,
                                     [](std::uint64_t w, const Event& e) { return w < e.ts_ns; });
-        ready[i] = static_cast<std::size_t>(end - q.events.begin());
-        total += ready[i];
+        ready_[i] = static_cast<std::size_t>(end - q.events.begin());
+        total += ready_[i];
     }
+    return total;
+}
 
-    out.reserve(out.size() + total);
-    // K-way merge of the ready prefixes. CPU counts are small (tens to
-    // hundreds) and one queue usually runs ahead for many records, so a linear
-    // scan for the minimum head beats a heap's bookkeeping.
-    std::vector<std::size_t> pos(queues_.size(), 0);
-    // "No candidate" is tracked by index, not by a UINT64_MAX timestamp
-    // sentinel: a record may legitimately carry that timestamp (release_all
-    // releases everything), and a sentinel would then select no queue at all.
-    const std::size_t none = queues_.size();
-    for (std::size_t left = total; left > 0; --left) {
-        std::size_t best = none;
-        std::uint64_t best_ts = 0;
-        for (std::size_t i = 0; i < queues_.size(); ++i) {
-            if (pos[i] < ready[i] && (best == none || queues_[i].events[pos[i]].ts_ns < best_ts)) {
-                best = i;
-                best_ts = queues_[i].events[pos[i]].ts_ns;
-            }
-        }
-        // Copy the whole run of this queue that stays ahead of every other
-        // queue's head, ordering by (timestamp, CPU) so ties go to the lower CPU.
-        std::uint64_t next_ts = std::numeric_limits<std::uint64_t>::max();
-        std::size_t next_cpu = none;
-        for (std::size_t i = 0; i < queues_.size(); ++i) {
-            if (i == best || pos[i] >= ready[i]) continue;
-            const std::uint64_t ts = queues_[i].events[pos[i]].ts_ns;
-            if (next_cpu == none || ts < next_ts) {
-                next_ts = ts;
-                next_cpu = i;
-            }
-        }
-        const auto& events = queues_[best].events;
-        std::size_t p = pos[best];
-        do {
-            out.push_back(events[p]);
-            ++p;
-        } while (p < ready[best] &&
-                 (events[p].ts_ns < next_ts || (events[p].ts_ns == next_ts && best < next_cpu)));
-        left -= (p - pos[best]) - 1;
-        pos[best] = p;
-    }
-
+void Merger::finish_release(std::uint64_t watermark) {
     for (std::size_t i = 0; i < queues_.size(); ++i) {
         auto& events = queues_[i].events;
-        events.erase(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(ready[i]));
+        events.erase(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(ready_[i]));
     }
     released_watermark_ = watermark;
     released_any_ = true;
+}
+
+void Merger::release_until(std::uint64_t watermark, std::vector<Event>& out) {
+    release_until(watermark, [&out](const Event& e) { out.push_back(e); });
 }
 
 void Merger::release_all(std::vector<Event>& out) {

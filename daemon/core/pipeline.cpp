@@ -1,6 +1,7 @@
 #include "pipeline.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace kleak::core {
 
@@ -18,25 +19,15 @@ void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
     merger_.stage(event);
 }
 
-void Pipeline::apply_released() {
-    tracker_.apply(released_);
-    released_.clear();
-}
-
 void Pipeline::release_until(std::uint64_t watermark) {
-    merger_.release_until(watermark, released_);
-    apply_released();
+    merger_.release_until(watermark, [this](const Event& e) { tracker_.apply(e); });
 }
 
-void Pipeline::finish() {
-    merger_.release_all(released_);
-    apply_released();
-}
+void Pipeline::finish() { release_until(std::numeric_limits<std::uint64_t>::max()); }
 
 void Pipeline::reset() {
     merger_.reset();
     tracker_.reset();
-    released_.clear();
     std::fill(newest_ts_.begin(), newest_ts_.end(), 0);
     undecodable_ = 0;
     records_ = 0;

@@ -33,11 +33,8 @@ public:
     void reset();
 
 private:
-    void apply_released();
-
     Merger merger_;
     Tracker tracker_;
-    std::vector<Event> released_;  // reused between releases
     std::vector<std::uint64_t> newest_ts_;
     std::uint64_t undecodable_ = 0;
     std::uint64_t records_ = 0;

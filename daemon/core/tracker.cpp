@@ -3,12 +3,15 @@
 namespace kleak::core {
 
 SiteId Tracker::intern(std::uint64_t call_site, EventKind kind) {
+    SiteCacheSlot& slot = site_cache_[(call_site * 0x9E3779B97F4A7C15ULL) >> 54];  // top 10 bits
+    if (slot.call_site == call_site && call_site != 0) return slot.id;
     auto [it, inserted] = site_ids_.try_emplace(call_site, static_cast<SiteId>(sites_.size()));
     if (inserted) {
         SiteStats& s = sites_.emplace_back();
         s.call_site = call_site;
         s.kind = kind;
     }
+    slot = {call_site, it->second};
     return it->second;
 }
 
@@ -75,6 +78,7 @@ void Tracker::reset() {
     live_.clear();
     site_ids_.clear();
     sites_.clear();
+    site_cache_.fill({});
     totals_ = Totals{};
 }
 

@@ -15,6 +15,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -87,6 +88,14 @@ private:
 
     absl::flat_hash_map<std::uint64_t, OutstandingAllocation> live_;
     absl::flat_hash_map<std::uint64_t, SiteId> site_ids_;
+    // Call sites repeat: a small direct-mapped cache in front of site_ids_
+    // saves a hash-table probe on most events. call_site 0 marks a free slot
+    // (no kernel code lives at address 0).
+    struct SiteCacheSlot {
+        std::uint64_t call_site = 0;
+        SiteId id = 0;
+    };
+    std::array<SiteCacheSlot, 1024> site_cache_{};
     std::vector<SiteStats> sites_;
     Totals totals_;
 };

@@ -223,14 +223,27 @@ json sample_stats() {
           {"tracing", {{"buffer_size", "8M"}, {"allocators", {"kmalloc", "kmem_cache"}}}},
           {"log_level", "info"}}},
         {"clients", 1},
+        {"suggested_buffer_size", 33554432},
+        {"queries", {{"requests", 12}, {"errors", 1}, {"refused", 0}, {"dropped_slow", 0}}},
     };
 }
 
-// Stands in for a snapshot document (proto/snapshot.schema.json), which the
-// codec carries without looking inside; replace it with a real sample (and
-// regenerate) once the schema is settled.
+// A snapshot document (proto/snapshot.schema.json): the report's keys plus
+// where and when it was taken. The codec carries it without looking inside.
 json sample_snapshot() {
-    return {{"kleakd", "0.1.0"}, {"taken_ns", 3'600'000'000'000ULL}, {"report", sample_report()}};
+    json doc = {
+        {"schema_version", 1},
+        {"kleakd_version", "0.1.0"},
+        {"host", "vm"},
+        {"kernel_release", "6.18.44"},
+        {"boot_id", "2d80042b-d452-4acb-b04a-197478e0d9e1"},
+        {"time", "2026-11-26T10:35:21.123Z"},
+        {"unix_time_ms", 1795689321123LL},
+        {"monotonic_ns", 539589671187ULL},
+        {"uptime_ns", 3'600'000'000'000ULL},
+    };
+    doc.update(sample_report());
+    return doc;
 }
 
 struct ResultGolden {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/report.h"
+#include "core/snapshot.h"
 #include "test_helpers.h"
 
 namespace kleak::core {
@@ -101,6 +102,18 @@ TEST(Report, SitesOrderedByOutstandingBytesThenBytesAllocatedThenAddress) {
 
 TEST(Report, JsonGolden) {
     test::expect_matches_golden("report_small.json", report_to_json(sample_report()).dump(2) + "\n");
+}
+
+TEST(Snapshot, DocumentGolden) {
+    // Validated against proto/snapshot.schema.json by the snapshot_schema test.
+    const SnapshotContext context{"vm", "6.18.44", "2d80042b-d452-4acb-b04a-197478e0d9e1", "0.1.0",
+                                  1795689321123, 539589671187, 3600000000000};
+    test::expect_matches_golden("snapshot_small.json", snapshot_document(context, sample_report()).dump(2) + "\n");
+}
+
+TEST(Snapshot, TimeIsUtcWithMilliseconds) {
+    EXPECT_EQ(iso8601_utc(0), "1970-01-01T00:00:00.000Z");
+    EXPECT_EQ(iso8601_utc(1795689321123), "2026-11-26T10:35:21.123Z");
 }
 
 TEST(Report, TextGolden) {
