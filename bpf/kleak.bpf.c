@@ -28,6 +28,35 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  */
 const volatile __u64 wakeup_backlog_bytes = 0;
 
+/*
+ * Cost knobs, set through rodata before load (the verifier then prunes what
+ * they turn off, so a knob at its default costs nothing).
+ *
+ * emit_records: false keeps every program attached but makes it return at
+ * once: the cost of the hooks alone, the floor any tracer on these
+ * tracepoints pays (`kleakd trace --no-emit`, a diagnostic).
+ */
+const volatile bool emit_records = true;
+
+/*
+ * sample_shift: keep an allocation, and every free, only when the pointer's
+ * hash falls in 1/2^sample_shift of the hash space. The decision depends on
+ * the pointer alone, so an allocation and its free are kept or skipped
+ * together and sampled pairs still match; counts and outstanding bytes
+ * scale by 2^sample_shift. 0 keeps everything. At most 32 (user space checks).
+ */
+const volatile __u32 sample_shift = 0;
+
+/*
+ * min_size: skip allocations that requested fewer bytes. A free carries no
+ * size, so frees cannot be filtered the same way without a map of what was
+ * skipped: the frees of skipped allocations still reach user space, where
+ * they count as unmatched frees, and every free still costs a record. It
+ * saves ring space and tracker work for the small objects, not per-free
+ * cost; sample_shift keeps pairs matched and cuts both. 0 keeps everything.
+ */
+const volatile __u32 min_size = 0;
+
 struct ring_template {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096); /* user space installs the real rings */
@@ -48,10 +77,36 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+/* Where a printk record is built before it is copied, at its real size, into the ring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kleak_printk_record);
+} printk_scratch SEC(".maps");
+
 /* ZERO_OR_NULL_PTR(): NULL (failed allocation, kfree(NULL)) and ZERO_SIZE_PTR. */
 static __always_inline bool zero_or_null(const void *ptr)
 {
 	return (unsigned long)ptr <= 16;
+}
+
+/*
+ * Whether sample_shift drops this pointer. Fibonacci hashing: slab pointers
+ * are aligned, so their low bits carry nothing; the multiply spreads every
+ * bit into the top ones, which decide.
+ */
+static __always_inline bool sampled_out(const void *ptr)
+{
+	if (sample_shift == 0)
+		return false;
+	return (((__u64)ptr * 0x9E3779B97F4A7C15ULL) >> (64 - (sample_shift & 63))) != 0;
+}
+
+/* Everything a program checks before it builds a record. */
+static __always_inline bool skip(const void *ptr)
+{
+	return !emit_records || zero_or_null(ptr) || sampled_out(ptr);
 }
 
 static __always_inline void count_drop(void)
@@ -93,7 +148,7 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	void *ring;
 	__u64 id;
 
-	if (zero_or_null(ptr))
+	if (skip(ptr) || bytes_req < min_size)
 		return 0;
 	rec = reserve(&ring, sizeof(*rec));
 	if (!rec)
@@ -119,7 +174,7 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 	struct kleak_free_record *rec;
 	void *ring;
 
-	if (zero_or_null(ptr))
+	if (skip(ptr))
 		return 0;
 	rec = reserve(&ring, sizeof(*rec));
 	if (!rec)
@@ -168,6 +223,8 @@ int kleak__kmem_cache_alloc(__u64 *ctx)
 	unsigned long call_site = ctx[0];
 	const void *ptr = (const void *)ctx[1];
 
+	if (skip(ptr)) /* before the cache is read */
+		return 0;
 	if (bpf_core_type_exists(struct trace_event_raw_kmem_cache_alloc)) {
 		struct kmem_cache *s = (struct kmem_cache *)ctx[2];
 
@@ -195,4 +252,45 @@ SEC("tp_btf/kmem_cache_free")
 int BPF_PROG(kleak__kmem_cache_free, unsigned long call_site, const void *ptr)
 {
 	return emit_free(KLEAK_CACHE_FREE, call_site, ptr);
+}
+
+/*
+ * printk:console(text, len) fires where the message is stored (in the
+ * printk caller's context), with the text after its "<N>" level prefix has
+ * been parsed away. The record is built in a per-CPU scratch slot, because a
+ * ring reservation needs a constant size, and copied into the ring with only
+ * the bytes the message needs.
+ */
+SEC("tp_btf/console")
+int BPF_PROG(kleak__printk, const char *text, size_t len)
+{
+	struct kleak_printk_record *rec;
+	__u32 key = 0, cpu, n;
+	__u64 id;
+	void *ring;
+
+	if (!emit_records)
+		return 0;
+	rec = bpf_map_lookup_elem(&printk_scratch, &key);
+	if (!rec)
+		return 0;
+	cpu = bpf_get_smp_processor_id();
+	ring = bpf_map_lookup_elem(&rings, &cpu);
+	if (!ring) {
+		count_drop();
+		return 0;
+	}
+	n = len > KLEAK_PRINTK_MAX ? KLEAK_PRINTK_MAX : len;
+	id = bpf_get_current_pid_tgid();
+	rec->hdr.ts_ns = bpf_ktime_get_ns();
+	rec->hdr.kind = KLEAK_PRINTK;
+	rec->hdr.flags = len > KLEAK_PRINTK_MAX ? KLEAK_PRINTK_TRUNCATED : 0;
+	rec->hdr.tgid = id >> 32;
+	rec->len = n;
+	rec->tid = (__u32)id;
+	if (bpf_probe_read_kernel(rec->text, n, text))
+		return 0;
+	if (bpf_ringbuf_output(ring, rec, KLEAK_PRINTK_HEADER_SIZE + n, submit_flags(ring)))
+		count_drop();
+	return 0;
 }

@@ -25,7 +25,10 @@ enum kleak_record_kind {
 	KLEAK_KFREE = 2,            /* kmem:kfree */
 	KLEAK_CACHE_ALLOC = 3,      /* kmem:kmem_cache_alloc */
 	KLEAK_CACHE_FREE = 4,       /* kmem:kmem_cache_free */
+	KLEAK_PRINTK = 5,           /* printk:console (variable length) */
 };
+/* Adding a kind keeps the ABI version: readers count unknown kinds as
+ * undecodable and go on. Changing a layout bumps it. */
 
 /* First 16 bytes of every record. */
 struct kleak_record_header {
@@ -52,6 +55,22 @@ struct kleak_alloc_record {
 	__u32 gfp_flags;
 	__u32 tid;    /* thread id */
 };
+
+/* Most bytes of one printk message kept; longer ones are cut and flagged. */
+#define KLEAK_PRINTK_MAX 1024
+#define KLEAK_PRINTK_TRUNCATED 0x1 /* in hdr.flags */
+
+/*
+ * printk:console: 24 bytes + the text (not NUL-terminated). Only `len` text
+ * bytes are written to the ring, so a record costs what its message needs.
+ */
+struct kleak_printk_record {
+	struct kleak_record_header hdr;
+	__u32 len;   /* text bytes that follow */
+	__u32 tid;
+	char text[KLEAK_PRINTK_MAX];
+};
+#define KLEAK_PRINTK_HEADER_SIZE 24
 
 /* Index of the single slot of the per-CPU `drops` array. */
 #define KLEAK_DROPS_KEY 0

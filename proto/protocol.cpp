@@ -30,7 +30,12 @@ struct Named {
 constexpr std::array kOps{
     Named<Op>{Op::version, "version"}, Named<Op>{Op::stats, "stats"},       Named<Op>{Op::leaks, "leaks"},
     Named<Op>{Op::report, "report"},   Named<Op>{Op::snapshot, "snapshot"}, Named<Op>{Op::reset, "reset"},
+    Named<Op>{Op::printk, "printk"},
 };
+
+// syslog level names, as dmesg --level takes them.
+constexpr std::array<std::string_view, 8> kLevelNames{"emerg", "alert",  "crit", "err",
+                                                      "warn",  "notice", "info", "debug"};
 
 constexpr std::array kLeakSorts{
     Named<LeakSort>{LeakSort::bytes, "bytes"},
@@ -45,6 +50,7 @@ constexpr std::array kErrorCodes{
     Named<ErrorCode>{ErrorCode::too_large, "too_large"},
     Named<ErrorCode>{ErrorCode::internal, "internal"},
     Named<ErrorCode>{ErrorCode::not_permitted, "not_permitted"},
+    Named<ErrorCode>{ErrorCode::lagged, "lagged"},
 };
 
 template <typename Enum, std::size_t N>
@@ -187,6 +193,45 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
     return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<int> printk_level_from_name(std::string_view name) {
+    const auto it = std::find(kLevelNames.begin(), kLevelNames.end(), name);
+    if (it == kLevelNames.end()) return std::nullopt;
+    return static_cast<int>(it - kLevelNames.begin());
+}
+
+namespace {
+
+std::optional<std::string> decode_printk_args(const json& given, PrintkArgs& args) {
+    const auto unsigned_field = [](const json& value) { return value.is_number_unsigned(); };
+    for (const auto& [key, value] : given.items()) {
+        if (key == "after_seq") {
+            if (!unsigned_field(value)) return field_error("args.after_seq", "must be an integer >= 0", value);
+            args.after_seq = value.get<std::uint64_t>();
+        } else if (key == "since_ns") {
+            if (!unsigned_field(value)) return field_error("args.since_ns", "must be an integer >= 0", value);
+            args.since_ns = value.get<std::uint64_t>();
+        } else if (key == "limit") {
+            if (!unsigned_field(value) || value.get<std::uint64_t>() > kMaxPrintkLimit)
+                return field_error("args.limit", "must be an integer in 0.." + std::to_string(kMaxPrintkLimit), value);
+            args.limit = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+        } else if (key == "level") {
+            std::optional<int> level;
+            if (value.is_number_unsigned() && value.get<std::uint64_t>() <= 7) level = value.get<int>();
+            if (value.is_string()) level = printk_level_from_name(value.get<std::string>());
+            if (!level) return field_error("args.level", "must be 0..7 or a level name (emerg .. debug)", value);
+            args.level = *level;
+        } else if (key == "follow") {
+            if (!value.is_boolean()) return field_error("args.follow", "must be true or false", value);
+            args.follow = value.get<bool>();
+        } else {
+            return "unknown arg \"args." + key + "\"; op \"printk\" takes after_seq, since_ns, limit, level, follow";
+        }
+    }
+    return std::nullopt;
+}
+
 // Both directions want to say where the JSON broke, which only nlohmann's
 // exception tells; it is caught here and becomes `why_not`. Only the byte
 // offset is kept: nlohmann's wording changes between releases, and the
@@ -287,6 +332,9 @@ DecodedRequest decode_request(std::string_view line) {
         if (*op == Op::leaks) {
             if (auto message = decode_leaks_args(*args, request.leaks))
                 return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::printk) {
+            if (auto message = decode_printk_args(*args, request.printk))
+                return fail(ErrorCode::bad_request, std::move(*message));
         } else if (!args->empty()) {
             return fail(ErrorCode::bad_request, "op \"" + std::string(op_name(*op)) + "\" takes no args, got \"args." +
                                                     args->begin().key() + "\"");
@@ -307,6 +355,13 @@ std::string encode_request(const Request& request) {
             {"top", request.leaks.top},
             {"min_age", format_duration(request.leaks.min_age_ns)},
             {"sort", leak_sort_name(request.leaks.sort)},
+        };
+    }
+    if (request.op == Op::printk) {
+        message["args"] = ordered_json{
+            {"after_seq", request.printk.after_seq}, {"since_ns", request.printk.since_ns},
+            {"limit", request.printk.limit},         {"level", request.printk.level},
+            {"follow", request.printk.follow},
         };
     }
     return to_line(message);

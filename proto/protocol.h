@@ -20,7 +20,7 @@ inline constexpr int kProtocolVersion = 1;
 inline constexpr std::size_t kMaxRequestBytes = 65536;
 inline constexpr std::uint32_t kMaxLeaksTop = 100000;
 
-enum class Op { version, stats, leaks, report, snapshot, reset };
+enum class Op { version, stats, leaks, report, snapshot, reset, printk };
 std::string_view op_name(Op op);
 std::optional<Op> op_from_name(std::string_view name);
 
@@ -34,15 +34,43 @@ struct LeaksArgs {
     bool operator==(const LeaksArgs&) const = default;
 };
 
-// `leaks` is meaningful only when op == Op::leaks; the other ops take no args.
+inline constexpr std::uint32_t kMaxPrintkLimit = 1000000;
+// "emerg" -> 0 .. "debug" -> 7, as dmesg --level names them.
+std::optional<int> printk_level_from_name(std::string_view name);
+
+// The kernel log. `after_seq` and `since_ns` select lines after a sequence
+// number or from a CLOCK_MONOTONIC time; `level` keeps lines at that level or
+// more severe (0 emerg .. 7 debug; lines with no level always pass); `limit`
+// keeps the newest N (0: all kept). With `follow` the reply is a stream: the
+// backlog, then one result per batch of new lines, until the client closes.
+struct PrintkArgs {
+    std::uint64_t after_seq = 0;
+    std::uint64_t since_ns = 0;
+    std::uint32_t limit = 0;
+    int level = 7;
+    bool follow = false;
+    bool operator==(const PrintkArgs&) const = default;
+};
+
+// `leaks` / `printk` are meaningful only for their op; the other ops take no args.
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::version;
     LeaksArgs leaks;
+    PrintkArgs printk;
     bool operator==(const Request&) const = default;
 };
 
-enum class ErrorCode { parse_error, bad_request, unknown_op, unsupported_version, too_large, internal, not_permitted };
+enum class ErrorCode {
+    parse_error,
+    bad_request,
+    unknown_op,
+    unsupported_version,
+    too_large,
+    internal,
+    not_permitted,
+    lagged,  // a follower fell too far behind and was dropped
+};
 std::string_view error_code_name(ErrorCode code);
 std::optional<ErrorCode> error_code_from_name(std::string_view name);
 

@@ -37,8 +37,16 @@ struct ReportCommand {
     std::chrono::milliseconds holdback{10};
 };
 
+struct PrintkCommand {
+    std::filesystem::path dir;
+    bool json = false;
+    std::chrono::milliseconds holdback{10};
+};
+
 int run_trace(const TraceCommand& command);
 int run_record(const RecordCommand& command);
 int run_report(const ReportCommand& command);
+// The kernel log of a recording, merged across CPUs in time order.
+int run_printk(const PrintkCommand& command);
 
 }  // namespace kleak

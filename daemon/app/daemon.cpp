@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "core/leaks_query.h"
+#include "core/printk_json.h"
 #include "core/sizes.h"
 #include "core/snapshot.h"
 #include "kernel/host_info.h"
@@ -28,12 +29,14 @@ void log_config_errors(const std::filesystem::path& path, const std::vector<conf
 }
 
 constexpr auto kStatusPeriod = std::chrono::seconds(5);
+constexpr std::uint64_t kMaxQueryDrainGapNs = 20'000'000;
 
 TracerOptions tracer_options(const config::Settings& settings) {
     TracerOptions options;
     options.buffer_size = settings.tracing.buffer_size;
     options.trace_kmalloc = settings.tracing.kmalloc;
     options.trace_kmem_cache = settings.tracing.kmem_cache;
+    options.trace_printk = settings.printk.enabled;
     return options;
 }
 
@@ -60,6 +63,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       settings_(std::move(settings)),
       signals_(signals),
       pipeline_(possible_cpus()),
+      printk_log_(settings_.printk.lines),
       sink_(pipeline_),
       symbolizer_(make_kallsyms_symbolizer(command.kallsyms)),
       session_(tracer_options(settings_), sink_),
@@ -79,8 +83,13 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     }
     server_.emplace(loop_, std::move(listener), policy, *this);
 
+    if (settings_.printk.enabled) {
+        pipeline_.set_printk_sink(
+            [this](core::PrintkLine&& line) { fresh_printk_.push_back(printk_log_.append(std::move(line))); });
+        configure_printk_file();
+    }
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
-    session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { pipeline_.release_until(watermark); });
+    session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { on_drained(watermark); });
     loop_.watch(signals_.fd(), [this]() { on_signal(); });
     loop_.watch(snapshot_timer_.fd(), [this]() {
         snapshot_timer_.take();
@@ -116,8 +125,71 @@ void Daemon::run() {
     notifier_.stopping();
     session_.stop_and_drain();
     pipeline_.finish();
+    publish_printk();
+    if (printk_file_) {
+        if (auto error = printk_file_->flush()) spdlog::warn("flushing the printk log failed: {}", *error);
+    }
     write_snapshot();
     spdlog::info("detached; final snapshot in {}", snapshots_.directory().string());
+}
+
+void Daemon::on_drained(std::uint64_t watermark) {
+    last_drain_ns_ = monotonic_now_ns();
+    pipeline_.release_until(watermark);
+    // Inside a query the server is mid-way through a client: streams are fed
+    // at the next regular drain instead.
+    if (!fresh_printk_.empty() && !answering_) publish_printk();
+}
+
+// Many queries in one wake-up (50 clients asking for reports) can take longer
+// than a ring takes to fill at full allocation rate: drain between them.
+void Daemon::keep_up_with_rings() {
+    if (monotonic_now_ns() - last_drain_ns_ < kMaxQueryDrainGapNs) return;
+    answering_ = true;
+    session_.drain();
+    answering_ = false;
+}
+
+void Daemon::configure_printk_file() {
+    const auto& p = settings_.printk;
+    if (!p.enabled || !p.file_enabled) {
+        printk_file_.reset();
+    } else if (printk_file_) {
+        printk_file_->reconfigure(p.file_directory, p.file_max_size, p.file_retention);
+    } else {
+        printk_file_.emplace(p.file_directory, p.file_max_size, p.file_retention);
+    }
+}
+
+// New kernel-log lines go to the log file and to every follower, then are
+// forgotten here (the PrintkLog keeps the window for queries).
+void Daemon::publish_printk() {
+    if (printk_file_) {
+        for (const core::PrintkLine& line : fresh_printk_) {
+            auto error = printk_file_->append(core::format_printk_line(line));
+            if (!error) continue;
+            if (printk_file_failures_++ % 1000 == 0)  // rate-limited
+                spdlog::warn("writing the printk log failed: {} ({} lines lost so far)", *error, printk_file_failures_);
+        }
+    }
+    server_->publish([this](const proto::Request& subscription) -> std::optional<nlohmann::json> {
+        nlohmann::json lines = nlohmann::json::array();
+        for (const core::PrintkLine& line : fresh_printk_) {
+            if (core::PrintkLog::matches(
+                    line, {subscription.printk.after_seq, subscription.printk.since_ns, subscription.printk.level, 0}))
+                lines.push_back(core::printk_line_to_json(line));
+        }
+        if (lines.empty()) return std::nullopt;
+        return nlohmann::json{{"lines", std::move(lines)}};
+    });
+    fresh_printk_.clear();
+}
+
+nlohmann::json Daemon::printk_query(const proto::PrintkArgs& args) const {
+    nlohmann::json lines = nlohmann::json::array();
+    for (const core::PrintkLine& line : printk_log_.query({args.after_seq, args.since_ns, args.level, args.limit}))
+        lines.push_back(core::printk_line_to_json(line));
+    return {{"lines", std::move(lines)}, {"last_seq", printk_log_.last_seq()}, {"evicted", printk_log_.evicted()}};
 }
 
 void Daemon::on_signal() {
@@ -168,6 +240,12 @@ nlohmann::json Daemon::stats() {
         {"attached", session_.tracer().attached()},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
+        {"printk",
+         {{"lines", printk_log_.size()},
+          {"last_seq", printk_log_.last_seq()},
+          {"evicted", printk_log_.evicted()},
+          {"followers", server_->subscribers()},
+          {"file_errors", printk_file_failures_}}},
         {"queries",
          {{"requests", server.requests},
           {"errors", server.errors},
@@ -176,7 +254,8 @@ nlohmann::json Daemon::stats() {
     };
 }
 
-std::variant<nlohmann::json, proto::Error> Daemon::handle(const proto::Request& request) {
+std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(const proto::Request& request) {
+    keep_up_with_rings();
     switch (request.op) {
         case proto::Op::version:
             return nlohmann::json{
@@ -198,6 +277,12 @@ std::variant<nlohmann::json, proto::Error> Daemon::handle(const proto::Request& 
         case proto::Op::reset:
             reset();
             return nlohmann::json{{"reset", true}};
+        case proto::Op::printk:
+            if (!settings_.printk.enabled)
+                return proto::Error{proto::ErrorCode::bad_request,
+                                    "printk capture is off in this daemon's configuration (printk.enabled)"};
+            if (request.printk.follow) return service::Subscribe{printk_query(request.printk)};
+            return printk_query(request.printk);
     }
     return proto::Error{proto::ErrorCode::internal, "unhandled op"};
 }
@@ -263,11 +348,17 @@ void Daemon::reload() {
         spdlog::warn("socket.path changed to {}; it takes effect when kleakd restarts", next.socket.path.string());
         next.socket.path = settings_.socket.path;
     }
+    if (next.printk.enabled != settings_.printk.enabled) {
+        spdlog::warn("printk.enabled changed; it takes effect when kleakd restarts");
+        next.printk.enabled = settings_.printk.enabled;
+    }
+    printk_log_.set_capacity(next.printk.lines);
     if (next.tracing != settings_.tracing) {
         spdlog::warn("tracing settings changed; they take effect when kleakd restarts");
         next.tracing = settings_.tracing;
     }
     settings_ = std::move(next);
+    configure_printk_file();
     spdlog::info("configuration reloaded from {}", command_.config_path.string());
     notifier_.reloaded("configuration reloaded");
 }

@@ -16,8 +16,10 @@
 #include "app/tracing_session.h"
 #include "config/config.h"
 #include "core/pipeline.h"
+#include "core/printk.h"
 #include "core/report.h"
 #include "core/symbolizer.h"
+#include "service/printk_file.h"
 #include "service/query_server.h"
 #include "service/snapshot_writer.h"
 #include "service/systemd_notify.h"
@@ -34,7 +36,7 @@ public:
     // Until SIGTERM/SIGINT; then detaches, drains, writes a final snapshot.
     void run();
 
-    std::variant<nlohmann::json, proto::Error> handle(const proto::Request& request) override;
+    std::variant<nlohmann::json, proto::Error, service::Subscribe> handle(const proto::Request& request) override;
 
 private:
     core::Losses losses();
@@ -46,6 +48,11 @@ private:
     void reload();
     void reset();
     void on_signal();
+    void on_drained(std::uint64_t watermark);
+    void keep_up_with_rings();
+    void publish_printk();
+    nlohmann::json printk_query(const proto::PrintkArgs& args) const;
+    void configure_printk_file();
 
     ServeCommand command_;
     config::Settings settings_;
@@ -53,6 +60,10 @@ private:
     service::SystemdNotifier notifier_;
     EventLoop loop_;
     core::Pipeline pipeline_;
+    core::PrintkLog printk_log_;
+    std::vector<core::PrintkLine> fresh_printk_;  // merged since the last drain, for followers and the file
+    std::optional<service::PrintkFile> printk_file_;
+    std::uint64_t printk_file_failures_ = 0;
     PipelineSink sink_;
     std::unique_ptr<core::CachingSymbolizer> symbolizer_;
     TracingSession session_;
@@ -64,6 +75,8 @@ private:
     std::optional<TimerFd> watchdog_timer_;
 
     std::uint64_t started_ns_ = 0;  // attach time, or the last reset
+    std::uint64_t last_drain_ns_ = 0;
+    bool answering_ = false;  // inside QueryHandler::handle
     std::uint64_t rate_window_ns_ = 0;
     std::uint64_t rate_window_records_ = 0;
     double records_per_second_ = 0;

@@ -35,6 +35,8 @@ struct BufferSizeOption {
 };
 
 void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
+    // `record` keeps the kernel log too (kleakd printk DIR shows it); the
+    // live tracer only tracks allocations.
     app.add_flag("!--no-kmalloc", tracer.trace_kmalloc, "Do not trace kmalloc (kmalloc/kfree)");
     app.add_flag("!--no-kmem-cache", tracer.trace_kmem_cache,
                  "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
@@ -100,6 +102,21 @@ int main(int argc, char** argv) {
     trace_buffer.add_to(*trace_cmd);
     add_allocator_flags(*trace_cmd, trace.tracer);
     add_tracer_tuning(*trace_cmd, trace.timing, trace.tracer);
+    trace_cmd
+        ->add_option("--sample-shift", trace.tracer.sample_shift,
+                     "Trace 1 in 2^N allocations, chosen by a hash of the pointer, so every kept allocation's "
+                     "free is kept too; counts and bytes in the output are that fraction of the real ones "
+                     "(lower cost per allocation, fewer records)")
+        ->check(CLI::Range(0u, kleak::kMaxSampleShift))
+        ->default_str("0");
+    trace_cmd
+        ->add_option("--min-size", trace.tracer.min_size,
+                     "Skip allocations of fewer than BYTES requested bytes. Their frees are still traced and "
+                     "show as unmatched frees; prefer --sample-shift to cut cost")
+        ->check(CLI::Range(0u, 0xffffffffu))
+        ->default_str("0");
+    // Diagnostic: programs attached but writing nothing (the cost floor).
+    trace_cmd->add_flag("!--no-emit", trace.tracer.emit_records, "Attach the programs but emit no records")->group("");
 
     kleak::RecordCommand record;
     BufferSizeOption record_buffer;
@@ -111,6 +128,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 365 * 86400));
     record_buffer.add_to(*record_cmd);
     add_allocator_flags(*record_cmd, record.tracer);
+    record.tracer.trace_printk = true;
+    record_cmd->add_flag("!--no-printk", record.tracer.trace_printk, "Do not record the kernel log (printk:console)");
     add_tracer_tuning(*record_cmd, record.timing, record.tracer);
 
     kleak::ReportCommand report;
@@ -120,6 +139,14 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingDirectory);
     report_cmd->add_flag("--json", report.json, "Print the report as JSON");
     report_cmd->add_option("--top,-n", report.top, "Rows per report section (default: all)");
+
+    kleak::PrintkCommand printk;
+    auto* printk_cmd =
+        app.add_subcommand("printk", "Print the kernel log of a recording, merged across CPUs in time order");
+    printk_cmd->add_option("dir", printk.dir, "Directory written by `kleakd record`")
+        ->required()
+        ->check(CLI::ExistingDirectory);
+    printk_cmd->add_flag("--json", printk.json, "One JSON object per line");
 
     try {
         app.parse(argc, argv);
@@ -142,6 +169,7 @@ int main(int argc, char** argv) {
             return kleak::run_record(record);
         }
         if (*report_cmd) return kleak::run_report(report);
+        if (*printk_cmd) return kleak::run_printk(printk);
         return kleak::run_serve(serve);
     } catch (const kleak::StartupError& e) {
         spdlog::error("{}", e.what());

@@ -2,6 +2,7 @@
 
 #include "app/commands.h"
 #include "app/recording_io.h"
+#include "core/printk_json.h"
 #include "core/report.h"
 
 namespace kleak {
@@ -32,6 +33,23 @@ int run_report(const ReportCommand& command) {
                   << "s\n\n"
                   << core::report_to_text(report, command.top);
     }
+    return 0;
+}
+
+int run_printk(const PrintkCommand& command) {
+    const core::RecordingMeta meta = read_recording_meta(command.dir);
+    core::Pipeline pipeline(meta.cpus);
+    std::uint64_t seq = 0;
+    pipeline.set_printk_sink([&](core::PrintkLine&& line) {
+        line.seq = ++seq;
+        if (command.json) {
+            std::cout << core::printk_line_to_json(line).dump() << '\n';
+        } else {
+            std::cout << core::format_printk_line(line) << '\n';
+        }
+    });
+    replay_recording(command.dir, meta, pipeline, command.holdback);
+    std::cout.flush();
     return 0;
 }
 

@@ -3,6 +3,9 @@
 
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "app/commands.h"
 #include "app/pipeline_sink.h"
@@ -33,6 +36,77 @@ void print_interval(std::FILE* out, const core::Pipeline& pipeline, std::uint64_
     const auto rows = core::top_sites_by_outstanding(pipeline.tracker(), top, symbolizer);
     std::fputs(core::top_table_text(rows).c_str(), out);
     std::fflush(out);
+}
+
+// What tracing cost, from the kernel's per-program statistics: runs and run
+// time (only counted while sysctl kernel.bpf_stats_enabled=1) and recursion
+// misses (runs the kernel skipped because the program nested on its CPU:
+// records lost before they were made, so they are no ring drop).
+struct CostSummary {
+    std::vector<ProgramStats> programs;
+    std::uint64_t records = 0;
+    double seconds = 0;
+    std::uint32_t sample_shift = 0;
+    bool emit_records = true;
+};
+
+bool stats_enabled(const CostSummary& cost) {
+    for (const auto& p : cost.programs)
+        if (p.run_cnt != 0) return true;
+    return false;
+}
+
+std::string cost_text(const CostSummary& cost) {
+    std::string out = "\ncost:\n";
+    char line[256];
+    std::snprintf(line, sizeof line, "  %llu records in %.1f s (%.0f records/s)%s\n",
+                  static_cast<unsigned long long>(cost.records), cost.seconds,
+                  cost.seconds > 0 ? static_cast<double>(cost.records) / cost.seconds : 0.0,
+                  cost.emit_records ? "" : "; --no-emit: programs attached, no records written");
+    out += line;
+    if (cost.sample_shift != 0) {
+        std::snprintf(line, sizeof line,
+                      "  sampled: 1 in %llu pointers (--sample-shift %u); multiply counts and bytes by %llu\n",
+                      1ULL << cost.sample_shift, cost.sample_shift, 1ULL << cost.sample_shift);
+        out += line;
+    }
+    const bool timed = stats_enabled(cost);
+    std::snprintf(line, sizeof line, "  %-24s %12s %10s %18s\n", "program", timed ? "runs" : "", timed ? "ns/run" : "",
+                  "recursion misses");
+    out += line;
+    for (const auto& p : cost.programs) {
+        if (timed && p.run_cnt != 0) {
+            std::snprintf(line, sizeof line, "  %-24s %12llu %10.1f %18llu\n", p.name.c_str(),
+                          static_cast<unsigned long long>(p.run_cnt),
+                          static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt),
+                          static_cast<unsigned long long>(p.recursion_misses));
+        } else {
+            std::snprintf(line, sizeof line, "  %-24s %12s %10s %18llu\n", p.name.c_str(), "", "",
+                          static_cast<unsigned long long>(p.recursion_misses));
+        }
+        out += line;
+    }
+    if (!timed) out += "  (run counts and ns/run need sysctl kernel.bpf_stats_enabled=1)\n";
+    return out;
+}
+
+nlohmann::json cost_json(const CostSummary& cost) {
+    nlohmann::json programs = nlohmann::json::array();
+    for (const auto& p : cost.programs) {
+        nlohmann::json j = {{"name", p.name}, {"recursion_misses", p.recursion_misses}};
+        if (p.run_cnt != 0) {
+            j["run_cnt"] = p.run_cnt;
+            j["run_time_ns"] = p.run_time_ns;
+            j["ns_per_run"] = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt);
+        }
+        programs.push_back(std::move(j));
+    }
+    return {{"records", cost.records},
+            {"seconds", cost.seconds},
+            {"sample_shift", cost.sample_shift},
+            {"emit_records", cost.emit_records},
+            {"bpf_stats_enabled", stats_enabled(cost)},
+            {"programs", std::move(programs)}};
 }
 
 }  // namespace
@@ -67,13 +141,18 @@ int run_trace(const TraceCommand& command) {
 
     session.stop_and_drain();
     pipeline.finish();
+    const CostSummary cost{session.tracer().program_stats(), pipeline.records(),
+                           static_cast<double>(monotonic_now_ns() - started) / 1e9, command.tracer.sample_shift,
+                           command.tracer.emit_records};
     const core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),
                                                   command.tracer.buffer_size, session.consumer().peak_backlog_bytes());
     const core::Report report = core::build_report(pipeline.tracker(), losses, *symbolizer);
     if (command.json) {
-        std::cout << core::report_to_json(report).dump(2) << '\n';
+        nlohmann::json out = core::report_to_json(report);
+        out["cost"] = cost_json(cost);
+        std::cout << out.dump(2) << '\n';
     } else {
-        std::cout << '\n' << core::report_to_text(report, command.top);
+        std::cout << '\n' << core::report_to_text(report, command.top) << cost_text(cost);
     }
     std::cout.flush();
     return 0;

@@ -32,6 +32,12 @@ constexpr std::chrono::seconds kMinInterval{1};
 constexpr std::chrono::seconds kMaxInterval = std::chrono::hours{24};
 // bind() needs the path and its terminating NUL to fit in sun_path.
 constexpr std::size_t kMaxSocketPathLength = sizeof(sockaddr_un::sun_path) - 1;
+constexpr std::int64_t kMinPrintkLines = 1;
+constexpr std::int64_t kMaxPrintkLines = 1000000;
+constexpr std::uint64_t kMinPrintkFileSize = std::uint64_t{64} << 10;
+constexpr std::uint64_t kMaxPrintkFileSize = std::uint64_t{1} << 30;
+constexpr std::int64_t kMinPrintkRetention = 1;
+constexpr std::int64_t kMaxPrintkRetention = 1000;
 // A config file is a few hundred bytes; this stops `--config /dev/zero`.
 constexpr std::size_t kMaxFileSize = 1 << 20;
 
@@ -68,12 +74,20 @@ const std::string kGroupRule =
 constexpr std::string_view kModeRule =
     "an octal string from \"0600\" to \"0777\" that gives the owner read and write and others no write, "
     "e.g. \"0660\"";
-constexpr std::string_view kDirectoryRule = "an absolute directory path, e.g. \"/var/lib/kleakd/snapshots\"";
+constexpr std::string_view kSnapshotDirectoryRule = "an absolute directory path, e.g. \"/var/lib/kleakd/snapshots\"";
 constexpr std::string_view kIntervalRule =  // kMinInterval to kMaxInterval
     "a duration from 1s to 24h: a number with a unit (\"30s\", \"5m\", \"1h\") or an integer of seconds";
 const std::string kRetentionRule =
     "an integer from " + std::to_string(kMinRetention) + " to " + std::to_string(kMaxRetention);
 constexpr std::string_view kBufferSizeRule = "a size string, e.g. \"8M\"";
+constexpr std::string_view kBooleanRule = "true or false";
+const std::string kPrintkLinesRule =
+    "an integer from " + std::to_string(kMinPrintkLines) + " to " + std::to_string(kMaxPrintkLines);
+constexpr std::string_view kPrintkDirectoryRule = "an absolute directory path, e.g. \"/var/lib/kleakd/printk\"";
+const std::string kPrintkMaxSizeRule = "a size string from " + core::format_size(kMinPrintkFileSize) + " to " +
+                                       core::format_size(kMaxPrintkFileSize) + ", e.g. \"16M\"";
+const std::string kPrintkRetentionRule =
+    "an integer from " + std::to_string(kMinPrintkRetention) + " to " + std::to_string(kMaxPrintkRetention);
 const std::string kAllocatorsRule = "a non-empty array of distinct names from " + join(kAllocatorNames, "\"");
 const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
@@ -230,10 +244,18 @@ struct RawTracing {
     std::optional<Raw<std::string>> buffer_size;
     std::optional<Raw<std::vector<Raw<std::string>>>> allocators;  // only the elements that are strings
 };
+struct RawPrintk {
+    std::optional<Raw<bool>> enabled;
+    std::optional<Raw<std::int64_t>> lines;
+    std::optional<Raw<bool>> file_enabled;
+    std::optional<Raw<std::string>> file_directory, file_max_size;
+    std::optional<Raw<std::int64_t>> file_retention;
+};
 struct RawConfig {
     RawSocket socket;
     RawSnapshots snapshots;
     RawTracing tracing;
+    RawPrintk printk;
     std::optional<Raw<std::string>> log_level;
 };
 
@@ -283,6 +305,13 @@ public:
         if (!value) return std::nullopt;
         if (!value->is_string()) return type_error(name, *value, rule);
         return Raw<std::string>{value->get<std::string>(), key_of(name)};
+    }
+
+    std::optional<Raw<bool>> boolean(std::string_view name, std::string_view rule) {
+        const json* value = find(name);
+        if (!value) return std::nullopt;
+        if (!value->is_boolean()) return type_error(name, *value, rule);
+        return Raw<bool>{value->get<bool>(), key_of(name)};
     }
 
     std::optional<Raw<std::int64_t>> integer(std::string_view name, std::string_view rule) {
@@ -359,7 +388,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     socket.report_unknown_keys();
 
     ObjectReader snapshots = top.section("snapshots");
-    raw.snapshots.directory = snapshots.string("directory", kDirectoryRule);
+    raw.snapshots.directory = snapshots.string("directory", kSnapshotDirectoryRule);
     raw.snapshots.interval = snapshots.string_or_integer("interval", kIntervalRule);
     raw.snapshots.retention = snapshots.integer("retention", kRetentionRule);
     snapshots.report_unknown_keys();
@@ -368,6 +397,17 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.tracing.buffer_size = tracing.string("buffer_size", kBufferSizeRule);
     raw.tracing.allocators = tracing.string_array("allocators", kAllocatorsRule, kAllocatorNameRule);
     tracing.report_unknown_keys();
+
+    ObjectReader printk = top.section("printk");
+    raw.printk.enabled = printk.boolean("enabled", kBooleanRule);
+    raw.printk.lines = printk.integer("lines", kPrintkLinesRule);
+    ObjectReader printk_file = printk.section("file");
+    raw.printk.file_enabled = printk_file.boolean("enabled", kBooleanRule);
+    raw.printk.file_directory = printk_file.string("directory", kPrintkDirectoryRule);
+    raw.printk.file_max_size = printk_file.string("max_size", kPrintkMaxSizeRule);
+    raw.printk.file_retention = printk_file.integer("retention", kPrintkRetentionRule);
+    printk_file.report_unknown_keys();
+    printk.report_unknown_keys();
 
     raw.log_level = top.string("log_level", kLogLevelRule);
     top.report_unknown_keys();
@@ -426,11 +466,20 @@ std::optional<unsigned> check_mode(const Raw<std::string>& raw, Errors& errors) 
     return std::nullopt;
 }
 
-std::optional<std::filesystem::path> check_directory(const Raw<std::string>& raw, Errors& errors) {
+std::optional<std::filesystem::path> check_absolute_directory(const Raw<std::string>& raw, Errors& errors,
+                                                              std::string_view rule) {
     const std::filesystem::path path(raw.value);
     if (path.is_absolute()) return path;
-    report_invalid(errors, raw.key, in_quotes(raw.value) + " is not absolute", kDirectoryRule);
+    report_invalid(errors, raw.key, in_quotes(raw.value) + " is not absolute", rule);
     return std::nullopt;
+}
+
+std::optional<std::filesystem::path> check_snapshot_directory(const Raw<std::string>& raw, Errors& errors) {
+    return check_absolute_directory(raw, errors, kSnapshotDirectoryRule);
+}
+
+std::optional<std::filesystem::path> check_printk_directory(const Raw<std::string>& raw, Errors& errors) {
+    return check_absolute_directory(raw, errors, kPrintkDirectoryRule);
 }
 
 // "30s", "5m", "1h", or a bare number of seconds ("90"); nothing when `text`
@@ -472,14 +521,38 @@ std::optional<std::chrono::seconds> check_interval(const Raw<RawInterval>& raw, 
     return std::chrono::seconds{*seconds};
 }
 
-std::optional<unsigned> check_retention(const Raw<std::int64_t>& raw, Errors& errors) {
-    if (raw.value >= kMinRetention && raw.value <= kMaxRetention) return static_cast<unsigned>(raw.value);
-    report_invalid(errors, raw.key, std::to_string(raw.value) + " is out of range", kRetentionRule);
+// An integer from `min` to `max` (which T holds), else an error quoting `rule`.
+template <typename T>
+std::optional<T> check_integer_range(const Raw<std::int64_t>& raw, Errors& errors, std::int64_t min, std::int64_t max,
+                                     std::string_view rule) {
+    if (raw.value >= min && raw.value <= max) return static_cast<T>(raw.value);
+    report_invalid(errors, raw.key, std::to_string(raw.value) + " is out of range", rule);
     return std::nullopt;
 }
 
+std::optional<unsigned> check_retention(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<unsigned>(raw, errors, kMinRetention, kMaxRetention, kRetentionRule);
+}
+
+std::optional<std::size_t> check_printk_lines(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<std::size_t>(raw, errors, kMinPrintkLines, kMaxPrintkLines, kPrintkLinesRule);
+}
+
+std::optional<unsigned> check_printk_retention(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<unsigned>(raw, errors, kMinPrintkRetention, kMaxPrintkRetention, kPrintkRetentionRule);
+}
+
+// Any boolean is valid; the JSON type was checked when it was read.
+std::optional<bool> check_boolean(const Raw<bool>& raw, Errors& /*errors*/) { return raw.value; }
+
 std::optional<std::uint64_t> check_buffer_size(const Raw<std::string>& raw, Errors& errors) {
     core::SizeParse parsed = core::parse_buffer_size(raw.value);
+    if (!parsed.bytes) errors.push_back({raw.key, std::move(parsed.error)});
+    return parsed.bytes;
+}
+
+std::optional<std::uint64_t> check_printk_file_max_size(const Raw<std::string>& raw, Errors& errors) {
+    core::SizeParse parsed = core::parse_byte_size(raw.value, kMinPrintkFileSize, kMaxPrintkFileSize);
     if (!parsed.bytes) errors.push_back({raw.key, std::move(parsed.error)});
     return parsed.bytes;
 }
@@ -522,7 +595,7 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     apply(raw.socket.path, check_socket_path, settings.socket.path, errors);
     apply(raw.socket.group, check_group, settings.socket.group, errors);
     apply(raw.socket.mode, check_mode, settings.socket.mode, errors);
-    apply(raw.snapshots.directory, check_directory, settings.snapshots.directory, errors);
+    apply(raw.snapshots.directory, check_snapshot_directory, settings.snapshots.directory, errors);
     apply(raw.snapshots.interval, check_interval, settings.snapshots.interval, errors);
     apply(raw.snapshots.retention, check_retention, settings.snapshots.retention, errors);
     apply(raw.tracing.buffer_size, check_buffer_size, settings.tracing.buffer_size, errors);
@@ -533,6 +606,12 @@ Settings compile(const RawConfig& raw, Errors& errors) {
                     std::find(enabled->begin(), enabled->end(), allocator.name) != enabled->end();
         }
     }
+    apply(raw.printk.enabled, check_boolean, settings.printk.enabled, errors);
+    apply(raw.printk.lines, check_printk_lines, settings.printk.lines, errors);
+    apply(raw.printk.file_enabled, check_boolean, settings.printk.file_enabled, errors);
+    apply(raw.printk.file_directory, check_printk_directory, settings.printk.file_directory, errors);
+    apply(raw.printk.file_max_size, check_printk_file_max_size, settings.printk.file_max_size, errors);
+    apply(raw.printk.file_retention, check_printk_retention, settings.printk.file_retention, errors);
     apply(raw.log_level, check_log_level, settings.log_level, errors);
     return settings;
 }
@@ -602,6 +681,14 @@ nlohmann::json settings_to_json(const Settings& settings) {
           {"interval", std::to_string(settings.snapshots.interval.count()) + "s"},
           {"retention", settings.snapshots.retention}}},
         {"tracing", {{"buffer_size", core::format_size(settings.tracing.buffer_size)}, {"allocators", allocators}}},
+        {"printk",
+         {{"enabled", settings.printk.enabled},
+          {"lines", settings.printk.lines},
+          {"file",
+           {{"enabled", settings.printk.file_enabled},
+            {"directory", settings.printk.file_directory.string()},
+            {"max_size", core::format_size(settings.printk.file_max_size)},
+            {"retention", settings.printk.file_retention}}}}},
         {"log_level", settings.log_level},
     };
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -42,10 +43,24 @@ struct TracingSettings {
     bool operator==(const TracingSettings&) const = default;
 };
 
+// The kernel log (printk:console): kept in memory for `kleakctl printk` and,
+// optionally, teed to a size-rotated file.
+struct PrintkSettings {
+    bool enabled = true;
+    std::size_t lines = 10000;  // lines kept in memory
+    bool file_enabled = false;
+    std::filesystem::path file_directory = "/var/lib/kleakd/printk";  // the file is <directory>/printk.log
+    std::uint64_t file_max_size = 16 << 20;  // rotate before the file would pass this
+    unsigned file_retention = 5;             // rotated files kept: printk.log.1 .. printk.log.N
+
+    bool operator==(const PrintkSettings&) const = default;
+};
+
 struct Settings {
     SocketSettings socket;
     SnapshotSettings snapshots;
     TracingSettings tracing;
+    PrintkSettings printk;
     std::string log_level = "info";  // an spdlog level name
 
     bool operator==(const Settings&) const = default;
@@ -78,7 +93,8 @@ std::string format_error(const std::filesystem::path& path, const ConfigError& e
 std::string format_errors(const std::filesystem::path& path, const std::vector<ConfigError>& errors);
 
 // The config in force, in the file's own format (parse_config accepts it back):
-// mode as an octal string, interval in seconds ("60s"), buffer_size as "8M".
+// mode as an octal string, interval in seconds ("60s"), buffer_size and
+// printk.file.max_size as "8M"-style sizes.
 nlohmann::json settings_to_json(const Settings& settings);
 
 }  // namespace kleak::config

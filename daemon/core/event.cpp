@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kleak_abi.h"
+#include "printk.h"
 
 namespace kleak::core {
 
@@ -25,6 +26,7 @@ static_assert(static_cast<int>(EventKind::kmalloc) == KLEAK_KMALLOC);
 static_assert(static_cast<int>(EventKind::kfree) == KLEAK_KFREE);
 static_assert(static_cast<int>(EventKind::cache_alloc) == KLEAK_CACHE_ALLOC);
 static_assert(static_cast<int>(EventKind::cache_free) == KLEAK_CACHE_FREE);
+static_assert(static_cast<int>(EventKind::printk) == KLEAK_PRINTK);
 
 DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     kleak_record_header hdr;
@@ -58,6 +60,20 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.ptr = rec.ptr;
         out.call_site = rec.call_site;
         out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_PRINTK: {
+        const auto text = printk_text(bytes);
+        if (!text) return DecodeStatus::too_short;
+        std::uint32_t tid = 0;
+        std::memcpy(&tid, bytes.data() + offsetof(kleak_printk_record, tid), sizeof tid);
+        out.kind = EventKind::printk;
+        out.ptr = 0;
+        out.call_site = 0;
+        out.bytes_req = static_cast<std::uint32_t>(text->size());
+        out.bytes_alloc = 0;
+        out.gfp_flags = hdr.flags;
+        out.tid = tid;
         return DecodeStatus::ok;
     }
     default:

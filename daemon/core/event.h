@@ -13,6 +13,7 @@ enum class EventKind : std::uint16_t {
     kfree = 2,
     cache_alloc = 3,
     cache_free = 4,
+    printk = 5,  // bytes_req: text length, gfp_flags: record flags, ptr: the pipeline's text handle
 };
 
 constexpr bool is_alloc(EventKind kind) {

@@ -5,10 +5,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "merger.h"
+#include "printk.h"
 #include "tracker.h"
 
 namespace kleak::core {
@@ -16,6 +20,11 @@ namespace kleak::core {
 class Pipeline {
 public:
     explicit Pipeline(unsigned cpu_count);
+
+    // Where printk lines go, in merged time order. Without a sink printk
+    // records are decoded and dropped (report replays, allocation-only runs).
+    using PrintkSink = std::function<void(PrintkLine&&)>;
+    void set_printk_sink(PrintkSink sink) { printk_sink_ = std::move(sink); }
 
     // Decodes and stages one record; undecodable ones are counted, not staged.
     void on_record(unsigned cpu, std::span<const std::byte> record);
@@ -33,9 +42,15 @@ public:
     void reset();
 
 private:
+    void release(const Event& event);
+
     Merger merger_;
     Tracker tracker_;
     std::vector<std::uint64_t> newest_ts_;
+    PrintkSink printk_sink_;
+    // Texts of staged printk records, by the handle their Event carries in ptr.
+    std::unordered_map<std::uint64_t, std::string> printk_texts_;
+    std::uint64_t next_printk_handle_ = 1;
     std::uint64_t undecodable_ = 0;
     std::uint64_t records_ = 0;
 };

@@ -1,5 +1,5 @@
-// Ring-buffer sizes: parsing what the user typed, and suggesting a size that
-// would have held a burst that overflowed.
+// Sizes the user types: ring buffers (powers of two) and plain byte counts,
+// and suggesting a ring size that would have held a burst that overflowed.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,11 @@ struct SizeParse {
 // "8M", "512k", "1G", "65536", "4KiB": a BPF ring must be a power of two and a
 // multiple of the page size, from 4K to 1G.
 SizeParse parse_buffer_size(std::string_view text);
+
+// Any byte count from `min` to `max`, in the same notation as
+// parse_buffer_size ("16M", "64K", "100000", "1GiB"; K, M and G are powers of
+// 1024) but with no power-of-two rule: file sizes and other plain limits.
+SizeParse parse_byte_size(std::string_view text, std::uint64_t min, std::uint64_t max);
 
 // 8388608 -> "8M", 4096 -> "4K", 1000 -> "1000".
 std::string format_size(std::uint64_t bytes);

@@ -80,25 +80,29 @@ void check_privileges() {
 
 // What each program traces, and whether start-up must fail without it.
 struct ProgramSpec {
-    const char* tracepoint;  // kmem:<tracepoint>
+    const char* category;    // "kmem", "printk"
+    const char* tracepoint;  // the event name: its BTF type is btf_trace_<tracepoint>
     bpf_program* program;
     bpf_link** link;
     bool wanted;    // the user asked for its allocator family
     bool required;  // false: only some kernels have it (pre-6.1 *_node events)
 };
 
+std::string full_name(const ProgramSpec& spec) { return std::string(spec.category) + ":" + spec.tracepoint; }
+
 std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& options) {
     auto& p = skel.progs;
     auto& l = skel.links;
     return {
-        {"kmalloc", p.kleak__kmalloc, &l.kleak__kmalloc, options.trace_kmalloc, true},
-        {"kmalloc_node", p.kleak__kmalloc_node, &l.kleak__kmalloc_node, options.trace_kmalloc, false},
-        {"kfree", p.kleak__kfree, &l.kleak__kfree, options.trace_kmalloc || options.trace_kmem_cache, true},
-        {"kmem_cache_alloc", p.kleak__kmem_cache_alloc, &l.kleak__kmem_cache_alloc, options.trace_kmem_cache, true},
-        {"kmem_cache_alloc_node", p.kleak__kmem_cache_alloc_node, &l.kleak__kmem_cache_alloc_node,
+        {"kmem", "kmalloc", p.kleak__kmalloc, &l.kleak__kmalloc, options.trace_kmalloc, true},
+        {"kmem", "kmalloc_node", p.kleak__kmalloc_node, &l.kleak__kmalloc_node, options.trace_kmalloc, false},
+        {"kmem", "kfree", p.kleak__kfree, &l.kleak__kfree, options.trace_kmalloc || options.trace_kmem_cache, true},
+        {"kmem", "kmem_cache_alloc", p.kleak__kmem_cache_alloc, &l.kleak__kmem_cache_alloc, options.trace_kmem_cache, true},
+        {"kmem", "kmem_cache_alloc_node", p.kleak__kmem_cache_alloc_node, &l.kleak__kmem_cache_alloc_node,
          options.trace_kmem_cache, false},
-        {"kmem_cache_free", p.kleak__kmem_cache_free, &l.kleak__kmem_cache_free,
+        {"kmem", "kmem_cache_free", p.kleak__kmem_cache_free, &l.kleak__kmem_cache_free,
          options.trace_kmalloc || options.trace_kmem_cache, true},
+        {"printk", "console", p.kleak__printk, &l.kleak__printk, options.trace_printk, true},
     };
 }
 
@@ -127,6 +131,12 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     // timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c).
     skel_->rodata->wakeup_backlog_bytes =
         options.wakeup_backlog_bytes != 0 ? options.wakeup_backlog_bytes : options.buffer_size / 2;
+    if (options.sample_shift > kMaxSampleShift)
+        throw StartupError("sample shift " + std::to_string(options.sample_shift) + " is out of range (0 to " +
+                           std::to_string(kMaxSampleShift) + ")");
+    skel_->rodata->emit_records = options.emit_records;
+    skel_->rodata->sample_shift = options.sample_shift;
+    skel_->rodata->min_size = options.min_size;
 
     int err = bpf_map__set_max_entries(skel_->maps.rings, static_cast<__u32>(cpus));
     if (err)
@@ -152,7 +162,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     std::vector<std::string> missing;
     for (ProgramSpec& spec : specs) {
         const bool present = tracepoint_in_btf(vmlinux, spec.tracepoint);
-        if (spec.wanted && spec.required && !present) missing.push_back(std::string("kmem:") + spec.tracepoint);
+        if (spec.wanted && spec.required && !present) missing.push_back(full_name(spec));
         if (!spec.wanted || !present) {
             bpf_program__set_autoload(spec.program, false);
             spec.wanted = false;
@@ -163,7 +173,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         std::string list;
         for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
         throw StartupError("this kernel lacks the tracepoint(s) " + list +
-                           " (no btf_trace_* type in its BTF); kleakd cannot trace that allocator here");
+                           " (no btf_trace_* type in its BTF); kleakd cannot trace that here");
     }
 
     err = kleak_bpf__load(skel_.get());
@@ -185,10 +195,11 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         bpf_link* link = bpf_program__attach(spec.program);
         if (!link) {
             throw StartupError(
-                describe_errno(std::string("attaching to tracepoint kmem:") + spec.tracepoint + " failed", -errno));
+                describe_errno("attaching to tracepoint " + full_name(spec) + " failed", -errno));
         }
         *spec.link = link;  // the skeleton destroys it
-        attached_.emplace_back(std::string("kmem:") + spec.tracepoint);
+        attached_.emplace_back(full_name(spec));
+        attached_programs_.push_back(spec.program);
     }
 }
 
@@ -206,6 +217,17 @@ std::vector<std::uint64_t> BpfTracer::read_drops() const {
     const __u32 key = KLEAK_DROPS_KEY;
     if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.drops), &key, per_cpu.data()) != 0) return {};
     return per_cpu;
+}
+
+std::vector<ProgramStats> BpfTracer::program_stats() const {
+    std::vector<ProgramStats> stats;
+    for (std::size_t i = 0; i < attached_programs_.size(); ++i) {
+        bpf_prog_info info{};
+        __u32 len = sizeof info;
+        if (bpf_obj_get_info_by_fd(bpf_program__fd(attached_programs_[i]), &info, &len) != 0) continue;
+        stats.push_back({attached_[i], info.run_cnt, info.run_time_ns, info.recursion_misses});
+    }
+    return stats;
 }
 
 void BpfTracer::detach() { kleak_bpf__detach(skel_.get()); }

@@ -16,6 +16,7 @@
 #include "kernel/unique_fd.h"
 
 struct kleak_bpf;  // the bpftool skeleton
+struct bpf_program;
 
 namespace kleak {
 
@@ -23,10 +24,31 @@ struct TracerOptions {
     std::uint64_t buffer_size = 0;  // bytes per CPU ring, validated by the caller
     bool trace_kmalloc = true;      // kmalloc/kfree
     bool trace_kmem_cache = true;   // kmem_cache_alloc/kmem_cache_free
+    bool trace_printk = false;      // printk:console (the kernel log)
     // Producers force a consumer wake-up when their ring holds this much;
     // 0 means half the ring. Tests set it past the ring size to make a
     // burst overflow deterministically.
     std::uint64_t wakeup_backlog_bytes = 0;
+    // Cost knobs (rodata in kleak.bpf.c). emit_records=false: programs stay
+    // attached but write nothing (the hooks' own cost, a diagnostic floor).
+    bool emit_records = true;
+    // Keep an allocation and its free only when the pointer hashes into
+    // 1/2^sample_shift of the space: pairs stay matched, counts scale by
+    // 2^sample_shift. 0..kMaxSampleShift; 0 keeps everything.
+    std::uint32_t sample_shift = 0;
+    // Skip allocations smaller than this (bytes requested). Their frees are
+    // still recorded and show as unmatched frees. 0 keeps everything.
+    std::uint32_t min_size = 0;
+};
+
+inline constexpr std::uint32_t kMaxSampleShift = 32;
+
+// One attached program's kernel-side statistics (bpf_prog_info).
+struct ProgramStats {
+    std::string name;                   // "kmem:kmalloc"
+    std::uint64_t run_cnt = 0;          // runs; 0 unless kernel.bpf_stats_enabled=1
+    std::uint64_t run_time_ns = 0;      // total run time; ditto
+    std::uint64_t recursion_misses = 0; // runs the kernel skipped: the program nested on its CPU
 };
 
 class BpfTracer {
@@ -45,6 +67,10 @@ public:
     // if the map cannot be read (the caller keeps the last good value).
     std::vector<std::uint64_t> read_drops() const;
 
+    // Per attached program: run count, run time and recursion misses. A
+    // program whose info cannot be read is left out.
+    std::vector<ProgramStats> program_stats() const;
+
     // Stops new records; the rings stay readable so the tail can be drained.
     void detach();
 
@@ -56,6 +82,7 @@ private:
     std::unique_ptr<::kleak_bpf, SkeletonDeleter> skel_;
     std::vector<UniqueFd> ring_fds_;
     std::vector<std::string> attached_;
+    std::vector<const ::bpf_program*> attached_programs_;  // parallel to attached_
     std::uint64_t buffer_size_ = 0;
 };
 

@@ -63,6 +63,10 @@ proto::Response Client::call(const proto::Request& request) {
         }
         sent += static_cast<std::size_t>(n);
     }
+    return next(request.id);
+}
+
+proto::Response Client::next(std::uint64_t id) {
     std::string reply;
     char buf[65536];
     while (reader_.next(reply) != proto::LineReader::Status::line) {
@@ -74,7 +78,7 @@ proto::Response Client::call(const proto::Request& request) {
     std::string why;
     auto response = proto::decode_response(reply, why);
     if (!response) throw ClientError("kleakd sent a reply kleakctl cannot read: " + why);
-    if (response->ok && response->id != request.id) throw ClientError("kleakd answered another request (id mismatch)");
+    if (response->ok && response->id != id) throw ClientError("kleakd answered another request (id mismatch)");
     return std::move(*response);
 }
 

@@ -30,6 +30,8 @@ public:
 
     // Sends `request` and waits for its reply (any id mismatch is an error).
     proto::Response call(const proto::Request& request);
+    // The next reply of a stream (printk --follow) for request `id`.
+    proto::Response next(std::uint64_t id);
 
 private:
     std::filesystem::path socket_;

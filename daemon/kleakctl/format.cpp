@@ -68,6 +68,11 @@ std::string format_stats(const nlohmann::json& r) {
     out += fmt::format("undecodable:       {}\n", u64(r, "undecodable"));
     out += fmt::format("tracing:           {}\n", attached);
     out += fmt::format("clients:           {}\n", u64(r, "clients"));
+    if (r.contains("printk")) {
+        const auto& p = r.at("printk");
+        out += fmt::format("printk:            {} lines kept (last seq {}, {} evicted), {} followers\n",
+                           u64(p, "lines"), u64(p, "last_seq"), u64(p, "evicted"), u64(p, "followers"));
+    }
     out += fmt::format("config:            {}\n", r.at("config").dump());
     return out;
 }

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "core/printk_json.h"
 #include "kleakctl/client.h"
 #include "kleakctl/format.h"
 #include "version.h"
@@ -17,9 +18,30 @@ struct Options {
     std::string min_age = "0s";
     std::string sort = "bytes";
     std::size_t report_top = 10;
+    bool follow = false;
+    double since_seconds = 0;
+    std::uint64_t after_seq = 0;
+    std::string level = "debug";
+    std::uint32_t limit = 0;
 };
 
+// Prints a printk result's lines as dmesg would, or as JSON lines.
+void print_printk_lines(const nlohmann::json& result, bool json) {
+    for (const auto& line : result.at("lines")) {
+        if (json) {
+            std::cout << line.dump() << '\n';
+        } else {
+            std::cout << kleak::core::format_printk_line(kleak::core::printk_line_from_json(line)) << '\n';
+        }
+    }
+    std::cout.flush();
+}
+
 int print_result(Op op, const Options& options, const nlohmann::json& result) {
+    if (op == Op::printk) {
+        print_printk_lines(result, options.json);
+        return 0;
+    }
     if (options.json || op == Op::snapshot) {
         std::cout << result.dump(2) << '\n';
         return 0;
@@ -40,6 +62,7 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
         case Op::reset:
             std::cout << "kleakd forgot its history; a fresh baseline starts now\n";
             break;
+        case Op::printk:  // printed above
         case Op::snapshot:
             break;
     }
@@ -52,6 +75,7 @@ int main(int argc, char** argv) {
     CLI::App app{"kleakctl - query a running kleakd: current leaks, statistics, the kleak report"};
     app.set_version_flag("--version", std::string("kleakctl ") + kKleakdVersion);
     app.require_subcommand(1);
+    app.fallthrough();  // --socket and --json also work after the subcommand
     Options options;
     app.add_option("--socket,-s", options.socket,
                    "kleakd's socket (default: $KLEAKD_SOCKET, else /run/kleakd/kleakd.sock)");
@@ -71,6 +95,17 @@ int main(int argc, char** argv) {
     auto* snapshot = app.add_subcommand("snapshot", "A full JSON snapshot, as written to the snapshot directory");
     auto* reset = app.add_subcommand("reset", "Forget all history and start a fresh baseline");
     auto* version = app.add_subcommand("version", "kleakctl's and kleakd's versions");
+    auto* printk = app.add_subcommand("printk", "The kernel log kleakd captured, merged across CPUs in time order");
+    printk->add_flag("--follow,-f", options.follow, "Keep printing new lines until interrupted");
+    printk
+        ->add_option("--since", options.since_seconds,
+                     "Only lines at or after this time, in seconds since boot (the [time] dmesg shows)")
+        ->check(CLI::NonNegativeNumber);
+    printk->add_option("--after-seq", options.after_seq, "Only lines after this sequence number (resume a follow)");
+    printk->add_option("--level,-l", options.level, "Only lines at this level or more severe")
+        ->check(CLI::IsMember({"emerg", "alert", "crit", "err", "warn", "notice", "info", "debug"}))
+        ->default_str("debug");
+    printk->add_option("--limit,-n", options.limit, "Only the newest N lines (0: all kept)")->default_str("0");
 
     try {
         app.parse(argc, argv);
@@ -102,6 +137,13 @@ int main(int argc, char** argv) {
         request.op = Op::reset;
     } else if (*version) {
         request.op = Op::version;
+    } else if (*printk) {
+        request.op = Op::printk;
+        request.printk.follow = options.follow;
+        request.printk.since_ns = static_cast<std::uint64_t>(options.since_seconds * 1e9);
+        request.printk.after_seq = options.after_seq;
+        request.printk.limit = options.limit;
+        request.printk.level = kleak::proto::printk_level_from_name(options.level).value_or(7);
     }
 
     try {
@@ -112,7 +154,17 @@ int main(int argc, char** argv) {
                       << response.error->message << '\n';
             return 1;
         }
-        return print_result(request.op, options, response.result);
+        const int status = print_result(request.op, options, response.result);
+        while (request.op == Op::printk && request.printk.follow) {
+            const kleak::proto::Response more = client.next(request.id);
+            if (!more.ok) {
+                std::cerr << "kleakctl: kleakd stopped the stream: " << kleak::proto::error_code_name(more.error->code)
+                          << ": " << more.error->message << '\n';
+                return 1;
+            }
+            print_printk_lines(more.result, options.json);
+        }
+        return status;
     } catch (const kleak::ctl::ClientError& e) {
         std::cerr << "kleakctl: " << e.what() << '\n';
         return 1;

@@ -104,7 +104,8 @@ void QueryServer::accept_clients() {
         }
         ++counters_.accepted;
         const int raw = fd.get();
-        auto client = std::make_unique<Client>(Client{std::move(fd), proto::LineReader(), {}, 0, false, false});
+        auto client = std::make_unique<Client>();
+        client->fd = std::move(fd);
         clients_.emplace(raw, std::move(client));
         loop_.watch_events(raw, EPOLLIN | EPOLLRDHUP, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
@@ -114,52 +115,60 @@ void QueryServer::on_client(int fd, std::uint32_t events) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
     Client& client = *it->second;
-    if (events & (EPOLLERR)) {
+    if (events & EPOLLERR) {
         close_client(fd);
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
-        read_requests(client);
+        receive(client);
         if (!clients_.contains(fd)) return;
     }
+    serve(client);
     flush(client);
 }
 
-void QueryServer::read_requests(Client& client) {
+void QueryServer::receive(Client& client) {
     const int fd = client.fd.get();
     char buf[16384];
-    // Bounded per wake-up, so one chatty client cannot starve the rings.
-    for (int round = 0; round < 8; ++round) {
+    // Bounded per wake-up, so one chatty client cannot starve the rings; and
+    // nothing more is read while earlier requests are still unanswered.
+    for (int round = 0; round < 4 && client.reader.buffered() < proto::kMaxRequestBytes; ++round) {
         const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
         if (n == 0) {  // peer closed its side: answer what is complete, then go
             client.close_after_flush = true;
-            break;
+            return;
         }
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) break;
+            if (errno == EAGAIN || errno == EINTR) return;
             close_client(fd);
             return;
         }
+        if (client.subscription) continue;  // a stream: input is ignored, only a close matters
         client.reader.feed({buf, static_cast<std::size_t>(n)});
-        std::string line;
-        for (;;) {
-            const auto status = client.reader.next(line);
-            if (status == proto::LineReader::Status::need_more) break;
-            if (status == proto::LineReader::Status::too_large) {
-                ++counters_.errors;
-                client.unsent += proto::encode_error(std::nullopt, proto::line_too_large_error());
-                continue;
-            }
-            answer(client, line);
-        }
-        if (client.unsent.size() - client.sent > limits_.max_unsent_bytes) break;
     }
-    if (client.unsent.size() - client.sent > limits_.max_unsent_bytes) {
-        ++counters_.dropped_slow;
-        if (log_budget_++ % 100 == 0)
-            spdlog::warn("dropped a query client that does not read its replies ({} bytes unread)",
-                         client.unsent.size() - client.sent);
-        close_client(fd);
+}
+
+void QueryServer::serve(Client& client) {
+    // Answer buffered requests only while the replies before them are small:
+    // a client that sends many requests and reads nothing gets its replies
+    // produced as fast as it reads them, not all at once.
+    client.lines_waiting = false;
+    if (client.subscription) return;
+    std::string line;
+    for (int answered = 0;; ++answered) {
+        if (answered == kRequestsPerWakeup || client.unsent.size() - client.sent >= kPauseUnsentBytes) {
+            client.lines_waiting = client.reader.buffered() > 0;
+            return;
+        }
+        const auto status = client.reader.next(line);
+        if (status == proto::LineReader::Status::need_more) return;
+        if (status == proto::LineReader::Status::too_large) {
+            ++counters_.errors;
+            client.unsent += proto::encode_error(std::nullopt, proto::line_too_large_error());
+            continue;
+        }
+        answer(client, line);
+        if (client.subscription) return;
     }
 }
 
@@ -175,6 +184,9 @@ void QueryServer::answer(Client& client, const std::string& line) {
     if (auto* error = std::get_if<proto::Error>(&outcome)) {
         ++counters_.errors;
         client.unsent += proto::encode_error(decoded.request->id, *error);
+    } else if (auto* subscribe = std::get_if<Subscribe>(&outcome)) {
+        client.unsent += proto::encode_result(decoded.request->id, subscribe->first);
+        client.subscription = *decoded.request;
     } else {
         client.unsent += proto::encode_result(decoded.request->id, std::get<nlohmann::json>(outcome));
     }
@@ -195,7 +207,7 @@ void QueryServer::flush(Client& client) {
     if (client.sent == client.unsent.size()) {
         client.unsent.clear();
         client.sent = 0;
-        if (client.close_after_flush) {
+        if (client.close_after_flush && !client.lines_waiting) {
             close_client(fd);
             return;
         }
@@ -203,13 +215,67 @@ void QueryServer::flush(Client& client) {
         client.unsent.erase(0, client.sent);  // keep the buffer from growing forever
         client.sent = 0;
     }
-    const bool want_write = !client.unsent.empty();
+    if (client.unsent.size() - client.sent > limits_.max_unsent_bytes) {
+        ++counters_.dropped_slow;
+        if (log_budget_++ % 100 == 0)
+            spdlog::warn("dropped a query client that does not read its replies ({} bytes unread)",
+                         client.unsent.size() - client.sent);
+        close_client(fd);
+        return;
+    }
+    // Requests left unanswered (see serve) are picked up on the next
+    // wake-up: EPOLLOUT fires as soon as the socket can take more.
+    const bool want_write = !client.unsent.empty() || client.lines_waiting;
     if (want_write != client.writing) {
         client.writing = want_write;
         // While replies are pending, stop reading: a client that only writes
-        // cannot make us queue unbounded replies.
-        loop_.modify(fd, want_write ? (EPOLLOUT | EPOLLRDHUP) : (EPOLLIN | EPOLLRDHUP));
+        // cannot make us queue unbounded replies. No EPOLLRDHUP then: it stays
+        // set once the peer shuts down its side and would wake us in a busy
+        // loop until the replies drain (a hang-up still reports EPOLLHUP).
+        loop_.modify(fd, want_write ? EPOLLOUT : (EPOLLIN | EPOLLRDHUP));
     }
+}
+
+void QueryServer::publish(const std::function<std::optional<nlohmann::json>(const proto::Request&)>& build) {
+    // flush() may close a client: collect first, then look each one up.
+    std::vector<int> streams;
+    for (const auto& [fd, client] : clients_)
+        if (client->subscription && !client->close_after_flush) streams.push_back(fd);
+    std::size_t lagged = 0;
+    for (const int fd : streams) {
+        auto it = clients_.find(fd);
+        if (it == clients_.end()) continue;
+        Client& client = *it->second;
+        auto result = build(*client.subscription);
+        if (!result) continue;
+        client.unsent += proto::encode_result(client.subscription->id, *result);
+        const std::size_t behind = client.unsent.size() - client.sent;
+        if (behind > limits_.max_follower_lag_bytes) {
+            // Drop what it has not read and tell it why; it can resume with after_seq.
+            ++counters_.followers_lagged;
+            ++lagged;
+            // Cut at a line boundary: a partly sent line is finished first.
+            std::size_t cut = client.sent;
+            if (cut > 0 && client.unsent[cut - 1] != '\n') {
+                const auto newline = client.unsent.find('\n', cut);
+                cut = newline == std::string::npos ? client.unsent.size() : newline + 1;
+            }
+            client.unsent.resize(cut);
+            client.unsent += proto::encode_error(
+                client.subscription->id,
+                {proto::ErrorCode::lagged, "printk follower fell " + std::to_string(behind) +
+                                               " bytes behind; dropped (reconnect with after_seq)"});
+            client.close_after_flush = true;
+        }
+        flush(client);
+    }
+    if (lagged > 0 && log_budget_++ % 100 == 0) spdlog::warn("dropped {} printk follower(s) that fell behind", lagged);
+}
+
+std::size_t QueryServer::subscribers() const {
+    std::size_t n = 0;
+    for (const auto& [fd, client] : clients_) n += client->subscription ? 1 : 0;
+    return n;
 }
 
 void QueryServer::close_client(int fd) {

@@ -7,8 +7,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <variant>
@@ -20,16 +22,23 @@
 
 namespace kleak::service {
 
+// A reply that turns the connection into a stream: `first` is sent now, and
+// later results come from QueryServer::publish(), all with the request's id.
+struct Subscribe {
+    nlohmann::json first;
+};
+
 class QueryHandler {
 public:
     virtual ~QueryHandler() = default;
-    // A result object, or a protocol error to send back.
-    virtual std::variant<nlohmann::json, proto::Error> handle(const proto::Request& request) = 0;
+    // A result object, a protocol error to send back, or a subscription.
+    virtual std::variant<nlohmann::json, proto::Error, Subscribe> handle(const proto::Request& request) = 0;
 };
 
 struct ServerLimits {
     std::size_t max_clients = 64;
-    std::size_t max_unsent_bytes = 64u << 20;  // per client
+    std::size_t max_unsent_bytes = 64u << 20;       // per client
+    std::size_t max_follower_lag_bytes = 4u << 20;  // a stream's unread bytes before it is dropped
 };
 
 struct ServerCounters {
@@ -38,6 +47,7 @@ struct ServerCounters {
     std::uint64_t requests = 0;
     std::uint64_t errors = 0;  // error replies sent
     std::uint64_t dropped_slow = 0;
+    std::uint64_t followers_lagged = 0;
 };
 
 // Creates, binds and listens on a Unix stream socket at `path` with `mode`
@@ -47,6 +57,11 @@ UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::opti
 
 class QueryServer {
 public:
+    // serve() answers at most this many requests per wake-up, and pauses
+    // while this many reply bytes are unread.
+    static constexpr int kRequestsPerWakeup = 32;
+    static constexpr std::size_t kPauseUnsentBytes = 256u << 10;
+
     QueryServer(EventLoop& loop, UniqueFd listener, AccessPolicy policy, QueryHandler& handler,
                 ServerLimits limits = {});
     ~QueryServer();
@@ -54,22 +69,31 @@ public:
     QueryServer& operator=(const QueryServer&) = delete;
 
     void set_policy(AccessPolicy policy) { policy_ = policy; }
+
+    // For every subscribed connection, `build(its request)` gives the next
+    // result to stream, or nullopt for nothing new. A subscriber whose unread
+    // stream passes max_follower_lag_bytes gets a `lagged` error and is closed.
+    void publish(const std::function<std::optional<nlohmann::json>(const proto::Request&)>& build);
+    std::size_t subscribers() const;
     std::size_t clients() const { return clients_.size(); }
     const ServerCounters& counters() const { return counters_; }
 
 private:
     struct Client {
         UniqueFd fd;
-        proto::LineReader reader;
+        proto::LineReader reader{proto::kMaxRequestBytes};
         std::string unsent;
         std::size_t sent = 0;  // bytes of `unsent` already written
         bool close_after_flush = false;
-        bool writing = false;  // EPOLLOUT armed
+        bool writing = false;                        // EPOLLOUT armed
+        std::optional<proto::Request> subscription;  // a streaming connection takes no more requests
+        bool lines_waiting = false;                  // serve() paused with requests still buffered
     };
 
     void accept_clients();
     void on_client(int fd, std::uint32_t events);
-    void read_requests(Client& client);
+    void receive(Client& client);  // socket -> line reader
+    void serve(Client& client);    // line reader -> replies, paced
     void answer(Client& client, const std::string& line);
     void flush(Client& client);
     void close_client(int fd);

@@ -58,17 +58,33 @@ TEST(Config, ShippedFileParsesToExactlyTheDefaults) {
     EXPECT_EQ(*result.settings, Settings{});
 }
 
+// Every key path of `document`, sections included: "printk", "printk.file",
+// "printk.file.max_size", ...
+void collect_key_paths(const nlohmann::json& document, const std::string& parent, std::vector<std::string>& paths) {
+    for (const auto& [key, value] : document.items()) {
+        const std::string path = parent.empty() ? key : parent + "." + key;
+        paths.push_back(path);
+        if (value.is_object()) collect_key_paths(value, path, paths);
+    }
+}
+
 TEST(Config, ShippedFileSpellsOutEveryKey) {
     // Documentation, not just defaults: each key the daemon knows appears in
-    // the shipped file, so an admin can see what is tunable.
-    const std::string shipped = read_text(KLEAK_SHIPPED_CONFIG);
-    const nlohmann::json in_force = settings_to_json(Settings{});
-    for (const auto& [section, value] : in_force.items()) {
-        EXPECT_NE(shipped.find('"' + section + '"'), std::string::npos) << section;
-        if (!value.is_object()) continue;
-        for (const auto& [key, unused] : value.items())
-            EXPECT_NE(shipped.find('"' + key + '"'), std::string::npos) << section << "." << key;
-    }
+    // the shipped file, so an admin can see what is tunable. Checked by
+    // parsing the file rather than searching its text, so a key named only
+    // in a comment, or under the wrong section, does not count.
+    const ConfigResult parsed = load_config(KLEAK_SHIPPED_CONFIG);
+    ASSERT_TRUE(parsed.errors.empty()) << format_errors(KLEAK_SHIPPED_CONFIG, parsed.errors);
+    const nlohmann::json shipped =
+        nlohmann::json::parse(read_text(KLEAK_SHIPPED_CONFIG), nullptr, /*allow_exceptions=*/true,
+                              /*ignore_comments=*/true);
+    std::vector<std::string> expected, present;
+    collect_key_paths(settings_to_json(Settings{}), "", expected);
+    collect_key_paths(shipped, "", present);
+    std::sort(expected.begin(), expected.end());
+    std::sort(present.begin(), present.end());
+    EXPECT_EQ(present, expected);
+    EXPECT_NE(std::find(expected.begin(), expected.end(), "printk.file.max_size"), expected.end());
 }
 
 TEST(Config, DefaultsAreTheDocumentedValues) {
@@ -83,11 +99,18 @@ TEST(Config, DefaultsAreTheDocumentedValues) {
     EXPECT_TRUE(defaults.tracing.kmalloc);
     EXPECT_TRUE(defaults.tracing.kmem_cache);
     EXPECT_EQ(defaults.log_level, "info");
+    EXPECT_TRUE(defaults.printk.enabled);
+    EXPECT_EQ(defaults.printk.lines, 10000u);
+    EXPECT_FALSE(defaults.printk.file_enabled);
+    EXPECT_EQ(defaults.printk.file_directory, "/var/lib/kleakd/printk");
+    EXPECT_EQ(defaults.printk.file_max_size, 16u << 20);
+    EXPECT_EQ(defaults.printk.file_retention, 5u);
 }
 
 TEST(Config, EmptyObjectAndEmptySectionsGiveDefaults) {
     EXPECT_EQ(parse_valid("{}"), Settings{});
-    EXPECT_EQ(parse_valid(R"({"socket": {}, "snapshots": {}, "tracing": {}})"), Settings{});
+    EXPECT_EQ(parse_valid(R"({"socket": {}, "snapshots": {}, "tracing": {}, "printk": {}})"), Settings{});
+    EXPECT_EQ(parse_valid(R"({"printk": {"file": {}}})"), Settings{});
 }
 
 TEST(Config, AcceptsCommentsOfBothKinds) {
@@ -101,12 +124,15 @@ TEST(Config, EveryKeySetToANonDefaultValue) {
         "socket": {"path": "/run/leaks.sock", "group": "_leak-watchers9", "mode": "600"},
         "snapshots": {"directory": "/srv/leaks", "interval": "5m", "retention": 7},
         "tracing": {"buffer_size": "64K", "allocators": ["kmem_cache"]},
+        "printk": {"enabled": false, "lines": 500,
+                   "file": {"enabled": true, "directory": "/srv/kmsg", "max_size": "1M", "retention": 3}},
         "log_level": "warn"
     })");
     Settings expected;
     expected.socket = {"/run/leaks.sock", "_leak-watchers9", 0600};
     expected.snapshots = {"/srv/leaks", std::chrono::minutes{5}, 7};
     expected.tracing = {64 << 10, /*kmalloc=*/false, /*kmem_cache=*/true};
+    expected.printk = {/*enabled=*/false, /*lines=*/500, /*file_enabled=*/true, "/srv/kmsg", 1 << 20, 3};
     expected.log_level = "warn";
     EXPECT_EQ(settings, expected);
 }
@@ -161,7 +187,33 @@ INSTANTIATE_TEST_SUITE_P(
         Accepted{"only_kmalloc", R"({"tracing": {"allocators": ["kmalloc"]}})",
                  with([](Settings& s) { s.tracing.kmem_cache = false; })},
         Accepted{"allocators_any_order", R"({"tracing": {"allocators": ["kmem_cache", "kmalloc"]}})", Settings{}},
-        Accepted{"log_level_off", R"({"log_level": "off"})", with([](Settings& s) { s.log_level = "off"; })}),
+        Accepted{"log_level_off", R"({"log_level": "off"})", with([](Settings& s) { s.log_level = "off"; })},
+        Accepted{"printk_disabled", R"({"printk": {"enabled": false}})",
+                 with([](Settings& s) { s.printk.enabled = false; })},
+        Accepted{"printk_lines_1", R"({"printk": {"lines": 1}})", with([](Settings& s) { s.printk.lines = 1; })},
+        Accepted{"printk_lines_1000000", R"({"printk": {"lines": 1000000}})",
+                 with([](Settings& s) { s.printk.lines = 1000000; })},
+        Accepted{"printk_file_enabled", R"({"printk": {"file": {"enabled": true}}})",
+                 with([](Settings& s) { s.printk.file_enabled = true; })},
+        Accepted{"printk_file_directory", R"({"printk": {"file": {"directory": "/var/log/kleakd"}}})",
+                 with([](Settings& s) { s.printk.file_directory = "/var/log/kleakd"; })},
+        Accepted{"printk_max_size_64K", R"({"printk": {"file": {"max_size": "64K"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 64 << 10; })},
+        Accepted{"printk_max_size_65536_bytes", R"({"printk": {"file": {"max_size": "65536"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 65536; })},
+        Accepted{"printk_max_size_1G", R"({"printk": {"file": {"max_size": "1G"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 1u << 30; })},
+        Accepted{"printk_max_size_1024M", R"({"printk": {"file": {"max_size": "1024m"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 1u << 30; })},
+        // Unlike a ring buffer, a file size need not be a power of two.
+        Accepted{"printk_max_size_3M", R"({"printk": {"file": {"max_size": "3M"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 3u << 20; })},
+        Accepted{"printk_max_size_100000", R"({"printk": {"file": {"max_size": "100000"}}})",
+                 with([](Settings& s) { s.printk.file_max_size = 100000; })},
+        Accepted{"printk_retention_1", R"({"printk": {"file": {"retention": 1}}})",
+                 with([](Settings& s) { s.printk.file_retention = 1; })},
+        Accepted{"printk_retention_1000", R"({"printk": {"file": {"retention": 1000}}})",
+                 with([](Settings& s) { s.printk.file_retention = 1000; })}),
     [](const auto& test) { return std::string(test.param.name); });
 
 // --- one invalid value, one error at its key ------------------------------------------
@@ -297,8 +349,66 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"unknown_key_close", R"({"socket": {"pth": "/run/k.sock"}})", "socket.pth", "did you mean \"path\"?"},
         Rejected{"unknown_key_hyphen", R"({"tracing": {"buffer-size": "8M"}})", "tracing.buffer-size",
                  "did you mean \"buffer_size\"?"},
+        // printk
+        Rejected{"printk_not_object", R"({"printk": true})", "printk", "is a boolean; must be a JSON object"},
+        Rejected{"printk_file_not_object", R"({"printk": {"file": "/var/log/printk.log"}})", "printk.file",
+                 "is a string; must be a JSON object"},
+        Rejected{"printk_enabled_string", R"({"printk": {"enabled": "yes"}})", "printk.enabled",
+                 "is a string; must be true or false"},
+        Rejected{"printk_enabled_integer", R"({"printk": {"enabled": 1}})", "printk.enabled",
+                 "is an integer; must be true or false"},
+        Rejected{"printk_lines_zero", R"({"printk": {"lines": 0}})", "printk.lines",
+                 "0 is out of range; must be an integer from 1 to 1000000"},
+        Rejected{"printk_lines_too_many", R"({"printk": {"lines": 1000001}})", "printk.lines",
+                 "1000001 is out of range"},
+        Rejected{"printk_lines_negative", R"({"printk": {"lines": -1}})", "printk.lines", "out of range"},
+        Rejected{"printk_lines_beyond_int64", R"({"printk": {"lines": 18446744073709551615}})", "printk.lines",
+                 "out of range"},
+        Rejected{"printk_lines_string", R"({"printk": {"lines": "10000"}})", "printk.lines",
+                 "is a string; must be an integer from 1 to 1000000"},
+        Rejected{"printk_lines_fraction", R"({"printk": {"lines": 1.5}})", "printk.lines", "is a fractional number"},
+        Rejected{"printk_file_enabled_null", R"({"printk": {"file": {"enabled": null}}})", "printk.file.enabled",
+                 "is null; must be true or false"},
+        Rejected{"printk_directory_relative", R"({"printk": {"file": {"directory": "printk"}}})",
+                 "printk.file.directory",
+                 "'printk' is not absolute; must be an absolute directory path, e.g. \"/var/lib/kleakd/printk\""},
+        Rejected{"printk_directory_empty", R"({"printk": {"file": {"directory": ""}}})", "printk.file.directory",
+                 "is not absolute"},
+        Rejected{"printk_directory_type", R"({"printk": {"file": {"directory": false}}})", "printk.file.directory",
+                 "is a boolean"},
+        Rejected{"printk_max_size_below_64K", R"({"printk": {"file": {"max_size": "65535"}}})",
+                 "printk.file.max_size",
+                 "'65535' is too small; use a size from 64K to 1G: a number of bytes with an optional K, M or G "
+                 "suffix, e.g. 16M"},
+        Rejected{"printk_max_size_63K", R"({"printk": {"file": {"max_size": "63K"}}})", "printk.file.max_size",
+                 "too small"},
+        Rejected{"printk_max_size_zero", R"({"printk": {"file": {"max_size": "0"}}})", "printk.file.max_size",
+                 "too small"},
+        Rejected{"printk_max_size_above_1G", R"({"printk": {"file": {"max_size": "1025M"}}})",
+                 "printk.file.max_size", "'1025M' is too large"},
+        Rejected{"printk_max_size_huge", R"({"printk": {"file": {"max_size": "99999999999999999G"}}})",
+                 "printk.file.max_size", "too large"},
+        Rejected{"printk_max_size_unit", R"({"printk": {"file": {"max_size": "16X"}}})", "printk.file.max_size",
+                 "'16X' has an unknown unit"},
+        Rejected{"printk_max_size_empty", R"({"printk": {"file": {"max_size": ""}}})", "printk.file.max_size",
+                 "'' is not a size"},
+        Rejected{"printk_max_size_integer", R"({"printk": {"file": {"max_size": 16777216}}})",
+                 "printk.file.max_size", "is an integer; must be a size string from 64K to 1G, e.g. \"16M\""},
+        Rejected{"printk_retention_zero", R"({"printk": {"file": {"retention": 0}}})", "printk.file.retention",
+                 "0 is out of range; must be an integer from 1 to 1000"},
+        Rejected{"printk_retention_too_many", R"({"printk": {"file": {"retention": 1001}}})",
+                 "printk.file.retention", "1001 is out of range"},
+        Rejected{"printk_retention_string", R"({"printk": {"file": {"retention": "5"}}})", "printk.file.retention",
+                 "is a string; must be an integer from 1 to 1000"},
+        Rejected{"printk_unknown_key_close", R"({"printk": {"line": 5}})", "printk.line",
+                 "unknown key; did you mean \"lines\"?"},
+        Rejected{"printk_file_unknown_key_close", R"({"printk": {"file": {"max-size": "1M"}}})",
+                 "printk.file.max-size", "did you mean \"max_size\"?"},
+        Rejected{"printk_file_unknown_key_far", R"({"printk": {"file": {"compress": true}}})",
+                 "printk.file.compress", "valid keys here: enabled, directory, max_size, retention"},
+        Rejected{"printk_section_misspelt", R"({"printK": {}})", "printK", "did you mean \"printk\"?"},
         Rejected{"unknown_key_far", R"({"verbosity": 3})", "verbosity",
-                 "unknown key; valid keys here: socket, snapshots, tracing, log_level"},
+                 "unknown key; valid keys here: socket, snapshots, tracing, printk, log_level"},
         Rejected{"unknown_key_in_section_far", R"({"snapshots": {"compress": true}})", "snapshots.compress",
                  "valid keys here: directory, interval, retention"}),
     [](const auto& test) { return std::string(test.param.name); });
@@ -317,14 +427,17 @@ TEST(Config, ReportsEveryErrorNotJustTheFirst) {
         "socket": {"path": "relative", "mode": "0666", "owner": "root"},
         "snapshots": {"interval": "0s", "retention": 0},
         "tracing": {"buffer_size": "3M", "allocators": [1, "slab"]},
+        "printk": {"enabled": "on", "lines": 0, "file": {"max_size": "1K", "retention": 0, "keep": 1}},
         "log_level": "loud",
         "extra": 1
     })");
     EXPECT_FALSE(result.settings.has_value());
     EXPECT_EQ(keys_of(result.errors),
-              (std::vector<std::string>{"extra", "log_level", "snapshots.interval", "snapshots.retention",
-                                        "socket.mode", "socket.owner", "socket.path", "tracing.allocators[0]",
-                                        "tracing.allocators[1]", "tracing.buffer_size"}));
+              (std::vector<std::string>{"extra", "log_level", "printk.enabled", "printk.file.keep",
+                                        "printk.file.max_size", "printk.file.retention", "printk.lines",
+                                        "snapshots.interval", "snapshots.retention", "socket.mode", "socket.owner",
+                                        "socket.path", "tracing.allocators[0]", "tracing.allocators[1]",
+                                        "tracing.buffer_size"}));
 }
 
 TEST(Config, ATypeErrorInASectionStillChecksTheOtherSections) {
@@ -407,6 +520,9 @@ TEST(Config, InForceUsesTheFileFormat) {
         "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660"},
         "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
         "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"]},
+        "printk": {"enabled": true, "lines": 10000,
+                   "file": {"enabled": false, "directory": "/var/lib/kleakd/printk", "max_size": "16M",
+                            "retention": 5}},
         "log_level": "info"
     })"));
 }
@@ -416,8 +532,13 @@ TEST(Config, InForceRoundTripsThroughTheParser) {
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
     custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
     custom.tracing = {4096, true, false};
+    custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";
-    for (const Settings& settings : {Settings{}, custom}) {
+    Settings byte_exact;  // sizes with no exact K/M/G form go out as plain byte counts
+    byte_exact.printk.file_max_size = (1u << 30) - 1;
+    byte_exact.printk.lines = 1;
+    byte_exact.printk.file_retention = 1;
+    for (const Settings& settings : {Settings{}, custom, byte_exact}) {
         const std::string text = settings_to_json(settings).dump(2);
         EXPECT_EQ(parse_valid(text), settings) << text;
     }

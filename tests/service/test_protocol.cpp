@@ -27,10 +27,10 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array kAllOps{Op::version, Op::stats, Op::leaks, Op::report, Op::snapshot, Op::reset};
+constexpr std::array kAllOps{Op::version, Op::stats, Op::leaks, Op::report, Op::snapshot, Op::reset, Op::printk};
 constexpr std::array kAllErrorCodes{ErrorCode::parse_error,         ErrorCode::bad_request, ErrorCode::unknown_op,
                                     ErrorCode::unsupported_version, ErrorCode::too_large,   ErrorCode::internal,
-                                    ErrorCode::not_permitted};
+                                    ErrorCode::not_permitted, ErrorCode::lagged};
 
 // --- golden files ----------------------------------------------------------------------
 
@@ -111,6 +111,11 @@ std::vector<RequestGolden> request_goldens() {
         {"request_report.jsonl", {.id = 3, .op = Op::report, .leaks = {}}},
         {"request_snapshot.jsonl", {.id = 4, .op = Op::snapshot, .leaks = {}}},
         {"request_reset.jsonl", {.id = 5, .op = Op::reset, .leaks = {}}},
+        {"request_printk.jsonl",
+         {.id = 9,
+          .op = Op::printk,
+          .leaks = {},
+          .printk = {.after_seq = 41, .since_ns = 0, .limit = 100, .level = 4, .follow = true}}},
     };
 }
 
@@ -252,11 +257,28 @@ struct ResultGolden {
     json result;
 };
 
+json sample_printk() {
+    return {
+        {"lines",
+         {{{"seq", 42},
+           {"ts_ns", 2950610943000ULL},
+           {"cpu", 0},
+           {"pid", 14790},
+           {"tid", 14790},
+           {"level", 5},
+           {"truncated", false},
+           {"text", "kleak-probe hello"}}}},
+        {"last_seq", 42},
+        {"evicted", 0},
+    };
+}
+
 std::vector<ResultGolden> result_goldens() {
     return {
         {"result_version.jsonl", 1, sample_version()},   {"result_stats.jsonl", 2, sample_stats()},
         {"result_leaks.jsonl", 7, sample_leaks()},       {"result_report.jsonl", 3, sample_report()},
         {"result_snapshot.jsonl", 4, sample_snapshot()}, {"result_reset.jsonl", 5, {{"reset", true}}},
+        {"result_printk.jsonl", 9, sample_printk()},
     };
 }
 
@@ -306,6 +328,8 @@ std::vector<ErrorGolden> error_goldens() {
         {"error_internal.jsonl", 14, Error{ErrorCode::internal, "cannot write snapshot: No space left on device"}},
         {"error_not_permitted.jsonl", std::nullopt,
          Error{ErrorCode::not_permitted, "uid 1000 may not query kleakd; allowed: root and group kleakd"}},
+        {"error_lagged.jsonl", 9,
+         Error{ErrorCode::lagged, "printk follower fell 4194304 bytes behind; dropped (reconnect with after_seq)"}},
     };
 }
 
@@ -463,7 +487,7 @@ TEST(ProtocolDecode, UnknownOpListsTheKnownOpsAndEchoesTheId) {
     const DecodedRequest decoded = decode_request(R"({"v":1,"id":12,"op":"leak"})");
     ASSERT_TRUE(decoded.error);
     EXPECT_EQ(decoded.error->code, ErrorCode::unknown_op);
-    EXPECT_EQ(decoded.error->message, "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset");
+    EXPECT_EQ(decoded.error->message, "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset, printk");
     EXPECT_EQ(decoded.id, 12u);
 }
 
@@ -485,7 +509,7 @@ TEST(ProtocolDecode, EveryNoArgOpDecodesWithoutArgsOrWithEmptyArgs) {
 
 TEST(ProtocolDecode, ArgsOnAnOpWithoutArgsAreABadRequest) {
     for (const Op op : kAllOps) {
-        if (op == Op::leaks) continue;
+        if (op == Op::leaks || op == Op::printk) continue;
         const std::string name(op_name(op));
         const Error error = decode_error(R"({"v":1,"id":1,"op":")" + name + R"(","args":{"top":5}})");
         EXPECT_EQ(error.code, ErrorCode::bad_request);
@@ -822,6 +846,34 @@ TEST(ProtocolLineReader, ConsecutiveOversizedLinesAreEachReportedOnce) {
     LineReader reader(4);
     reader.feed("aaaaaaa\nbbbbbbbbbb\nok\n");
     EXPECT_EQ(drain(reader), (std::vector<std::string>{"<too_large>", "<too_large>", "ok"}));
+}
+
+TEST(PrintkArgs, DefaultsAndEveryArg) {
+    auto decoded = decode_request(R"({"v":1,"id":1,"op":"printk"})");
+    ASSERT_TRUE(decoded.request);
+    EXPECT_EQ(decoded.request->printk, PrintkArgs{});
+    decoded = decode_request(
+        R"({"v":1,"id":1,"op":"printk","args":{"after_seq":7,"since_ns":5,"limit":3,"level":"err","follow":true}})");
+    ASSERT_TRUE(decoded.request);
+    EXPECT_EQ(decoded.request->printk,
+              (PrintkArgs{.after_seq = 7, .since_ns = 5, .limit = 3, .level = 3, .follow = true}));
+}
+
+TEST(PrintkArgs, BadArgsNameTheField) {
+    for (const auto& [line, field] : std::vector<std::pair<std::string, std::string>>{
+             {R"({"v":1,"id":1,"op":"printk","args":{"level":8}})", "args.level"},
+             {R"({"v":1,"id":1,"op":"printk","args":{"level":"warning"}})", "args.level"},
+             {R"({"v":1,"id":1,"op":"printk","args":{"follow":1}})", "args.follow"},
+             {R"({"v":1,"id":1,"op":"printk","args":{"limit":-1}})", "args.limit"},
+             {R"({"v":1,"id":1,"op":"printk","args":{"after_seq":"3"}})", "args.after_seq"},
+             {R"({"v":1,"id":1,"op":"printk","args":{"tail":3}})", "args.tail"},
+         }) {
+        const auto decoded = decode_request(line);
+        ASSERT_TRUE(decoded.error) << line;
+        EXPECT_EQ(decoded.error->code, ErrorCode::bad_request);
+        EXPECT_NE(decoded.error->message.find(field), std::string::npos) << decoded.error->message;
+        EXPECT_EQ(decoded.id, 1u);
+    }
 }
 
 }  // namespace

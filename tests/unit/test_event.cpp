@@ -109,7 +109,7 @@ TEST(DecodeRecord, TooShortFreeBody) {
 }
 
 TEST(DecodeRecord, UnknownKind) {
-    for (std::uint16_t kind : {0, 5, 0x100, 0xffff}) {
+    for (std::uint16_t kind : {0, 6, 0x100, 0xffff}) {
         kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
         rec.hdr.kind = kind;
         Event got;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -119,6 +120,31 @@ inline kleak_free_record free_record(const Event& e) {
 // implied by which ring it goes to, so it is not encoded).
 inline std::vector<std::byte> encode_event(const Event& e) {
     return core::is_alloc(e.kind) ? record_bytes(alloc_record(e)) : record_bytes(free_record(e));
+}
+
+// A printk:console record as the BPF program writes it: the 24-byte header,
+// then exactly len = text.size() bytes (not NUL-terminated).
+struct PrintkSpec {
+    std::uint64_t ts = 0;
+    std::string_view text;
+    std::uint16_t flags = 0;  // KLEAK_PRINTK_TRUNCATED
+    std::uint32_t tgid = 0;
+    std::uint32_t tid = 0;
+};
+
+inline std::vector<std::byte> printk_record(const PrintkSpec& s) {
+    std::vector<std::byte> out(KLEAK_PRINTK_HEADER_SIZE + s.text.size());
+    kleak_record_header hdr{};
+    hdr.ts_ns = s.ts;
+    hdr.kind = KLEAK_PRINTK;
+    hdr.flags = s.flags;
+    hdr.tgid = s.tgid;
+    const auto len = static_cast<std::uint32_t>(s.text.size());
+    std::memcpy(out.data(), &hdr, sizeof hdr);
+    std::memcpy(out.data() + offsetof(kleak_printk_record, len), &len, sizeof len);
+    std::memcpy(out.data() + offsetof(kleak_printk_record, tid), &s.tid, sizeof s.tid);
+    if (!s.text.empty()) std::memcpy(out.data() + KLEAK_PRINTK_HEADER_SIZE, s.text.data(), s.text.size());
+    return out;
 }
 
 // Every field of an Event, for exact comparisons with readable failures.

@@ -1,4 +1,5 @@
-// Ring-buffer sizes: parsing --buffer-size, formatting, and the overflow advice.
+// Sizes: parsing --buffer-size and plain byte counts, formatting, and the
+// overflow advice.
 #include <gtest/gtest.h>
 
 #include "core/sizes.h"
@@ -74,6 +75,75 @@ TEST(ParseBufferSize, LimitsMatchTheConstants) {
     EXPECT_EQ(parse_buffer_size("1G").bytes, kMaxBufferSize);
     EXPECT_EQ(parse_buffer_size("8M").bytes, kDefaultBufferSize);
     EXPECT_EQ(parse_buffer_size("2048K").bytes, 2 * MiB);
+}
+
+// --- parse_byte_size: the same notation, any byte count in a range ------------------
+
+constexpr std::uint64_t kFileMin = 64 * KiB;
+constexpr std::uint64_t kFileMax = GiB;
+
+class ParseByteSizeAccepts : public ::testing::TestWithParam<Accepted> {};
+
+TEST_P(ParseByteSizeAccepts, ExactBytes) {
+    const SizeParse parsed = parse_byte_size(GetParam().text, kFileMin, kFileMax);
+    ASSERT_TRUE(parsed.bytes.has_value()) << parsed.error;
+    EXPECT_EQ(*parsed.bytes, GetParam().bytes);
+    EXPECT_EQ(parsed.error, "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ParseByteSizeAccepts,
+                         ::testing::Values(Accepted{"64K", 64 * KiB}, Accepted{"65536", 65536},
+                                           Accepted{"65537", 65537}, Accepted{"100000", 100000},
+                                           Accepted{"3M", 3 * MiB}, Accepted{"16m", 16 * MiB},
+                                           Accepted{"16MB", 16 * MiB}, Accepted{"1000K", 1000 * KiB},
+                                           Accepted{"1G", GiB}, Accepted{"1gib", GiB},
+                                           Accepted{"1024M", GiB}, Accepted{"1073741824B", GiB}));
+
+class ParseByteSizeRejects : public ::testing::TestWithParam<Rejected> {};
+
+TEST_P(ParseByteSizeRejects, WithAMessage) {
+    const SizeParse parsed = parse_byte_size(GetParam().text, kFileMin, kFileMax);
+    EXPECT_FALSE(parsed.bytes.has_value()) << "accepted as " << parsed.bytes.value_or(0);
+    EXPECT_NE(parsed.error.find(GetParam().reason), std::string::npos) << parsed.error;
+    EXPECT_NE(parsed.error.find("'" + std::string(GetParam().text) + "'"), std::string::npos) << parsed.error;
+    EXPECT_NE(parsed.error.find("use a size from 64K to 1G"), std::string::npos) << parsed.error;
+    EXPECT_EQ(parsed.error.find("power of two"), std::string::npos) << parsed.error;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ParseByteSizeRejects,
+                         ::testing::Values(Rejected{"65535", "too small"}, Rejected{"63K", "too small"},
+                                           Rejected{"0", "too small"}, Rejected{"1073741825", "too large"},
+                                           Rejected{"1025M", "too large"}, Rejected{"2G", "too large"},
+                                           Rejected{"99999999999999999G", "too large"},
+                                           Rejected{"18446744073709551615", "too large"},
+                                           Rejected{"99999999999999999999", "not a size"},
+                                           Rejected{"", "not a size"}, Rejected{"-1M", "not a size"},
+                                           Rejected{"M", "not a size"}, Rejected{"16X", "unknown unit"},
+                                           Rejected{"16 M", "unknown unit"}, Rejected{"1.5M", "unknown unit"},
+                                           Rejected{"16T", "unknown unit"}));
+
+TEST(ParseByteSize, ExactMessage) {
+    EXPECT_EQ(parse_byte_size("32K", kFileMin, kFileMax).error,
+              "'32K' is too small; use a size from 64K to 1G: a number of bytes with an optional K, M or G suffix, "
+              "e.g. 16M");
+}
+
+TEST(ParseByteSize, BoundsAreInclusiveAndTheExampleIsInRange) {
+    EXPECT_EQ(parse_byte_size("1000", 1000, 1000).bytes, 1000u);
+    EXPECT_FALSE(parse_byte_size("999", 1000, 1000).bytes.has_value());
+    EXPECT_FALSE(parse_byte_size("1001", 1000, 1000).bytes.has_value());
+    EXPECT_EQ(parse_byte_size("1K", 1, 4 * KiB).bytes, KiB);
+    // The example in the message is never one the range rejects.
+    EXPECT_NE(parse_byte_size("8K", 1 * KiB, 4 * KiB).error.find("e.g. 4K"), std::string::npos);
+    EXPECT_NE(parse_byte_size("8G", 32 * MiB, 4 * GiB).error.find("e.g. 32M"), std::string::npos);
+}
+
+TEST(ParseByteSize, AgreesWithParseBufferSizeOnEveryValidBufferSize) {
+    // One notation: every ring size parses to the same bytes as a plain size.
+    for (std::uint64_t bytes = kMinBufferSize; bytes <= kMaxBufferSize; bytes *= 2) {
+        const std::string text = format_size(bytes);
+        EXPECT_EQ(parse_byte_size(text, kMinBufferSize, kMaxBufferSize).bytes, parse_buffer_size(text).bytes) << text;
+    }
 }
 
 TEST(FormatSize, PicksTheLargestExactUnit) {
