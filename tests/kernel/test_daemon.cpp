@@ -19,6 +19,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "kernel_test_support.h"
@@ -1116,6 +1117,132 @@ TEST(Daemon, SigtermDetachesAndRemovesTheSocket) {
     EXPECT_FALSE(fs::exists(fs::symlink_status(daemon.socket()))) << "socket file left behind";
     EXPECT_FALSE(lingering.read_line(1s)) << "the connection should be closed";
     EXPECT_TRUE(lingering.eof());
+}
+
+// --- printk capture -----------------------------------------------------------------
+
+// Writes `per_writer` unique lines to /dev/kmsg from one process per CPU
+// (pinned with taskset) plus one unpinned, concurrently; returns the tokens.
+std::set<std::string> write_kmsg_tokens(const std::string& tag, int per_writer) {
+    std::set<std::string> tokens;
+    std::vector<std::unique_ptr<Process>> writers;
+    const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+    for (long w = 0; w <= cpus; ++w) {
+        std::string script = "for i in $(seq " + std::to_string(per_writer) + "); do echo \"" + tag + "-w" +
+                             std::to_string(w) + "-$i\" > /dev/kmsg; done";
+        for (int i = 1; i <= per_writer; ++i) tokens.insert(tag + "-w" + std::to_string(w) + "-" + std::to_string(i));
+        // One writer per CPU pinned there, and one the scheduler places.
+        writers.push_back(w < cpus ? std::make_unique<Process>("/usr/bin/taskset",
+                                                               std::vector<std::string>{"-c", std::to_string(w), "sh",
+                                                                                        "-c", script})
+                                   : std::make_unique<Process>("/bin/sh", std::vector<std::string>{"-c", script}));
+    }
+    for (auto& writer : writers) EXPECT_EQ(writer->wait_for(20s).exit_code, 0);
+    return tokens;
+}
+
+struct PrintkSeen {
+    std::map<std::string, int> count;  // token -> times seen
+    bool in_order = true;              // ts_ns and seq never go backwards
+    std::set<std::uint64_t> cpus;
+};
+
+// Parses JSON lines as `kleakctl --json printk` and `kleakd printk --json` print them.
+PrintkSeen parse_printk_lines(const std::string& out, const std::string& tag) {
+    PrintkSeen seen;
+    std::uint64_t last_ts = 0, last_seq = 0;
+    std::istringstream in(out);
+    std::string text;
+    while (std::getline(in, text)) {
+        if (text.empty()) continue;
+        const json line = json::parse(text);
+        const auto ts = u64(line, "ts_ns");
+        const auto seq = u64(line, "seq");
+        if (ts < last_ts || seq <= last_seq) seen.in_order = false;
+        last_ts = ts;
+        last_seq = seq;
+        const std::string message = line.at("text");
+        if (message.rfind(tag, 0) == 0) {
+            ++seen.count[message];
+            seen.cpus.insert(u64(line, "cpu"));
+        }
+    }
+    return seen;
+}
+
+void expect_each_exactly_once(const PrintkSeen& seen, const std::set<std::string>& tokens) {
+    std::size_t missing = 0, duplicated = 0;
+    for (const auto& token : tokens) {
+        const auto it = seen.count.find(token);
+        if (it == seen.count.end()) ++missing;
+        else if (it->second != 1) ++duplicated;
+    }
+    EXPECT_EQ(missing, 0u);
+    EXPECT_EQ(duplicated, 0u);
+    EXPECT_EQ(seen.count.size(), tokens.size());
+    EXPECT_TRUE(seen.in_order);
+}
+
+std::string unique_tag(const char* what) {
+    return std::string("kleak-") + what + "-" + std::to_string(::getpid()) + "-" +
+           std::to_string(Clock::now().time_since_epoch().count() % 1000000007);
+}
+
+TEST(Printk, TokensFromEveryCpuComeBackExactlyOnceInTimeOrder) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    ASSERT_TRUE(daemon.start());
+    const std::string tag = unique_tag("tok");
+    const auto tokens = write_kmsg_tokens(tag, 100);
+    std::this_thread::sleep_for(400ms);  // drains run every 100 ms
+
+    const Result r = ctl({"--socket", daemon.socket().string(), "printk", "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const PrintkSeen seen = parse_printk_lines(r.out, tag);
+    expect_each_exactly_once(seen, tokens);
+    EXPECT_GE(seen.cpus.size(), 2u) << "the pinned writers ran on different CPUs";
+
+    // The human form is dmesg-like and ordered too.
+    const Result text = ctl({"--socket", daemon.socket().string(), "printk", "--limit", "5"});
+    ASSERT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_TRUE(std::regex_search(text.out, std::regex(R"(^\[ *[0-9]+\.[0-9]{6}\] cpu[0-9]+: )")))
+        << text.out;
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+TEST(Printk, FollowSeesLinesWrittenAfterItStarted) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    ASSERT_TRUE(daemon.start());
+    Process follower(KLEAKCTL_BINARY, {"--socket", daemon.socket().string(), "--json", "printk", "--follow",
+                                       "--limit", "1"});
+    std::this_thread::sleep_for(300ms);
+    const std::string tag = unique_tag("follow");
+    const auto tokens = write_kmsg_tokens(tag, 20);
+    std::this_thread::sleep_for(500ms);
+    ASSERT_TRUE(follower.running()) << follower.stderr_text();
+    const Result r = follower.stop(SIGTERM);
+    const PrintkSeen seen = parse_printk_lines(r.out, tag);
+    expect_each_exactly_once(seen, tokens);
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+TEST(Printk, ARecordingHoldsTheSameLines) {
+    REQUIRE_KERNEL();
+    TempDir dir;
+    const fs::path rec = dir.path() / "rec";
+    Kleakd recorder({"record", "--output", rec.string()});
+    ASSERT_TRUE(recorder.wait_for_stderr("recording to")) << recorder.stderr_text();
+    const std::string tag = unique_tag("rec");
+    const auto tokens = write_kmsg_tokens(tag, 50);
+    std::this_thread::sleep_for(300ms);
+    ASSERT_EQ(recorder.stop(SIGINT).exit_code, 0);
+
+    const Result r = run_to_end({"printk", rec.string(), "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const PrintkSeen seen = parse_printk_lines(r.out, tag);
+    expect_each_exactly_once(seen, tokens);
+    EXPECT_GE(seen.cpus.size(), 2u);
 }
 
 }  // namespace
