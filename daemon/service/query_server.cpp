@@ -274,7 +274,7 @@ void QueryServer::publish(const std::function<std::optional<nlohmann::json>(cons
 
 std::size_t QueryServer::subscribers() const {
     std::size_t n = 0;
-    for (const auto& [fd, client] : clients_) n += client->subscription ? 1 : 0;
+    for (const auto& [fd, client] : clients_) n += client->subscription && !client->close_after_flush ? 1 : 0;
     return n;
 }
 

@@ -74,7 +74,7 @@ public:
     // result to stream, or nullopt for nothing new. A subscriber whose unread
     // stream passes max_follower_lag_bytes gets a `lagged` error and is closed.
     void publish(const std::function<std::optional<nlohmann::json>(const proto::Request&)>& build);
-    std::size_t subscribers() const;
+    std::size_t subscribers() const;  // live streams (not those being closed)
     std::size_t clients() const { return clients_.size(); }
     const ServerCounters& counters() const { return counters_; }
 
