@@ -12,28 +12,19 @@
 #include <limits>
 
 #include "kernel/startup_error.h"
+#include "service/file_io.h"
 #include "kleak_abi.h"
 
 namespace kleak {
 
 namespace {
 
+std::string_view as_chars(std::span<const std::byte> bytes) {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
 constexpr std::size_t kFlushThreshold = 1 << 20;  // write when a CPU buffer passes 1 MiB
 constexpr std::size_t kReplaySlice = 4 << 20;  // bytes of each file per merge round
-
-// Writes all of `bytes`; returns 0 or -errno.
-int write_all(int fd, const std::byte* bytes, std::size_t size) {
-    while (size > 0) {
-        const ssize_t n = ::write(fd, bytes, size);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        bytes += n;
-        size -= static_cast<std::size_t>(n);
-    }
-    return 0;
-}
 
 }  // namespace
 
@@ -48,7 +39,7 @@ RecordingWriter::RecordingWriter(std::filesystem::path dir, unsigned cpu_count) 
         if (!file.fd)
             throw StartupError(describe_errno("output directory not writable: cannot create " + path.string(), -errno));
         const auto header = core::encode_file_header({core::kRecordingFormatVersion, KLEAK_ABI_VERSION, cpu});
-        if (const int err = write_all(file.fd.get(), header.data(), header.size()); err != 0)
+        if (const int err = -service::write_all(file.fd.get(), as_chars(header)); err != 0)
             throw StartupError(describe_errno("cannot write " + path.string(), err));
         file.buffer.reserve(kFlushThreshold + 4096);
         files_.push_back(std::move(file));
@@ -75,7 +66,7 @@ int RecordingWriter::flush() {
     for (CpuFile& file : files_) {
         if (file.buffer.empty()) continue;
         collect_sites(file.buffer);
-        const int err = write_all(file.fd.get(), file.buffer.data(), file.buffer.size());
+        const int err = -service::write_all(file.fd.get(), as_chars(file.buffer));
         if (err == 0) {
             records_ += file.frames;
             bytes_written_ += file.buffer.size();

@@ -1,3 +1,4 @@
+#include "service/file_io.h"
 #include "service/printk_file.h"
 
 #include <fcntl.h>
@@ -17,35 +18,8 @@ namespace kleak::service {
 
 namespace {
 
-constexpr mode_t kDirectoryMode = 0750;
 constexpr mode_t kFileMode = 0640;  // kernel messages can carry addresses and other sensitive detail
 
-std::string failure(std::string_view action, const std::filesystem::path& path, int err) {
-    return std::string(action) + " " + path.string() + ": " + std::strerror(err);
-}
-
-// mkdir -p with mode 0750, creating only the missing components.
-std::optional<std::string> make_directories(const std::filesystem::path& directory) {
-    if (::mkdir(directory.c_str(), kDirectoryMode) == 0 || errno == EEXIST) return std::nullopt;
-    if (errno == ENOENT && directory.has_relative_path()) {
-        if (auto error = make_directories(directory.parent_path())) return error;
-        if (::mkdir(directory.c_str(), kDirectoryMode) == 0 || errno == EEXIST) return std::nullopt;
-    }
-    return failure("cannot create directory", directory, errno);
-}
-
-// Returns 0 or an errno value.
-int write_all(int fd, std::string_view bytes) {
-    while (!bytes.empty()) {
-        const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-    return 0;
-}
 
 std::string rotated_name(unsigned n) { return std::string(kPrintkFileName) + "." + std::to_string(n); }
 

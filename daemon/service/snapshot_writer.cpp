@@ -1,3 +1,4 @@
+#include "service/file_io.h"
 #include "service/snapshot_writer.h"
 
 #include <fcntl.h>
@@ -23,7 +24,6 @@ constexpr std::string_view kStampShape = "YYYYMMDDTHHMMSS.mmmZ";  // T, '.' and 
 constexpr std::string_view kLatestName = "latest.json";
 constexpr std::string_view kTempPrefix = ".kleakd-";
 constexpr std::string_view kTempSuffix = ".tmp";
-constexpr mode_t kDirectoryMode = 0750;
 constexpr mode_t kFileMode = 0644;
 // Bounds the name-picking loops; reaching it means something else keeps
 // creating the names we pick.
@@ -41,32 +41,6 @@ bool matches_stamp_shape(std::string_view stamp) {
     return true;
 }
 
-std::string failure(std::string_view action, const std::filesystem::path& path, int err) {
-    return std::string(action) + " " + path.string() + ": " + std::strerror(err);
-}
-
-// mkdir -p with mode 0750, creating only the missing components.
-std::optional<std::string> make_directories(const std::filesystem::path& directory) {
-    if (::mkdir(directory.c_str(), kDirectoryMode) == 0 || errno == EEXIST) return std::nullopt;
-    if (errno == ENOENT && directory.has_relative_path()) {
-        if (auto error = make_directories(directory.parent_path())) return error;
-        if (::mkdir(directory.c_str(), kDirectoryMode) == 0 || errno == EEXIST) return std::nullopt;
-    }
-    return failure("cannot create directory", directory, errno);
-}
-
-// Returns 0 or an errno value.
-int write_all(int fd, std::string_view bytes) {
-    while (!bytes.empty()) {
-        const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-    return 0;
-}
 
 // A file under a temporary name in the snapshot directory; the name is
 // unlinked on destruction unless forgotten (renamed away, or never created).
