@@ -204,7 +204,7 @@ void Daemon::on_signal() {
 
 core::Losses Daemon::losses() {
     return core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
-                             session_.consumer().peak_backlog_bytes());
+                             session_.consumer().peak_backlog_bytes(), session_.program_costs());
 }
 
 core::Report Daemon::build_report() { return core::build_report(pipeline_.tracker(), losses(), *symbolizer_); }
@@ -234,6 +234,9 @@ nlohmann::json Daemon::stats() {
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
+        {"recursion_misses", loss.recursion_misses()},
+        {"programs",
+         core::report_to_json(core::Report{{}, {}, loss}).at("losses").value("programs", nlohmann::json::array())},
         {"late", pipeline_.late()},
         {"undecodable", pipeline_.undecodable()},
         {"totals", core::report_to_json(core::Report{totals, {}, loss}).at("totals")},

@@ -47,6 +47,13 @@ const std::vector<std::uint64_t>& TracingSession::drops() {
     return drops_;
 }
 
+std::vector<core::ProgramCost> TracingSession::program_costs() const {
+    std::vector<core::ProgramCost> costs;
+    for (const ProgramStats& p : tracer_.program_stats())
+        costs.push_back({p.name, p.run_cnt, p.run_time_ns, p.recursion_misses});
+    return costs;
+}
+
 void run_until_stopped(EventLoop& loop, SignalFd& signals, std::chrono::seconds duration,
                        std::chrono::milliseconds tick, const std::function<void()>& on_tick) {
     std::optional<TimerFd> tick_timer;

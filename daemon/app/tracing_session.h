@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "app/event_loop.h"
+#include "core/report.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/ring_consumer.h"
 
@@ -43,6 +44,9 @@ public:
 
     // Per-CPU drops; keeps the last good read if the map cannot be read.
     const std::vector<std::uint64_t>& drops();
+
+    // Run counts, run time and recursion misses of every attached program.
+    std::vector<core::ProgramCost> program_costs() const;
 
 private:
     BpfTracer tracer_;

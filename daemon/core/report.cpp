@@ -13,9 +13,20 @@ std::uint64_t Losses::dropped() const {
     return std::accumulate(dropped_per_cpu.begin(), dropped_per_cpu.end(), std::uint64_t{0});
 }
 
+std::uint64_t Losses::recursion_misses() const {
+    std::uint64_t n = 0;
+    for (const ProgramCost& p : programs) n += p.recursion_misses;
+    return n;
+}
+
 Losses make_losses(std::vector<std::uint64_t> dropped_per_cpu, std::uint64_t late, std::uint64_t undecodable,
-                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes) {
-    Losses losses{std::move(dropped_per_cpu), late, undecodable, buffer_size, 0};
+                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes, std::vector<ProgramCost> programs) {
+    Losses losses;
+    losses.dropped_per_cpu = std::move(dropped_per_cpu);
+    losses.late = late;
+    losses.undecodable = undecodable;
+    losses.buffer_size = buffer_size;
+    losses.programs = std::move(programs);
     // The largest record plus its 8-byte ring header: advice errs large.
     constexpr std::uint64_t bytes_per_record = sizeof(kleak_alloc_record) + 8;
     losses.suggested_buffer_size =
@@ -115,7 +126,21 @@ nlohmann::json report_to_json(const Report& report) {
         {"undecodable", l.undecodable},
         {"buffer_size", l.buffer_size},
         {"suggested_buffer_size", l.suggested_buffer_size},
+        {"recursion_misses", l.recursion_misses()},
     };
+    if (!l.programs.empty()) {
+        nlohmann::json programs = nlohmann::json::array();
+        for (const ProgramCost& p : l.programs) {
+            nlohmann::json program = {{"name", p.name},
+                                      {"run_cnt", p.run_cnt},
+                                      {"run_time_ns", p.run_time_ns},
+                                      {"recursion_misses", p.recursion_misses}};
+            if (p.run_cnt > 0)
+                program["ns_per_run"] = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt);
+            programs.push_back(std::move(program));
+        }
+        out["losses"]["programs"] = std::move(programs);
+    }
     return out;
 }
 
@@ -154,6 +179,13 @@ Report report_from_json(const nlohmann::json& json) {
     report.losses.undecodable = l.at("undecodable").get<std::uint64_t>();
     report.losses.buffer_size = l.at("buffer_size").get<std::uint64_t>();
     report.losses.suggested_buffer_size = l.at("suggested_buffer_size").get<std::uint64_t>();
+    if (l.contains("programs")) {
+        for (const auto& p : l.at("programs")) {
+            report.losses.programs.push_back({p.at("name").get<std::string>(), p.at("run_cnt").get<std::uint64_t>(),
+                                              p.at("run_time_ns").get<std::uint64_t>(),
+                                              p.at("recursion_misses").get<std::uint64_t>()});
+        }
+    }
     return report;
 }
 
@@ -255,7 +287,10 @@ std::string report_to_text(const Report& report, std::size_t top) {
     for (std::size_t cpu = 0; cpu < l.dropped_per_cpu.size(); ++cpu)
         out += line(" cpu%zu=%llu", cpu, ull(l.dropped_per_cpu[cpu]));
     out +=
-        line(" (total %llu); late records %llu; undecodable %llu\n", ull(l.dropped()), ull(l.late), ull(l.undecodable));
+        line(" (total %llu); late records %llu; undecodable %llu", ull(l.dropped()), ull(l.late), ull(l.undecodable));
+    // Programs are known only live; a replayed recording does not say.
+    if (!l.programs.empty()) out += line("; recursion misses %llu", ull(l.recursion_misses()));
+    out += "\n";
     if (l.dropped() > 0) {
         out += line(
             "WARNING: %llu records were lost because a ring buffer overflowed; totals undercount and "
@@ -265,6 +300,22 @@ std::string report_to_text(const Report& report, std::size_t top) {
             out += line("         a buffer of --buffer-size %s per CPU would have held the burst (now %s).\n",
                         format_size(l.suggested_buffer_size).c_str(), format_size(l.buffer_size).c_str());
     }
+    if (l.recursion_misses() > 0) {
+        out += line(
+            "WARNING: the kernel skipped %llu program runs that nested on their CPU (an allocation in an IRQ "
+            "that interrupted the program): those events are lost.\n",
+            ull(l.recursion_misses()));
+    }
+    // kleakd's own cost, when the kernel counts it (sysctl kernel.bpf_stats_enabled=1).
+    bool costed = false;
+    for (const ProgramCost& p : l.programs) {
+        if (p.run_cnt == 0) continue;
+        if (!costed) out += "BPF cost per event:";
+        costed = true;
+        out += line(" %s %.0f ns (%llu runs);", p.name.c_str(),
+                    static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt), ull(p.run_cnt));
+    }
+    if (costed) out.back() = '\n';
     return out;
 }
 

@@ -14,19 +14,29 @@
 
 namespace kleak::core {
 
+// What one BPF program cost and missed (the kernel's bpf_prog_info).
+struct ProgramCost {
+    std::string name;                    // "kmem:kmalloc"
+    std::uint64_t run_cnt = 0;           // 0 unless kernel.bpf_stats_enabled=1
+    std::uint64_t run_time_ns = 0;       // ditto
+    std::uint64_t recursion_misses = 0;  // runs skipped because the program nested on its CPU: lost events
+};
+
 struct Losses {
     std::vector<std::uint64_t> dropped_per_cpu;  // ring reserve failures
     std::uint64_t late = 0;                      // released behind the watermark
     std::uint64_t undecodable = 0;               // short / unknown records
     std::uint64_t buffer_size = 0;               // per-CPU ring bytes in force
     std::uint64_t suggested_buffer_size = 0;     // 0: no overflow, no advice
+    std::vector<ProgramCost> programs;           // empty for a replayed recording
 
     std::uint64_t dropped() const;
+    std::uint64_t recursion_misses() const;
 };
 
 // Fills in the buffer-size advice from how full the rings got.
 Losses make_losses(std::vector<std::uint64_t> dropped_per_cpu, std::uint64_t late, std::uint64_t undecodable,
-                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes);
+                   std::uint64_t buffer_size, std::uint64_t peak_backlog_bytes, std::vector<ProgramCost> programs = {});
 
 struct SiteRow {
     std::string site;      // function+0xoff [module]

@@ -65,6 +65,14 @@ std::string format_stats(const nlohmann::json& r) {
         out += fmt::format("                   rings overflowed: set tracing.buffer_size to {} or more\n",
                            u64(r, "suggested_buffer_size"));
     out += fmt::format("late records:      {}\n", u64(r, "late"));
+    if (r.contains("recursion_misses")) out += fmt::format("recursion misses:  {}\n", u64(r, "recursion_misses"));
+    if (r.contains("programs")) {
+        for (const auto& p : r.at("programs")) {
+            if (!p.contains("ns_per_run")) continue;
+            out += fmt::format("bpf cost:          {} {:.0f} ns/event over {} runs\n", p.at("name").get<std::string>(),
+                               p.at("ns_per_run").get<double>(), u64(p, "run_cnt"));
+        }
+    }
     out += fmt::format("undecodable:       {}\n", u64(r, "undecodable"));
     out += fmt::format("tracing:           {}\n", attached);
     out += fmt::format("clients:           {}\n", u64(r, "clients"));

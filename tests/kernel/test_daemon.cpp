@@ -927,6 +927,12 @@ TEST(Daemon, SnapshotsAreWrittenRotatedAndFinal) {
 
     const json latest = json::parse(read_file(dir / "latest.json"));
     EXPECT_EQ(latest.at("schema_version"), 1);
+    // The live document satisfies the published schema.
+    const Result schema = Process("/usr/bin/python3", {KLEAKD_SOURCE_DIR "/tests/service/check_snapshot_schema.py",
+                                                       KLEAKD_SOURCE_DIR "/proto/snapshot.schema.json",
+                                                       (dir / "latest.json").string()})
+                              .wait_for(30s);
+    EXPECT_EQ(schema.exit_code, 0) << schema.out << schema.err;
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
     EXPECT_EQ(latest.at("host"), std::string(host));

@@ -60,12 +60,28 @@ Losses sample_losses() {
     losses.undecodable = 1;
     losses.buffer_size = 8u << 20;
     losses.suggested_buffer_size = suggest_buffer_size(8u << 20, 8u << 20, 3, 48);
+    // One program counted by bpf_stats, one not; one missed nested runs.
+    losses.programs = {{"kmem:kmalloc", 1000, 61000, 0}, {"kmem:kfree", 0, 0, 4}};
     return losses;
 }
+
 
 Report sample_report() {
     FixedSymbolizer symbolizer = sample_symbolizer();
     return build_report(sample_tracker(), sample_losses(), symbolizer);
+}
+
+TEST(Report, RecursionMissesAndBpfCostAreReported) {
+    const Report report = sample_report();
+    EXPECT_EQ(report.losses.recursion_misses(), 4u);
+    const nlohmann::json json = report_to_json(report);
+    EXPECT_EQ(json.at("losses").at("recursion_misses"), 4);
+    EXPECT_DOUBLE_EQ(json.at("losses").at("programs").at(0).at("ns_per_run").get<double>(), 61.0);
+    EXPECT_FALSE(json.at("losses").at("programs").at(1).contains("ns_per_run"));
+    const std::string text = report_to_text(report, 0);
+    EXPECT_NE(text.find("recursion misses 4"), std::string::npos) << text;
+    EXPECT_NE(text.find("skipped 4 program runs"), std::string::npos) << text;
+    EXPECT_NE(text.find("BPF cost per event: kmem:kmalloc 61 ns (1000 runs)\n"), std::string::npos) << text;
 }
 
 TEST(Report, SampleStreamHasTheExpectedTotals) {
@@ -160,7 +176,8 @@ TEST(Report, TopTruncationSaysHowManyMoreRows) {
 
 TEST(Report, DropWarningAndBufferAdvice) {
     const std::string text = report_to_text(sample_report(), 0);
-    EXPECT_NE(text.find("\nlosses: ring drops cpu0=0 cpu1=3 (total 3); late records 2; undecodable 1\n"
+    EXPECT_NE(text.find("\nlosses: ring drops cpu0=0 cpu1=3 (total 3); late records 2; undecodable 1; "
+                        "recursion misses 4\n"
                         "WARNING: 3 records were lost because a ring buffer overflowed; totals undercount and "
                         "unmatched frees/replaced may be inflated.\n"
                         "         a buffer of --buffer-size 32M per CPU would have held the burst (now 8M).\n"),
@@ -182,6 +199,7 @@ TEST(Report, NoDropsNoWarning) {
     Losses losses = sample_losses();
     losses.dropped_per_cpu = {0, 0};
     losses.suggested_buffer_size = 0;
+    losses.programs.clear();  // as for a replayed recording: no program line
     const Report report = build_report(sample_tracker(), losses, symbolizer);
     const std::string text = report_to_text(report, 0);
     EXPECT_NE(text.find("\nlosses: ring drops cpu0=0 cpu1=0 (total 0); late records 2; undecodable 1\n"),
