@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-jsonschema bc
   systemd systemd-container       # the service test boots systemd in systemd-nspawn
+  debhelper dpkg-dev lintian scdoc man-db   # the Debian package (packaging/) and its test
 )
 
 if [ "$(id -u)" -ne 0 ]; then

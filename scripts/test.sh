@@ -9,3 +9,4 @@ cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -L unit
 ctest --output-on-failure -L kernel
 ctest --output-on-failure -L systemd
+ctest --output-on-failure -L package
