@@ -1,8 +1,23 @@
 // Micro-benchmarks of the pure core: records/s through decode + merge +
-// tracker, and bytes per outstanding allocation. Run: build/bench/bench_core
+// tracker, bytes per outstanding allocation, and the leaks query's latency
+// with 1M outstanding allocations. Run: build/bench/bench_core
+// (bench/RESULTS.md says which figure answers which target.)
 #include <benchmark/benchmark.h>
 
+#include <malloc.h>
+
+#include <memory>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/leaks_query.h"
 #include "core/pipeline.h"
+#include "core/symbolizer.h"
 #include "synthetic_stream.h"
 
 namespace {
@@ -50,26 +65,164 @@ void BM_TrackerApply(benchmark::State& state) {
 }
 BENCHMARK(BM_TrackerApply)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// Memory the tracker holds per outstanding allocation with 1M outstanding.
+// Target 4: memory the tracker holds per outstanding allocation. Arg: how
+// many are outstanding. `bytes_per_outstanding` is Tracker::memory_bytes()
+// (table capacity x slot size); `heap_bytes_per_outstanding` is what malloc
+// really handed out (mallinfo2), which is what RSS sees. A Swiss table
+// doubles when it passes 7/8 full, so the figure saw-tooths with the count:
+// 917,504 entries is the fullest a 2^20-slot table gets, 1,000,000 has just
+// doubled to 2^21 slots.
 void BM_TrackerBytesPerOutstanding(benchmark::State& state) {
-    const std::size_t n = 1'000'000;
+    const auto n = static_cast<std::size_t>(state.range(0));
     double per_entry = 0;
+    double heap_per_entry = 0;
     for (auto _ : state) {
-        kleak::core::Tracker tracker;
-        kleak::core::Event e;
-        e.kind = kleak::core::EventKind::kmalloc;
-        for (std::size_t i = 0; i < n; ++i) {
-            e.ts_ns = i;
-            e.ptr = 0xffff888000000000ULL + i * 64;
-            e.call_site = 0xffffffff81000000ULL + (i % 512) * 64;
-            e.bytes_alloc = 64;
-            tracker.apply(e);
+        const auto heap_in_use = [] { const auto m = mallinfo2(); return m.uordblks + m.hblkhd; };
+        const std::size_t heap_before = heap_in_use();
+        {
+            kleak::core::Tracker tracker;
+            kleak::core::Event e;
+            e.kind = kleak::core::EventKind::kmalloc;
+            for (std::size_t i = 0; i < n; ++i) {
+                e.ts_ns = i;
+                e.ptr = 0xffff888000000000ULL + i * 64;
+                e.call_site = 0xffffffff81000000ULL + (i % 512) * 64;
+                e.bytes_alloc = 64;
+                tracker.apply(e);
+            }
+            per_entry = static_cast<double>(tracker.memory_bytes()) / static_cast<double>(n);
+            heap_per_entry = static_cast<double>(heap_in_use() - heap_before) / static_cast<double>(n);
         }
-        per_entry = static_cast<double>(tracker.memory_bytes()) / static_cast<double>(n);
     }
     state.counters["bytes_per_outstanding"] = per_entry;
+    state.counters["heap_bytes_per_outstanding"] = heap_per_entry;
 }
-BENCHMARK(BM_TrackerBytesPerOutstanding)->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_TrackerBytesPerOutstanding)
+    ->ArgName("outstanding")
+    ->Arg(500'000)
+    ->Arg(917'504)
+    ->Arg(1'000'000)
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(1);
+
+// Target 3 counts records per CPU-second: the same pipeline, timed on the
+// process's CPU clock rather than the wall clock.
+void BM_PipelineRecordsPerCpuSecond(benchmark::State& state) {
+    const auto records = synthetic_stream(2'000'000, 2, 100'000);
+    for (auto _ : state) {
+        kleak::core::Pipeline pipeline(2);
+        std::size_t batch = 0;
+        for (const auto& r : records) {
+            pipeline.on_record(r.cpu, {r.bytes, r.size});
+            if (++batch == 65536) {
+                std::uint64_t ts;
+                std::memcpy(&ts, r.bytes, sizeof ts);
+                pipeline.release_until(ts > 100'000 ? ts - 100'000 : 0);
+                batch = 0;
+            }
+        }
+        pipeline.finish();
+        benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * records.size()));
+}
+BENCHMARK(BM_PipelineRecordsPerCpuSecond)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime();
+
+// The same at steady state with 1M allocations outstanding: the pipeline is
+// filled to 1M first (not timed), then 2M records of mixed allocations and
+// frees of random live pointers go through it. Every tracker operation is a
+// cache miss into a ~50 MB table, the worst case for the live path.
+void BM_PipelineSteady1M(benchmark::State& state) {
+    kleak::bench::SyntheticStream stream(2, 1'000'000);
+    const auto fill = stream.next(1'000'001);
+    const auto records = stream.next(2'000'000);
+    auto feed = [](kleak::core::Pipeline& pipeline, const std::vector<kleak::bench::RawRecord>& input) {
+        std::size_t batch = 0;
+        for (const auto& r : input) {
+            pipeline.on_record(r.cpu, {r.bytes, r.size});
+            if (++batch == 65536) {
+                std::uint64_t ts;
+                std::memcpy(&ts, r.bytes, sizeof ts);
+                pipeline.release_until(ts > 100'000 ? ts - 100'000 : 0);
+                batch = 0;
+            }
+        }
+    };
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
+        feed(*pipeline, fill);
+        state.ResumeTiming();
+        feed(*pipeline, records);
+        pipeline->finish();
+        benchmark::DoNotOptimize(pipeline->tracker().totals().outstanding);
+        state.PauseTiming();
+        pipeline.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * records.size()));
+}
+BENCHMARK(BM_PipelineSteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
+
+// A tracker holding 1M outstanding allocations from 2,000 call sites, born
+// over 100 s of kernel time (ts 0..100 s), built once and shared.
+const kleak::core::Tracker& tracker_with_1m_outstanding() {
+    static const kleak::core::Tracker tracker = [] {
+        kleak::core::Tracker t;
+        kleak::core::Event e;
+        e.kind = kleak::core::EventKind::kmalloc;
+        std::mt19937_64 rng(7);
+        for (std::size_t i = 0; i < 1'000'000; ++i) {
+            e.ts_ns = i * 100'000;  // 100 us apart: 100 s in all
+            e.ptr = 0xffff888000000000ULL + i * 64;
+            e.call_site = 0xffffffff81000000ULL + (rng() % 2000) * 64;
+            e.bytes_alloc = 32u << (rng() % 6);
+            t.apply(e);
+        }
+        return t;
+    }();
+    return tracker;
+}
+
+double percentile(std::vector<double> v, double p) {
+    std::sort(v.begin(), v.end());
+    const double rank = p * static_cast<double>(v.size() - 1);
+    const auto lo = static_cast<std::size_t>(std::floor(rank));
+    const auto hi = std::min(lo + 1, v.size() - 1);
+    return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
+// Target 5: one `leaks` query per iteration, timed one by one; the p50/p99
+// statistics are over the repetitions (200 queries). Arg: min_age in seconds
+// (0: answered from the per-site aggregates; otherwise every live allocation
+// is scanned, since only it knows its age).
+void BM_LeaksQuery1M(benchmark::State& state) {
+    const kleak::core::Tracker& tracker = tracker_with_1m_outstanding();
+    kleak::core::FixedSymbolizer symbols({});
+    kleak::core::LeaksQuery query;
+    query.top = 20;
+    query.now_ns = 100'000'000'000ULL;
+    query.min_age_ns = static_cast<std::uint64_t>(state.range(0)) * 1'000'000'000ULL;
+    for (auto _ : state) {
+        const auto start = std::chrono::steady_clock::now();
+        auto result = kleak::core::query_leaks(tracker, query, symbols);
+        benchmark::DoNotOptimize(result);
+        state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    state.counters["outstanding"] = static_cast<double>(tracker.outstanding_count());
+}
+BENCHMARK(BM_LeaksQuery1M)
+    ->ArgName("min_age_s")
+    ->Arg(0)
+    ->Arg(30)
+    ->Iterations(1)
+    ->Repetitions(200)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->ReportAggregatesOnly(true)
+    ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
+    ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); })
+    ->ComputeStatistics("max", [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); });
 
 }  // namespace
 

@@ -11,6 +11,7 @@ packages=(
   libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-jsonschema bc
+  bpftrace                        # the peer in bench/compare.sh
   systemd systemd-container       # the service test boots systemd in systemd-nspawn
   debhelper dpkg-dev lintian scdoc man-db   # the Debian package (packaging/) and its test
 )

@@ -38,75 +38,40 @@ void print_interval(std::FILE* out, const core::Pipeline& pipeline, std::uint64_
     std::fflush(out);
 }
 
-// What tracing cost, from the kernel's per-program statistics: runs and run
-// time (only counted while sysctl kernel.bpf_stats_enabled=1) and recursion
-// misses (runs the kernel skipped because the program nested on its CPU:
-// records lost before they were made, so they are no ring drop).
-struct CostSummary {
-    std::vector<ProgramStats> programs;
+// What the run produced, printed after the report: its loss line already
+// carries each program's recursion misses and, with sysctl
+// kernel.bpf_stats_enabled=1, its ns per event (core::Losses::programs).
+struct RunSummary {
     std::uint64_t records = 0;
     double seconds = 0;
     std::uint32_t sample_shift = 0;
     bool emit_records = true;
 };
 
-bool stats_enabled(const CostSummary& cost) {
-    for (const auto& p : cost.programs)
-        if (p.run_cnt != 0) return true;
-    return false;
-}
-
-std::string cost_text(const CostSummary& cost) {
-    std::string out = "\ncost:\n";
+std::string summary_text(const RunSummary& run) {
     char line[256];
-    std::snprintf(line, sizeof line, "  %llu records in %.1f s (%.0f records/s)%s\n",
-                  static_cast<unsigned long long>(cost.records), cost.seconds,
-                  cost.seconds > 0 ? static_cast<double>(cost.records) / cost.seconds : 0.0,
-                  cost.emit_records ? "" : "; --no-emit: programs attached, no records written");
+    std::string out;
+    std::snprintf(line, sizeof line, "records: %llu in %.1f s (%.0f/s)%s\n",
+                  static_cast<unsigned long long>(run.records), run.seconds,
+                  run.seconds > 0 ? static_cast<double>(run.records) / run.seconds : 0.0,
+                  run.emit_records ? "" : "; --no-emit: programs attached, nothing written");
     out += line;
-    if (cost.sample_shift != 0) {
+    if (run.sample_shift != 0) {
+        const unsigned long long factor = 1ULL << run.sample_shift;
         std::snprintf(line, sizeof line,
-                      "  sampled: 1 in %llu pointers (--sample-shift %u); multiply counts and bytes by %llu\n",
-                      1ULL << cost.sample_shift, cost.sample_shift, 1ULL << cost.sample_shift);
+                      "sampled: 1 in %llu pointers (--sample-shift %u): counts and bytes above are about 1/%llu of "
+                      "the real ones\n",
+                      factor, run.sample_shift, factor);
         out += line;
     }
-    const bool timed = stats_enabled(cost);
-    std::snprintf(line, sizeof line, "  %-24s %12s %10s %18s\n", "program", timed ? "runs" : "", timed ? "ns/run" : "",
-                  "recursion misses");
-    out += line;
-    for (const auto& p : cost.programs) {
-        if (timed && p.run_cnt != 0) {
-            std::snprintf(line, sizeof line, "  %-24s %12llu %10.1f %18llu\n", p.name.c_str(),
-                          static_cast<unsigned long long>(p.run_cnt),
-                          static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt),
-                          static_cast<unsigned long long>(p.recursion_misses));
-        } else {
-            std::snprintf(line, sizeof line, "  %-24s %12s %10s %18llu\n", p.name.c_str(), "", "",
-                          static_cast<unsigned long long>(p.recursion_misses));
-        }
-        out += line;
-    }
-    if (!timed) out += "  (run counts and ns/run need sysctl kernel.bpf_stats_enabled=1)\n";
     return out;
 }
 
-nlohmann::json cost_json(const CostSummary& cost) {
-    nlohmann::json programs = nlohmann::json::array();
-    for (const auto& p : cost.programs) {
-        nlohmann::json j = {{"name", p.name}, {"recursion_misses", p.recursion_misses}};
-        if (p.run_cnt != 0) {
-            j["run_cnt"] = p.run_cnt;
-            j["run_time_ns"] = p.run_time_ns;
-            j["ns_per_run"] = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_cnt);
-        }
-        programs.push_back(std::move(j));
-    }
-    return {{"records", cost.records},
-            {"seconds", cost.seconds},
-            {"sample_shift", cost.sample_shift},
-            {"emit_records", cost.emit_records},
-            {"bpf_stats_enabled", stats_enabled(cost)},
-            {"programs", std::move(programs)}};
+nlohmann::json summary_json(const RunSummary& run) {
+    return {{"records", run.records},
+            {"seconds", run.seconds},
+            {"sample_shift", run.sample_shift},
+            {"emit_records", run.emit_records}};
 }
 
 }  // namespace
@@ -141,18 +106,18 @@ int run_trace(const TraceCommand& command) {
 
     session.stop_and_drain();
     pipeline.finish();
-    const CostSummary cost{session.tracer().program_stats(), pipeline.records(),
-                           static_cast<double>(monotonic_now_ns() - started) / 1e9, command.tracer.sample_shift,
-                           command.tracer.emit_records};
+    const RunSummary run{pipeline.records(), static_cast<double>(monotonic_now_ns() - started) / 1e9,
+                         command.tracer.sample_shift, command.tracer.emit_records};
     const core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),
-                                                  command.tracer.buffer_size, session.consumer().peak_backlog_bytes());
+                                                  command.tracer.buffer_size, session.consumer().peak_backlog_bytes(),
+                                                  session.program_costs());
     const core::Report report = core::build_report(pipeline.tracker(), losses, *symbolizer);
     if (command.json) {
         nlohmann::json out = core::report_to_json(report);
-        out["cost"] = cost_json(cost);
+        out["run"] = summary_json(run);
         std::cout << out.dump(2) << '\n';
     } else {
-        std::cout << '\n' << core::report_to_text(report, command.top) << cost_text(cost);
+        std::cout << '\n' << core::report_to_text(report, command.top) << summary_text(run);
     }
     std::cout.flush();
     return 0;
