@@ -195,7 +195,9 @@ else
 fi
 
 # --- 2: boot --------------------------------------------------------------------
-nspawn_boot 2 "$DEBS"
+# The checks compare installed files with the source tree: bind it in too
+# (a CI clone may live under /tmp, which the container replaces).
+nspawn_boot 2 "$DEBS" "$SOURCE_DIR"
 C 10 test -f "$DEB" || fatal "$DEB is not visible inside the container"
 
 # --- 3: install -----------------------------------------------------------------
