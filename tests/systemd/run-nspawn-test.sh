@@ -160,11 +160,6 @@ else
 fi
 sleep 1
 leaks_cmd=(kleakctl leaks --json --top 100)
-out=$(C 20 "${leaks_cmd[@]}" 2>&1)
-if [ $? -eq 2 ] && grep -q 'not expected' <<<"$out"; then
-    note "kleakctl rejects --json after the subcommand ('$(head -n 1 <<<"$out")'); using 'kleakctl --json leaks --top 100'"
-    leaks_cmd=(kleakctl --json leaks --top 100)
-fi
 pipe_leaks() {
     local json n
     json=$(C 20 "${leaks_cmd[@]}") || return 1
