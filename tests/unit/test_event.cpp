@@ -18,15 +18,7 @@ using test::free_event;
 constexpr std::uint64_t kPtr = 0xffff888012345678;
 constexpr std::uint64_t kSite = 0xffffffff81234567;
 
-// An Event full of values no decode should leave behind.
-Event stale_event() {
-    Event e;
-    e.ts_ns = e.ptr = e.call_site = 0xdeadbeefdeadbeef;
-    e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = 0xdeadbeef;
-    e.kind = EventKind::cache_alloc;
-    e.cpu = 0xdead;
-    return e;
-}
+using test::stale_event;
 
 TEST(DecodeRecord, KmallocAllFields) {
     const Event sent = alloc_event({.ts = 123456789012, .ptr = kPtr, .site = kSite, .req = 100, .alloc = 128,

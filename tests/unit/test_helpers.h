@@ -72,6 +72,16 @@ inline Event alloc_event(const AllocSpec& s) {
     return e;
 }
 
+// An Event full of values no decode should leave behind.
+inline Event stale_event() {
+    Event e;
+    e.ts_ns = e.ptr = e.call_site = 0xdeadbeefdeadbeef;
+    e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = 0xdeadbeef;
+    e.kind = EventKind::cache_alloc;
+    e.cpu = 0xdead;
+    return e;
+}
+
 inline Event free_event(const FreeSpec& s) {
     Event e;
     e.ts_ns = s.ts;
