@@ -294,32 +294,7 @@ fi
 
 # --- 4: a leak ------------------------------------------------------------------
 step 4 "hold 64 pipes open; kleakctl leaks --json"
-if C 30 systemd-run --quiet --collect --unit=kleakd-test-pipes -p RuntimeMaxSec=600 \
-    "$PY" -c 'import os, time; p = [os.pipe() for _ in range(64)]; time.sleep(600)'; then
-    pass "started kleakd-test-pipes.service holding 64 pipes"
-else
-    fail "systemd-run of the pipe holder failed"
-fi
-sleep 1
-pipe_leaks() {
-    local json n
-    json=$(C 20 kleakctl leaks --json --top 100) || return 1
-    n=$("$PY" -c '
-import json, sys
-doc = json.loads(sys.stdin.read())
-print(sum(s.get("outstanding", 0) for s in doc.get("sites", []) if s.get("function") == "alloc_pipe_info"))' <<<"$json") ||
-        return 1
-    PIPE_OUTSTANDING=$n
-    [ "$n" -ge 64 ]
-}
-PIPE_OUTSTANDING=0
-if wait_for 10 pipe_leaks; then
-    pass "kleakctl leaks --json: $PIPE_OUTSTANDING outstanding allocations at alloc_pipe_info sites (>= 64)"
-else
-    echo "    kleakctl leaks --json --top 100 (first 40 lines):"
-    C 20 kleakctl leaks --json --top 100 2>&1 | head -n 40 | indent
-    fail "kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64"
-fi
+check_pipe_leak
 C 20 systemctl stop kleakd-test-pipes.service
 
 # --- 5: versions, man pages, docs, conffile -----------------------------------------

@@ -152,33 +152,7 @@ fi
 
 # --- 3: a leak, seen through kleakctl ------------------------------------------
 step 3 "hold 64 pipes open; kleakctl leaks --json"
-if C 30 systemd-run --quiet --collect --unit=kleakd-test-pipes -p RuntimeMaxSec=600 \
-    "$PY" -c 'import os, time; p = [os.pipe() for _ in range(64)]; time.sleep(600)'; then
-    pass "started kleakd-test-pipes.service holding 64 pipes"
-else
-    fail "systemd-run of the pipe holder failed"
-fi
-sleep 1
-leaks_cmd=(kleakctl leaks --json --top 100)
-pipe_leaks() {
-    local json n
-    json=$(C 20 "${leaks_cmd[@]}") || return 1
-    n=$("$PY" -c '
-import json, sys
-doc = json.loads(sys.stdin.read())
-print(sum(s.get("outstanding", 0) for s in doc.get("sites", []) if s.get("function") == "alloc_pipe_info"))' <<<"$json") ||
-        return 1
-    PIPE_OUTSTANDING=$n
-    [ "$n" -ge 64 ]
-}
-PIPE_OUTSTANDING=0
-if wait_for 10 pipe_leaks; then
-    pass "'${leaks_cmd[*]}': $PIPE_OUTSTANDING outstanding allocations at alloc_pipe_info sites (>= 64)"
-else
-    echo "    ${leaks_cmd[*]} (first 40 lines):"
-    C 20 "${leaks_cmd[@]}" 2>&1 | head -n 40 | indent
-    fail "kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64"
-fi
+check_pipe_leak
 sock=$(C 10 stat -c '%a %G %F' /run/kleakd/kleakd.sock)
 if [ "$sock" = "660 kleakd socket" ]; then
     pass "/run/kleakd/kleakd.sock: mode 0660, group kleakd"
