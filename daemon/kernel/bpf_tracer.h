@@ -71,6 +71,11 @@ public:
     // program whose info cannot be read is left out.
     std::vector<ProgramStats> program_stats() const;
 
+    // Pushes every CPU's partly filled record batch into its ring, so that
+    // everything recorded before this call can be consumed. Call before each
+    // drain and after detach. Returns 0 or a negative errno.
+    int flush_batches();
+
     // Stops new records; the rings stay readable so the tail can be drained.
     void detach();
 
