@@ -35,7 +35,8 @@ struct kleak_record_header {
 	__u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u16 kind;   /* enum kleak_record_kind */
 	__u16 flags;  /* reserved, 0 */
-	__u32 tgid;   /* process (thread group) id, 0 in IRQ context of idle */
+	__u32 tgid;   /* process (thread group) id in printk records; 0 in
+		       * allocation and free records, which do not read it */
 };
 
 /* kfree / kmem_cache_free: 32 bytes. */
@@ -53,7 +54,7 @@ struct kleak_alloc_record {
 	__u32 bytes_req;
 	__u32 bytes_alloc;
 	__u32 gfp_flags;
-	__u32 tid;    /* thread id */
+	__u32 tid;    /* 0: not read (see hdr.tgid) */
 };
 
 /* Most bytes of one printk message kept; longer ones are cut and flagged. */
@@ -71,6 +72,14 @@ struct kleak_printk_record {
 	char text[KLEAK_PRINTK_MAX];
 };
 #define KLEAK_PRINTK_HEADER_SIZE 24
+
+/*
+ * A ring sample holds one record, or a batch: several whole allocation and
+ * free records back to back (each a multiple of 8 bytes), at most this many
+ * bytes. A record's size follows from its kind. printk records are never
+ * batched: a sample holding one is exactly 24 + len bytes.
+ */
+#define KLEAK_BATCH_BYTES 4096
 
 /* Index of the single slot of the per-CPU `drops` array. */
 #define KLEAK_DROPS_KEY 0

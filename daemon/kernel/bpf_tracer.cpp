@@ -86,9 +86,16 @@ struct ProgramSpec {
     bpf_link** link;
     bool wanted;    // the user asked for its allocator family
     bool required;  // false: only some kernels have it (pre-6.1 *_node events)
+    const char* suffix = "";  // tells a second program on the same tracepoint apart
 };
 
-std::string full_name(const ProgramSpec& spec) { return std::string(spec.category) + ":" + spec.tracepoint; }
+// kleak__kmem_cache_free_nested: records the kmem_cache_free events the
+// kernel skipped kleak__kmem_cache_free for (see kleak.bpf.c).
+constexpr const char* kNestedSuffix = " (nested)";
+
+std::string full_name(const ProgramSpec& spec) {
+    return std::string(spec.category) + ":" + spec.tracepoint + spec.suffix;
+}
 
 std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& options) {
     auto& p = skel.progs;
@@ -102,6 +109,8 @@ std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& o
          options.trace_kmem_cache, false},
         {"kmem", "kmem_cache_free", p.kleak__kmem_cache_free, &l.kleak__kmem_cache_free,
          options.trace_kmalloc || options.trace_kmem_cache, true},
+        {"kmem", "kmem_cache_free", p.kleak__kmem_cache_free_nested, &l.kleak__kmem_cache_free_nested,
+         options.trace_kmalloc || options.trace_kmem_cache, true, kNestedSuffix},
         {"printk", "console", p.kleak__printk, &l.kleak__printk, options.trace_printk, true},
     };
 }
@@ -201,6 +210,15 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         attached_.emplace_back(full_name(spec));
         attached_programs_.push_back(spec.program);
     }
+
+    // Records wait in per-CPU batches until user space flushes them: without
+    // a working flush an idle CPU would keep its last records forever.
+    if (const int flushed = run_flush_on_every_cpu(); flushed != 0) {
+        throw StartupError(describe_errno("running kleak__flush on each CPU (BPF_PROG_TEST_RUN with "
+                                          "BPF_F_TEST_RUN_ON_CPU) failed",
+                                          flushed) +
+                           "; kleakd needs Linux 5.10 or later");
+    }
 }
 
 BpfTracer::~BpfTracer() = default;
@@ -219,19 +237,58 @@ std::vector<std::uint64_t> BpfTracer::read_drops() const {
     return per_cpu;
 }
 
+std::uint64_t BpfTracer::read_recovered() const {
+    std::vector<std::uint64_t> per_cpu(ring_fds_.size(), 0);
+    const __u32 key = 0;
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.recovered), &key, per_cpu.data()) != 0) return 0;
+    std::uint64_t total = 0;
+    for (const std::uint64_t n : per_cpu) total += n;
+    return total;
+}
+
 std::vector<ProgramStats> BpfTracer::program_stats() const {
     std::vector<ProgramStats> stats;
+    const std::uint64_t recovered = read_recovered();
     for (std::size_t i = 0; i < attached_programs_.size(); ++i) {
         bpf_prog_info info{};
         __u32 len = sizeof info;
         if (bpf_obj_get_info_by_fd(bpf_program__fd(attached_programs_[i]), &info, &len) != 0) continue;
-        stats.push_back({attached_[i], info.run_cnt, info.run_time_ns, info.recursion_misses});
+        ProgramStats p{attached_[i], info.run_cnt, info.run_time_ns, info.recursion_misses, info.recursion_misses, 0};
+        // The nested program recorded some of the events the kernel skipped
+        // the primary for: those are not lost. Its own misses are not losses
+        // either: it only matters while the primary runs, and an event that
+        // then nests twice is already a miss of the primary's.
+        if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free) {
+            p.recovered = std::min(recovered, p.kernel_recursion_misses);
+            p.recursion_misses -= p.recovered;
+        }
+        if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free_nested) p.recursion_misses = 0;
+        stats.push_back(std::move(p));
     }
     return stats;
 }
 
 void BpfTracer::detach() { kleak_bpf__detach(skel_.get()); }
 
-int BpfTracer::flush_batches() { return 0; }  // batching lands with the BPF change
+int BpfTracer::run_flush_on_every_cpu() {
+    const int prog_fd = bpf_program__fd(skel_->progs.kleak__flush);
+    int first_error = 0;
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
+        // ENXIO: a possible CPU that is offline has no batch to flush.
+        if (bpf_prog_test_run_opts(prog_fd, &opts) != 0 && errno != ENXIO && first_error == 0) first_error = -errno;
+    }
+    return first_error;
+}
+
+int BpfTracer::flush_batches() {
+    const int err = run_flush_on_every_cpu();
+    if (err != 0 && flush_failures_++ % 1000 == 0) {  // rate-limited: once per 1000 drains
+        spdlog::warn("{}; records of idle CPUs reach user space late ({} times so far)",
+                     describe_errno("flushing the per-CPU record batches (BPF_PROG_TEST_RUN) failed", err),
+                     flush_failures_);
+    }
+    return err;
+}
 
 }  // namespace kleak

@@ -48,7 +48,10 @@ struct ProgramStats {
     std::string name;                   // "kmem:kmalloc"
     std::uint64_t run_cnt = 0;          // runs; 0 unless kernel.bpf_stats_enabled=1
     std::uint64_t run_time_ns = 0;      // total run time; ditto
-    std::uint64_t recursion_misses = 0; // runs the kernel skipped: the program nested on its CPU
+    std::uint64_t recursion_misses = 0; // events lost: runs the kernel skipped because the program
+                                        // nested on its CPU, less those kleak__kmem_cache_free_nested caught
+    std::uint64_t kernel_recursion_misses = 0;  // the kernel's own count (bpf_prog_info)
+    std::uint64_t recovered = 0;                // nested events the second program recorded
 };
 
 class BpfTracer {
@@ -80,6 +83,11 @@ public:
     void detach();
 
 private:
+    // Runs kleak__flush on each online CPU; 0 or the first negative errno.
+    int run_flush_on_every_cpu();
+    // Nested kmem_cache_free events the second program recorded, all CPUs.
+    std::uint64_t read_recovered() const;
+
     struct SkeletonDeleter {
         void operator()(::kleak_bpf* skel) const;
     };
@@ -89,6 +97,7 @@ private:
     std::vector<std::string> attached_;
     std::vector<const ::bpf_program*> attached_programs_;  // parallel to attached_
     std::uint64_t buffer_size_ = 0;
+    std::uint64_t flush_failures_ = 0;
 };
 
 }  // namespace kleak
