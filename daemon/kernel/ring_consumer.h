@@ -1,15 +1,20 @@
-// Reads the per-CPU rings. The callback only hands each record's bytes, with
-// the CPU it came from, to a RecordSink: no logging, no symbolization, no
-// allocation beyond what the sink's copy needs.
+// Reads the per-CPU rings. For every committed sample it hands each record
+// the sample holds (one today, several once BPF batches them), with the CPU it
+// came from, to a RecordSink: no logging, no symbolization, no allocation
+// beyond what the sink's copy needs.
+//
+// kleakd's own consumer rather than libbpf's ring_buffer: it maps each ring's
+// data area once (ring_mapping.h), which halves the rings' share of RSS.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <vector>
 
-struct ring_buffer;
+#include "core/record_batch.h"
+#include "kernel/ring_mapping.h"
 
 namespace kleak {
 
@@ -21,9 +26,8 @@ public:
 
 class RingConsumer {
 public:
-    // Throws StartupError if libbpf cannot map the rings.
+    // Maps every ring. Throws StartupError if one cannot be mapped.
     RingConsumer(const std::vector<int>& ring_fds, RecordSink& sink);
-    ~RingConsumer();
     RingConsumer(const RingConsumer&) = delete;
     RingConsumer& operator=(const RingConsumer&) = delete;
 
@@ -36,16 +40,16 @@ public:
     std::uint64_t peak_backlog_bytes() const { return peak_backlog_bytes_; }
 
 private:
-    struct RingContext {
-        RingConsumer* self;
-        unsigned cpu;
-        std::uint64_t drained_bytes;
-    };
-    static int on_sample(void* ctx, void* data, std::size_t size);
+    // Consumes one ring; returns the bytes consumed (ring headers and padding
+    // included) or a negative errno.
+    std::int64_t drain_ring(unsigned cpu, RingMapping& ring, std::uint64_t& records);
+    // Hands on the records of the sample of `size` bytes at `pos`.
+    std::uint64_t hand_on(unsigned cpu, const RingMapping& ring, unsigned long pos, std::size_t size);
 
     RecordSink& sink_;
-    std::vector<std::unique_ptr<RingContext>> contexts_;
-    ring_buffer* rb_ = nullptr;
+    std::vector<RingMapping> rings_;
+    // The one record that wraps past a ring's end is copied here.
+    std::array<std::byte, core::kMaxRecordBytes> bounce_{};
     std::uint64_t records_ = 0;
     std::uint64_t peak_backlog_bytes_ = 0;
 };

@@ -1,0 +1,245 @@
+// kleakd's own ring consumer against real kernel rings: each ring's data is
+// mapped once, and records keep decoding while the rings wrap many times
+// (the record that straddles a ring's end goes through the bounce buffer).
+// In-process: the tracer and the consumer are used as the daemon uses them.
+#include <bpf/bpf.h>
+#include <sched.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/event.h"
+#include "core/pipeline.h"
+#include "core/symbolizer.h"
+#include "kernel/bpf_tracer.h"
+#include "kernel/ring_consumer.h"
+#include "kernel/startup_error.h"
+#include "kernel/unique_fd.h"
+#include "kernel_test_support.h"
+
+namespace {
+
+using namespace kleak_test;
+
+constexpr std::uint32_t kSmallRing = 16 * 1024;
+
+struct Mapping {
+    std::uintptr_t start = 0, end = 0;
+    std::string perms;
+    std::size_t size() const { return end - start; }
+    bool holds(const void* p) const {
+        const auto a = reinterpret_cast<std::uintptr_t>(p);
+        return a >= start && a < end;
+    }
+};
+
+// This process's mappings of BPF maps (ring buffers among them).
+std::vector<Mapping> bpf_map_mappings() {
+    std::vector<Mapping> out;
+    std::ifstream maps("/proc/self/maps");
+    for (std::string line; std::getline(maps, line);) {
+        if (line.find("anon_inode:bpf-map") == std::string::npos) continue;
+        Mapping m;
+        char dash = 0;
+        std::istringstream fields(line);
+        fields >> std::hex >> m.start >> dash >> m.end >> m.perms;
+        out.push_back(m);
+    }
+    return out;
+}
+
+// Mappings in `after` that are not in `before`.
+std::vector<Mapping> new_mappings(const std::vector<Mapping>& before, const std::vector<Mapping>& after) {
+    std::vector<Mapping> added;
+    for (const Mapping& m : after) {
+        bool seen = false;
+        for (const Mapping& b : before) seen |= b.start == m.start && b.end == m.end;
+        if (!seen) added.push_back(m);
+    }
+    return added;
+}
+
+class NullSink final : public kleak::RecordSink {
+public:
+    void on_record(unsigned, std::span<const std::byte>) override {}
+};
+
+kleak::UniqueFd make_ring(std::uint32_t size) {
+    return kleak::UniqueFd(bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_test_rb", 0, 0, size, nullptr));
+}
+
+TEST(RingConsumerKernel, MapsTheDataAreaOnce) {
+    REQUIRE_KERNEL();
+    const kleak::UniqueFd ring = make_ring(kSmallRing);
+    ASSERT_TRUE(ring) << "bpf_map_create(RINGBUF, " << kSmallRing << "): " << std::strerror(errno);
+    const long page = ::sysconf(_SC_PAGESIZE);
+
+    NullSink sink;
+    const auto before = bpf_map_mappings();
+    kleak::RingConsumer consumer({ring.get()}, sink);
+    const auto added = new_mappings(before, bpf_map_mappings());
+
+    // The consumer page read-write; the producer page and the data once,
+    // read-only. libbpf maps page + 2 x the ring here.
+    ASSERT_EQ(added.size(), 2u);
+    std::size_t rw = 0, ro = 0;
+    for (const Mapping& m : added) (m.perms.find('w') != std::string::npos ? rw : ro) = m.size();
+    EXPECT_EQ(rw, static_cast<std::size_t>(page));
+    EXPECT_EQ(ro, static_cast<std::size_t>(page) + kSmallRing);
+
+    // Nothing was written: nothing to consume.
+    EXPECT_EQ(consumer.drain(), 0);
+    EXPECT_EQ(consumer.records(), 0u);
+    EXPECT_EQ(consumer.peak_backlog_bytes(), 0u);
+}
+
+TEST(RingConsumerKernel, UnmapsEverythingItMapped) {
+    REQUIRE_KERNEL();
+    const kleak::UniqueFd ring = make_ring(kSmallRing);
+    ASSERT_TRUE(ring) << std::strerror(errno);
+    NullSink sink;
+    const auto before = bpf_map_mappings();
+    { kleak::RingConsumer consumer({ring.get()}, sink); }
+    EXPECT_TRUE(new_mappings(before, bpf_map_mappings()).empty());
+}
+
+TEST(RingConsumerKernel, NotARingIsAStartupErrorNamingTheCpu) {
+    REQUIRE_KERNEL();
+    const kleak::UniqueFd ring = make_ring(kSmallRing);
+    const kleak::UniqueFd array(bpf_map_create(BPF_MAP_TYPE_ARRAY, "kleak_test_arr", 4, 8, 1, nullptr));
+    ASSERT_TRUE(ring && array) << std::strerror(errno);
+    NullSink sink;
+    const auto before = bpf_map_mappings();
+    try {
+        kleak::RingConsumer consumer({ring.get(), array.get()}, sink);
+        FAIL() << "an array map was accepted as a ring";
+    } catch (const kleak::StartupError& e) {
+        EXPECT_NE(std::string(e.what()).find("CPU 1"), std::string::npos) << e.what();
+    }
+    // CPU 0's ring, mapped before CPU 1 failed, is unmapped again.
+    EXPECT_TRUE(new_mappings(before, bpf_map_mappings()).empty());
+}
+
+// Feeds the core pipeline, as the daemon does, and watches what it is handed.
+class CountingSink final : public kleak::RecordSink {
+public:
+    CountingSink(kleak::core::Pipeline& pipeline, unsigned cpus) : pipeline_(pipeline), bytes_per_cpu_(cpus, 0) {}
+    // Where the rings are mapped: a record handed on from elsewhere came
+    // through the bounce buffer.
+    void set_ring_data(std::vector<Mapping> ring_data) { ring_data_ = std::move(ring_data); }
+
+    void on_record(unsigned cpu, std::span<const std::byte> record) override {
+        ++records_;
+        bytes_per_cpu_.at(cpu) += record.size();
+        bool in_ring = false;
+        for (const Mapping& m : ring_data_) in_ring |= m.holds(record.data());
+        bounced_ += in_ring ? 0 : 1;
+        pipeline_.on_record(cpu, record);
+    }
+
+    std::uint64_t records() const { return records_; }
+    std::uint64_t bounced() const { return bounced_; }
+    // Record bytes from `cpu`: a lower bound of what its ring carried.
+    std::uint64_t bytes(unsigned cpu) const { return bytes_per_cpu_.at(cpu); }
+
+private:
+    kleak::core::Pipeline& pipeline_;
+    std::vector<std::uint64_t> bytes_per_cpu_;
+    std::vector<Mapping> ring_data_;
+    std::uint64_t records_ = 0;
+    std::uint64_t bounced_ = 0;
+};
+
+// Runs this thread on one CPU at a time (its allocations then go to that
+// CPU's ring); puts the original affinity back when done.
+class CpuPin {
+public:
+    CpuPin() { ::sched_getaffinity(0, sizeof original_, &original_); }
+    ~CpuPin() { ::sched_setaffinity(0, sizeof original_, &original_); }
+    CpuPin(const CpuPin&) = delete;
+    CpuPin& operator=(const CpuPin&) = delete;
+    // False for a possible CPU that is offline.
+    bool pin(unsigned cpu) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        return ::sched_setaffinity(0, sizeof set, &set) == 0;
+    }
+
+private:
+    cpu_set_t original_{};
+};
+
+std::uint64_t outstanding_at(const kleak::core::Tracker& tracker, const std::string& function) {
+    std::ifstream kallsyms("/proc/kallsyms");
+    const auto table = kleak::core::KallsymsTable::parse(kallsyms);
+    std::uint64_t outstanding = 0;
+    for (const auto& site : tracker.sites()) {
+        const auto symbol = table.lookup(site.call_site);
+        if (symbol && symbol->function == function) outstanding += site.outstanding;
+    }
+    return outstanding;
+}
+
+TEST(RingConsumerKernel, SmallRingsWrapManyTimesAndEveryRecordDecodes) {
+    REQUIRE_KERNEL();
+    kleak::TracerOptions options;
+    options.buffer_size = kSmallRing;
+    kleak::BpfTracer tracer(options);
+    const unsigned cpus = tracer.cpu_count();
+
+    kleak::core::Pipeline pipeline(cpus);
+    CountingSink sink(pipeline, cpus);
+    const auto before = bpf_map_mappings();  // the skeleton maps its global data too
+    kleak::RingConsumer consumer(tracer.ring_fds(), sink);
+    std::vector<Mapping> ring_data;  // the consumer's read-only mappings: producer page + data
+    for (const Mapping& m : new_mappings(before, bpf_map_mappings()))
+        if (m.perms.find('w') == std::string::npos) ring_data.push_back(m);
+    ASSERT_EQ(ring_data.size(), cpus);
+    sink.set_ring_data(std::move(ring_data));
+
+    // Held pipes first, one at a time with a drain after each, so that a
+    // burst from elsewhere on this shared machine cannot crowd them out.
+    std::vector<std::unique_ptr<HeldPipes>> held;
+    for (int i = 0; i < kPipes; ++i) {
+        held.push_back(std::make_unique<HeldPipes>(1));
+        ASSERT_GE(consumer.drain(), 0);
+    }
+
+    // Then churn pipes on every CPU until each ring has gone round 20 times.
+    constexpr std::uint64_t kLaps = 20;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    std::vector<bool> online(cpus, false);
+    {
+        CpuPin pin;
+        for (unsigned cpu = 0; cpu < cpus; ++cpu) {
+            online[cpu] = pin.pin(cpu);
+            while (online[cpu] && sink.bytes(cpu) < kLaps * kSmallRing && std::chrono::steady_clock::now() < deadline) {
+                { HeldPipes churn(4); }
+                ASSERT_GE(consumer.drain(), 0);
+            }
+        }
+    }
+    ASSERT_GE(consumer.drain(), 0);
+    pipeline.finish();
+
+    const auto drops = tracer.read_drops();
+    std::uint64_t dropped = 0;
+    for (const auto d : drops) dropped += d;
+    for (unsigned cpu = 0; cpu < cpus; ++cpu) {
+        if (!online[cpu]) continue;
+        EXPECT_GE(sink.bytes(cpu), kLaps * kSmallRing) << "the ring of CPU " << cpu << " did not wrap " << kLaps << " times";
+    }
+    EXPECT_EQ(pipeline.undecodable(), 0u) << "of " << sink.records() << " records";
+    EXPECT_EQ(consumer.records(), sink.records());
+    EXPECT_GT(sink.bounced(), 0u) << "no record straddled a ring's end: the wrap path did not run";
+    EXPECT_GT(consumer.peak_backlog_bytes(), 0u);
+    EXPECT_GE(outstanding_at(pipeline.tracker(), "alloc_pipe_info"), static_cast<std::uint64_t>(kPipes))
+        << dropped << " records dropped (ring full)";
+    std::cerr << "[ wrapped  ] " << sink.records() << " records, " << sink.bounced() << " through the bounce buffer, "
+              << dropped << " dropped, peak backlog " << consumer.peak_backlog_bytes() << " bytes\n";
+}
+
+}  // namespace
