@@ -23,17 +23,12 @@ std::vector<Candidate> from_aggregates(const Tracker& tracker) {
 }
 
 std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64_t born_before) {
-    std::vector<Candidate> per_site(tracker.sites().size());
-    for (SiteId id = 0; id < per_site.size(); ++id) per_site[id].site = id;
-    tracker.for_each_outstanding([&](std::uint64_t, const OutstandingAllocation& a) {
-        if (a.ts_ns > born_before) return;
-        Candidate& c = per_site[a.site];
-        ++c.count;
-        c.bytes += a.bytes_alloc;
-        c.oldest_ts = std::min(c.oldest_ts.value_or(a.ts_ns), a.ts_ns);
-    });
-    std::erase_if(per_site, [](const Candidate& c) { return c.count == 0; });
-    return per_site;
+    std::vector<Candidate> out;
+    const std::vector<SiteAge> ages = tracker.outstanding_born_by(born_before);
+    for (SiteId id = 0; id < ages.size(); ++id) {
+        if (ages[id].count > 0) out.push_back({id, ages[id].count, ages[id].bytes, ages[id].oldest_ts_ns});
+    }
+    return out;
 }
 
 }  // namespace

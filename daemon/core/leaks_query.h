@@ -1,6 +1,9 @@
 // The `leaks` query: top call sites by outstanding bytes or count. Without an
 // age filter it reads the per-site aggregates (O(sites)); with one it scans
 // the live allocations (O(outstanding)), since only they know their age.
+// Ages have the tracker's 1.05 ms resolution and round down (tracker.h,
+// allocation_class.h): a min_age filter never counts an allocation younger
+// than asked, and `oldest_age_ns` is never more than the true age.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +21,7 @@ enum class LeakSort { bytes, count };
 
 struct LeaksQuery {
     std::size_t top = 20;
-    std::uint64_t min_age_ns = 0;  // only allocations at least this old count
+    std::uint64_t min_age_ns = 0;  // only allocations surely at least this old count
     std::uint64_t now_ns = 0;      // the records' clock (CLOCK_MONOTONIC), from the caller
     LeakSort sort = LeakSort::bytes;
 };

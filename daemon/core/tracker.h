@@ -10,21 +10,27 @@
 //  - an allocation of a pointer that is still outstanding means its free was
 //    missed: the old entry is counted `replaced` at its site and replaced.
 // kmalloc and kmem_cache memory match by pointer, whichever free function ran.
+// printk events are not memory events: the tracker ignores them.
 // Aggregates are updated per event, so queries cost O(sites), not O(allocations).
+//
+// Each outstanding allocation costs one 16-byte entry (pointer_table.h) whose
+// value packs its class (site, bytes) and its birth time to 1.05 ms
+// (allocation_class.h says how that rounds).
 #pragma once
 
 #include <absl/container/flat_hash_map.h>
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
+#include "allocation_class.h"
 #include "event.h"
+#include "pointer_table.h"
 
 namespace kleak::core {
-
-using SiteId = std::uint32_t;
 
 struct SiteStats {
     std::uint64_t call_site = 0;
@@ -54,18 +60,32 @@ struct Totals {
     std::uint64_t outstanding_bytes = 0;
 };
 
+// One live allocation, as for_each_outstanding() reports it (decoded from the
+// packed entry, so a value, not a reference into the table).
 struct OutstandingAllocation {
-    std::uint64_t ts_ns;
+    std::uint64_t ts_ns;  // rounded_birth_ns(the allocation's ts): up to 1.05 ms late, never early
     SiteId site;
     std::uint32_t bytes_alloc;
 };
 
+// Live allocations of one site surely born by a given time (see
+// Tracker::outstanding_born_by).
+struct SiteAge {
+    std::uint64_t count = 0;
+    std::uint64_t bytes = 0;
+    std::uint64_t oldest_ts_ns = std::numeric_limits<std::uint64_t>::max();  // rounded like ts_ns above
+};
+
 class Tracker {
 public:
+    Tracker() = default;
+    // class_limit < kMaxClasses: a smaller class table, so tests can overflow it.
+    explicit Tracker(std::uint32_t class_limit) : classes_(class_limit) {}
+
     void apply(const Event& event);
-    void apply(std::span<const Event> events) {
-        for (const Event& e : events) apply(e);
-    }
+    // The same as apply(event) for each event in order, faster on a batch:
+    // it prefetches the table entries of events a few places ahead.
+    void apply(std::span<const Event> events);
 
     const std::vector<SiteStats>& sites() const { return sites_; }
     const Totals& totals() const { return totals_; }
@@ -74,10 +94,27 @@ public:
     // Calls fn(ptr, const OutstandingAllocation&) for every live allocation.
     template <class Fn>
     void for_each_outstanding(Fn&& fn) const {
-        for (const auto& [ptr, entry] : live_) fn(ptr, entry);
+        live_.for_each([&](std::uint64_t ptr, std::uint64_t packed) {
+            const AllocationClass c = class_of_entry(ptr, packed);
+            fn(ptr, OutstandingAllocation{latest_birth_ns(unit_of(packed)), c.site, c.bytes_alloc});
+        });
     }
 
-    // Approximate heap bytes the tracker holds (tables only).
+    // Per site (indexed by SiteId, sites().size() long): the live allocations
+    // surely born at or before born_before_ns, i.e. whose rounded birth time is
+    // <= born_before_ns. One pass over the table, aggregated per class.
+    std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns) const;
+
+    // Distinct (site, bytes_alloc) classes interned so far.
+    std::size_t class_count() const { return classes_.size(); }
+    // Allocations made after the class table filled up with a class not in it.
+    // They are tracked exactly all the same, in a side map (overflow_count()
+    // of them are live now); a non-zero figure means memory per allocation is
+    // higher than designed.
+    std::uint64_t class_overflows() const { return class_overflows_; }
+    std::size_t overflow_count() const { return overflow_.size(); }
+
+    // Heap bytes the tracker holds: its tables, at their capacity.
     std::size_t memory_bytes() const;
 
     // Forget everything: a fresh baseline.
@@ -85,8 +122,19 @@ public:
 
 private:
     SiteId intern(std::uint64_t call_site, EventKind kind);
+    void allocated(const Event& event, SiteId here);
+    void freed(const Event& event, SiteId here);
+    AllocationClass class_of_entry(std::uint64_t ptr, std::uint64_t packed) const {
+        const ClassId id = class_of(packed);
+        return id != kOverflowClass ? classes_[id] : overflow_.at(ptr);
+    }
 
-    absl::flat_hash_map<std::uint64_t, OutstandingAllocation> live_;
+    // ptr -> pack_allocation(class, birth unit)
+    PointerTable live_;
+    ClassTable classes_;
+    // ptr -> class, for live entries whose class is kOverflowClass.
+    absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
+    std::uint64_t class_overflows_ = 0;
     absl::flat_hash_map<std::uint64_t, SiteId> site_ids_;
     // Call sites repeat: a small direct-mapped cache in front of site_ids_
     // saves a hash-table probe on most events. call_site 0 marks a free slot

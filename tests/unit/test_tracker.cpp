@@ -1,6 +1,9 @@
 // Tracker: outstanding allocations and per-call-site aggregates.
 #include <gtest/gtest.h>
 
+#include <random>
+#include <vector>
+
 #include "core/tracker.h"
 #include "test_helpers.h"
 
@@ -85,9 +88,9 @@ TEST(Tracker, ReplacedAllocationIsCountedOnTheOldSite) {
     EXPECT_EQ(tracker.totals().unmatched_frees, 0u);
     EXPECT_EQ(tracker.outstanding_count(), 2u);
 
-    // The live entry is the new allocation.
+    // The live entry is the new allocation (birth rounded up to its 1.05 ms unit).
     const auto live = test::outstanding_by_ptr(tracker);
-    EXPECT_EQ(live.at(kP1), std::make_tuple(std::uint64_t{3}, kAllocB, std::uint32_t{128}));
+    EXPECT_EQ(live.at(kP1), std::make_tuple(std::uint64_t{1'048'575}, kAllocB, std::uint32_t{128}));
 
     // Freeing P1 now credits the new site only.
     tracker.apply(free_event({.ts = 4, .ptr = kP1, .site = kFreeF}));
@@ -215,15 +218,17 @@ TEST(Tracker, TotalsEqualTheSumOverSites) {
 }
 
 TEST(Tracker, ForEachOutstandingVisitsEveryLiveAllocation) {
+    constexpr std::uint64_t kUnit = std::uint64_t{1} << 20;  // ns
     Tracker tracker;
     tracker.apply(alloc_event({.ts = 10, .ptr = kP1, .site = kAllocA, .req = 1, .alloc = 8}));
     tracker.apply(alloc_event({.ts = 20, .ptr = kP2, .site = kAllocB, .req = 9, .alloc = 16}));
-    tracker.apply(alloc_event({.ts = 30, .ptr = kP3, .site = kAllocA, .req = 17, .alloc = 32}));
-    tracker.apply(free_event({.ts = 40, .ptr = kP2, .site = kFreeF}));
+    tracker.apply(alloc_event({.ts = 5 * kUnit + 30, .ptr = kP3, .site = kAllocA, .req = 17, .alloc = 32}));
+    tracker.apply(free_event({.ts = 6 * kUnit, .ptr = kP2, .site = kFreeF}));
 
+    // Birth times are reported as the last nanosecond of their 2^20 ns unit.
     using Live = std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>>;
     EXPECT_EQ(test::outstanding_by_ptr(tracker),
-              (Live{{kP1, {10, kAllocA, 8}}, {kP3, {30, kAllocA, 32}}}));
+              (Live{{kP1, {kUnit - 1, kAllocA, 8}}, {kP3, {6 * kUnit - 1, kAllocA, 32}}}));
 }
 
 TEST(Tracker, ResetStartsAFreshBaseline) {
@@ -251,6 +256,241 @@ TEST(Tracker, MemoryBytesGrowsWithLiveAllocations) {
     for (std::uint64_t i = 0; i < 1000; ++i)
         tracker.apply(alloc_event({.ts = i, .ptr = kP1 + i * 64, .site = kAllocA, .req = 64, .alloc = 64}));
     EXPECT_GE(tracker.memory_bytes(), empty + 1000 * sizeof(std::uint64_t));
+}
+
+TEST(Tracker, MemoryBytesIsSixteenBytesPerSlotAtOneMillion) {
+    // Target 4 (<= 48 bytes per outstanding allocation): 1M entries sit in
+    // 2^21 slots of 16 bytes; the class and site tables are small beside it.
+    Tracker tracker;
+    Event e = alloc_event({.site = kAllocA, .req = 64, .alloc = 64});
+    for (std::uint64_t i = 0; i < 1'000'000; ++i) {
+        e.ts_ns = i;
+        e.ptr = kP1 + i * 64;
+        e.call_site = kAllocA + (i % 512) * 64;
+        tracker.apply(e);
+    }
+    EXPECT_GE(tracker.memory_bytes(), (std::size_t{16} << 21));
+    EXPECT_LE(tracker.memory_bytes(), (std::size_t{16} << 21) + (std::size_t{1} << 20));
+    EXPECT_LE(static_cast<double>(tracker.memory_bytes()) / 1e6, 48.0);
+    EXPECT_EQ(tracker.class_count(), 512u);
+}
+
+
+// --- the packed table: classes, overflow, batches -----------------------------------
+
+TEST(Tracker, InternsOneClassPerSiteAndSize) {
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocA, .req = 50, .alloc = 64}));   // same class
+    tracker.apply(alloc_event({.ts = 3, .ptr = kP3, .site = kAllocA, .req = 100, .alloc = 128})); // new size
+    tracker.apply(alloc_event({.ts = 4, .ptr = kP3 + 64, .site = kAllocB, .req = 64, .alloc = 64}));  // new site
+    tracker.apply(free_event({.ts = 5, .ptr = kP1, .site = kFreeF}));                              // no class
+    EXPECT_EQ(tracker.class_count(), 3u);
+    EXPECT_EQ(tracker.class_overflows(), 0u);
+
+    using Live = std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>>;
+    EXPECT_EQ(test::outstanding_by_ptr(tracker), (Live{{kP2, {1'048'575, kAllocA, 64}},
+                                                       {kP3, {1'048'575, kAllocA, 128}},
+                                                       {kP3 + 64, {1'048'575, kAllocB, 64}}}));
+}
+
+TEST(Tracker, PointerZeroIsTrackedLikeAnyOther) {
+    // The table marks empty slots with key 0, so pointer 0 lives apart: a
+    // replayed stream may still hold it, and the semantics must not change.
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 1, .ptr = 0, .site = kAllocA, .req = 8, .alloc = 8}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = 0, .site = kAllocB, .req = 16, .alloc = 16}));
+    EXPECT_EQ(tracker.outstanding_count(), 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    tracker.apply(free_event({.ts = 3, .ptr = 0, .site = kFreeF}));
+    tracker.apply(free_event({.ts = 4, .ptr = 0, .site = kFreeF}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 16u);
+    EXPECT_EQ(site_of(tracker, kFreeF).unmatched_frees, 1u);
+    EXPECT_EQ(tracker.outstanding_count(), 0u);
+}
+
+TEST(Tracker, IgnoresPrintkEvents) {
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));
+    Event line = free_event({.ts = 2, .ptr = kP1, .site = 0});
+    line.kind = EventKind::printk;
+    tracker.apply(line);
+    EXPECT_EQ(tracker.outstanding_count(), 1u);
+    EXPECT_EQ(tracker.totals().frees, 0u);
+    EXPECT_EQ(tracker.totals().unmatched_frees, 0u);
+    EXPECT_EQ(tracker.sites().size(), 1u);
+}
+
+TEST(Tracker, ClassTableOverflowIsCountedAndStillExact) {
+    // A table of 2 classes: the third (site, size) pair and later new ones
+    // are kept in the side map, counted, and reported exactly.
+    Tracker tracker(2);
+    tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocA, .req = 16, .alloc = 16}));
+    tracker.apply(alloc_event({.ts = 3, .ptr = kP3, .site = kAllocB, .req = 32, .alloc = 32}));  // overflows
+    tracker.apply(alloc_event({.ts = 4, .ptr = kP3 + 64, .site = kAllocA, .req = 8, .alloc = 8}));  // class 0 again
+    EXPECT_EQ(tracker.class_count(), 2u);
+    EXPECT_EQ(tracker.class_overflows(), 1u);
+    EXPECT_EQ(tracker.overflow_count(), 1u);
+    EXPECT_EQ(test::outstanding_by_ptr(tracker).at(kP3), std::make_tuple(std::uint64_t{1'048'575}, kAllocB, std::uint32_t{32}));
+
+    // An overflowed entry replaced by a classed one leaves the side map...
+    tracker.apply(alloc_event({.ts = 5, .ptr = kP3, .site = kAllocA, .req = 8, .alloc = 8}));
+    EXPECT_EQ(site_of(tracker, kAllocB).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).replaced_bytes, 32u);
+    EXPECT_EQ(tracker.overflow_count(), 0u);
+    // ... and a classed one replaced by an overflowing one enters it.
+    tracker.apply(alloc_event({.ts = 6, .ptr = kP1, .site = kAllocB, .req = 64, .alloc = 64}));
+    EXPECT_EQ(tracker.class_overflows(), 2u);
+    EXPECT_EQ(tracker.overflow_count(), 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 8u);
+    // Its free credits the right site and size, and empties the side map.
+    tracker.apply(free_event({.ts = 7, .ptr = kP1, .site = kFreeF}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 64u);
+    EXPECT_EQ(tracker.overflow_count(), 0u);
+    EXPECT_EQ(tracker.totals().outstanding, 3u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 32u);
+
+    tracker.reset();
+    EXPECT_EQ(tracker.class_overflows(), 0u);
+    EXPECT_EQ(tracker.class_count(), 0u);
+}
+
+// A random stream over few pointers, so replacements, double and unmatched
+// frees, pointer 0 and printk events all happen often.
+std::vector<Event> churn(std::uint64_t seed, std::size_t n) {
+    std::mt19937_64 rng(seed);
+    std::vector<Event> out;
+    std::uint64_t ts = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        ts += rng() % 400'000;  // ~0.2 ms apart: several events per time unit
+        const std::uint64_t ptr = rng() % 97 == 0 ? 0 : 0xffff888000000000ULL + (rng() % 300) * 64;
+        const std::uint64_t site = 0xffffffff81000000ULL + (rng() % 12) * 16;
+        const std::uint32_t alloc = 8u << (rng() % 5);
+        switch (rng() % 9) {
+            case 0:
+                out.push_back(free_event({.ts = ts, .ptr = ptr, .site = 0}));
+                out.back().kind = EventKind::printk;
+                break;
+            case 1: case 2: case 3:
+                out.push_back(free_event({.ts = ts, .ptr = ptr, .site = site, .kind = rng() % 2 ? EventKind::kfree : EventKind::cache_free}));
+                break;
+            default:
+                out.push_back(alloc_event({.ts = ts, .ptr = ptr, .site = site, .req = alloc - 3, .alloc = alloc,
+                                           .kind = rng() % 2 ? EventKind::kmalloc : EventKind::cache_alloc}));
+        }
+    }
+    return out;
+}
+
+void expect_same_state(const Tracker& got, const Tracker& expected) {
+    EXPECT_EQ(test::totals_fields(got.totals()), test::totals_fields(expected.totals()));
+    EXPECT_EQ(test::sites_by_address(got), test::sites_by_address(expected));
+    EXPECT_EQ(test::outstanding_by_ptr(got), test::outstanding_by_ptr(expected));
+}
+
+TEST(Tracker, ApplyingABatchEqualsApplyingEachEvent) {
+    const std::vector<Event> events = churn(1, 20'000);
+    Tracker one_by_one;
+    for (const Event& e : events) one_by_one.apply(e);
+    Tracker batched;
+    // Uneven batches, shorter and longer than the prefetch distance.
+    std::size_t at = 0;
+    for (std::size_t len : {0, 1, 5, 13, 100, 4000}) {
+        batched.apply(std::span(events).subspan(at, len));
+        at += len;
+    }
+    batched.apply(std::span(events).subspan(at));
+    expect_same_state(batched, one_by_one);
+    EXPECT_GT(one_by_one.totals().replaced, 100u);
+    EXPECT_GT(one_by_one.totals().unmatched_frees, 100u);
+    EXPECT_GT(one_by_one.outstanding_count(), 100u);
+}
+
+TEST(Tracker, OverflowingTheClassTableChangesNothingObservable) {
+    // 12 sites x 5 sizes = 60 classes; a table of 7 overflows on most of them.
+    const std::vector<Event> events = churn(2, 20'000);
+    Tracker roomy;
+    roomy.apply(events);
+    Tracker cramped(7);
+    cramped.apply(events);
+    expect_same_state(cramped, roomy);
+    EXPECT_EQ(roomy.class_overflows(), 0u);
+    EXPECT_EQ(cramped.class_count(), 7u);
+    EXPECT_GT(cramped.class_overflows(), 1000u);
+    EXPECT_GT(cramped.overflow_count(), 0u);
+    for (std::uint64_t born_before : {std::uint64_t{0}, std::uint64_t{1'000'000'000}, ~std::uint64_t{0}}) {
+        const auto a = roomy.outstanding_born_by(born_before);
+        const auto b = cramped.outstanding_born_by(born_before);
+        ASSERT_EQ(a.size(), b.size());
+        // Site ids agree: both trackers interned the same stream.
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            EXPECT_EQ(a[i].count, b[i].count) << "site " << i;
+            EXPECT_EQ(a[i].bytes, b[i].bytes) << "site " << i;
+            EXPECT_EQ(a[i].oldest_ts_ns, b[i].oldest_ts_ns) << "site " << i;
+        }
+    }
+}
+
+TEST(Tracker, OutstandingBornByCountsOnlyAllocationsSurelyThatOld) {
+    // Brute force over the live entries: an entry counts iff its rounded
+    // (latest possible) birth is at or before the cutoff; the true birth is
+    // then at or before it too.
+    const std::vector<Event> events = churn(3, 5'000);
+    Tracker tracker;
+    tracker.apply(events);
+    std::map<std::uint64_t, std::uint64_t> true_birth;
+    for (const Event& e : events) {
+        if (e.kind == EventKind::printk) continue;
+        if (is_alloc(e.kind)) true_birth[e.ptr] = e.ts_ns;
+        else true_birth.erase(e.ptr);
+    }
+    const std::uint64_t last_ts = events.back().ts_ns;
+    std::size_t partial_cutoffs = 0;
+    for (std::uint64_t born_before = 0; born_before < last_ts; born_before += last_ts / 37 + 12'345) {
+        const auto ages = tracker.outstanding_born_by(born_before);
+        std::vector<SiteAge> expected(tracker.sites().size());
+        tracker.for_each_outstanding([&](std::uint64_t ptr, const OutstandingAllocation& a) {
+            EXPECT_GE(a.ts_ns, true_birth.at(ptr));
+            EXPECT_LT(a.ts_ns - true_birth.at(ptr), std::uint64_t{1} << 20);
+            if (a.ts_ns > born_before) return;
+            EXPECT_LE(true_birth.at(ptr), born_before);
+            ++expected[a.site].count;
+            expected[a.site].bytes += a.bytes_alloc;
+            expected[a.site].oldest_ts_ns = std::min(expected[a.site].oldest_ts_ns, a.ts_ns);
+        });
+        std::uint64_t counted = 0;
+        for (std::size_t i = 0; i < ages.size(); ++i) {
+            EXPECT_EQ(ages[i].count, expected[i].count);
+            EXPECT_EQ(ages[i].bytes, expected[i].bytes);
+            EXPECT_EQ(ages[i].oldest_ts_ns, expected[i].oldest_ts_ns);
+            counted += ages[i].count;
+        }
+        if (counted > 0 && counted < tracker.outstanding_count()) ++partial_cutoffs;
+    }
+    EXPECT_GT(partial_cutoffs, 10u);  // the cutoffs really split the live set
+}
+
+TEST(Tracker, OutstandingBornByAtTheUnitBoundary) {
+    constexpr std::uint64_t kUnit = std::uint64_t{1} << 20;
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 7 * kUnit, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));      // first ns
+    tracker.apply(alloc_event({.ts = 9 * kUnit - 1, .ptr = kP2, .site = kAllocB, .req = 16, .alloc = 16}));  // last ns
+    const auto count_at = [&](std::uint64_t born_before, std::size_t site) {
+        return tracker.outstanding_born_by(born_before)[site].count;
+    };
+    // P1 (unit 7) counts only once the whole unit is past: never too young.
+    EXPECT_EQ(count_at(7 * kUnit, 0), 0u);
+    EXPECT_EQ(count_at(8 * kUnit - 2, 0), 0u);
+    EXPECT_EQ(count_at(8 * kUnit - 1, 0), 1u);
+    // P2 was made on its unit's last ns: exact.
+    EXPECT_EQ(count_at(9 * kUnit - 2, 1), 0u);
+    EXPECT_EQ(count_at(9 * kUnit - 1, 1), 1u);
+    EXPECT_EQ(tracker.outstanding_born_by(9 * kUnit - 1)[1].oldest_ts_ns, 9 * kUnit - 1);
+    EXPECT_EQ(tracker.outstanding_born_by(~std::uint64_t{0})[0].oldest_ts_ns, 8 * kUnit - 1);
+    EXPECT_EQ(tracker.outstanding_born_by(~std::uint64_t{0})[0].bytes, 8u);
 }
 
 }  // namespace
