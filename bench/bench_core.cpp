@@ -12,7 +12,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "core/leaks_query.h"
@@ -65,13 +67,44 @@ void BM_TrackerApply(benchmark::State& state) {
 }
 BENCHMARK(BM_TrackerApply)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Tracker alone at steady state with 1M outstanding: filled first (not timed),
+// then 2M decoded events (allocations and frees of random live pointers) are
+// applied in 64K batches, as the pipeline releases them. Every event misses
+// the cache (a 32 MiB table): this is where apply(span)'s prefetch pays.
+void BM_TrackerApplySteady1M(benchmark::State& state) {
+    kleak::bench::SyntheticStream stream(1, 1'000'000);
+    const auto decode = [](const std::vector<kleak::bench::RawRecord>& records) {
+        std::vector<kleak::core::Event> events(records.size());
+        for (std::size_t i = 0; i < records.size(); ++i)
+            kleak::core::decode_record({records[i].bytes, records[i].size}, 0, events[i]);
+        return events;
+    };
+    const auto fill = decode(stream.next(1'000'001));
+    const auto events = decode(stream.next(2'000'000));
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto tracker = std::make_unique<kleak::core::Tracker>();
+        tracker->apply(fill);
+        state.ResumeTiming();
+        for (std::size_t at = 0; at < events.size(); at += 65536)
+            tracker->apply(std::span(events).subspan(at, std::min<std::size_t>(65536, events.size() - at)));
+        benchmark::DoNotOptimize(tracker->totals().outstanding);
+        state.PauseTiming();
+        tracker.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * events.size()));
+}
+BENCHMARK(BM_TrackerApplySteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
+
 // Target 4: memory the tracker holds per outstanding allocation. Arg: how
 // many are outstanding. `bytes_per_outstanding` is Tracker::memory_bytes()
-// (table capacity x slot size); `heap_bytes_per_outstanding` is what malloc
-// really handed out (mallinfo2), which is what RSS sees. A Swiss table
-// doubles when it passes 7/8 full, so the figure saw-tooths with the count:
-// 917,504 entries is the fullest a 2^20-slot table gets, 1,000,000 has just
-// doubled to 2^21 slots.
+// (table capacity x 16-byte slot, plus the class and site tables);
+// `heap_bytes_per_outstanding` is what malloc really handed out (mallinfo2),
+// which is what RSS sees. The table doubles when it passes 3/4 full, so the
+// figure saw-tooths with the count: 786,432 entries is the fullest a 2^20-slot
+// table gets (~21 bytes), 786,433 has just doubled to 2^21 slots (the worst
+// case, ~43 bytes), 1,000,000 sits in 2^21 slots (~34 bytes).
 void BM_TrackerBytesPerOutstanding(benchmark::State& state) {
     const auto n = static_cast<std::size_t>(state.range(0));
     double per_entry = 0;
@@ -100,7 +133,8 @@ void BM_TrackerBytesPerOutstanding(benchmark::State& state) {
 BENCHMARK(BM_TrackerBytesPerOutstanding)
     ->ArgName("outstanding")
     ->Arg(500'000)
-    ->Arg(917'504)
+    ->Arg(786'432)
+    ->Arg(786'433)
     ->Arg(1'000'000)
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1);
@@ -163,6 +197,44 @@ void BM_PipelineSteady1M(benchmark::State& state) {
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * records.size()));
 }
 BENCHMARK(BM_PipelineSteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
+
+// Target 5's wait (PROPOSALS.md P9 #1): the daemon releases a drain in slices
+// of 32K records and answers queries between them, so a query waits for one
+// slice, not one drain. A full-rate drain (280K records) at 1M outstanding,
+// released slice by slice: "slice_ms_max" is the longest a query could wait.
+void BM_PipelineReleaseSlices1M(benchmark::State& state) {
+    constexpr std::size_t kSlice = 32 * 1024;
+    kleak::bench::SyntheticStream stream(2, 1'000'000);
+    const auto fill = stream.next(1'000'001);
+    const auto drain = stream.next(280'000);
+    double slice_max_ms = 0;
+    std::size_t slices = 0;
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
+        for (const auto& r : fill) pipeline->on_record(r.cpu, {r.bytes, r.size});
+        pipeline->finish();
+        for (const auto& r : drain) pipeline->on_record(r.cpu, {r.bytes, r.size});
+        state.ResumeTiming();
+        pipeline->begin_release(std::numeric_limits<std::uint64_t>::max());
+        bool more = true;
+        while (more) {
+            const auto start = std::chrono::steady_clock::now();
+            more = pipeline->release_some(kSlice);
+            const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
+            slice_max_ms = std::max(slice_max_ms, took.count());
+            ++slices;
+        }
+        benchmark::DoNotOptimize(pipeline->tracker().totals().outstanding);
+        state.PauseTiming();
+        pipeline.reset();
+        state.ResumeTiming();
+    }
+    state.counters["slice_ms_max"] = slice_max_ms;
+    state.counters["slices_per_drain"] = static_cast<double>(slices) / static_cast<double>(state.iterations());
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * drain.size()));
+}
+BENCHMARK(BM_PipelineReleaseSlices1M)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 
 // A tracker holding 1M outstanding allocations from 2,000 call sites, born
 // over 100 s of kernel time (ts 0..100 s), built once and shared.

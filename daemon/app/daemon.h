@@ -2,6 +2,15 @@
 // all on one epoll loop. Queries read the tracker between drains, so a query
 // never races ingest and ingest never waits on a client (the server only
 // ever does non-blocking I/O).
+//
+// A drain consumes every ring at once, but merges and tracks what it staged
+// in slices of at most kReleaseSliceRecords, going back to the loop between
+// slices: a query waits for one slice (a few ms), not for a whole drain. A
+// query answered between slices sees the tracker after a prefix of the merged
+// stream (every record up to some point in time order, none after). A drain
+// that comes while slices are left still consumes every ring at once (its
+// records wait for the next release), then finishes the old release before
+// starting its own: the result is the same as releasing each drain at once.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +58,7 @@ private:
     void reset();
     void on_signal();
     void on_drained(std::uint64_t watermark);
+    void continue_release();
     void keep_up_with_rings();
     void publish_printk();
     nlohmann::json printk_query(const proto::PrintkArgs& args) const;
@@ -73,6 +83,7 @@ private:
     TimerFd snapshot_timer_;
     TimerFd status_timer_;
     std::optional<TimerFd> watchdog_timer_;
+    WakeFd release_wake_;  // raised while a drain's release has slices left
 
     std::uint64_t started_ns_ = 0;  // attach time, or the last reset
     std::uint64_t last_drain_ns_ = 0;

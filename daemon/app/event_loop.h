@@ -48,6 +48,20 @@ private:
     UniqueFd fd_;
 };
 
+// A flag the loop polls: while raised, its fd stays readable, so the loop
+// calls its handler once per turn, after whatever else is ready. Work cut into
+// slices raises it to be continued on the next turn, after queries.
+class WakeFd {
+public:
+    WakeFd();  // throws StartupError
+    int fd() const { return fd_.get(); }
+    void raise();
+    void lower();
+
+private:
+    UniqueFd fd_;
+};
+
 class TimerFd {
 public:
     enum class Repeat { yes, once };

@@ -212,9 +212,7 @@ void replay_recording(const std::filesystem::path& dir, const core::RecordingMet
             const auto all = input.file.bytes();
             const std::size_t end = std::min(all.size(), input.offset + kReplaySlice);
             core::FrameReader reader(all.subspan(input.offset, end - input.offset));
-            std::span<const std::byte> record;
-            core::FrameStatus status;
-            while ((status = reader.next(record)) == core::FrameStatus::ok) pipeline.on_record(input.cpu, record);
+            const core::FrameStatus status = pipeline.on_frames(input.cpu, reader);
             if (status == core::FrameStatus::corrupt)
                 throw std::runtime_error(input.path.string() + ": corrupt frame at offset " +
                                          std::to_string(input.offset + reader.consumed()));

@@ -8,9 +8,17 @@
 // (live: "start of this drain minus a holdback"; replay: what every input has
 // passed). A record staged with a timestamp at or behind a watermark already
 // released is `late`: it is counted, and still released (first) next time.
+//
+// A release can also be taken in slices (the daemon answers queries between
+// them): begin_release(W) fixes what it covers, release_some(n) hands on the
+// next n records of it. The slices of one release, put end to end, are
+// exactly what release_until(W) would have handed on.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <span>
 #include <vector>
 
 #include "event.h"
@@ -21,82 +29,80 @@ class Merger {
 public:
     explicit Merger(unsigned cpu_count);
 
-    void stage(const Event& event);
+    void stage(const Event& event);  // inline below: once per record
+    // stage() of each record in turn, for records that all came from one CPU
+    // (events[0].cpu), at the cost of one copy.
+    void stage_from_one_cpu(std::span<const Event> events);
 
     // Appends to `out`, in timestamp order (ties by CPU, then by arrival), every
     // staged record with ts_ns <= watermark. Watermarks never go backwards: a
-    // smaller one than before releases nothing new.
+    // smaller one than before releases nothing new. A release in progress
+    // (begin_release) is finished first.
     void release_until(std::uint64_t watermark, std::vector<Event>& out);
-    // The same, handing each released record to sink(const Event&) in order
-    // instead of copying it out (the pipeline applies them directly).
-    template <class Sink>
-    void release_until(std::uint64_t watermark, Sink&& sink);
 
     // End of input: release everything that is staged.
     void release_all(std::vector<Event>& out);
 
+    // Sliced release. begin_release(W) (only when !releasing()) covers every
+    // record staged now with ts_ns <= W, and raises the lateness bar to W at
+    // once, as a one-shot release would. release_some(out) writes the next at
+    // most out.size() of them into `out` (a prefix of the merged order) and
+    // returns how many. A record staged while a release is in progress is not
+    // part of it: it goes out with the next release (late if at or behind W),
+    // just as if it had been staged after a one-shot release_until(W).
+    void begin_release(std::uint64_t watermark);
+    std::size_t release_some(std::span<Event> out);
+    bool releasing() const { return releasing_; }
+    std::size_t release_left() const { return left_; }
+
     std::uint64_t late() const { return late_; }
     std::size_t staged() const;
+    // Events the staging queues can hold without growing (their memory).
+    std::size_t staged_capacity() const;
     unsigned cpu_count() const { return static_cast<unsigned>(queues_.size()); }
 
-    // Forget staged records and counters (a fresh baseline).
+    // Forget staged records, a release in progress and counters (a fresh
+    // baseline).
     void reset();
 
+    // A queue whose capacity stays over kShrinkFactor times its recent demand
+    // (the most it held at a release, decaying by 1/8 per release) is cut to
+    // twice that demand: a burst's staging memory is returned within about ten
+    // releases (a second of live drains), while a steady rate keeps its
+    // capacity and does not reallocate every drain.
+    static constexpr std::size_t kShrinkFactor = 4;
+    static constexpr std::size_t kMinShrinkCapacity = 4096;  // events; below this, not worth a reallocation
+
 private:
-    std::size_t prepare_release(std::uint64_t& watermark);  // sorts, sizes ready_, returns their sum
-    void finish_release(std::uint64_t watermark);
+    void finish_release();
+    void shrink_if_oversized(std::size_t queue);
+    std::size_t merge_two(std::size_t a, std::size_t b, Event* out, std::size_t room);
+    std::size_t merge_many(Event* out, std::size_t room);
 
     struct Queue {
         std::vector<Event> events;
-        bool sorted = true;  // stays true while records arrive in order
+        bool sorted = true;          // stays true while records arrive in order
+        std::size_t ready = 0;       // records of the release in progress
+        std::size_t pos = 0;         // ... of which already handed on
+        std::size_t demand = 0;      // decaying peak of events.size() at a release
     };
 
     std::vector<Queue> queues_;
-    std::vector<std::size_t> ready_;  // per queue: records at or below the watermark
-    std::vector<std::size_t> pos_;    // per queue: records already released
     std::uint64_t released_watermark_ = 0;
     bool released_any_ = false;
+    bool releasing_ = false;
+    std::size_t left_ = 0;  // records of the release in progress not yet handed on
     std::uint64_t late_ = 0;
 };
 
-template <class Sink>
-void Merger::release_until(std::uint64_t watermark, Sink&& sink) {
-    std::size_t left = prepare_release(watermark);
-    // K-way merge of the ready prefixes. CPU counts are small (tens to
-    // hundreds), so a linear scan for the two smallest heads beats a heap's
-    // bookkeeping. Order is (timestamp, CPU): ties go to the lower CPU.
-    // "No candidate" is tracked by index, not by a UINT64_MAX timestamp
-    // sentinel: a record may legitimately carry that timestamp.
-    const std::size_t n = queues_.size();
-    const std::size_t none = n;
-    while (left > 0) {
-        std::size_t best = none, next = none;
-        std::uint64_t best_ts = 0, next_ts = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-            if (pos_[i] >= ready_[i]) continue;
-            const std::uint64_t ts = queues_[i].events[pos_[i]].ts_ns;
-            if (best == none || ts < best_ts) {
-                next = best;
-                next_ts = best_ts;
-                best = i;
-                best_ts = ts;
-            } else if (next == none || ts < next_ts) {
-                next = i;
-                next_ts = ts;
-            }
-        }
-        // Release the whole run of `best` that stays ahead of the next head.
-        const auto& events = queues_[best].events;
-        const std::size_t end = ready_[best];
-        std::size_t p = pos_[best];
-        do {
-            sink(events[p]);
-            ++p;
-        } while (p < end && (next == none || events[p].ts_ns < next_ts || (events[p].ts_ns == next_ts && best < next)));
-        left -= p - pos_[best];
-        pos_[best] = p;
-    }
-    finish_release(watermark);
+inline void Merger::stage(const Event& event) {
+    if (released_any_ && event.ts_ns <= released_watermark_) ++late_;
+    // A record from a CPU we were not told about (hot-plugged CPU, corrupt
+    // recording) still gets merged: it goes to the last queue rather than
+    // being dropped.
+    Queue& q = queues_[std::min<std::size_t>(event.cpu, queues_.size() - 1)];
+    if (!q.events.empty() && event.ts_ns < q.events.back().ts_ns) q.sorted = false;
+    q.events.push_back(event);
 }
 
 }  // namespace kleak::core

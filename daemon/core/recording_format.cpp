@@ -34,25 +34,6 @@ std::optional<std::string> decode_file_header(std::span<const std::byte> bytes, 
     return std::nullopt;
 }
 
-void append_frame(std::vector<std::byte>& out, std::span<const std::byte> record) {
-    const auto len = static_cast<std::uint32_t>(record.size());
-    const std::size_t at = out.size();
-    out.resize(at + sizeof len + record.size());
-    std::memcpy(out.data() + at, &len, sizeof len);
-    if (!record.empty()) std::memcpy(out.data() + at + sizeof len, record.data(), record.size());
-}
-
-FrameStatus FrameReader::next(std::span<const std::byte>& record) {
-    std::uint32_t len = 0;
-    if (bytes_.size() - pos_ < sizeof len) return FrameStatus::need_more;
-    std::memcpy(&len, bytes_.data() + pos_, sizeof len);
-    if (len > kMaxFrameSize) return FrameStatus::corrupt;
-    if (bytes_.size() - pos_ - sizeof len < len) return FrameStatus::need_more;
-    record = bytes_.subspan(pos_ + sizeof len, len);
-    pos_ += sizeof len + len;
-    return FrameStatus::ok;
-}
-
 namespace {
 
 // Exactly "0x" and hex digits, as hex() writes them: sscanf("0x%llx") would

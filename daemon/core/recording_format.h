@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "recording_frames.h"
 #include "symbolizer.h"
 
 namespace kleak::core {
@@ -26,7 +27,6 @@ namespace kleak::core {
 inline constexpr char kRecordingMagic[8] = {'K', 'L', 'E', 'A', 'K', 'R', 'E', 'C'};
 inline constexpr std::uint32_t kRecordingFormatVersion = 1;
 inline constexpr std::size_t kRecordingHeaderSize = 32;
-inline constexpr std::uint32_t kMaxFrameSize = 1u << 16;  // no record is near this
 
 struct RecordingFileHeader {
     std::uint32_t format_version = kRecordingFormatVersion;
@@ -39,23 +39,6 @@ std::string cpu_file_name(unsigned cpu);  // "kleak<cpu>"
 std::array<std::byte, kRecordingHeaderSize> encode_file_header(const RecordingFileHeader& header);
 // Error text, or nullopt on success.
 std::optional<std::string> decode_file_header(std::span<const std::byte> bytes, RecordingFileHeader& out);
-
-// Appends one frame to `out`.
-void append_frame(std::vector<std::byte>& out, std::span<const std::byte> record);
-
-enum class FrameStatus { ok, need_more, corrupt };
-
-// Reads frames out of a buffer that may end mid-frame (streaming replay).
-class FrameReader {
-public:
-    explicit FrameReader(std::span<const std::byte> bytes) : bytes_(bytes) {}
-    FrameStatus next(std::span<const std::byte>& record);
-    std::size_t consumed() const { return pos_; }
-
-private:
-    std::span<const std::byte> bytes_;
-    std::size_t pos_ = 0;
-};
 
 struct RecordingMeta {
     std::uint32_t format_version = kRecordingFormatVersion;

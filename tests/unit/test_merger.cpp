@@ -2,7 +2,10 @@
 // watermark, and `late` accounting.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
+#include <span>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -123,7 +126,8 @@ TEST(Merger, AddressReuseAcrossCpusInsideOneWindow) {
     EXPECT_EQ(tracker.totals().frees, 1u);
     const auto live = test::outstanding_by_ptr(tracker);
     ASSERT_EQ(live.size(), 1u);
-    EXPECT_EQ(live.at(kPtr), std::make_tuple(std::uint64_t{23'000}, kOtherAllocSite, std::uint32_t{96}));
+    // The tracker keeps birth times to 2^20 ns, rounded up (allocation_class.h).
+    EXPECT_EQ(live.at(kPtr), std::make_tuple(rounded_birth_ns(23'000), kOtherAllocSite, std::uint32_t{96}));
 }
 
 TEST(Merger, TiesBrokenByLowerCpuThenArrival) {
@@ -324,6 +328,251 @@ TEST(Merger, ZeroCpusMeansOneQueue) {
     EXPECT_EQ(merger.cpu_count(), 1u);
     merger.stage(tagged(1, 0));
     EXPECT_EQ(release(merger, 1).size(), 1u);
+}
+
+// --- sliced release ---------------------------------------------------------
+
+// A small deterministic generator (SplitMix64).
+class Prng {
+public:
+    explicit Prng(std::uint64_t seed) : state_(seed) {}
+    std::uint64_t below(std::uint64_t n) {
+        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
+        return (z ^ (z >> 31)) % n;
+    }
+
+private:
+    std::uint64_t state_;
+};
+
+// Drains of a 4-CPU stream read out of time order: each record reaches its
+// ring up to `skew` ns late, rings are read in bursts, and the watermark
+// trails the drain time by less than the skew, so some records are late.
+struct Drain {
+    std::vector<Event> staged;  // in the order they are staged
+    std::uint64_t watermark;
+};
+
+std::vector<Drain> adverse_drains(std::uint64_t seed, std::size_t drains) {
+    Prng rng(seed);
+    constexpr unsigned kCpus = 4;
+    constexpr std::uint64_t kSkew = 3000, kPeriod = 10'000, kHoldback = 1000;
+    std::vector<std::vector<std::pair<std::uint64_t, Event>>> rings(kCpus);  // (visible at, event)
+    std::uint64_t now = 0, tag = 0;
+    for (std::size_t i = 0; i < drains * 300; ++i) {
+        now += rng.below(60);  // ties happen
+        const auto cpu = static_cast<std::uint16_t>(rng.below(kCpus));
+        rings[cpu].emplace_back(now + rng.below(kSkew), tagged(now, cpu, ++tag));
+    }
+    for (auto& ring : rings)
+        std::stable_sort(ring.begin(), ring.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<Drain> out;
+    std::vector<std::size_t> pos(kCpus, 0);
+    for (std::size_t d = 1; d <= drains + 1; ++d) {
+        const std::uint64_t at = d * kPeriod * 2;
+        Drain drain{{}, at - kHoldback};
+        for (unsigned cpu = 0; cpu < kCpus; ++cpu) {
+            auto& ring = rings[(cpu + d) % kCpus];
+            auto& p = pos[(cpu + d) % kCpus];
+            while (p < ring.size() && ring[p].first <= at) drain.staged.push_back(ring[p++].second);
+        }
+        out.push_back(std::move(drain));
+    }
+    return out;
+}
+
+// One slice of at most `limit` records, appended to `out`; returns how many.
+std::size_t release_slice(Merger& merger, std::size_t limit, std::vector<Event>& out) {
+    std::vector<Event> slice(limit);
+    const std::size_t n = merger.release_some(slice);
+    out.insert(out.end(), slice.begin(), slice.begin() + static_cast<std::ptrdiff_t>(n));
+    return n;
+}
+
+struct Released {
+    std::vector<Event> events;
+    std::uint64_t late = 0;
+    std::size_t slices = 0;
+};
+
+Released one_shot(const std::vector<Drain>& drains) {
+    Merger merger(4);
+    Released out;
+    for (const Drain& drain : drains) {
+        for (const Event& e : drain.staged) merger.stage(e);
+        merger.release_until(drain.watermark, out.events);
+    }
+    merger.release_all(out.events);
+    out.late = merger.late();
+    return out;
+}
+
+// Each drain's release taken `slice` records at a time; the next drain stages
+// only once the release is over (what core::Pipeline guarantees).
+Released sliced(const std::vector<Drain>& drains, std::size_t slice) {
+    Merger merger(4);
+    Released out;
+    for (const Drain& drain : drains) {
+        for (const Event& e : drain.staged) merger.stage(e);
+        merger.begin_release(drain.watermark);
+        while (merger.releasing()) {
+            const std::size_t before = out.events.size();
+            const std::size_t left = merger.release_left();
+            release_slice(merger, slice, out.events);
+            EXPECT_EQ(out.events.size() - before, std::min(slice, left));
+            EXPECT_EQ(merger.releasing(), left > slice);
+            ++out.slices;
+        }
+    }
+    merger.release_all(out.events);
+    out.late = merger.late();
+    return out;
+}
+
+TEST(MergerSlices, SlicesAddUpToTheOneShotReleaseOnAnAdverseStream) {
+    const auto drains = adverse_drains(7, 40);
+    const Released reference = one_shot(drains);
+    ASSERT_GT(reference.late, 20u);  // the stream really is adverse
+    for (const std::size_t slice : {std::size_t{1}, std::size_t{2}, std::size_t{7}, std::size_t{100},
+                                    std::size_t{100'000}}) {
+        const Released got = sliced(drains, slice);
+        EXPECT_EQ(order_of(got.events), order_of(reference.events)) << "slice " << slice;
+        EXPECT_EQ(got.late, reference.late) << "slice " << slice;
+        if (slice == 7) EXPECT_GT(got.slices, drains.size() * 10);
+    }
+}
+
+TEST(MergerSlices, ReleaseUntilFinishesASlicedReleaseFirst) {
+    Merger merger(2);
+    for (std::uint64_t ts : {10, 30, 50}) merger.stage(tagged(ts, 0));
+    for (std::uint64_t ts : {20, 40}) merger.stage(tagged(ts, 1));
+    merger.begin_release(35);
+    std::vector<Event> out;
+    EXPECT_EQ(release_slice(merger, 1, out), 1u);
+    EXPECT_TRUE(merger.releasing());
+    EXPECT_EQ(merger.release_left(), 2u);
+    merger.release_until(100, out);
+    EXPECT_EQ(timestamps(out), (std::vector<std::uint64_t>{10, 20, 30, 40, 50}));
+    EXPECT_FALSE(merger.releasing());
+}
+
+TEST(MergerSlices, RecordStagedMidReleaseWaitsForTheNextReleaseAndIsLateBehindItsWatermark) {
+    Merger merger(2);
+    merger.stage(tagged(10, 0, 1));
+    merger.stage(tagged(20, 0, 2));
+    merger.begin_release(100);
+    std::vector<Event> out;
+    release_slice(merger, 1, out);
+    merger.stage(tagged(15, 1, 3));   // behind the release's watermark: late
+    merger.stage(tagged(150, 1, 4));  // ahead of it
+    EXPECT_EQ(merger.late(), 1u);
+    EXPECT_EQ(release_slice(merger, 10, out), 1u);
+    EXPECT_FALSE(merger.releasing());
+    EXPECT_EQ(order_of(out), (std::vector<std::tuple<std::uint64_t, int, std::uint64_t>>{{10, 0, 1}, {20, 0, 2}}));
+    merger.release_all(out);
+    EXPECT_EQ(timestamps(out), (std::vector<std::uint64_t>{10, 20, 15, 150}));
+}
+
+TEST(MergerSlices, EmptyReleaseIsOverAtOnceButStillMovesTheWatermark) {
+    Merger merger(1);
+    merger.stage(tagged(500, 0));
+    merger.begin_release(100);
+    EXPECT_FALSE(merger.releasing());
+    merger.stage(tagged(100, 0));
+    EXPECT_EQ(merger.late(), 1u);
+}
+
+TEST(MergerSlices, ResetDiscardsAReleaseInProgress) {
+    Merger merger(2);
+    for (std::uint64_t ts = 1; ts <= 10; ++ts) merger.stage(tagged(ts, ts % 2));
+    merger.begin_release(10);
+    std::vector<Event> out;
+    release_slice(merger, 3, out);
+    merger.reset();
+    EXPECT_FALSE(merger.releasing());
+    EXPECT_EQ(merger.release_left(), 0u);
+    EXPECT_EQ(merger.staged(), 0u);
+    EXPECT_EQ(release_slice(merger, 100, out), 0u);
+    merger.stage(tagged(5, 0));
+    EXPECT_EQ(merger.late(), 0u);
+    EXPECT_EQ(timestamps(release(merger, 5)), (std::vector<std::uint64_t>{5}));
+}
+
+TEST(MergerBulkStage, StagingFromOneCpuAtOnceEqualsStagingEachRecord) {
+    // Out of order within the CPU, behind and at the released watermark,
+    // and across two calls.
+    const std::vector<Event> first = {tagged(50, 1, 1), tagged(40, 1, 2), tagged(300, 1, 3)};
+    const std::vector<Event> second = {tagged(100, 1, 4), tagged(100, 1, 5), tagged(99, 1, 6), tagged(400, 1, 7)};
+    Merger each(2), bulk(2);
+    for (Merger* m : {&each, &bulk}) {
+        m->stage(tagged(10, 0, 8));
+        m->stage(tagged(60, 1, 9));
+        release(*m, 100);
+    }
+    for (const Event& e : first) each.stage(e);
+    for (const Event& e : second) each.stage(e);
+    bulk.stage_from_one_cpu(first);
+    bulk.stage_from_one_cpu(second);
+    bulk.stage_from_one_cpu({});
+    EXPECT_EQ(bulk.late(), each.late());
+    EXPECT_EQ(bulk.late(), 5u);
+    EXPECT_EQ(bulk.staged(), each.staged());
+    EXPECT_EQ(order_of(release_everything(bulk)), order_of(release_everything(each)));
+}
+
+// --- staging memory (bench/PROPOSALS.md P6) -----------------------------------
+
+TEST(MergerShrink, BurstCapacityIsReturnedAfterQuietReleases) {
+    Merger merger(2);
+    constexpr std::size_t kBurst = 200'000;
+    std::uint64_t ts = 0;
+    for (std::size_t i = 0; i < kBurst; ++i) merger.stage(tagged(++ts, static_cast<std::uint16_t>(i % 2)));
+    release(merger, ts);
+    const std::size_t after_burst = merger.staged_capacity();
+    EXPECT_GE(after_burst, kBurst);  // not at once: the next second may be as busy
+
+    // Quiet drains: a hundred records each. Most of the memory comes back
+    // within about ten of them, all but the floor within a few dozen.
+    std::size_t releases = 0;
+    std::size_t after_twelve = 0;
+    while (merger.staged_capacity() > 2 * Merger::kMinShrinkCapacity && releases < 100) {
+        for (int i = 0; i < 100; ++i) merger.stage(tagged(++ts, static_cast<std::uint16_t>(i % 2)));
+        release(merger, ts - 10);  // keeps a few staged
+        if (++releases == 12) after_twelve = merger.staged_capacity();
+    }
+    EXPECT_LE(merger.staged_capacity(), 2 * Merger::kMinShrinkCapacity);
+    EXPECT_LE(after_twelve, after_burst / 2);
+    EXPECT_LE(releases, 60u);
+    EXPECT_GE(releases, 5u);  // not on the first quiet release
+
+    // Shrinking kept what was staged, in order.
+    merger.stage(tagged(ts + 1, 0));
+    std::vector<Event> rest = release_everything(merger);
+    ASSERT_FALSE(rest.empty());
+    for (std::size_t i = 1; i < rest.size(); ++i) EXPECT_LT(rest[i - 1].ts_ns, rest[i].ts_ns);
+    EXPECT_EQ(rest.back().ts_ns, ts + 1);
+}
+
+TEST(MergerShrink, SteadyRateKeepsItsCapacity) {
+    // The same load every drain must not reallocate every drain.
+    Merger merger(1);
+    std::uint64_t ts = 0;
+    std::size_t lowest = std::numeric_limits<std::size_t>::max();
+    for (int drain = 0; drain < 50; ++drain) {
+        for (int i = 0; i < 50'000; ++i) merger.stage(tagged(++ts, 0));
+        release(merger, ts - 5'000);  // a holdback keeps a tenth staged
+        if (drain > 0) lowest = std::min(lowest, merger.staged_capacity());
+    }
+    EXPECT_GE(lowest, 50'000u);
+}
+
+TEST(MergerShrink, ResetReturnsStagingMemory) {
+    Merger merger(1);
+    for (std::uint64_t ts = 1; ts <= 100'000; ++ts) merger.stage(tagged(ts, 0));
+    merger.reset();
+    EXPECT_LE(merger.staged_capacity(), Merger::kMinShrinkCapacity);
 }
 
 }  // namespace

@@ -212,12 +212,17 @@ struct ReplayResult {
     std::uint64_t late = 0;
     std::uint64_t expected_late = 0;          // counted by the harness from what it staged
     std::unique_ptr<Pipeline> pipeline;       // fed the same frames on the same schedule
+    std::unique_ptr<Pipeline> sliced;         // the same, releasing in random slices (the daemon's way)
+    std::size_t slices = 0;
+    std::size_t unfinished = 0;               // releases still in progress when the next drain staged
 };
 
 ReplayResult replay(const Scenario& s, const std::vector<CpuRing>& rings, Prng& rng) {
     ReplayResult result;
     Merger merger(s.cpus);
     result.pipeline = std::make_unique<Pipeline>(s.cpus);
+    result.sliced = std::make_unique<Pipeline>(s.cpus);
+    Prng slice_rng(s.seed ^ 0x5eed);  // its own, so the drain schedule stays as it was
     std::vector<std::size_t> pos(s.cpus);
     std::vector<std::size_t> visible(s.cpus, 0);  // frames committed so far
     std::vector<unsigned> drain_order(s.cpus);
@@ -258,6 +263,7 @@ ReplayResult replay(const Scenario& s, const std::vector<CpuRing>& rings, Prng& 
                 if (released_any && event.ts_ns <= released_watermark) ++result.expected_late;
                 merger.stage(event);
                 result.pipeline->on_record(cpu, record);
+                result.sliced->on_record(cpu, record);  // maybe mid-release: waits for the next
             }
             EXPECT_EQ(status, FrameStatus::need_more);
             pos[cpu] += reader.consumed();
@@ -268,6 +274,12 @@ ReplayResult replay(const Scenario& s, const std::vector<CpuRing>& rings, Prng& 
             result.batches.emplace_back();
             merger.release_until(watermark, result.batches.back());
             result.pipeline->release_until(watermark);
+            // A few slices of 1..300 records, often leaving the rest for the
+            // next drain's first record to finish.
+            result.sliced->begin_release(watermark);
+            for (auto n = slice_rng.below(4); n > 0 && result.sliced->releasing(); --n, ++result.slices)
+                result.sliced->release_some(1 + slice_rng.below(300));
+            if (result.sliced->releasing()) ++result.unfinished;
             result.watermarks.push_back(watermark);
             released_any = true;
             released_watermark = std::max(released_watermark, watermark);
@@ -276,6 +288,7 @@ ReplayResult replay(const Scenario& s, const std::vector<CpuRing>& rings, Prng& 
     result.batches.emplace_back();
     merger.release_all(result.batches.back());
     result.pipeline->finish();
+    result.sliced->finish();
     result.watermarks.push_back(std::numeric_limits<std::uint64_t>::max());
     EXPECT_EQ(merger.staged(), 0u);
     result.late = merger.late();
@@ -402,6 +415,25 @@ TEST_P(PipelineReplay, CorePipelineAgreesWithMergerAndTracker) {
     std::vector<std::uint64_t> newest(GetParam().cpus, 0);
     for (const Event& e : stream.events) newest[e.cpu] = std::max(newest[e.cpu], e.ts_ns);
     for (unsigned cpu = 0; cpu < GetParam().cpus; ++cpu) EXPECT_EQ(pipeline.newest_ts(cpu), newest[cpu]) << cpu;
+}
+
+TEST_P(PipelineReplay, SlicedReleaseTracksExactlyLikeOneShotRelease) {
+    const Pipeline& one_shot = *result.pipeline;
+    const Pipeline& sliced = *result.sliced;
+    EXPECT_GT(result.slices, result.batches.size() / 2);
+    EXPECT_GT(result.unfinished, 10u);
+    EXPECT_EQ(sliced.records(), one_shot.records());
+    EXPECT_EQ(sliced.late(), one_shot.late());
+    EXPECT_EQ(sliced.staged(), 0u);
+    EXPECT_FALSE(sliced.releasing());
+    expect_same_tracker(sliced.tracker(), one_shot.tracker());
+    // Sites are interned in the order records reach the tracker: the same
+    // list in the same order says the records came in the same order.
+    const auto& got = sliced.tracker().sites();
+    const auto& expected = one_shot.tracker().sites();
+    ASSERT_EQ(got.size(), expected.size());
+    for (std::size_t i = 0; i < got.size(); ++i)
+        EXPECT_EQ(test::site_fields(got[i]), test::site_fields(expected[i])) << "site " << i;
 }
 
 TEST_P(OnTimeReplay, NothingIsLate) {

@@ -1,0 +1,51 @@
+// decode_record() for the hot path: allocation and free records, the bulk of
+// every stream, are decoded inline here (no call, no switch over every kind);
+// anything else, or anything short, goes to decode_record(), so the results
+// are the same for every input (tests/unit/test_fast_decode.cpp holds it to
+// that).
+#pragma once
+
+#include <cstring>
+#include <span>
+
+#include "event.h"
+#include "kleak_abi.h"
+
+namespace kleak::core {
+
+inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
+    if (bytes.size() >= sizeof(kleak_alloc_record)) {
+        kleak_alloc_record rec;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        if (rec.hdr.kind == KLEAK_KMALLOC || rec.hdr.kind == KLEAK_CACHE_ALLOC) {
+            out.ts_ns = rec.hdr.ts_ns;
+            out.ptr = rec.ptr;
+            out.call_site = rec.call_site;
+            out.bytes_req = rec.bytes_req;
+            out.bytes_alloc = rec.bytes_alloc;
+            out.gfp_flags = rec.gfp_flags;
+            out.tgid = rec.hdr.tgid;
+            out.tid = rec.tid;
+            out.kind = static_cast<EventKind>(rec.hdr.kind);
+            out.cpu = cpu;
+            return DecodeStatus::ok;
+        }
+    }
+    if (bytes.size() >= sizeof(kleak_free_record)) {
+        kleak_free_record rec;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE) {
+            out.ts_ns = rec.hdr.ts_ns;
+            out.ptr = rec.ptr;
+            out.call_site = rec.call_site;
+            out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+            out.tgid = rec.hdr.tgid;
+            out.kind = static_cast<EventKind>(rec.hdr.kind);
+            out.cpu = cpu;
+            return DecodeStatus::ok;
+        }
+    }
+    return decode_record(bytes, cpu, out);
+}
+
+}  // namespace kleak::core

@@ -1,0 +1,231 @@
+// `kleakd report`'s fast path (frames decoded in bulk by Pipeline::on_frames,
+// merged into chunks, tracked on a second thread by TrackingThread) against
+// the reference path (one on_record() per frame, tracked on the merging
+// thread, the reader loop as it was): identical reports, late and record
+// counts, on a recording large enough to take several merge rounds, with
+// in-CPU inversions, late records, undecodable frames and printk records.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <memory>
+
+#include "app/recording_io.h"
+#include "app/tracking_thread.h"
+#include "core/recording_format.h"
+#include "core/report.h"
+#include "kleak_abi.h"
+#include "test_helpers.h"
+
+namespace kleak {
+namespace {
+
+using core::Event;
+using core::EventKind;
+
+const std::filesystem::path kFixture = std::filesystem::path(KLEAK_FIXTURES_DIR) / "recording-pipes";
+
+class Prng {
+public:
+    explicit Prng(std::uint64_t seed) : state_(seed) {}
+    std::uint64_t below(std::uint64_t n) {
+        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
+        return (z ^ (z >> 31)) % n;
+    }
+
+private:
+    std::uint64_t state_;
+};
+
+// ~6 MB per CPU file (more than one 4 MiB merge round), 2 CPUs.
+std::filesystem::path write_recording(const std::string& name) {
+    const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                      ("kleakd-threaded-replay-" + name + "-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    constexpr unsigned kCpus = 2;
+    RecordingWriter writer(dir, kCpus);
+    Prng rng(11);
+    std::vector<std::uint64_t> live;
+    std::uint64_t ts = 1'000'000, next_ptr = 0xffff888000000000;
+    for (int i = 0; i < 300'000; ++i) {
+        ts += 1 + rng.below(200);
+        const auto cpu = static_cast<std::uint16_t>(rng.below(kCpus));
+        // A record committed a little out of order within its CPU, sometimes
+        // far enough to be late behind the holdback.
+        const std::uint64_t when = rng.below(50) == 0 ? ts - rng.below(3'000'000) : ts;
+        std::vector<std::byte> bytes;
+        const auto roll = rng.below(100);
+        if (roll < 2) {
+            bytes = test::printk_record({.ts = when, .text = "<6>a kernel line\n", .tgid = 1, .tid = 2});
+        } else if (roll < 3) {
+            bytes = test::encode_event(test::free_event({.ts = when, .ptr = 1}));
+            bytes.resize(20);  // undecodable
+        } else if (roll < 55 || live.empty()) {
+            const std::uint64_t ptr = rng.below(4) == 0 && !live.empty() ? live[rng.below(live.size())] : (next_ptr += 64);
+            live.push_back(ptr);
+            bytes = test::encode_event(test::alloc_event({.ts = when, .cpu = cpu, .ptr = ptr,
+                                                          .site = 0xffffffff81000000 + rng.below(300) * 64,
+                                                          .req = static_cast<std::uint32_t>(1 + rng.below(900)),
+                                                          .alloc = 1024, .kind = rng.below(2) ? EventKind::kmalloc
+                                                                                              : EventKind::cache_alloc}));
+        } else {
+            const std::size_t k = rng.below(live.size());
+            const std::uint64_t ptr = rng.below(20) == 0 ? 0xdead0000 + rng.below(1000) : live[k];
+            live[k] = live.back();
+            live.pop_back();
+            bytes = test::encode_event(
+                test::free_event({.ts = when, .cpu = cpu, .ptr = ptr, .site = 0xffffffff82000000 + rng.below(50) * 64}));
+        }
+        writer.on_record(cpu, bytes);
+        if (i % 10'000 == 0) writer.flush();
+    }
+    core::RecordingMeta meta;
+    meta.abi_version = KLEAK_ABI_VERSION;
+    meta.kleakd_version = "test";
+    meta.cpus = kCpus;
+    meta.buffer_size = 8 << 20;
+    meta.dropped_per_cpu.assign(kCpus, 0);
+    core::FixedSymbolizer symbols({});
+    EXPECT_TRUE(writer.finish(meta, symbols));
+    return dir;
+}
+
+// The reader loop as it was before the fast path: the same rounds and
+// watermarks, one on_record() per frame.
+void reference_replay(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
+                      std::uint64_t holdback_ns) {
+    constexpr std::size_t kSlice = 4 << 20;
+    std::vector<std::vector<std::byte>> files;
+    std::vector<std::size_t> offsets(meta.cpus, core::kRecordingHeaderSize);
+    for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
+        std::ifstream in(dir / core::cpu_file_name(cpu), std::ios::binary);
+        std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        files.emplace_back(reinterpret_cast<const std::byte*>(chars.data()),
+                           reinterpret_cast<const std::byte*>(chars.data()) + chars.size());
+    }
+    std::vector<bool> done(meta.cpus, false);
+    bool any_open = true;
+    while (any_open) {
+        any_open = false;
+        for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
+            if (done[cpu]) continue;
+            const std::size_t end = std::min(files[cpu].size(), offsets[cpu] + kSlice);
+            core::FrameReader reader(std::span(files[cpu]).subspan(offsets[cpu], end - offsets[cpu]));
+            std::span<const std::byte> record;
+            while (reader.next(record) == core::FrameStatus::ok) pipeline.on_record(cpu, record);
+            offsets[cpu] += reader.consumed();
+            if (end == files[cpu].size()) {
+                done[cpu] = true;
+            } else {
+                any_open = true;
+            }
+        }
+        std::uint64_t watermark = std::numeric_limits<std::uint64_t>::max();
+        for (unsigned cpu = 0; cpu < meta.cpus; ++cpu)
+            if (!done[cpu]) watermark = std::min(watermark, pipeline.newest_ts(cpu));
+        if (any_open) pipeline.release_until(watermark > holdback_ns ? watermark - holdback_ns : 0);
+    }
+    pipeline.finish();
+}
+
+struct Outcome {
+    nlohmann::json report;
+    std::uint64_t records, late, undecodable, lines;
+};
+
+Outcome outcome(const core::Pipeline& pipeline, const core::RecordingMeta& meta, std::uint64_t lines) {
+    core::FixedSymbolizer symbols(meta.symbols);
+    const auto losses = core::make_losses(meta.dropped_per_cpu, pipeline.late(), pipeline.undecodable(),
+                                          meta.buffer_size, meta.peak_backlog_bytes);
+    return {core::report_to_json(core::build_report(pipeline.tracker(), losses, symbols)), pipeline.records(),
+            pipeline.late(), pipeline.undecodable(), lines};
+}
+
+constexpr auto kHoldback = std::chrono::microseconds(10);
+
+Outcome reference_outcome(const std::filesystem::path& dir, bool printk) {
+    const auto meta = read_recording_meta(dir);
+    auto pipeline = std::make_unique<core::Pipeline>(meta.cpus);
+    std::uint64_t lines = 0;
+    if (printk) pipeline->set_printk_sink([&lines](core::PrintkLine&&) { ++lines; });
+    reference_replay(dir, meta, *pipeline, std::chrono::nanoseconds(kHoldback).count());
+    return outcome(*pipeline, meta, lines);
+}
+
+Outcome fast_outcome(const std::filesystem::path& dir, bool printk) {
+    const auto meta = read_recording_meta(dir);
+    auto pipeline = std::make_unique<core::Pipeline>(meta.cpus);
+    std::uint64_t lines = 0;
+    if (printk) pipeline->set_printk_sink([&lines](core::PrintkLine&&) { ++lines; });
+    TrackingThread tracking(*pipeline);
+    replay_recording(dir, meta, *pipeline, kHoldback);
+    tracking.finish();
+    return outcome(*pipeline, meta, lines);
+}
+
+void expect_same(const Outcome& got, const Outcome& expected) {
+    EXPECT_EQ(got.records, expected.records);
+    EXPECT_EQ(got.late, expected.late);
+    EXPECT_EQ(got.undecodable, expected.undecodable);
+    EXPECT_EQ(got.lines, expected.lines);
+    EXPECT_EQ(got.report.dump(1), expected.report.dump(1));
+}
+
+class ThreadedReplay : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() { dir_ = new std::filesystem::path(write_recording("synthetic")); }
+    static void TearDownTestSuite() {
+        std::filesystem::remove_all(*dir_);
+        delete dir_;
+    }
+    static std::filesystem::path* dir_;
+};
+std::filesystem::path* ThreadedReplay::dir_ = nullptr;
+
+TEST_F(ThreadedReplay, RecordingIsAdverseAndSpansSeveralMergeRounds) {
+    EXPECT_GT(std::filesystem::file_size(*dir_ / "kleak0"), std::size_t{5} << 20);
+    const Outcome reference = reference_outcome(*dir_, true);
+    EXPECT_GT(reference.late, 100u);
+    EXPECT_GT(reference.undecodable, 1000u);
+    EXPECT_GT(reference.lines, 1000u);
+    EXPECT_GT(reference.report.at("totals").at("unmatched_frees").get<std::uint64_t>(), 100u);
+}
+
+TEST_F(ThreadedReplay, SameReportAsTheReferencePath) {
+    expect_same(fast_outcome(*dir_, false), reference_outcome(*dir_, false));
+}
+
+TEST_F(ThreadedReplay, WithAPrintkSinkTrackingStaysOnTheMergingThreadAndAgrees) {
+    expect_same(fast_outcome(*dir_, true), reference_outcome(*dir_, true));
+}
+
+TEST_F(ThreadedReplay, ReplayWithoutTheThreadAgreesToo) {
+    const auto meta = read_recording_meta(*dir_);
+    core::Pipeline pipeline(meta.cpus);
+    replay_recording(*dir_, meta, pipeline, kHoldback);
+    expect_same(outcome(pipeline, meta, 0), reference_outcome(*dir_, false));
+}
+
+TEST(ThreadedReplayFixture, RealRecordingGivesTheSameReport) {
+    expect_same(fast_outcome(kFixture, false), reference_outcome(kFixture, false));
+    expect_same(fast_outcome(kFixture, true), reference_outcome(kFixture, true));
+}
+
+TEST(ThreadedReplayFixture, FinishIsIdempotentAndTheDestructorFinishes) {
+    const auto meta = read_recording_meta(kFixture);
+    core::Pipeline pipeline(meta.cpus);
+    {
+        TrackingThread tracking(pipeline);
+        replay_recording(kFixture, meta, pipeline, kHoldback);
+    }  // no finish(): the destructor must hand over and join
+    const Outcome reference = reference_outcome(kFixture, false);
+    expect_same(outcome(pipeline, meta, 0), reference);
+}
+
+}  // namespace
+}  // namespace kleak
