@@ -218,8 +218,10 @@ static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 
 	if (b->len > KLEAK_BATCH_BYTES - size)
 		flush(b);
 	len = b->len;
-	if (len > KLEAK_BATCH_BYTES - size) /* for the verifier: flush() emptied it */
+	if (len > KLEAK_BATCH_BYTES - size) { /* for the verifier: flush() emptied it */
+		b->busy = 0;
 		return NULL;
+	}
 	if (len == 0)
 		b->oldest_ts = now;
 	return b->data + len;
@@ -422,7 +424,12 @@ int BPF_PROG(kleak__kmem_cache_free, unsigned long call_site, const void *ptr)
 {
 	struct batch *b = this_cpu_batch();
 
-	if (!b)
+	/*
+	 * Set: this program is nesting in itself, which kernels before the
+	 * per-program recursion guard for raw tracepoints allow. The nested
+	 * program below records this event; leave the outer run's flag alone.
+	 */
+	if (!b || b->in_cache_free)
 		return 0;
 	b->in_cache_free = 1;
 	barrier();
@@ -468,7 +475,8 @@ int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void 
  * each CPU (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU) before every drain,
  * so a CPU that went idle does not keep its last records. On another CPU it
  * runs in an IPI: if it interrupted a kleak program holding the batch, that
- * program flushes when it lets go.
+ * program flushes when it lets go, and this returns 1 so that user space
+ * waits for it. Returns 0 once the batch is in the ring.
  */
 SEC("raw_tp")
 int kleak__flush(void *ctx)
@@ -479,7 +487,7 @@ int kleak__flush(void *ctx)
 		return 0;
 	if (b->busy) {
 		b->flush_pending = 1;
-		return 0;
+		return 1; /* user space runs us again until the holder has flushed */
 	}
 	b->busy = 1;
 	barrier();

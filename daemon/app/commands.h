@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "app/priority.h"
 #include "app/tracing_session.h"
 #include "kernel/bpf_tracer.h"
 
@@ -20,6 +21,7 @@ struct TraceCommand {
     std::size_t top = 10;
     bool json = false;
     std::filesystem::path kallsyms = "/proc/kallsyms";
+    int nice = kTracingNice;
 };
 
 struct RecordCommand {
@@ -28,19 +30,26 @@ struct RecordCommand {
     std::filesystem::path output;
     std::chrono::seconds duration{0};  // 0: until SIGINT/SIGTERM
     std::filesystem::path kallsyms = "/proc/kallsyms";
+    int nice = kTracingNice;
 };
+
+// How far back in time a record may sit in a recorded CPU file behind a
+// newer one. A record that interrupted a kleak program goes to the ring
+// directly, ahead of the CPU's batch, whose oldest record can be up to a
+// drain period (100 ms by default) older when the drain's flush pushes it.
+inline constexpr std::chrono::milliseconds kReplayHoldback{250};
 
 struct ReportCommand {
     std::filesystem::path dir;
     std::size_t top = 0;  // 0: every row
     bool json = false;
-    std::chrono::milliseconds holdback{10};
+    std::chrono::milliseconds holdback = kReplayHoldback;
 };
 
 struct PrintkCommand {
     std::filesystem::path dir;
     bool json = false;
-    std::chrono::milliseconds holdback{10};
+    std::chrono::milliseconds holdback = kReplayHoldback;
 };
 
 int run_trace(const TraceCommand& command);

@@ -22,7 +22,7 @@ struct BufferSizeOption {
 
     void add_to(CLI::App& app) {
         app.add_option("--buffer-size,-b", text,
-                       "Ring buffer size per CPU: a power of two from 4K to 1G (K, M, G suffixes)")
+                       "Ring buffer size per CPU: a power of two from 16K to 1G (K, M, G suffixes)")
             ->default_str("8M")
             ->check(CLI::Validator(
                 [](std::string& value) {
@@ -48,8 +48,13 @@ void add_timing_options(CLI::App& app, kleak::SessionTiming& timing) {
     app.add_option("--holdback-ms", timing.holdback, "How long a record may take to commit")->group("");
 }
 
-void add_tracer_tuning(CLI::App& app, kleak::SessionTiming& timing, kleak::TracerOptions& tracer) {
+void add_tracer_tuning(CLI::App& app, kleak::SessionTiming& timing, kleak::TracerOptions& tracer, int& nice) {
     add_timing_options(app, timing);
+    app.add_option("--nice", nice,
+                   "Run at this nice value, or lower if already lower: kleakd must get CPU when the traced load "
+                   "saturates every CPU, or its rings overflow")
+        ->check(CLI::Range(-20, 19))
+        ->capture_default_str();
     app.add_option("--wakeup-backlog", tracer.wakeup_backlog_bytes,
                    "Ring bytes that force a consumer wake-up (default: half the ring)")
         ->group("");
@@ -101,7 +106,7 @@ int main(int argc, char** argv) {
     trace_cmd->add_flag("--json", trace.json, "Print the final report as JSON on stdout (live tables go to stderr)");
     trace_buffer.add_to(*trace_cmd);
     add_allocator_flags(*trace_cmd, trace.tracer);
-    add_tracer_tuning(*trace_cmd, trace.timing, trace.tracer);
+    add_tracer_tuning(*trace_cmd, trace.timing, trace.tracer, trace.nice);
     trace_cmd
         ->add_option("--sample-shift", trace.tracer.sample_shift,
                      "Trace 1 in 2^N allocations, chosen by a hash of the pointer, so every kept allocation's "
@@ -130,7 +135,7 @@ int main(int argc, char** argv) {
     add_allocator_flags(*record_cmd, record.tracer);
     record.tracer.trace_printk = true;
     record_cmd->add_flag("!--no-printk", record.tracer.trace_printk, "Do not record the kernel log (printk:console)");
-    add_tracer_tuning(*record_cmd, record.timing, record.tracer);
+    add_tracer_tuning(*record_cmd, record.timing, record.tracer, record.nice);
 
     kleak::ReportCommand report;
     auto* report_cmd = app.add_subcommand("report", "Replay a recording and print its kleak report");

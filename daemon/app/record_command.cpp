@@ -18,6 +18,7 @@ int run_record(const RecordCommand& command) {
     SignalFd signals{SIGINT, SIGTERM};
     RecordingWriter writer(command.output, possible_cpus());
     TracingSession session(command.tracer, writer);
+    raise_priority_to(command.nice);  // after start-up: its errors come first
 
     core::RecordingMeta meta;
     meta.abi_version = KLEAK_ABI_VERSION;

@@ -82,6 +82,7 @@ int run_trace(const TraceCommand& command) {
     PipelineSink sink(pipeline);
     auto symbolizer = make_kallsyms_symbolizer(command.kallsyms);
     TracingSession session(command.tracer, sink);
+    raise_priority_to(command.nice);  // after start-up: its errors come first
     spdlog::info("tracing {} with a {} ring per CPU on {} CPUs; Ctrl-C prints the report",
                  join(session.tracer().attached()), core::format_size(command.tracer.buffer_size), session.cpu_count());
 

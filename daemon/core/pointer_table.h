@@ -118,12 +118,23 @@ private:
     };
     static constexpr std::size_t kMinCapacity = 16;
 
+    // The splitmix64 finalizer, top bits. Not the Fibonacci multiply the BPF
+    // programs sample pointers with (--sample-shift keeps the pointers whose
+    // ptr * 0x9E37... has its top bits zero): with the same hash, every kept
+    // pointer would have its home in the first 1/2^shift of the table.
     std::size_t home(std::uint64_t key) const {
-        return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ULL) >> shift_);
+        key = (key ^ (key >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        key = (key ^ (key >> 27)) * 0x94D049BB133111EBULL;
+        key ^= key >> 31;
+        return static_cast<std::size_t>(key >> shift_);
     }
 
     void allocate(std::size_t capacity) {
-        slots_ = std::make_unique<Slot[]>(capacity);  // value-initialized: all empty
+        adopt(std::make_unique<Slot[]>(capacity), capacity);  // value-initialized: all empty
+    }
+
+    void adopt(std::unique_ptr<Slot[]> slots, std::size_t capacity) {
+        slots_ = std::move(slots);
         mask_ = capacity - 1;
         shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(capacity));
         grow_at_ = capacity / 4 * 3;
@@ -131,10 +142,12 @@ private:
     }
 
     void grow() {
-        const std::unique_ptr<Slot[]> old = std::move(slots_);
         const std::size_t old_capacity = capacity();
         const std::size_t entries = size_;
-        allocate(old_capacity * 2);
+        // Allocate first: if that throws, the table is still whole.
+        auto bigger = std::make_unique<Slot[]>(old_capacity * 2);
+        const std::unique_ptr<Slot[]> old = std::move(slots_);
+        adopt(std::move(bigger), old_capacity * 2);
         for (std::size_t k = 0; k < old_capacity; ++k) {
             if (old[k].key == 0) continue;
             std::size_t i = home(old[k].key);

@@ -54,7 +54,7 @@ std::optional<std::string> check_syntax_and_range(std::string_view text, SizeSyn
 }  // namespace
 
 SizeParse parse_buffer_size(std::string_view text) {
-    const std::string valid = "a power of two from 4K to 1G, e.g. 8M, 512K, 65536";
+    const std::string valid = "a power of two from 16K to 1G, e.g. 8M, 512K, 65536";
     std::uint64_t bytes = 0;
     const SizeSyntax syntax = parse_size_syntax(text, bytes);
     if (auto error = check_syntax_and_range(text, syntax, bytes, kMinBufferSize, kMaxBufferSize, valid))

@@ -9,7 +9,7 @@
 
 namespace kleak::core {
 
-constexpr std::uint64_t kMinBufferSize = 4096;                    // one page
+constexpr std::uint64_t kMinBufferSize = 16384;  // a few 4 KiB record batches (KLEAK_BATCH_BYTES)
 constexpr std::uint64_t kMaxBufferSize = std::uint64_t{1} << 30;  // 1 GiB per CPU
 constexpr std::uint64_t kDefaultBufferSize = std::uint64_t{8} << 20;
 
@@ -19,7 +19,7 @@ struct SizeParse {
 };
 
 // "8M", "512k", "1G", "65536", "4KiB": a BPF ring must be a power of two and a
-// multiple of the page size, from 4K to 1G.
+// multiple of the page size, from 16K to 1G.
 SizeParse parse_buffer_size(std::string_view text);
 
 // Any byte count from `min` to `max`, in the same notation as

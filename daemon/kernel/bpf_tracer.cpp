@@ -5,17 +5,23 @@
 #include <bpf/libbpf.h>
 #include <linux/capability.h>
 #include <spdlog/spdlog.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "core/sizes.h"
 #include "kernel/startup_error.h"
 #include "kleak.skel.h"
 #include "kleak_abi.h"
 
 namespace kleak {
+
+// Even the smallest ring has room for two batches (with their 8-byte ring
+// headers) past its default wake-up threshold, and that threshold is positive.
+static_assert(core::kMinBufferSize > 2 * (KLEAK_BATCH_BYTES + 8));
 
 std::string describe_errno(const std::string& what, int negative_errno) {
     const int err = negative_errno < 0 ? -negative_errno : negative_errno;
@@ -138,8 +144,12 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 
     // Wake the consumer only when a ring is half full; the daemon drains on a
     // timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c).
+    // The default leaves room for at least two more batches after the one
+    // that crosses it, so a small ring wakes its consumer before it is full.
     skel_->rodata->wakeup_backlog_bytes =
-        options.wakeup_backlog_bytes != 0 ? options.wakeup_backlog_bytes : options.buffer_size / 2;
+        options.wakeup_backlog_bytes != 0
+            ? options.wakeup_backlog_bytes
+            : std::min(options.buffer_size / 2, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
     if (options.sample_shift > kMaxSampleShift)
         throw StartupError("sample shift " + std::to_string(options.sample_shift) + " is out of range (0 to " +
                            std::to_string(kMaxSampleShift) + ")");
@@ -268,15 +278,32 @@ std::vector<ProgramStats> BpfTracer::program_stats() const {
     return stats;
 }
 
-void BpfTracer::detach() { kleak_bpf__detach(skel_.get()); }
+void BpfTracer::detach() {
+    kleak_bpf__detach(skel_.get());
+    // Unregistering a tracepoint probe does not wait for runs already in
+    // progress on other CPUs; one could still write its batch after the
+    // final flush. Tracepoint probes run with preemption off, so an RCU
+    // grace period, which MEMBARRIER_CMD_GLOBAL waits for, outlasts them.
+    ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+}
 
 int BpfTracer::run_flush_on_every_cpu() {
     const int prog_fd = bpf_program__fd(skel_->progs.kleak__flush);
     int first_error = 0;
     for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
         LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
-        // ENXIO: a possible CPU that is offline has no batch to flush.
-        if (bpf_prog_test_run_opts(prog_fd, &opts) != 0 && errno != ENXIO && first_error == 0) first_error = -errno;
+        // kleak__flush returns 1 when it interrupted a kleak program holding
+        // the batch: that program flushes when it resumes, microseconds
+        // later. Wait for it, or those records would miss this drain.
+        // ENXIO: the CPU is offline. Records it held when it went down stay
+        // in its batch until it comes back (they then arrive late).
+        int busy_rounds = 0;
+        do {
+            if (bpf_prog_test_run_opts(prog_fd, &opts) != 0) {
+                if (errno != ENXIO && first_error == 0) first_error = -errno;
+                break;
+            }
+        } while (opts.retval == 1 && ++busy_rounds < 1000);
     }
     return first_error;
 }

@@ -133,9 +133,9 @@ TEST(KernelTrace, DetachLeavesNoProgramsBehind) {
 TEST(KernelRecord, TinyBufferOverflowIsCountedAndAdvised) {
     REQUIRE_KERNEL();
     const fs::path dir = Kleakd::make_temp_dir() / "rec";
-    // 4K holds under a hundred records; with no early wake-up and a drain
-    // every 2 s the burst below must overflow it.
-    Kleakd recorder({"record", "--output", dir.string(), "--buffer-size", "4K", "--drain-ms", "2000",
+    // 16K (the smallest ring) holds a few hundred records; with no early
+    // wake-up and a drain every 2 s the burst below must overflow it.
+    Kleakd recorder({"record", "--output", dir.string(), "--buffer-size", "16K", "--drain-ms", "2000",
                      "--wakeup-backlog", "1073741824"});
     ASSERT_TRUE(recorder.wait_for_stderr("recording to")) << recorder.stop().err;
     for (int round = 0; round < 20; ++round) HeldPipes pipes(kPipes);
@@ -147,7 +147,7 @@ TEST(KernelRecord, TinyBufferOverflowIsCountedAndAdvised) {
     ASSERT_EQ(rep.exit_code, 0) << rep.err;
     const json report = json::parse(rep.out);
     EXPECT_GT(report.at("losses").at("dropped").get<std::uint64_t>(), 0u);
-    EXPECT_GT(report.at("losses").at("suggested_buffer_size").get<std::uint64_t>(), 4096u);
+    EXPECT_GT(report.at("losses").at("suggested_buffer_size").get<std::uint64_t>(), 16384u);
     const Result text = run_to_end({"report", dir.string()});
     EXPECT_NE(text.out.find("would have held the burst"), std::string::npos) << text.out;
     fs::remove_all(dir.parent_path());

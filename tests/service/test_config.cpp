@@ -531,7 +531,7 @@ TEST(Config, InForceRoundTripsThroughTheParser) {
     Settings custom;
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
     custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
-    custom.tracing = {4096, true, false};
+    custom.tracing = {16384, true, false};
     custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";
     Settings byte_exact;  // sizes with no exact K/M/G form go out as plain byte counts

@@ -32,7 +32,7 @@ Tracker example() {
 }
 
 LeaksResult run(const Tracker& tracker, LeaksQuery query) {
-    FixedSymbolizer symbols({{kSiteA, {"alloc_a", kSiteA}}, {kSiteB, {"alloc_b", kSiteB}}});
+    FixedSymbolizer symbols({{kSiteA, {"alloc_a", kSiteA, ""}}, {kSiteB, {"alloc_b", kSiteB, ""}}});
     return query_leaks(tracker, query, symbols);
 }
 

@@ -105,7 +105,9 @@ TEST(PointerTable, MatchesAReferenceMapUnderRandomChurn) {
                     const std::uint64_t* value = table.find(k);
                     const auto it = reference.find(k);
                     ASSERT_EQ(value != nullptr, it != reference.end()) << "op " << op;
-                    if (value != nullptr) ASSERT_EQ(*value, it->second);
+                    if (value != nullptr) {
+                        ASSERT_EQ(*value, it->second);
+                    }
                 }
             }
             ASSERT_EQ(table.size(), reference.size());

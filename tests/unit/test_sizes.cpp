@@ -30,10 +30,10 @@ TEST_P(ParseBufferSizeAccepts, ExactBytes) {
 INSTANTIATE_TEST_SUITE_P(Sizes, ParseBufferSizeAccepts,
                          ::testing::Values(Accepted{"8M", 8 * MiB}, Accepted{"8m", 8 * MiB},
                                            Accepted{"512K", 512 * KiB}, Accepted{"512k", 512 * KiB},
-                                           Accepted{"4KiB", 4 * KiB}, Accepted{"4kib", 4 * KiB},
+                                           Accepted{"16KiB", 16 * KiB}, Accepted{"16kib", 16 * KiB},
                                            Accepted{"16MB", 16 * MiB}, Accepted{"1G", GiB},
                                            Accepted{"1GiB", GiB}, Accepted{"65536", 65536},
-                                           Accepted{"4096", 4096}, Accepted{"4096B", 4096}));
+                                           Accepted{"16384", 16384}, Accepted{"16384B", 16384}));
 
 struct Rejected {
     const char* text;
@@ -50,7 +50,7 @@ TEST_P(ParseBufferSizeRejects, WithAMessage) {
     EXPECT_NE(parsed.error.find(GetParam().reason), std::string::npos) << parsed.error;
     // The message quotes the input and says what would be valid.
     EXPECT_NE(parsed.error.find("'" + std::string(GetParam().text) + "'"), std::string::npos) << parsed.error;
-    EXPECT_NE(parsed.error.find("a power of two from 4K to 1G"), std::string::npos) << parsed.error;
+    EXPECT_NE(parsed.error.find("a power of two from 16K to 1G"), std::string::npos) << parsed.error;
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, ParseBufferSizeRejects,
@@ -65,13 +65,13 @@ INSTANTIATE_TEST_SUITE_P(Sizes, ParseBufferSizeRejects,
 
 TEST(ParseBufferSize, ExactMessages) {
     EXPECT_EQ(parse_buffer_size("3M").error,
-              "'3M' is not a power of two (BPF ring buffers must be); use a power of two from 4K to 1G, e.g. 8M, "
+              "'3M' is not a power of two (BPF ring buffers must be); use a power of two from 16K to 1G, e.g. 8M, "
               "512K, 65536");
-    EXPECT_EQ(parse_buffer_size("").error, "'' is not a size; use a power of two from 4K to 1G, e.g. 8M, 512K, 65536");
+    EXPECT_EQ(parse_buffer_size("").error, "'' is not a size; use a power of two from 16K to 1G, e.g. 8M, 512K, 65536");
 }
 
 TEST(ParseBufferSize, LimitsMatchTheConstants) {
-    EXPECT_EQ(parse_buffer_size("4K").bytes, kMinBufferSize);
+    EXPECT_EQ(parse_buffer_size("16K").bytes, kMinBufferSize);
     EXPECT_EQ(parse_buffer_size("1G").bytes, kMaxBufferSize);
     EXPECT_EQ(parse_buffer_size("8M").bytes, kDefaultBufferSize);
     EXPECT_EQ(parse_buffer_size("2048K").bytes, 2 * MiB);
