@@ -91,6 +91,9 @@ struct {
  */
 #define BATCH_MAX_AGE_NS (2 * 1000 * 1000ULL)
 
+/* Deepest nesting of kmem_cache_free the nested program tells apart (contexts: task, softirq, hardirq, NMI). */
+#define FREED_STACK 4
+
 struct batch {
 	__u32 len;            /* bytes of records in data[] */
 	__u32 records;        /* how many: what a failed flush adds to `drops` */
@@ -104,8 +107,9 @@ struct batch {
 	 */
 	__u8 busy;
 	__u8 flush_pending;   /* kleak__flush found the batch busy: its writer flushes */
-	__u8 in_cache_free;   /* kleak__kmem_cache_free is running (see the nested program) */
+	__u8 freed_depth;     /* entries in freed[] (see kleak__kmem_cache_free_nested) */
 	__u8 pad[5];
+	__u64 freed[FREED_STACK];
 	__u8 data[KLEAK_BATCH_BYTES];
 };
 
@@ -418,40 +422,87 @@ int BPF_PROG(kleak__kfree, unsigned long call_site, const void *ptr)
 	return emit_free(KLEAK_KFREE, call_site, ptr);
 }
 
-/* kmem_cache_free(call_site, ptr, ...): the third argument changed (name, then cache); unused here. */
-SEC("tp_btf/kmem_cache_free")
-int BPF_PROG(kleak__kmem_cache_free, unsigned long call_site, const void *ptr)
-{
-	struct batch *b = this_cpu_batch();
-
-	/*
-	 * Set: this program is nesting in itself, which kernels before the
-	 * per-program recursion guard for raw tracepoints allow. The nested
-	 * program below records this event; leave the outer run's flag alone.
-	 */
-	if (!b || b->in_cache_free)
-		return 0;
-	b->in_cache_free = 1;
-	barrier();
-	emit_free(KLEAK_CACHE_FREE, call_site, ptr);
-	barrier();
-	b->in_cache_free = 0;
-	return 0;
-}
-
 /*
  * The kernel does not run a tp_btf program that is already running on the
  * CPU: it counts a "recursion miss" and the event is lost. RCU callbacks in
  * softirq free slab objects (files, dentries, inodes) while
  * kleak__kmem_cache_free runs in task context on the same CPU, so nested
  * kmem_cache_free events are common, and each lost free would show as a
- * false leak. This second program on the same tracepoint records the event
- * exactly when the first one is running on the CPU, i.e. when the kernel
- * skipped it for this event; otherwise it returns after one load. Lost only:
- * an event nested in the few instructions before in_cache_free is set or
- * after it is cleared, or nested two deep; user space reports
- * recursion misses minus `recovered` as lost.
+ * false leak. So a second program on the same tracepoint, attached after
+ * the first and so run right after it for each event, records every event
+ * the first one did not run for.
+ *
+ * How it knows: the first program pushes the pointer it handled onto a small
+ * per-CPU stack (freed[]) as its last act; the second looks for its event's
+ * pointer there and pops it (and anything above it) when found. Found: the
+ * first program ran for this event. Not found: it was skipped, so the second
+ * records the event. An event that interrupts the first program after its
+ * push and before it returns is skipped too, and finds the interrupted
+ * event's pointer, not its own, on top: still recorded. Interrupts between
+ * the two programs run both for their own event, push and pop, and leave the
+ * stack as they found it. Entries pushed while the second program runs for
+ * an outer event (its own second run is skipped then) are popped with the
+ * outer event's. Lost: an event nested two deep inside both programs, and a
+ * skipped event whose pointer equals such a leftover entry (the same object
+ * freed, reallocated and freed again within the nesting). On kernels without
+ * the per-program recursion guard (the first program then nests in itself
+ * and pushes too) an event interrupted inside remember_freed() can be
+ * recorded twice.
+ * User space reports recursion misses minus `recovered` as lost.
  */
+static __always_inline void remember_freed(struct batch *b, const void *ptr)
+{
+	__u8 d = b->freed_depth;
+
+	if (d >= FREED_STACK) { /* only leftovers can fill it: drop the oldest */
+		b->freed[0] = b->freed[1];
+		b->freed[1] = b->freed[2];
+		b->freed[2] = b->freed[3];
+		d = FREED_STACK - 1;
+	}
+	/*
+	 * Write the slot, then publish it: an interrupt here cannot push (the
+	 * kernel skips this program while it runs), it can only look, and must
+	 * not see a half-made entry.
+	 */
+	b->freed[d & (FREED_STACK - 1)] = (__u64)ptr;
+	barrier();
+	b->freed_depth = d + 1;
+}
+
+/* Pops `ptr` and what was pushed above it; false when it is not there. */
+static __always_inline bool forget_freed(struct batch *b, const void *ptr)
+{
+	__u8 d = b->freed_depth;
+
+	if (d > FREED_STACK)
+		d = FREED_STACK;
+#pragma unroll
+	for (int i = FREED_STACK; i > 0; i--) {
+		if (i <= d && b->freed[i - 1] == (__u64)ptr) {
+			/* No pointer is ~0: a popped slot can never match again. */
+			b->freed[i - 1] = ~0ULL;
+			b->freed_depth = i - 1;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* kmem_cache_free(call_site, ptr, ...): the third argument changed (name, then cache); unused here. */
+SEC("tp_btf/kmem_cache_free")
+int BPF_PROG(kleak__kmem_cache_free, unsigned long call_site, const void *ptr)
+{
+	struct batch *b = this_cpu_batch();
+
+	if (!b)
+		return 0;
+	emit_free(KLEAK_CACHE_FREE, call_site, ptr);
+	barrier();
+	remember_freed(b, ptr);
+	return 0;
+}
+
 SEC("tp_btf/kmem_cache_free")
 int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void *ptr)
 {
@@ -459,7 +510,7 @@ int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void 
 	__u32 key = 0;
 	__u64 *n;
 
-	if (!b || !b->in_cache_free)
+	if (!b || forget_freed(b, ptr))
 		return 0;
 	/* Counted even when skipped on purpose: the primary would have skipped it too. */
 	n = bpf_map_lookup_elem(&recovered, &key);
@@ -467,6 +518,21 @@ int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void 
 		*n += 1;
 	if (!skip(ptr))
 		emit_free_direct(KLEAK_CACHE_FREE, call_site, ptr, bpf_ktime_get_ns());
+	return 0;
+}
+
+/*
+ * Empties this CPU's freed[] stack. Run by user space on each CPU once both
+ * kmem_cache_free programs are attached: until then the first one pushed
+ * entries that nothing popped, and leftovers take room from real nesting.
+ */
+SEC("raw_tp")
+int kleak__reset_freed(void *ctx)
+{
+	struct batch *b = this_cpu_batch();
+
+	if (b)
+		b->freed_depth = 0;
 	return 0;
 }
 

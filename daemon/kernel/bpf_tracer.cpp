@@ -221,6 +221,13 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         attached_programs_.push_back(spec.program);
     }
 
+    // Start kmem_cache_free's pushed-and-popped stack empty now that both
+    // programs run (see kleak__kmem_cache_free_nested).
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
+        bpf_prog_test_run_opts(bpf_program__fd(skel_->progs.kleak__reset_freed), &opts);  // offline: nothing to reset
+    }
+
     // Records wait in per-CPU batches until user space flushes them: without
     // a working flush an idle CPU would keep its last records forever.
     if (const int flushed = run_flush_on_every_cpu(); flushed != 0) {
@@ -269,8 +276,8 @@ std::vector<ProgramStats> BpfTracer::program_stats() const {
         // either: it only matters while the primary runs, and an event that
         // then nests twice is already a miss of the primary's.
         if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free) {
-            p.recovered = std::min(recovered, p.kernel_recursion_misses);
-            p.recursion_misses -= p.recovered;
+            p.recovered = recovered;
+            p.recursion_misses -= std::min(recovered, p.kernel_recursion_misses);
         }
         if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free_nested) p.recursion_misses = 0;
         stats.push_back(std::move(p));
@@ -279,6 +286,11 @@ std::vector<ProgramStats> BpfTracer::program_stats() const {
 }
 
 void BpfTracer::detach() {
+    // The nested program goes first: alone, it would record every
+    // kmem_cache_free as one the primary missed (correctly, but counted as
+    // recovered misses that the kernel never counted).
+    bpf_link__destroy(skel_->links.kleak__kmem_cache_free_nested);
+    skel_->links.kleak__kmem_cache_free_nested = nullptr;
     kleak_bpf__detach(skel_.get());
     // Unregistering a tracepoint probe does not wait for runs already in
     // progress on other CPUs; one could still write its batch after the

@@ -158,8 +158,13 @@ TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
     // the kernel's skips less what the nested program recorded.
     for (const kleak::ProgramStats& p : tracer.program_stats()) {
         if (p.name != "kmem:kmem_cache_free") continue;
-        EXPECT_LE(p.recursion_misses, p.kernel_recursion_misses);
-        EXPECT_EQ(p.recursion_misses + p.recovered, p.kernel_recursion_misses);
+        // The nested program records (nearly) every event the kernel skipped
+        // the primary for. Recording more than that would mean events recorded
+        // by both programs: measured 0-5 per ~1,000 here, so allow 1 % + 2.
+        const std::uint64_t skipped = p.kernel_recursion_misses;
+        EXPECT_GE(p.recovered * 100, skipped * 95) << "most nested events recovered";
+        EXPECT_LE(p.recovered * 100, skipped * 101 + 200) << "few events recorded twice";
+        EXPECT_EQ(p.recursion_misses, skipped - std::min(skipped, p.recovered));
         std::cerr << "kmem_cache_free: the kernel skipped " << p.kernel_recursion_misses << " nested runs, "
                   << p.recovered << " recorded by the nested program, " << p.recursion_misses << " lost\n";
     }
