@@ -56,7 +56,7 @@ void add_tracer_tuning(CLI::App& app, kleak::SessionTiming& timing, kleak::Trace
         ->check(CLI::Range(-20, 19))
         ->capture_default_str();
     app.add_option("--wakeup-backlog", tracer.wakeup_backlog_bytes,
-                   "Ring bytes that force a consumer wake-up (default: half the ring)")
+                   "Ring bytes that force a consumer wake-up (default: a quarter of the ring)")
         ->group("");
 }
 

@@ -22,7 +22,7 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
     });
     // A ring fd polls readable whenever it holds any data, so level-triggered
     // watching would spin; edge-triggered, it fires only when a producer
-    // forces a wake-up (its ring passed half full), which is the point.
+    // forces a wake-up (its ring passed a quarter full), which is the point.
     for (const int fd : tracer_.ring_fds())
         loop.watch(
             fd, [this]() { drain(); }, EventLoop::Trigger::edge);

@@ -1,6 +1,6 @@
 // Live tracing: the BPF programs, the ring consumer, and the drain timer on
 // the caller's epoll loop. Rings are drained every drain period, and early
-// when a producer forces a wake-up because its ring passed half full.
+// when a producer forces a wake-up because its ring passed a quarter full.
 #pragma once
 
 #include <chrono>

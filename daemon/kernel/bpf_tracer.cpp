@@ -142,14 +142,16 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     const int cpus = libbpf_num_possible_cpus();
     if (cpus <= 0) throw StartupError(describe_errno("cannot count the possible CPUs", cpus));
 
-    // Wake the consumer only when a ring is half full; the daemon drains on a
-    // timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c).
-    // The default leaves room for at least two more batches after the one
-    // that crosses it, so a small ring wakes its consumer before it is full.
+    // Wake the consumer only when a ring is a quarter full; the daemon drains
+    // on a timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c). The
+    // other three quarters are the time the consumer has to get a CPU: at
+    // 6M records/s an 8M ring fills in ~65 ms, and a busy machine can keep a
+    // woken consumer waiting for a good part of that. Small rings keep room
+    // for at least two batches past the threshold.
     skel_->rodata->wakeup_backlog_bytes =
         options.wakeup_backlog_bytes != 0
             ? options.wakeup_backlog_bytes
-            : std::min(options.buffer_size / 2, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
+            : std::min(options.buffer_size / 4, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
     if (options.sample_shift > kMaxSampleShift)
         throw StartupError("sample shift " + std::to_string(options.sample_shift) + " is out of range (0 to " +
                            std::to_string(kMaxSampleShift) + ")");

@@ -26,7 +26,7 @@ struct TracerOptions {
     bool trace_kmem_cache = true;   // kmem_cache_alloc/kmem_cache_free
     bool trace_printk = false;      // printk:console (the kernel log)
     // Producers force a consumer wake-up when their ring holds this much;
-    // 0 means half the ring. Tests set it past the ring size to make a
+    // 0 means a quarter of the ring. Tests set it past the ring size to make a
     // burst overflow deterministically.
     std::uint64_t wakeup_backlog_bytes = 0;
     // Cost knobs (rodata in kleak.bpf.c). emit_records=false: programs stay
