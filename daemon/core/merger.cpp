@@ -6,6 +6,29 @@ namespace kleak::core {
 
 Merger::Merger(unsigned cpu_count) : queues_(cpu_count == 0 ? 1 : cpu_count) {}
 
+// With per-CPU batches in BPF, a record that interrupted a kleak program
+// reaches the ring ahead of its CPU's batch, so each batched record after it
+// belongs a few places back. Putting it there now (after records with the
+// same timestamp: arrival order is kept, as the stable sort would) keeps the
+// queue sorted, instead of sorting the whole queue at the next release, which
+// would run in one go before the first slice. Never before the records of a
+// release in progress.
+void Merger::stage_out_of_order(Queue& q, const Event& event) {
+    if (q.sorted) {
+        const std::size_t floor = releasing_ ? q.ready : 0;
+        const std::size_t from = q.events.size() - std::min(q.events.size() - floor, kInsertWindow);
+        const auto first = q.events.begin() + static_cast<std::ptrdiff_t>(from);
+        const auto at = std::upper_bound(first, q.events.end(), event.ts_ns,
+                                         [](std::uint64_t ts, const Event& e) { return ts < e.ts_ns; });
+        if (at != first || from == 0) {
+            q.events.insert(at, event);
+            return;
+        }
+    }
+    q.sorted = false;
+    q.events.push_back(event);
+}
+
 void Merger::stage_from_one_cpu(std::span<const Event> events) {
     if (events.empty()) return;
     Queue& q = queues_[std::min<std::size_t>(events[0].cpu, queues_.size() - 1)];
@@ -18,8 +41,11 @@ void Merger::stage_from_one_cpu(std::span<const Event> events) {
         late += e.ts_ns <= released_watermark_;
         previous = e.ts_ns;
     }
+    if (!in_order) {  // the record-by-record path puts each one in its place
+        for (const Event& e : events) stage(e);
+        return;
+    }
     if (released_any_) late_ += late;
-    if (!in_order) q.sorted = false;
     q.events.insert(q.events.end(), events.begin(), events.end());
 }
 

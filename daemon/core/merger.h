@@ -73,7 +73,13 @@ public:
     static constexpr std::size_t kShrinkFactor = 4;
     static constexpr std::size_t kMinShrinkCapacity = 4096;  // events; below this, not worth a reallocation
 
+    // How far back from a queue's end an out-of-order record is inserted in
+    // place; one that belongs further back makes the queue sort at release.
+    static constexpr std::size_t kInsertWindow = 256;
+
 private:
+    struct Queue;
+    void stage_out_of_order(Queue& q, const Event& event);
     void finish_release();
     void shrink_if_oversized(std::size_t queue);
     std::size_t merge_two(std::size_t a, std::size_t b, Event* out, std::size_t room);
@@ -101,7 +107,10 @@ inline void Merger::stage(const Event& event) {
     // recording) still gets merged: it goes to the last queue rather than
     // being dropped.
     Queue& q = queues_[std::min<std::size_t>(event.cpu, queues_.size() - 1)];
-    if (!q.events.empty() && event.ts_ns < q.events.back().ts_ns) q.sorted = false;
+    if (!q.events.empty() && event.ts_ns < q.events.back().ts_ns) {
+        stage_out_of_order(q, event);
+        return;
+    }
     q.events.push_back(event);
 }
 

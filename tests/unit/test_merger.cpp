@@ -100,6 +100,31 @@ TEST(Merger, InCpuInversion) {
     EXPECT_EQ(tracker.totals().unmatched_frees, 0u);
 }
 
+// What per-CPU batching in BPF produces: a record that interrupted a kleak
+// program reaches the ring ahead of the batch holding older records. Each
+// batched record is put in its place at staging (near the end of the queue)
+// or, further back than kInsertWindow, by a sort at release: the order out
+// is the same, ties keep arrival order.
+TEST(Merger, DirectRecordAheadOfItsBatchReleasesInTimeOrder) {
+    for (const std::size_t batch : {std::size_t{3}, Merger::kInsertWindow + 40}) {
+        Merger merger(1);
+        std::vector<std::uint64_t> expected_tags;
+        merger.stage(tagged(1'000'000, 0, 1));  // the direct record, newest
+        std::uint64_t tag = 2;
+        for (std::size_t i = 0; i < batch; ++i) merger.stage(tagged(100 + i, 0, tag++));
+        merger.stage(tagged(100, 0, tag++));  // same timestamp as the batch's first: after it
+        merger.stage(tagged(2'000'000, 0, tag++));
+        const std::vector<Event> out = release_everything(merger);
+        ASSERT_EQ(out.size(), batch + 3);
+        EXPECT_TRUE(std::is_sorted(out.begin(), out.end(),
+                                   [](const Event& a, const Event& b) { return a.ts_ns < b.ts_ns; }));
+        EXPECT_EQ(out[0].ptr, 2u) << "batch " << batch;
+        EXPECT_EQ(out[1].ptr, batch + 2) << "equal timestamps keep arrival order";
+        EXPECT_EQ(out[batch + 1].ptr, 1u);
+        EXPECT_EQ(merger.late(), 0u);
+    }
+}
+
 TEST(Merger, AddressReuseAcrossCpusInsideOneWindow) {
     // CPU0 frees P, CPU1 gets P back from the allocator microseconds later.
     // Read adversely: CPU1's new allocation first, then CPU0's free before
