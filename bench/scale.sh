@@ -53,7 +53,8 @@ cat > "$tmp/kleakd.conf" << EOF
 EOF
 socket=$tmp/kleakd.sock
 
-env --default-signal=INT,TERM "$kleakd" serve --config "$tmp/kleakd.conf" 2> "$tmp/kleakd.log" &
+# At the priority kleakd.service gives it (Nice=-10), as in production.
+env --default-signal=INT,TERM nice -n -10 "$kleakd" serve --config "$tmp/kleakd.conf" 2> "$tmp/kleakd.log" &
 daemon=$!
 pids+=("$daemon")
 for _ in $(seq 1 200); do
