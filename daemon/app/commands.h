@@ -34,10 +34,10 @@ struct RecordCommand {
 };
 
 // How far back in time a record may sit in a recorded CPU file behind a
-// newer one. A record that interrupted a kleak program goes to the ring
-// directly, ahead of the CPU's batch, whose oldest record can be up to a
-// drain period (100 ms by default) older when the drain's flush pushes it.
-inline constexpr std::chrono::milliseconds kReplayHoldback{250};
+// newer one: records in flight at a drain, as live. (Within a drain a ring
+// can step back further, but `kleakd record` writes each drain's records of a
+// CPU in time order: core/frame_order.h.)
+inline constexpr std::chrono::milliseconds kReplayHoldback{10};
 
 struct ReportCommand {
     std::filesystem::path dir;

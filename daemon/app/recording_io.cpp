@@ -1,3 +1,4 @@
+#include "core/frame_order.h"
 #include "app/recording_io.h"
 
 #include <fcntl.h>
@@ -65,6 +66,7 @@ int RecordingWriter::flush() {
     int result = 0;
     for (CpuFile& file : files_) {
         if (file.buffer.empty()) continue;
+        core::sort_frames_by_time(file.buffer);  // one drain's worth: see frame_order.h
         collect_sites(file.buffer);
         const int err = -service::write_all(file.fd.get(), as_chars(file.buffer));
         if (err == 0) {

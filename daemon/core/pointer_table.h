@@ -129,15 +129,14 @@ private:
     };
     static constexpr std::size_t kMinCapacity = 16;
 
-    // The splitmix64 finalizer, top bits. Not the Fibonacci multiply the BPF
-    // programs sample pointers with (--sample-shift keeps the pointers whose
-    // ptr * 0x9E37... has its top bits zero): with the same hash, every kept
-    // pointer would have its home in the first 1/2^shift of the table.
+    // Multiplicative hashing, top bits: slab pointers come in strides, which
+    // a multiply spreads evenly (short probe runs). Not the multiplier the
+    // BPF programs sample pointers with (--sample-shift keeps the pointers
+    // whose ptr * 0x9E3779B97F4A7C15 has its top bits zero): with that one,
+    // every kept pointer would have its home in the first 1/2^shift of the
+    // table. Any other odd multiplier is unrelated to it.
     std::size_t home(std::uint64_t key) const {
-        key = (key ^ (key >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        key = (key ^ (key >> 27)) * 0x94D049BB133111EBULL;
-        key ^= key >> 31;
-        return static_cast<std::size_t>(key >> shift_);
+        return static_cast<std::size_t>((key * 0xD6E8FEB86659FD93ULL) >> shift_);
     }
 
     void allocate(std::size_t capacity) {
