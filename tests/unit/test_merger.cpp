@@ -357,20 +357,7 @@ TEST(Merger, ZeroCpusMeansOneQueue) {
 
 // --- sliced release ---------------------------------------------------------
 
-// A small deterministic generator (SplitMix64).
-class Prng {
-public:
-    explicit Prng(std::uint64_t seed) : state_(seed) {}
-    std::uint64_t below(std::uint64_t n) {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-        return (z ^ (z >> 31)) % n;
-    }
-
-private:
-    std::uint64_t state_;
-};
+using test::Prng;
 
 // Drains of a 4-CPU stream read out of time order: each record reaches its
 // ring up to `skew` ns late, rings are read in bursts, and the watermark

@@ -28,23 +28,7 @@ namespace {
 
 using test::event_fields;
 
-// SplitMix64: tiny and fully specified, so a seed means the same stream with
-// every standard library (std:: distributions are implementation-defined).
-class Prng {
-public:
-    explicit Prng(std::uint64_t seed) : state_(seed) {}
-    std::uint64_t next() {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t below(std::uint64_t n) { return next() % n; }
-    bool percent(unsigned p) { return below(100) < p; }
-
-private:
-    std::uint64_t state_;
-};
+using test::Prng;
 
 struct Scenario {
     const char* name;

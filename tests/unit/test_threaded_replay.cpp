@@ -28,19 +28,7 @@ using core::EventKind;
 
 const std::filesystem::path kFixture = std::filesystem::path(KLEAK_FIXTURES_DIR) / "recording-pipes";
 
-class Prng {
-public:
-    explicit Prng(std::uint64_t seed) : state_(seed) {}
-    std::uint64_t below(std::uint64_t n) {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-        return (z ^ (z >> 31)) % n;
-    }
-
-private:
-    std::uint64_t state_;
-};
+using test::Prng;
 
 // ~6 MB per CPU file (more than one 4 MiB merge round), 2 CPUs.
 std::filesystem::path write_recording(const std::string& name) {
