@@ -8,6 +8,7 @@
 
 #include "app/commands.h"
 #include "app/logging.h"
+#include "app/memory_policy.h"
 #include "app/serve_command.h"
 #include "core/sizes.h"
 #include "kernel/startup_error.h"
@@ -175,6 +176,7 @@ int main(int argc, char** argv) {
         }
         if (*report_cmd) return kleak::run_report(report);
         if (*printk_cmd) return kleak::run_printk(printk);
+        kleak::return_freed_memory_promptly();  // the daemon: its RSS is what a host pays to run it
         return kleak::run_serve(serve);
     } catch (const kleak::StartupError& e) {
         spdlog::error("{}", e.what());
