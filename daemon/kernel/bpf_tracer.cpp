@@ -4,8 +4,8 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/capability.h>
-#include <spdlog/spdlog.h>
 #include <linux/membarrier.h>
+#include <spdlog/spdlog.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -121,6 +121,14 @@ std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& o
     };
 }
 
+// Runs a loaded, unattached program once on `cpu` (in an IPI when that is
+// not this CPU). Returns the program's return value, or a negative errno.
+int run_on_cpu(const bpf_program* program, std::size_t cpu) {
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
+    if (bpf_prog_test_run_opts(bpf_program__fd(program), &opts) != 0) return -errno;
+    return static_cast<int>(opts.retval);
+}
+
 // A tp_btf program needs the kernel's btf_trace_<name> typedef.
 bool tracepoint_in_btf(const btf* vmlinux, const char* tracepoint) {
     const std::string name = std::string("btf_trace_") + tracepoint;
@@ -225,10 +233,8 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 
     // Start kmem_cache_free's pushed-and-popped stack empty now that both
     // programs run (see kleak__kmem_cache_free_nested).
-    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
-        LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
-        bpf_prog_test_run_opts(bpf_program__fd(skel_->progs.kleak__reset_freed), &opts);  // offline: nothing to reset
-    }
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu)
+        run_on_cpu(skel_->progs.kleak__reset_freed, cpu);  // fails only offline: nothing to reset there
 
     // Records wait in per-CPU batches until user space flushes them: without
     // a working flush an idle CPU would keep its last records forever.
@@ -248,20 +254,19 @@ std::vector<int> BpfTracer::ring_fds() const {
     return fds;
 }
 
-std::vector<std::uint64_t> BpfTracer::read_drops() const {
+std::vector<std::uint64_t> BpfTracer::read_per_cpu_counter(const bpf_map* map) const {
     // A per-CPU array returns one 8-byte-aligned value per possible CPU.
     std::vector<std::uint64_t> per_cpu(ring_fds_.size(), 0);
-    const __u32 key = KLEAK_DROPS_KEY;
-    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.drops), &key, per_cpu.data()) != 0) return {};
+    const __u32 key = 0;  // each counter map has one slot (KLEAK_DROPS_KEY for drops)
+    if (bpf_map_lookup_elem(bpf_map__fd(map), &key, per_cpu.data()) != 0) return {};
     return per_cpu;
 }
 
+std::vector<std::uint64_t> BpfTracer::read_drops() const { return read_per_cpu_counter(skel_->maps.drops); }
+
 std::uint64_t BpfTracer::read_recovered() const {
-    std::vector<std::uint64_t> per_cpu(ring_fds_.size(), 0);
-    const __u32 key = 0;
-    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.recovered), &key, per_cpu.data()) != 0) return 0;
     std::uint64_t total = 0;
-    for (const std::uint64_t n : per_cpu) total += n;
+    for (const std::uint64_t n : read_per_cpu_counter(skel_->maps.recovered)) total += n;
     return total;
 }
 
@@ -302,22 +307,19 @@ void BpfTracer::detach() {
 }
 
 int BpfTracer::run_flush_on_every_cpu() {
-    const int prog_fd = bpf_program__fd(skel_->progs.kleak__flush);
     int first_error = 0;
     for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
-        LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = static_cast<__u32>(cpu));
         // kleak__flush returns 1 when it interrupted a kleak program holding
         // the batch: that program flushes when it resumes, microseconds
         // later. Wait for it, or those records would miss this drain.
         // ENXIO: the CPU is offline. Records it held when it went down stay
         // in its batch until it comes back (they then arrive late).
-        int busy_rounds = 0;
-        do {
-            if (bpf_prog_test_run_opts(prog_fd, &opts) != 0) {
-                if (errno != ENXIO && first_error == 0) first_error = -errno;
-                break;
-            }
-        } while (opts.retval == 1 && ++busy_rounds < 1000);
+        int result = 0;
+        for (int busy_rounds = 0; busy_rounds < 1000; ++busy_rounds) {
+            result = run_on_cpu(skel_->progs.kleak__flush, cpu);
+            if (result != 1) break;
+        }
+        if (result < 0 && result != -ENXIO && first_error == 0) first_error = result;
     }
     return first_error;
 }

@@ -17,6 +17,7 @@
 
 struct kleak_bpf;  // the bpftool skeleton
 struct bpf_program;
+struct bpf_map;
 
 namespace kleak {
 
@@ -85,6 +86,8 @@ public:
 private:
     // Runs kleak__flush on each online CPU; 0 or the first negative errno.
     int run_flush_on_every_cpu();
+    // One per-CPU array slot per possible CPU; empty if the map cannot be read.
+    std::vector<std::uint64_t> read_per_cpu_counter(const ::bpf_map* map) const;
     // Nested kmem_cache_free events the second program recorded, all CPUs.
     std::uint64_t read_recovered() const;
 
