@@ -26,6 +26,21 @@ namespace {
 
 using kleak::bench::synthetic_stream;
 
+// Times run(object) on a fresh object per iteration; make() builds and fills
+// it, and its destruction, are not timed (the steady-state benchmarks).
+template <class Make, class Run>
+void time_on_fresh(benchmark::State& state, Make&& make, Run&& run) {
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto object = make();
+        state.ResumeTiming();
+        run(*object);
+        state.PauseTiming();
+        object.reset();
+        state.ResumeTiming();
+    }
+}
+
 // Decode + stage + time-ordered release + tracker, in drain-sized batches
 // (the live path minus the ring).
 void BM_PipelineThroughput(benchmark::State& state) {
@@ -81,18 +96,18 @@ void BM_TrackerApplySteady1M(benchmark::State& state) {
     };
     const auto fill = decode(stream.next(1'000'001));
     const auto events = decode(stream.next(2'000'000));
-    for (auto _ : state) {
-        state.PauseTiming();
-        auto tracker = std::make_unique<kleak::core::Tracker>();
-        tracker->apply(fill);
-        state.ResumeTiming();
-        for (std::size_t at = 0; at < events.size(); at += 65536)
-            tracker->apply(std::span(events).subspan(at, std::min<std::size_t>(65536, events.size() - at)));
-        benchmark::DoNotOptimize(tracker->totals().outstanding);
-        state.PauseTiming();
-        tracker.reset();
-        state.ResumeTiming();
-    }
+    time_on_fresh(
+        state,
+        [&] {
+            auto tracker = std::make_unique<kleak::core::Tracker>();
+            tracker->apply(fill);
+            return tracker;
+        },
+        [&](kleak::core::Tracker& tracker) {
+            for (std::size_t at = 0; at < events.size(); at += 65536)
+                tracker.apply(std::span(events).subspan(at, std::min<std::size_t>(65536, events.size() - at)));
+            benchmark::DoNotOptimize(tracker.totals().outstanding);
+        });
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * events.size()));
 }
 BENCHMARK(BM_TrackerApplySteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
@@ -182,18 +197,18 @@ void BM_PipelineSteady1M(benchmark::State& state) {
             }
         }
     };
-    for (auto _ : state) {
-        state.PauseTiming();
-        auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
-        feed(*pipeline, fill);
-        state.ResumeTiming();
-        feed(*pipeline, records);
-        pipeline->finish();
-        benchmark::DoNotOptimize(pipeline->tracker().totals().outstanding);
-        state.PauseTiming();
-        pipeline.reset();
-        state.ResumeTiming();
-    }
+    time_on_fresh(
+        state,
+        [&] {
+            auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
+            feed(*pipeline, fill);
+            return pipeline;
+        },
+        [&](kleak::core::Pipeline& pipeline) {
+            feed(pipeline, records);
+            pipeline.finish();
+            benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
+        });
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * records.size()));
 }
 BENCHMARK(BM_PipelineSteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
@@ -209,27 +224,27 @@ void BM_PipelineReleaseSlices1M(benchmark::State& state) {
     const auto drain = stream.next(280'000);
     double slice_max_ms = 0;
     std::size_t slices = 0;
-    for (auto _ : state) {
-        state.PauseTiming();
-        auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
-        for (const auto& r : fill) pipeline->on_record(r.cpu, {r.bytes, r.size});
-        pipeline->finish();
-        for (const auto& r : drain) pipeline->on_record(r.cpu, {r.bytes, r.size});
-        state.ResumeTiming();
-        pipeline->begin_release(std::numeric_limits<std::uint64_t>::max());
-        bool more = true;
-        while (more) {
-            const auto start = std::chrono::steady_clock::now();
-            more = pipeline->release_some(kSlice);
-            const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
-            slice_max_ms = std::max(slice_max_ms, took.count());
-            ++slices;
-        }
-        benchmark::DoNotOptimize(pipeline->tracker().totals().outstanding);
-        state.PauseTiming();
-        pipeline.reset();
-        state.ResumeTiming();
-    }
+    time_on_fresh(
+        state,
+        [&] {
+            auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
+            for (const auto& r : fill) pipeline->on_record(r.cpu, {r.bytes, r.size});
+            pipeline->finish();
+            for (const auto& r : drain) pipeline->on_record(r.cpu, {r.bytes, r.size});
+            return pipeline;
+        },
+        [&](kleak::core::Pipeline& pipeline) {
+            pipeline.begin_release(std::numeric_limits<std::uint64_t>::max());
+            bool more = true;
+            while (more) {
+                const auto start = std::chrono::steady_clock::now();
+                more = pipeline.release_some(kSlice);
+                const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
+                slice_max_ms = std::max(slice_max_ms, took.count());
+                ++slices;
+            }
+            benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
+        });
     state.counters["slice_ms_max"] = slice_max_ms;
     state.counters["slices_per_drain"] = static_cast<double>(slices) / static_cast<double>(state.iterations());
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * drain.size()));
