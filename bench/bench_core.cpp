@@ -26,6 +26,21 @@ namespace {
 
 using kleak::bench::synthetic_stream;
 
+// Feeds records as drains would: every 64K records, release up to 100 us
+// behind the newest record fed.
+void feed_in_drains(kleak::core::Pipeline& pipeline, const std::vector<kleak::bench::RawRecord>& records) {
+    std::size_t batch = 0;
+    for (const auto& r : records) {
+        pipeline.on_record(r.cpu, {r.bytes, r.size});
+        if (++batch == 65536) {
+            std::uint64_t ts;
+            std::memcpy(&ts, r.bytes, sizeof ts);
+            pipeline.release_until(ts > 100'000 ? ts - 100'000 : 0);
+            batch = 0;
+        }
+    }
+}
+
 // Times run(object) on a fresh object per iteration; make() builds and fills
 // it, and its destruction, are not timed (the steady-state benchmarks).
 template <class Make, class Run>
@@ -48,18 +63,7 @@ void BM_PipelineThroughput(benchmark::State& state) {
     const auto records = synthetic_stream(2'000'000, 2, live);
     for (auto _ : state) {
         kleak::core::Pipeline pipeline(2);
-        std::uint64_t last_ts = 0;
-        std::size_t batch = 0;
-        for (const auto& r : records) {
-            pipeline.on_record(r.cpu, {r.bytes, r.size});
-            if (++batch == 65536) {
-                std::uint64_t ts;
-                std::memcpy(&ts, r.bytes, sizeof ts);
-                last_ts = ts;
-                pipeline.release_until(last_ts > 100'000 ? last_ts - 100'000 : 0);
-                batch = 0;
-            }
-        }
+        feed_in_drains(pipeline, records);
         pipeline.finish();
         benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
     }
@@ -160,16 +164,7 @@ void BM_PipelineRecordsPerCpuSecond(benchmark::State& state) {
     const auto records = synthetic_stream(2'000'000, 2, 100'000);
     for (auto _ : state) {
         kleak::core::Pipeline pipeline(2);
-        std::size_t batch = 0;
-        for (const auto& r : records) {
-            pipeline.on_record(r.cpu, {r.bytes, r.size});
-            if (++batch == 65536) {
-                std::uint64_t ts;
-                std::memcpy(&ts, r.bytes, sizeof ts);
-                pipeline.release_until(ts > 100'000 ? ts - 100'000 : 0);
-                batch = 0;
-            }
-        }
+        feed_in_drains(pipeline, records);
         pipeline.finish();
         benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
     }
@@ -185,27 +180,15 @@ void BM_PipelineSteady1M(benchmark::State& state) {
     kleak::bench::SyntheticStream stream(2, 1'000'000);
     const auto fill = stream.next(1'000'001);
     const auto records = stream.next(2'000'000);
-    auto feed = [](kleak::core::Pipeline& pipeline, const std::vector<kleak::bench::RawRecord>& input) {
-        std::size_t batch = 0;
-        for (const auto& r : input) {
-            pipeline.on_record(r.cpu, {r.bytes, r.size});
-            if (++batch == 65536) {
-                std::uint64_t ts;
-                std::memcpy(&ts, r.bytes, sizeof ts);
-                pipeline.release_until(ts > 100'000 ? ts - 100'000 : 0);
-                batch = 0;
-            }
-        }
-    };
     time_on_fresh(
         state,
         [&] {
             auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
-            feed(*pipeline, fill);
+            feed_in_drains(*pipeline, fill);
             return pipeline;
         },
         [&](kleak::core::Pipeline& pipeline) {
-            feed(pipeline, records);
+            feed_in_drains(pipeline, records);
             pipeline.finish();
             benchmark::DoNotOptimize(pipeline.tracker().totals().outstanding);
         });
