@@ -37,6 +37,27 @@ json stop_for_report(Kleakd& tracer) {
     return json::parse(r.out);
 }
 
+// `kleakd trace --json --interval 60 <knobs>` while `pipes` pipes are opened,
+// held briefly and closed; returns the final report once their frees (some
+// RCU-deferred) have had time to arrive. Empty when the tracer did not start.
+json report_of_pipes_opened_and_closed(const std::vector<std::string>& knobs, int pipes) {
+    std::vector<std::string> args{"trace", "--json", "--interval", "60"};
+    args.insert(args.end(), knobs.begin(), knobs.end());
+    Kleakd tracer(args);
+    if (!tracer.wait_for_stderr("tracing kmem:kmalloc")) {
+        ADD_FAILURE() << tracer.stop().err;
+        return {};
+    }
+    {
+        HeldPipes held(pipes);
+        EXPECT_EQ(held.count(), pipes);
+        std::this_thread::sleep_for(50ms);
+    }
+    std::this_thread::sleep_for(500ms);
+    let_drain();
+    return stop_for_report(tracer);
+}
+
 TEST(KernelKnobs, SampleShiftKeepsAboutOneInSixteenHeldAllocations) {
     REQUIRE_KERNEL();
     allow_descriptors(2 * kManyPipes + 64);
@@ -60,18 +81,9 @@ TEST(KernelKnobs, SampleShiftKeepsAboutOneInSixteenHeldAllocations) {
 TEST(KernelKnobs, SampledPairsStillMatch) {
     REQUIRE_KERNEL();
     allow_descriptors(2 * kManyPipes + 64);
-    Kleakd tracer({"trace", "--json", "--interval", "60", "--sample-shift", std::to_string(kSampleShift)});
-    ASSERT_TRUE(tracer.wait_for_stderr("tracing kmem:kmalloc")) << tracer.stop().err;
-    {
-        HeldPipes pipes(kManyPipes);
-        ASSERT_EQ(pipes.count(), kManyPipes);
-        std::this_thread::sleep_for(50ms);
-    }
-    // Closing frees the buffers and the pipe_inode_info; give the records
-    // (and any RCU-deferred frees) time to arrive.
-    std::this_thread::sleep_for(500ms);
-    let_drain();
-    const json report = stop_for_report(tracer);
+    // Closing frees the buffers and the pipe_inode_info.
+    const json report = report_of_pipes_opened_and_closed({"--sample-shift", std::to_string(kSampleShift)}, kManyPipes);
+    ASSERT_FALSE(report.is_null());
 
     const FunctionTotals pipe = by_function(report, "alloc_pipe_info");
     // The sample kept some allocations, and the free of every one of them:
@@ -109,16 +121,8 @@ TEST(KernelKnobs, NoEmitAttachesButWritesNothing) {
 TEST(KernelKnobs, MinSizeSkipsSmallAllocationsAndLeavesTheirFreesUnmatched) {
     REQUIRE_KERNEL();
     // Nothing a pipe allocates is anywhere near 1 MiB.
-    Kleakd tracer({"trace", "--json", "--interval", "60", "--min-size", "1048576"});
-    ASSERT_TRUE(tracer.wait_for_stderr("tracing kmem:kmalloc")) << tracer.stop().err;
-    {
-        HeldPipes pipes(kPipes);
-        ASSERT_EQ(pipes.count(), kPipes);
-        std::this_thread::sleep_for(50ms);
-    }
-    std::this_thread::sleep_for(500ms);
-    let_drain();
-    const json report = stop_for_report(tracer);
+    const json report = report_of_pipes_opened_and_closed({"--min-size", "1048576"}, kPipes);
+    ASSERT_FALSE(report.is_null());
     EXPECT_EQ(by_function(report, "alloc_pipe_info").allocs, 0u);
     // The documented trade-off: a free has no size, so it is still recorded,
     // and with its allocation skipped it is unmatched.
