@@ -24,7 +24,7 @@ std::string format_site(std::uint64_t address, const Symbol& symbol) {
 
 KallsymsTable KallsymsTable::parse(std::istream& in) {
     KallsymsTable table;
-    table.names_.emplace_back();  // module index 0: core kernel
+    table.add_name("");  // offset 0: the core kernel's empty module name
     std::unordered_map<std::string, std::uint32_t> modules;
     bool any_listed = false;
     bool any_nonzero = false;
@@ -58,17 +58,25 @@ KallsymsTable KallsymsTable::parse(std::istream& in) {
         std::uint32_t module_index = 0;
         if (module.size() > 2 && module.front() == '[' && module.back() == ']') {
             std::string mod(module.substr(1, module.size() - 2));
-            auto [it, inserted] = modules.try_emplace(mod, static_cast<std::uint32_t>(table.names_.size()));
-            if (inserted) table.names_.push_back(std::move(mod));
+            auto [it, inserted] = modules.try_emplace(std::move(mod), 0);
+            if (inserted) it->second = table.add_name(it->first);
             module_index = it->second;
         }
-        table.entries_.push_back({address, static_cast<std::uint32_t>(table.names_.size()), module_index});
-        table.names_.emplace_back(name);
+        table.entries_.push_back({address, table.add_name(name), module_index});
     }
     table.addresses_hidden_ = any_listed && !any_nonzero;
     std::stable_sort(table.entries_.begin(), table.entries_.end(),
                      [](const Entry& a, const Entry& b) { return a.address < b.address; });
+    table.entries_.shrink_to_fit();
+    table.names_.shrink_to_fit();
     return table;
+}
+
+std::uint32_t KallsymsTable::add_name(std::string_view name) {
+    const auto offset = static_cast<std::uint32_t>(names_.size());
+    names_.append(name);
+    names_.push_back('\0');
+    return offset;
 }
 
 std::optional<Symbol> KallsymsTable::lookup(std::uint64_t address) const {
@@ -79,7 +87,7 @@ std::optional<Symbol> KallsymsTable::lookup(std::uint64_t address) const {
     // than blame a symbol that may end long before the address.
     if (it == entries_.end() && address != entries_.back().address) return std::nullopt;
     const Entry& e = *std::prev(it);
-    return Symbol{names_[e.name], address - e.address, names_[e.module]};
+    return Symbol{std::string(name_at(e.name)), address - e.address, std::string(name_at(e.module))};
 }
 
 Symbol CachingSymbolizer::resolve(std::uint64_t address) {
