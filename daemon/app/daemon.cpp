@@ -247,6 +247,7 @@ nlohmann::json Daemon::stats() {
         {"outstanding", totals.outstanding},
         {"outstanding_bytes", totals.outstanding_bytes},
         {"tracker_bytes", pipeline_.tracker().memory_bytes()},
+        {"tracker_class_overflows", pipeline_.tracker().class_overflows()},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
