@@ -1,13 +1,27 @@
 #include "app/tracking_thread.h"
 
+#include <spdlog/spdlog.h>
+
+#include <utility>
+
 namespace kleak {
 
-TrackingThread::TrackingThread(core::Pipeline& pipeline) : pipeline_(pipeline), current_(kBatchRecords) {
+TrackingThread::TrackingThread(core::Pipeline& pipeline, TrackFn track)
+    : pipeline_(pipeline), track_(std::move(track)), current_(kBatchRecords) {
+    if (!track_) track_ = [this](std::span<const core::Event> batch) { pipeline_.track(batch); };
     thread_ = std::thread([this] { run(); });
     pipeline_.set_release_handoff(this);
 }
 
-TrackingThread::~TrackingThread() { finish(); }
+TrackingThread::~TrackingThread() {
+    try {
+        finish();
+    } catch (const std::exception& e) {
+        spdlog::error("tracking the replayed records failed: {}", e.what());
+    } catch (...) {
+        spdlog::error("tracking the replayed records failed");
+    }
+}
 
 std::span<core::Event> TrackingThread::room() {
     if (current_size_ == current_.size()) hand_over();
@@ -25,7 +39,12 @@ void TrackingThread::hand_over() {
     std::unique_lock lock(mutex_);
     // Bounded: a merging thread that runs ahead waits rather than queueing
     // the whole recording in memory.
-    changed_.wait(lock, [this] { return queued_.size() < kMaxQueued; });
+    changed_.wait(lock, [this] { return queued_.size() < kMaxQueued || failure_; });
+    if (failure_) {
+        current_size_ = 0;  // nobody will track it
+        if (std::exchange(failure_reported_, true)) return;
+        std::rethrow_exception(failure_);
+    }
     queued_.push_back(std::move(current_));
     if (!spare_.empty()) {
         current_ = std::move(spare_.back());
@@ -50,7 +69,19 @@ void TrackingThread::run() {
             queued_.pop_front();
         }
         changed_.notify_all();
-        pipeline_.track(batch);
+        try {
+            track_(batch);
+        } catch (...) {
+            // Not std::terminate: the merging thread learns of it at its next
+            // handover (or in finish()) and the command fails with the message.
+            {
+                std::lock_guard lock(mutex_);
+                failure_ = std::current_exception();
+                queued_.clear();
+            }
+            changed_.notify_all();
+            return;
+        }
         std::lock_guard lock(mutex_);
         spare_.push_back(std::move(batch));
     }
@@ -59,7 +90,12 @@ void TrackingThread::run() {
 void TrackingThread::finish() {
     if (finished_) return;
     finished_ = true;
-    hand_over();
+    std::exception_ptr error;
+    try {
+        hand_over();
+    } catch (...) {
+        error = std::current_exception();  // join first: a running std::thread must not be destroyed
+    }
     {
         std::lock_guard lock(mutex_);
         done_ = true;
@@ -67,6 +103,9 @@ void TrackingThread::finish() {
     changed_.notify_all();
     thread_.join();
     pipeline_.set_release_handoff(nullptr);
+    if (!error && !failure_reported_) error = failure_;
+    failure_reported_ = true;
+    if (error) std::rethrow_exception(error);
 }
 
 }  // namespace kleak

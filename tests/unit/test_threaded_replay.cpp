@@ -199,6 +199,25 @@ TEST_F(ThreadedReplay, ReplayWithoutTheThreadAgreesToo) {
     expect_same(outcome(pipeline, meta, 0), reference_outcome(*dir_, false));
 }
 
+TEST_F(ThreadedReplay, AnExceptionWhileTrackingStopsTheReplayWithItInsteadOfTerminating) {
+    const auto meta = read_recording_meta(*dir_);
+    core::Pipeline pipeline(meta.cpus);
+    std::size_t batches = 0;
+    TrackingThread tracking(pipeline, [&batches](std::span<const core::Event>) {
+        if (++batches == 2) throw std::bad_alloc();
+    });
+    // The merging thread sees the failure at a later handover (the recording
+    // spans many batches) or at the latest in finish().
+    EXPECT_THROW(
+        {
+            replay_recording(*dir_, meta, pipeline, kHoldback);
+            tracking.finish();
+        },
+        std::bad_alloc);
+    EXPECT_EQ(batches, 2u) << "the thread stopped at the failure";
+    EXPECT_NO_THROW(tracking.finish()) << "reported once";
+}
+
 TEST(ThreadedReplayFixture, RealRecordingGivesTheSameReport) {
     expect_same(fast_outcome(kFixture, false), reference_outcome(kFixture, false));
     expect_same(fast_outcome(kFixture, true), reference_outcome(kFixture, true));
