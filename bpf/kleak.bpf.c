@@ -120,6 +120,22 @@ struct {
 	__type(value, struct batch);
 } batches SEC(".maps");
 
+/*
+ * Whether each CPU's batch holds records, read by user space through a
+ * read-only mapping: a drain flushes only the CPUs whose flag is set, and an
+ * idle CPU (a nohz_full one too) is not sent an IPI ten times a second just
+ * to find its batch empty. A slot is written only by its own CPU, once per
+ * batch: set when the first record goes in, cleared when the batch goes
+ * into the ring. Never per record: that path stays as it was.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1); /* user space sizes it to the possible CPUs */
+	__type(key, __u32);
+	__type(value, struct kleak_pending_slot);
+} pending SEC(".maps");
+
 /* Nested kmem_cache_free events recorded by kleak__kmem_cache_free_nested. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -190,12 +206,33 @@ static __always_inline struct batch *this_cpu_batch(void)
 	return bpf_map_lookup_elem(&batches, &key);
 }
 
+/*
+ * A volatile store: user space reads the slot while this CPU writes it, so
+ * the compiler must emit exactly one 4-byte store, where it stands.
+ */
+static __always_inline void set_pending(__u32 value)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct kleak_pending_slot *slot = bpf_map_lookup_elem(&pending, &cpu);
+
+	if (slot)
+		*(volatile __u32 *)&slot->pending = value;
+}
+
 /* Pushes the batch into this CPU's ring. The caller owns the batch (busy). */
 static __always_inline void flush(struct batch *b)
 {
-	__u32 len = b->len;
+	__u64 len = b->len;
 	void *ring;
 
+	/*
+	 * The verifier must see the bounds check on the very register passed
+	 * to bpf_ringbuf_output(). Left to itself, clang checks one
+	 * zero-extended copy of a value it already knows (the caller's
+	 * b->len + size) and passes another, which the verifier then rejects
+	 * as unbounded. Opaque and already 64-bit, len stays one register.
+	 */
+	barrier_var(len);
 	if (len == 0 || len > KLEAK_BATCH_BYTES)
 		return;
 	ring = this_cpu_ring();
@@ -203,6 +240,11 @@ static __always_inline void flush(struct batch *b)
 		count_drops(b->records);
 	b->len = 0;
 	b->records = 0;
+	/*
+	 * After bpf_ringbuf_output(): its commit is a fully ordered xchg, so a
+	 * reader that sees 0 (and acquires it) finds the records in the ring.
+	 */
+	set_pending(0);
 }
 
 /*
@@ -226,8 +268,16 @@ static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 
 		b->busy = 0;
 		return NULL;
 	}
-	if (len == 0)
+	if (len == 0) {
 		b->oldest_ts = now;
+		/*
+		 * Before the record is committed, so a flag that reads 0 means
+		 * no record stamped before that read waits here, give or take
+		 * the few instructions since `now`: far inside the daemon's
+		 * drain holdback.
+		 */
+		set_pending(1);
+	}
 	return b->data + len;
 }
 
@@ -539,11 +589,12 @@ int kleak__reset_freed(void *ctx)
 }
 
 /*
- * Pushes this CPU's batch into its ring. Not attached: user space runs it on
- * each CPU (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU) before every drain,
- * so a CPU that went idle does not keep its last records. On another CPU it
- * runs in an IPI: if it interrupted a kleak program holding the batch, that
- * program flushes when it lets go, and this returns 1 so that user space
+ * Pushes this CPU's batch into its ring. Not attached: user space runs it
+ * (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU) before every drain on each
+ * CPU whose `pending` flag is set, and on every CPU at start-up and after
+ * detach, so a CPU that went idle does not keep its last records. On another
+ * CPU it runs in an IPI: if it interrupted a kleak program holding the batch,
+ * that program flushes when it lets go, and this returns 1 so that user space
  * waits for it. Returns 0 once the batch is in the ring.
  */
 SEC("raw_tp")

@@ -84,4 +84,19 @@ struct kleak_printk_record {
 /* Index of the single slot of the per-CPU `drops` array. */
 #define KLEAK_DROPS_KEY 0
 
+/*
+ * One CPU's slot in the `pending` array (one slot per possible CPU), which
+ * the daemon maps read-only: a drain runs kleak__flush, an IPI, only on the
+ * CPUs whose batch holds records, so idle CPUs are left asleep. Only its own
+ * CPU writes a slot; each fills a cache line so that no two CPUs' writes
+ * bounce a line between them. It never reaches a ring or a recording, so a
+ * change to it does not bump KLEAK_ABI_VERSION: the daemon carries its BPF
+ * object, and both are built from this header.
+ */
+#define KLEAK_CACHE_LINE_BYTES 64
+struct kleak_pending_slot {
+	__u32 pending; /* 1: the batch may hold records; 0: it is empty */
+	__u8 pad[KLEAK_CACHE_LINE_BYTES - 4];
+};
+
 #endif /* KLEAK_ABI_H */

@@ -258,6 +258,10 @@ nlohmann::json Daemon::stats() {
         {"undecodable", pipeline_.undecodable()},
         {"totals", core::report_to_json(core::Report{totals, {}, loss}).at("totals")},
         {"attached", session_.tracer().attached()},
+        // Per-drain flushes of the BPF record batches: an IPI for each CPU
+        // flushed; CPUs whose batch was empty are skipped.
+        {"batch_flushes",
+         {{"cpus_flushed", session_.tracer().flushed_cpus()}, {"cpus_skipped", session_.tracer().skipped_cpus()}}},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",

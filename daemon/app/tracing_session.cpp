@@ -30,7 +30,8 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
 
 void TracingSession::drain() {
     const std::uint64_t started = monotonic_now_ns();
-    // Batches still held per CPU in BPF hold records older than `started`.
+    // Batches still held per CPU in BPF hold records older than `started`;
+    // only CPUs whose batch holds records are flushed (see BpfTracer).
     tracer_.flush_batches();
     const int n = consumer_.drain();
     if (n < 0 && failed_drains_++ % 1000 == 0)  // rate-limited: once per 1000 failures
@@ -40,7 +41,8 @@ void TracingSession::drain() {
 
 void TracingSession::stop_and_drain() {
     tracer_.detach();
-    tracer_.flush_batches();
+    // Every CPU: nothing attached will age a batch or drain it again.
+    tracer_.flush_all_batches();
     const int n = consumer_.drain();
     if (n < 0) spdlog::warn("draining the rings after detach failed: {}", std::strerror(-n));
 }

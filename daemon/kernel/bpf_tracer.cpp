@@ -6,10 +6,12 @@
 #include <linux/capability.h>
 #include <linux/membarrier.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 #include "core/sizes.h"
@@ -22,6 +24,10 @@ namespace kleak {
 // Even the smallest ring has room for two batches (with their 8-byte ring
 // headers) past its default wake-up threshold, and that threshold is positive.
 static_assert(core::kMinBufferSize > 2 * (KLEAK_BATCH_BYTES + 8));
+// One `pending` slot per cache line; batch_pending() reads its flag as a
+// naturally aligned 4-byte word (the array's elements start page-aligned).
+static_assert(sizeof(kleak_pending_slot) == KLEAK_CACHE_LINE_BYTES);
+static_assert(offsetof(kleak_pending_slot, pending) == 0);
 
 std::string describe_errno(const std::string& what, int negative_errno) {
     const int err = negative_errno < 0 ? -negative_errno : negative_errno;
@@ -139,6 +145,10 @@ bool tracepoint_in_btf(const btf* vmlinux, const char* tracepoint) {
 
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
 
+void PendingUnmapper::operator()(const ::kleak_pending_slot* slots) const {
+    ::munmap(const_cast<::kleak_pending_slot*>(slots), length);
+}
+
 BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer_size) {
     libbpf_set_print(print_libbpf);
     check_btf_present();
@@ -180,6 +190,9 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         }
         ring_fds_.emplace_back(fd);
     }
+    err = bpf_map__set_max_entries(skel_->maps.pending, static_cast<__u32>(cpus));
+    if (err)
+        throw StartupError(describe_errno("sizing the pending map to " + std::to_string(cpus) + " CPUs failed", err));
     err = bpf_map__set_inner_map_fd(skel_->maps.rings, ring_fds_.front().get());
     if (err) throw StartupError(describe_errno("setting the ring template failed", err));
 
@@ -218,6 +231,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         if (bpf_map_update_elem(rings_fd, &key, &ring_fd, BPF_ANY) != 0)
             throw StartupError(describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
     }
+    map_pending_flags();
 
     for (ProgramSpec& spec : specs) {
         if (!spec.wanted) continue;
@@ -238,7 +252,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 
     // Records wait in per-CPU batches until user space flushes them: without
     // a working flush an idle CPU would keep its last records forever.
-    if (const int flushed = run_flush_on_every_cpu(); flushed != 0) {
+    if (const int flushed = run_flush(FlushScope::every_cpu); flushed != 0) {
         throw StartupError(describe_errno("running kleak__flush on each CPU (BPF_PROG_TEST_RUN with "
                                           "BPF_F_TEST_RUN_ON_CPU) failed",
                                           flushed) +
@@ -247,6 +261,32 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 }
 
 BpfTracer::~BpfTracer() = default;
+
+void BpfTracer::map_pending_flags() {
+    const std::size_t length = ring_fds_.size() * sizeof(kleak_pending_slot);
+    void* address = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, bpf_map__fd(skel_->maps.pending), 0);
+    if (address == MAP_FAILED) {
+        // Not fatal: only the IPIs to idle CPUs are at stake, not records.
+        spdlog::warn("mapping the pending map ({} bytes, BPF_F_MMAPABLE) read-only failed: {}; every drain "
+                     "flushes every CPU, idle or not",
+                     length, std::strerror(errno));
+        return;
+    }
+    pending_ = {static_cast<const kleak_pending_slot*>(address), PendingUnmapper{length}};
+}
+
+bool BpfTracer::batch_pending(unsigned cpu) const {
+    if (!pending_) return true;
+    // BPF programs write the flag, not a C++ thread: what matters is one
+    // untorn 4-byte load, made afresh on every call. A GCC atomic builtin
+    // gives that on const memory (std::atomic_ref<const T> is C++26), as
+    // ring_consumer.cpp reads the ring positions. Acquire, not relaxed:
+    // kleak.bpf.c clears the flag after committing the batch to the ring
+    // with a fully ordered xchg, so reading 0 with acquire guarantees the
+    // drain that follows sees those records, on weakly ordered CPUs too. It
+    // costs a plain load on x86.
+    return __atomic_load_n(&pending_.get()[cpu].pending, __ATOMIC_ACQUIRE) != 0;
+}
 
 std::vector<int> BpfTracer::ring_fds() const {
     std::vector<int> fds;
@@ -306,9 +346,24 @@ void BpfTracer::detach() {
     ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
 }
 
-int BpfTracer::run_flush_on_every_cpu() {
+int BpfTracer::run_flush(FlushScope scope) {
     int first_error = 0;
     for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        // Skipping a CPU whose flag reads 0 loses nothing. From a few
+        // nanoseconds after a batch's first record is stamped until the batch
+        // is in the ring, its flag reads 1 (kleak.bpf.c). So a 0 here means
+        // every record stamped before the drain started, less its holdback
+        // (10 ms), is in the ring already. A record that goes in after this
+        // read is newer than that, and the daemon releases only records older
+        // than drain start minus the holdback: it is due at a later drain. It
+        // leaves the batch by the age flush (2 ms after the batch's first
+        // record, at the CPU's next event) or, on a CPU that went idle, at
+        // the next drain, which reads its flag as 1.
+        if (scope == FlushScope::pending && !batch_pending(static_cast<unsigned>(cpu))) {
+            ++skipped_cpus_;
+            continue;
+        }
+        ++flushed_cpus_;
         // kleak__flush returns 1 when it interrupted a kleak program holding
         // the batch: that program flushes when it resumes, microseconds
         // later. Wait for it, or those records would miss this drain.
@@ -324,8 +379,12 @@ int BpfTracer::run_flush_on_every_cpu() {
     return first_error;
 }
 
-int BpfTracer::flush_batches() {
-    const int err = run_flush_on_every_cpu();
+int BpfTracer::flush_batches() { return flush(FlushScope::pending); }
+
+int BpfTracer::flush_all_batches() { return flush(FlushScope::every_cpu); }
+
+int BpfTracer::flush(FlushScope scope) {
+    const int err = run_flush(scope);
     if (err != 0 && flush_failures_++ % 1000 == 0) {  // rate-limited: once per 1000 drains
         spdlog::warn("{}; records of idle CPUs reach user space late ({} times so far)",
                      describe_errno("flushing the per-CPU record batches (BPF_PROG_TEST_RUN) failed", err),

@@ -1,12 +1,14 @@
 // RAII owner of the loaded BPF programs and their per-CPU rings.
 //
 // Construction runs the whole start-up: preflight checks (BTF, privileges),
-// open the skeleton, size `rings` to the possible CPUs and create one ring per
-// CPU, turn off programs whose tracepoint this kernel lacks, load, install the
-// rings, attach. Any failure throws StartupError with what failed and what to
-// do. Destruction detaches and frees everything: nothing is left in the kernel.
+// open the skeleton, size `rings` and `pending` to the possible CPUs and create
+// one ring per CPU, turn off programs whose tracepoint this kernel lacks, load,
+// install the rings, map `pending`, attach. Any failure throws StartupError
+// with what failed and what to do. Destruction detaches and frees everything:
+// nothing is left in the kernel.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -15,7 +17,8 @@
 
 #include "kernel/unique_fd.h"
 
-struct kleak_bpf;  // the bpftool skeleton
+struct kleak_bpf;           // the bpftool skeleton
+struct kleak_pending_slot;  // kleak_abi.h
 struct bpf_program;
 struct bpf_map;
 
@@ -55,6 +58,12 @@ struct ProgramStats {
     std::uint64_t recovered = 0;                // nested events the second program recorded
 };
 
+// Unmaps BpfTracer's read-only mapping of the `pending` map.
+struct PendingUnmapper {
+    std::size_t length = 0;
+    void operator()(const ::kleak_pending_slot* slots) const;
+};
+
 class BpfTracer {
 public:
     explicit BpfTracer(const TracerOptions& options);
@@ -75,17 +84,41 @@ public:
     // program whose info cannot be read is left out.
     std::vector<ProgramStats> program_stats() const;
 
-    // Pushes every CPU's partly filled record batch into its ring, so that
-    // everything recorded before this call can be consumed. Call before each
-    // drain and after detach. Returns 0 or a negative errno.
+    // Pushes the partly filled record batch of each CPU whose `pending` flag
+    // is set into its ring, so that everything recorded before the drain
+    // started, less the drain holdback, can be consumed; CPUs with an empty
+    // batch are not disturbed. Call before each drain. Flushes every CPU if
+    // the flags could not be mapped. Returns 0 or a negative errno.
     int flush_batches();
+
+    // Pushes every CPU's batch into its ring, whatever its flag says: after
+    // detach, when nothing will come to age a batch or set a flag again.
+    // Returns 0 or a negative errno.
+    int flush_all_batches();
+
+    // Whether `pending` is mapped, so that flush_batches() can skip CPUs.
+    bool pending_flags_mapped() const { return pending_ != nullptr; }
+    // CPU `cpu`'s flag: its batch may hold records. True when not mapped.
+    bool batch_pending(unsigned cpu) const;
+
+    // CPUs kleak__flush was run on (by any flush, start-up's included), and
+    // CPUs flush_batches() passed over because their flag read 0: one or the
+    // other for each CPU in each call.
+    std::uint64_t flushed_cpus() const { return flushed_cpus_; }
+    std::uint64_t skipped_cpus() const { return skipped_cpus_; }
 
     // Stops new records; the rings stay readable so the tail can be drained.
     void detach();
 
 private:
-    // Runs kleak__flush on each online CPU; 0 or the first negative errno.
-    int run_flush_on_every_cpu();
+    enum class FlushScope { pending, every_cpu };
+    // Runs kleak__flush on each online CPU in `scope`; 0 or the first
+    // negative errno.
+    int run_flush(FlushScope scope);
+    // run_flush(), with a rate-limited warning when it fails.
+    int flush(FlushScope scope);
+    // Maps `pending` read-only; leaves pending_ empty, with a warning, if it fails.
+    void map_pending_flags();
     // One per-CPU array slot per possible CPU; empty if the map cannot be read.
     std::vector<std::uint64_t> read_per_cpu_counter(const ::bpf_map* map) const;
     // Nested kmem_cache_free events the second program recorded, all CPUs.
@@ -96,11 +129,15 @@ private:
     };
 
     std::unique_ptr<::kleak_bpf, SkeletonDeleter> skel_;
+    // `pending`, one slot per possible CPU; null if it could not be mapped.
+    std::unique_ptr<const ::kleak_pending_slot, PendingUnmapper> pending_;
     std::vector<UniqueFd> ring_fds_;
     std::vector<std::string> attached_;
     std::vector<const ::bpf_program*> attached_programs_;  // parallel to attached_
     std::uint64_t buffer_size_ = 0;
     std::uint64_t flush_failures_ = 0;
+    std::uint64_t flushed_cpus_ = 0;
+    std::uint64_t skipped_cpus_ = 0;
 };
 
 }  // namespace kleak

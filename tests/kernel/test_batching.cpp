@@ -1,8 +1,10 @@
 // Real-kernel tests of the per-CPU record batches (kleak.bpf.c): records
 // wait in their CPU's batch until it fills, ages, or user space flushes it,
 // so these check that a flush delivers exactly what a CPU holds, that the
-// batched stream still decodes and keeps each CPU's records in time order,
-// and that nested kmem_cache_free events are accounted for.
+// per-CPU `pending` flags let a drain's flush skip CPUs with empty batches
+// and no others, that the batched stream still decodes and keeps each CPU's
+// records in time order, and that nested kmem_cache_free events are
+// accounted for.
 // Counts and order only: nothing here asserts on timing.
 #include <sched.h>
 
@@ -106,6 +108,91 @@ TEST(KernelBatching, FlushDeliversEverythingACpuHolds) {
               << "\n";
 }
 
+// kleak.bpf.c's `pending` flag, read through the daemon's mapping: set while
+// a CPU's batch holds records, so that flush_batches() finds that CPU, and
+// cleared by the flush. The kernel allocates on every CPU all the time, so
+// neither "reads 1 after our pipes" nor "reads 0 after a flush" holds at any
+// one instant: the assertions are what the flag promises instead.
+TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) {
+    REQUIRE_KERNEL();
+    kleak::BpfTracer tracer(small_tracer());
+    ASSERT_TRUE(tracer.pending_flags_mapped());
+    CollectingSink sink(tracer.cpu_count());
+    kleak::RingConsumer consumer(tracer.ring_fds(), sink);
+    auto symbols = kleak::make_kallsyms_symbolizer(kleak::kProcKallsyms);
+    const unsigned cpu = tracer.cpu_count() - 1;
+    PinnedToCpu pinned(cpu);
+    ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << cpu;
+
+    ASSERT_EQ(tracer.flush_all_batches(), 0);
+    ASSERT_GE(consumer.drain(), 0);
+    sink.clear();
+
+    constexpr int kFew = 3;  // far from filling a 4 KiB batch
+    HeldPipes pipes(kFew);
+    ASSERT_EQ(pipes.count(), kFew);
+    // Read before draining: a flag reading 0 promises that no record made
+    // before the read waits in the batch, so the drain must find them all.
+    const bool pending = tracer.batch_pending(cpu);
+    ASSERT_GE(consumer.drain(), 0);
+    const int before_flush = pipe_allocations(sink, *symbols)[cpu];
+    EXPECT_TRUE(pending || before_flush == 2 * kFew)
+        << "the flag read 0 while the batch held " << 2 * kFew - before_flush << " pipe allocations";
+
+    // flush_batches() skips CPUs whose flag reads 0: it must still deliver them.
+    ASSERT_EQ(tracer.flush_batches(), 0);
+    ASSERT_GE(consumer.drain(), 0);
+    EXPECT_EQ(pipe_allocations(sink, *symbols)[cpu], 2 * kFew) << "seen before the flush: " << before_flush;
+
+    // This CPU's flag right after its flush: 0 unless the kernel recorded
+    // something here in between. A flush that left it set would read 1 on
+    // every try.
+    const std::uint64_t flushed = tracer.flushed_cpus(), skipped = tracer.skipped_cpus();
+    int calls = 0;
+    bool seen_clear = false;
+    while (calls < 1000 && !seen_clear) {
+        ASSERT_EQ(tracer.flush_batches(), 0);
+        ++calls;
+        seen_clear = !tracer.batch_pending(cpu);
+    }
+    EXPECT_TRUE(seen_clear) << "CPU " << cpu << "'s flag read 1 after each of " << calls << " flushes";
+    EXPECT_EQ(tracer.flushed_cpus() - flushed + tracer.skipped_cpus() - skipped,
+              std::uint64_t{tracer.cpu_count()} * static_cast<std::uint64_t>(calls))
+        << "each call flushes or skips each CPU once";
+    std::cerr << "flag after the pipes: " << pending
+              << "; pipe allocations in the ring before the flush: " << before_flush << " of " << 2 * kFew
+              << "; flushes until the flag read 0: " << calls << "\n";
+}
+
+// With emit_records off the programs stay attached but never write a batch,
+// so no flag is ever set: every drain's flush must leave every CPU alone
+// (no IPI), whatever the machine is doing. flush_all_batches() still runs
+// on each. Counts only: this cannot depend on what else the kernel does.
+TEST(KernelBatching, FlushSkipsEveryCpuWhoseBatchIsEmpty) {
+    REQUIRE_KERNEL();
+    kleak::TracerOptions options = small_tracer();
+    options.emit_records = false;
+    kleak::BpfTracer tracer(options);
+    ASSERT_TRUE(tracer.pending_flags_mapped());
+    const std::uint64_t cpus = tracer.cpu_count();
+
+    const std::uint64_t flushed = tracer.flushed_cpus(), skipped = tracer.skipped_cpus();
+    EXPECT_EQ(flushed, cpus) << "start-up flushes every CPU once";
+    EXPECT_EQ(skipped, 0u);
+    constexpr int kDrains = 50;
+    for (int i = 0; i < kDrains; ++i) {
+        { HeldPipes churn(4); }  // allocations that would fill a batch were records written
+        ASSERT_EQ(tracer.flush_batches(), 0);
+    }
+    EXPECT_EQ(tracer.flushed_cpus() - flushed, 0u);
+    EXPECT_EQ(tracer.skipped_cpus() - skipped, kDrains * cpus);
+    for (unsigned cpu = 0; cpu < cpus; ++cpu) EXPECT_FALSE(tracer.batch_pending(cpu)) << "CPU " << cpu;
+
+    ASSERT_EQ(tracer.flush_all_batches(), 0);
+    EXPECT_EQ(tracer.flushed_cpus() - flushed, cpus);
+    EXPECT_EQ(tracer.skipped_cpus() - skipped, kDrains * cpus);
+}
+
 TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
     REQUIRE_KERNEL();
     kleak::BpfTracer tracer(small_tracer());
@@ -136,7 +223,7 @@ TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
     }
     for (auto& w : workers) w.join();
     tracer.detach();
-    ASSERT_EQ(tracer.flush_batches(), 0);
+    ASSERT_EQ(tracer.flush_all_batches(), 0);
     ASSERT_GE(consumer.drain(), 0);
 
     EXPECT_EQ(sink.undecodable, 0u);
