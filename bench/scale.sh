@@ -85,7 +85,7 @@ held=0
 while [ "$(outstanding)" -lt "$target" ]; do
   "$loadgen" leak --count "$per_process" --duration 0 > "$tmp/leak.$held" 2>&1 &
   pids+=("$!")
-  for _ in $(seq 1 100); do grep -q holding "$tmp/leak.$held" && break; sleep 0.1; done
+  for _ in $(seq 1 100); do grep -qs holding "$tmp/leak.$held" && break; sleep 0.1; done
   held=$((held + 1))
   sleep 0.3
   [ "$held" -lt 200 ] || { echo "scale.sh: cannot reach $target outstanding" >&2; exit 1; }
