@@ -129,9 +129,14 @@ print("leaks (top 20, by bytes):            " + run({"top": 20}, queries))
 print("leaks --min-age 1s (scans them all): " + run({"top": 20, "min_age": "1s"}, queries))
 EOF
 final=$(ask stats)
-python3 - "$stats" "$final" << 'EOF'
+python3 - "$stats" "$final" "$daemon" << 'EOF'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+a, b, pid = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 print(f"during the queries: {b['records'] - a['records']:,} records ingested, "
       f"drops {b['dropped'] - a['dropped']}, late {b['late'] - a['late']}")
+# Again after the queries, which symbolized call sites and ingested at full rate.
+status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
+kb = lambda k: int(status[k].split()[0]) if k in status else 0
+print(f"daemon RSS after the queries {kb('VmRSS') / 1024:.1f} MiB ({b['outstanding']:,} outstanding): "
+      f"anonymous {kb('RssAnon') / 1024:.1f}, file and ring mappings {kb('RssFile') / 1024:.1f}")
 EOF

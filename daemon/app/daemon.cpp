@@ -69,7 +69,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       pipeline_(possible_cpus()),
       printk_log_(settings_.printk.lines),
       sink_(pipeline_),
-      symbolizer_(make_kallsyms_symbolizer(command.kallsyms)),
+      symbolizer_(make_kallsyms_symbolizer(command.kallsyms, tracked_call_sites())),
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       snapshot_timer_(settings_.snapshots.interval),
@@ -223,6 +223,16 @@ core::Losses Daemon::losses() {
                              session_.consumer().peak_backlog_bytes(), session_.program_costs());
 }
 
+core::CachingSymbolizer::KnownAddresses Daemon::tracked_call_sites() {
+    // Every site a report or query can show is one of the tracker's.
+    return [this] {
+        std::vector<std::uint64_t> sites;
+        sites.reserve(pipeline_.tracker().sites().size());
+        for (const core::SiteStats& site : pipeline_.tracker().sites()) sites.push_back(site.call_site);
+        return sites;
+    };
+}
+
 core::Report Daemon::build_report() { return core::build_report(pipeline_.tracker(), losses(), *symbolizer_); }
 
 nlohmann::json Daemon::snapshot() {
@@ -339,7 +349,7 @@ void Daemon::update_status() {
 void Daemon::reset() {
     pipeline_.reset();  // a release in progress is discarded with the rest
     release_wake_.lower();
-    symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms);  // modules may have come and gone
+    symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms, tracked_call_sites());  // modules may have come and gone
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
     rate_window_records_ = 0;
     spdlog::info("reset: history forgotten, a fresh baseline starts now");

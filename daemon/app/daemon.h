@@ -50,6 +50,8 @@ public:
 private:
     core::Losses losses();
     core::Report build_report();
+    // For the symbolizer: the call sites the tracker has seen.
+    core::CachingSymbolizer::KnownAddresses tracked_call_sites();
     nlohmann::json snapshot();
     nlohmann::json stats();
     void write_snapshot();

@@ -92,9 +92,17 @@ std::optional<Symbol> KallsymsTable::lookup(std::uint64_t address) const {
 
 Symbol CachingSymbolizer::resolve(std::uint64_t address) {
     if (auto it = cache_.find(address); it != cache_.end()) return it->second;
-    if (!table_) table_ = loader_();
+    if (!table_) {
+        table_ = loader_();
+        ++loads_;
+    }
     Symbol symbol = table_->lookup(address).value_or(Symbol{});
     cache_.emplace(address, symbol);
+    if (known_addresses_) {
+        for (const std::uint64_t known : known_addresses_())
+            if (!cache_.contains(known)) cache_.emplace(known, table_->lookup(known).value_or(Symbol{}));
+        table_.reset();
+    }
     return symbol;
 }
 

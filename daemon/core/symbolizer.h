@@ -68,16 +68,32 @@ private:
 };
 
 // Lazily loads a table through `loader` on the first resolve, caches answers.
+//
+// With `known_addresses` (the daemon passes every call site its tracker has
+// seen), a miss resolves all of them in the same pass and then lets the table
+// go: 122K symbols are ~5 MiB that a long-running daemon would otherwise hold
+// for the handful of sites it ever shows, and a later miss (a call site new
+// since the last pass) costs one more read of kallsyms (~60 ms) instead.
+// Without it, the table is kept for the symbolizer's life.
 class CachingSymbolizer final : public Symbolizer {
 public:
-    explicit CachingSymbolizer(std::function<KallsymsTable()> loader) : loader_(std::move(loader)) {}
+    using Loader = std::function<KallsymsTable()>;
+    using KnownAddresses = std::function<std::vector<std::uint64_t>()>;
+
+    explicit CachingSymbolizer(Loader loader, KnownAddresses known_addresses = {})
+        : loader_(std::move(loader)), known_addresses_(std::move(known_addresses)) {}
     Symbol resolve(std::uint64_t address) override;
+    // The table, while it is held (never, between passes, with known_addresses).
     const KallsymsTable* table() const { return table_ ? &*table_ : nullptr; }
+    // Times the loader ran.
+    std::uint64_t loads() const { return loads_; }
 
 private:
-    std::function<KallsymsTable()> loader_;
+    Loader loader_;
+    KnownAddresses known_addresses_;
     std::optional<KallsymsTable> table_;
     std::unordered_map<std::uint64_t, Symbol> cache_;
+    std::uint64_t loads_ = 0;
 };
 
 // Answers from a fixed map, e.g. the symbols stored with a recording.

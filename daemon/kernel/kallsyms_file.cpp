@@ -5,22 +5,28 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <utility>
 
 namespace kleak {
 
-std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(std::filesystem::path path) {
-    return std::make_unique<core::CachingSymbolizer>([path = std::move(path)]() {
+std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(
+    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses) {
+    // Read once or many times (see the header): warn once either way.
+    auto loader = [path = std::move(path), warned = false]() mutable {
         std::ifstream in(path);
         if (!in) {
-            spdlog::warn("cannot read {}: {}; call sites will show as addresses", path.string(), std::strerror(errno));
+            if (!std::exchange(warned, true))
+                spdlog::warn("cannot read {}: {}; call sites will show as addresses", path.string(),
+                             std::strerror(errno));
             return core::KallsymsTable{};
         }
         core::KallsymsTable table = core::KallsymsTable::parse(in);
-        if (table.addresses_hidden()) {
+        if (table.addresses_hidden() && !std::exchange(warned, true)) {
             spdlog::warn("{} hides addresses (kernel.kptr_restrict); run as root to see function names", path.string());
         }
         return table;
-    });
+    };
+    return std::make_unique<core::CachingSymbolizer>(std::move(loader), std::move(known_addresses));
 }
 
 }  // namespace kleak

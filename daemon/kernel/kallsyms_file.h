@@ -13,6 +13,9 @@ inline constexpr const char* kProcKallsyms = "/proc/kallsyms";
 
 // An unreadable file, or one whose addresses are hidden (kptr_restrict), is
 // logged once and yields an empty table: sites then print as hex addresses.
-std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(std::filesystem::path path);
+// known_addresses: see core::CachingSymbolizer (then the file is read again
+// for each call site new since the last read, and the table is not kept).
+std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(
+    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses = {});
 
 }  // namespace kleak

@@ -175,6 +175,31 @@ TEST(CachingSymbolizer, AnEmptyTableIsLoadedOnlyOnce) {
     EXPECT_TRUE(symbolizer.table()->addresses_hidden());
 }
 
+TEST(CachingSymbolizer, WithKnownAddressesResolvesThemAllInOnePassAndLetsTheTableGo) {
+    int loads = 0;
+    std::vector<std::uint64_t> known{0xffffffff81234567, 0xffffffffc0a01010, 0x10};
+    CachingSymbolizer symbolizer(
+        [&loads] {
+            ++loads;
+            return load_fixture("kallsyms_small.txt");
+        },
+        [&known] { return known; });
+    EXPECT_EQ(format_site(0xffffffffc0a01010, symbolizer.resolve(0xffffffffc0a01010)), "foo_init+0x10 [foo]");
+    EXPECT_EQ(loads, 1);
+    EXPECT_EQ(symbolizer.table(), nullptr) << "the table is not kept";
+    // The other known addresses were resolved in the same pass, unknowns included.
+    EXPECT_EQ(format_site(0xffffffff81234567, symbolizer.resolve(0xffffffff81234567)), "__kmalloc+0x7");
+    EXPECT_FALSE(symbolizer.resolve(0x10).known());
+    EXPECT_EQ(loads, 1);
+    // A call site seen since: one more pass.
+    known.push_back(0xffffffffc0a01020);
+    EXPECT_EQ(format_site(0xffffffffc0a01020, symbolizer.resolve(0xffffffffc0a01020)), "foo_init+0x20 [foo]");
+    EXPECT_EQ(loads, 2);
+    EXPECT_EQ(symbolizer.loads(), 2u);
+    EXPECT_EQ(format_site(0xffffffff81234567, symbolizer.resolve(0xffffffff81234567)), "__kmalloc+0x7");
+    EXPECT_EQ(loads, 2);
+}
+
 TEST(FixedSymbolizer, AnswersFromItsMapOnly) {
     FixedSymbolizer symbolizer({{0xffffffff81a00010, Symbol{"__alloc_skb", 0x10, ""}},
                                 {0xffffffffc0a01020, Symbol{"foo_init", 0x20, "foo"}}});
