@@ -268,10 +268,13 @@ nlohmann::json Daemon::stats() {
         {"undecodable", pipeline_.undecodable()},
         {"totals", core::report_to_json(core::Report{totals, {}, loss}).at("totals")},
         {"attached", session_.tracer().attached()},
-        // Per-drain flushes of the BPF record batches: an IPI for each CPU
-        // flushed; CPUs whose batch was empty are skipped.
+        // Flushes of the BPF record batches since start-up: an IPI for each
+        // CPU flushed; drains skip CPUs whose batch is empty, unless the
+        // flags could not be mapped.
         {"batch_flushes",
-         {{"cpus_flushed", session_.tracer().flushed_cpus()}, {"cpus_skipped", session_.tracer().skipped_cpus()}}},
+         {{"cpus_flushed", session_.tracer().flushed_cpus()},
+          {"cpus_skipped", session_.tracer().skipped_cpus()},
+          {"pending_flags_mapped", session_.tracer().pending_flags_mapped()}}},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",

@@ -54,8 +54,8 @@ void TrackingThread::hand_over() {
     }
     lock.unlock();
     changed_.notify_all();
+    current_size_ = 0;  // first: if the resize throws, the batch handed over is not handed over again
     current_.resize(kBatchRecords);
-    current_size_ = 0;
 }
 
 void TrackingThread::run() {

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstddef>
 #include <cstring>
 
@@ -276,7 +278,7 @@ void BpfTracer::map_pending_flags() {
 }
 
 bool BpfTracer::batch_pending(unsigned cpu) const {
-    if (!pending_) return true;
+    if (!pending_ || cpu >= cpu_count()) return true;
     // BPF programs write the flag, not a C++ thread: what matters is one
     // untorn 4-byte load, made afresh on every call. A GCC atomic builtin
     // gives that on const memory (std::atomic_ref<const T> is C++26), as
@@ -343,7 +345,12 @@ void BpfTracer::detach() {
     // progress on other CPUs; one could still write its batch after the
     // final flush. Tracepoint probes run with preemption off, so an RCU
     // grace period, which MEMBARRIER_CMD_GLOBAL waits for, outlasts them.
-    ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+    if (::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) != 0) {
+        // It is refused with EINVAL on a kernel booted with nohz_full=. A
+        // probe run takes microseconds and cannot be preempted, only
+        // interrupted: 20 ms outlasts it by far.
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
 }
 
 int BpfTracer::run_flush(FlushScope scope) {
@@ -363,7 +370,6 @@ int BpfTracer::run_flush(FlushScope scope) {
             ++skipped_cpus_;
             continue;
         }
-        ++flushed_cpus_;
         // kleak__flush returns 1 when it interrupted a kleak program holding
         // the batch: that program flushes when it resumes, microseconds
         // later. Wait for it, or those records would miss this drain.
@@ -374,6 +380,7 @@ int BpfTracer::run_flush(FlushScope scope) {
             result = run_on_cpu(skel_->progs.kleak__flush, cpu);
             if (result != 1) break;
         }
+        if (result >= 0) ++flushed_cpus_;
         if (result < 0 && result != -ENXIO && first_error == 0) first_error = result;
     }
     return first_error;

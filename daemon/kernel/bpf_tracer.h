@@ -98,12 +98,13 @@ public:
 
     // Whether `pending` is mapped, so that flush_batches() can skip CPUs.
     bool pending_flags_mapped() const { return pending_ != nullptr; }
-    // CPU `cpu`'s flag: its batch may hold records. True when not mapped.
+    // CPU `cpu`'s flag: its batch may hold records. True when not mapped
+    // (or cpu >= cpu_count()).
     bool batch_pending(unsigned cpu) const;
 
-    // CPUs kleak__flush was run on (by any flush, start-up's included), and
-    // CPUs flush_batches() passed over because their flag read 0: one or the
-    // other for each CPU in each call.
+    // Since start-up, start-up's flush included: CPUs kleak__flush ran on
+    // (an IPI each, unless it was the daemon's own CPU; offline CPUs not
+    // counted), and CPUs flush_batches() passed over because their flag read 0.
     std::uint64_t flushed_cpus() const { return flushed_cpus_; }
     std::uint64_t skipped_cpus() const { return skipped_cpus_; }
 

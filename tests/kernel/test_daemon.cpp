@@ -738,8 +738,8 @@ TEST(Daemon, FiftyConcurrentClientsUnderAllocationLoad) {
     EXPECT_EQ(u64(s, "dropped"), 0u) << "the default 8M rings overflowed: " << s.dump();
     // A real kernel has a few thousand (call site, size) classes, far from the 16M the table holds.
     EXPECT_EQ(u64(s, "tracker_class_overflows"), 0u);
-    // Under load both CPUs hold records at most drains; at start-up every CPU is flushed.
-    EXPECT_GT(u64(s.at("batch_flushes"), "cpus_flushed"), 0u) << s.dump();
+    // Which CPUs a drain skips is tested on BpfTracer (test_batching); here, that the flags are in use.
+    EXPECT_TRUE(s.at("batch_flushes").at("pending_flags_mapped").get<bool>()) << s.dump();
     EXPECT_GE(u64(s.at("queries"), "requests"), static_cast<std::uint64_t>(kClients * kRequests));
     EXPECT_EQ(u64(s.at("queries"), "errors"), 0u);
     EXPECT_EQ(u64(s, "clients"), 1u) << "only this stats query is connected";
