@@ -133,7 +133,7 @@ python3 - "$stats" "$final" "$daemon" << 'EOF'
 import json, sys
 a, b, pid = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 print(f"during the queries: {b['records'] - a['records']:,} records ingested, "
-      f"drops {b['dropped'] - a['dropped']}, late {b['late'] - a['late']}")
+      f"drops {b['dropped'] - a['dropped']}, late {b['late'] - a['late']}, kallsyms reads {b.get('kallsyms_reads', '?')}")
 # Again after the queries, which symbolized call sites and ingested at full rate.
 status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
 kb = lambda k: int(status[k].split()[0]) if k in status else 0

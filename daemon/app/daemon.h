@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,6 +53,8 @@ private:
     core::Report build_report();
     // For the symbolizer: the call sites the tracker has seen.
     core::CachingSymbolizer::KnownAddresses tracked_call_sites();
+    // For the symbolizer, while it reads kallsyms: drains without releasing.
+    std::function<void()> drain_while_symbolizing();
     nlohmann::json snapshot();
     nlohmann::json stats();
     void write_snapshot();

@@ -32,11 +32,15 @@ void TracingSession::drain() {
     const std::uint64_t started = monotonic_now_ns();
     // Batches still held per CPU in BPF hold records older than `started`;
     // only CPUs whose batch holds records are flushed (see BpfTracer).
+    drain_rings_only();
+    if (on_drained_) on_drained_(started > holdback_ns_ ? started - holdback_ns_ : 0);
+}
+
+void TracingSession::drain_rings_only() {
     tracer_.flush_batches();
     const int n = consumer_.drain();
     if (n < 0 && failed_drains_++ % 1000 == 0)  // rate-limited: once per 1000 failures
         spdlog::warn("draining the rings failed: {} ({} times so far)", std::strerror(-n), failed_drains_);
-    if (on_drained_) on_drained_(started > holdback_ns_ ? started - holdback_ns_ : 0);
 }
 
 void TracingSession::stop_and_drain() {

@@ -39,6 +39,11 @@ public:
     // Drains now (also what the timer does).
     void drain();
 
+    // Moves what the rings hold into the sink, without calling on_drained:
+    // for work that holds the tracker's state while it runs long enough for
+    // the rings to fill (reading kallsyms), which must not see it change.
+    void drain_rings_only();
+
     // Detaches the programs and drains what they left in the rings.
     void stop_and_drain();
 

@@ -22,14 +22,16 @@ std::string format_site(std::uint64_t address, const Symbol& symbol) {
     return out;
 }
 
-KallsymsTable KallsymsTable::parse(std::istream& in) {
+KallsymsTable KallsymsTable::parse(std::istream& in, const std::function<void()>& between_chunks) {
     KallsymsTable table;
     table.add_name("");  // offset 0: the core kernel's empty module name
     std::unordered_map<std::string, std::uint32_t> modules;
     bool any_listed = false;
     bool any_nonzero = false;
     std::string line;
+    std::size_t lines = 0;
     while (std::getline(in, line)) {
+        if (between_chunks && ++lines % kChunkLines == 0) between_chunks();
         // "ffffffff81000000 T _stext" or "ffffffffc0001000 t fn\t[module]"
         std::string_view rest(line);
         auto next_field = [&rest]() {

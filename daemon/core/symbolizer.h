@@ -39,7 +39,11 @@ public:
 class KallsymsTable {
 public:
     // Keeps text symbols (t T w W) only; call sites are code addresses.
-    static KallsymsTable parse(std::istream& in);
+    // between_chunks, if given, runs every kChunkLines lines: reading the
+    // kernel's 122K symbols takes ~60 ms, and the daemon drains its rings
+    // meanwhile (at full allocation rate they fill in less).
+    static KallsymsTable parse(std::istream& in, const std::function<void()>& between_chunks = {});
+    static constexpr std::size_t kChunkLines = 4096;
 
     // nullopt below the first symbol or past the last one (its size is unknown).
     std::optional<Symbol> lookup(std::uint64_t address) const;

@@ -10,9 +10,10 @@
 namespace kleak {
 
 std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(
-    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses) {
+    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses,
+    std::function<void()> while_reading) {
     // Read once or many times (see the header): warn once either way.
-    auto loader = [path = std::move(path), warned = false]() mutable {
+    auto loader = [path = std::move(path), while_reading = std::move(while_reading), warned = false]() mutable {
         std::ifstream in(path);
         if (!in) {
             if (!std::exchange(warned, true))
@@ -20,7 +21,7 @@ std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(
                              std::strerror(errno));
             return core::KallsymsTable{};
         }
-        core::KallsymsTable table = core::KallsymsTable::parse(in);
+        core::KallsymsTable table = core::KallsymsTable::parse(in, while_reading);
         if (table.addresses_hidden() && !std::exchange(warned, true)) {
             spdlog::warn("{} hides addresses (kernel.kptr_restrict); run as root to see function names", path.string());
         }

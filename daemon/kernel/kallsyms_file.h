@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 
 #include "core/symbolizer.h"
@@ -15,7 +16,10 @@ inline constexpr const char* kProcKallsyms = "/proc/kallsyms";
 // logged once and yields an empty table: sites then print as hex addresses.
 // known_addresses: see core::CachingSymbolizer (then the file is read again
 // for each call site new since the last read, and the table is not kept).
+// while_reading runs every few thousand lines of the file (see
+// KallsymsTable::parse).
 std::unique_ptr<core::CachingSymbolizer> make_kallsyms_symbolizer(
-    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses = {});
+    std::filesystem::path path, core::CachingSymbolizer::KnownAddresses known_addresses = {},
+    std::function<void()> while_reading = {});
 
 }  // namespace kleak

@@ -200,6 +200,19 @@ TEST(CachingSymbolizer, WithKnownAddressesResolvesThemAllInOnePassAndLetsTheTabl
     EXPECT_EQ(loads, 2);
 }
 
+TEST(KallsymsTable, ParseCallsBackEveryChunkOfLines) {
+    std::ostringstream text;
+    const std::size_t lines = 2 * KallsymsTable::kChunkLines + 100;
+    for (std::size_t i = 0; i < lines; ++i) text << std::hex << 0xffffffff81000000 + i * 0x10 << std::dec << " T f" << i << "\n";
+    std::istringstream in(text.str());
+    int calls = 0;
+    const KallsymsTable table = KallsymsTable::parse(in, [&calls] { ++calls; });
+    EXPECT_EQ(calls, 2);
+    EXPECT_EQ(table.size(), lines);
+    ASSERT_TRUE(table.lookup(0xffffffff81000000 + 5000 * 0x10 + 3).has_value());
+    EXPECT_EQ(table.lookup(0xffffffff81000000 + 5000 * 0x10 + 3)->function, "f5000");
+}
+
 TEST(FixedSymbolizer, AnswersFromItsMapOnly) {
     FixedSymbolizer symbolizer({{0xffffffff81a00010, Symbol{"__alloc_skb", 0x10, ""}},
                                 {0xffffffffc0a01020, Symbol{"foo_init", 0x20, "foo"}}});
