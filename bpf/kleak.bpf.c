@@ -10,9 +10,10 @@
  * Each program writes a fixed-size record (bpf/kleak_abi.h) into its own
  * CPU's batch, a per-CPU staging buffer that goes into the CPU's ring buffer
  * with one bpf_ringbuf_output() when it is full, when its oldest record gets
- * old, or when user space runs kleak__flush on that CPU before a drain. One
- * ring operation per ~100 records instead of per record: the reserve, commit
- * and fill-level query cost more than writing the record itself.
+ * old, when user space runs kleak__flush on that CPU before a drain, or when
+ * the CPU goes offline (kleak__cpu_down). One ring operation per ~100
+ * records instead of per record: the reserve, commit and fill-level query
+ * cost more than writing the record itself.
  * The rings are created by user space and installed in the `rings`
  * array-of-maps before the programs are attached.
  */
@@ -219,8 +220,11 @@ static __always_inline void set_pending(__u32 value)
 		*(volatile __u32 *)&slot->pending = value;
 }
 
-/* Pushes the batch into this CPU's ring. The caller owns the batch (busy). */
-static __always_inline void flush(struct batch *b)
+/*
+ * Pushes the batch into this CPU's ring. The caller owns the batch (busy).
+ * may_wake false: never wake the consumer (see kleak__cpu_down).
+ */
+static __always_inline void flush(struct batch *b, bool may_wake)
 {
 	__u64 len = b->len;
 	void *ring;
@@ -236,7 +240,7 @@ static __always_inline void flush(struct batch *b)
 	if (len == 0 || len > KLEAK_BATCH_BYTES)
 		return;
 	ring = this_cpu_ring();
-	if (!ring || bpf_ringbuf_output(ring, b->data, len, submit_flags(ring)))
+	if (!ring || bpf_ringbuf_output(ring, b->data, len, may_wake ? submit_flags(ring) : BPF_RB_NO_WAKEUP))
 		count_drops(b->records);
 	b->len = 0;
 	b->records = 0;
@@ -262,7 +266,7 @@ static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 
 	b->busy = 1;
 	barrier(); /* busy is set before data[] changes */
 	if (b->len > KLEAK_BATCH_BYTES - size)
-		flush(b);
+		flush(b, true);
 	len = b->len;
 	if (len > KLEAK_BATCH_BYTES - size) { /* for the verifier: flush() emptied it */
 		b->busy = 0;
@@ -286,7 +290,7 @@ static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 no
 	b->len += size;
 	b->records += 1;
 	if (b->len > KLEAK_BATCH_BYTES - sizeof(struct kleak_alloc_record) || now - b->oldest_ts > BATCH_MAX_AGE_NS)
-		flush(b);
+		flush(b, true);
 	barrier(); /* data[] is complete before busy clears */
 	b->busy = 0;
 	barrier();
@@ -298,7 +302,7 @@ static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 no
 		b->busy = 1;
 		barrier();
 		b->flush_pending = 0;
-		flush(b);
+		flush(b, true);
 		barrier();
 		b->busy = 0;
 	}
@@ -589,6 +593,29 @@ int kleak__reset_freed(void *ctx)
 }
 
 /*
+ * Pushes this CPU's batch into its ring, as its owner. Returns 1 when this
+ * interrupted a kleak program holding the batch: that program flushes when
+ * it lets go (flush_pending). Returns 0 once the batch is in the ring.
+ */
+static __always_inline int flush_this_cpu(bool may_wake)
+{
+	struct batch *b = this_cpu_batch();
+
+	if (!b)
+		return 0;
+	if (b->busy) {
+		b->flush_pending = 1;
+		return 1;
+	}
+	b->busy = 1;
+	barrier();
+	flush(b, may_wake);
+	barrier();
+	b->busy = 0;
+	return 0;
+}
+
+/*
  * Pushes this CPU's batch into its ring. Not attached: user space runs it
  * (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU) before every drain on each
  * CPU whose `pending` flag is set, and on every CPU at start-up and after
@@ -600,19 +627,42 @@ int kleak__reset_freed(void *ctx)
 SEC("raw_tp")
 int kleak__flush(void *ctx)
 {
-	struct batch *b = this_cpu_batch();
+	return flush_this_cpu(true);
+}
 
-	if (!b)
+/*
+ * The flush of a CPU that goes offline. kleak__flush cannot reach it there
+ * (BPF_PROG_TEST_RUN on an offline CPU fails with ENXIO): without this, its
+ * last records would wait in its batch until it comes back, maybe never, and
+ * its `pending` flag would stay set, every drain trying it again.
+ *
+ * cpuhp:cpuhp_enter fires before each hotplug step's callback (kernel/cpu.c,
+ * cpuhp_invoke_callback) with `target`, the state the CPU is headed for, and
+ * `idx`, the step about to run. Going down, steps run from the CPU's state
+ * down to target + 1, so target < idx; coming up, idx <= target
+ * (cpuhp_set_state: bringup is state < target). `cpu` is the CPU changing
+ * state, but only some steps run on it: those above CPUHP_TEARDOWN_CPU in its
+ * hotplug thread, the DYING ones in stop_machine's take_cpu_down, interrupts
+ * off. The others run on the CPU in control, where this has nothing to do.
+ * So the dying CPU is flushed at each of its own steps, the last one
+ * (sched_cpu_dying, CPUHP_AP_SCHED_STARTING) after it stopped taking
+ * interrupts and other tasks: what it records later (the stopper thread and
+ * the idle task on their way out, if anything) waits for it to come back.
+ *
+ * No wake-up: that is an irq_work queued on this CPU, and past
+ * smpcfd_dying_cpu nothing runs it before the CPU comes back. The daemon
+ * drains on its timer anyway.
+ *
+ * Hotplug is rare, but the test on the CPU comes first all the same. An
+ * internal program: not listed among the traced tracepoints (bpf_tracer.cpp).
+ */
+SEC("tp_btf/cpuhp_enter")
+int BPF_PROG(kleak__cpu_down, unsigned int cpu, int target, int idx)
+{
+	if (cpu != bpf_get_smp_processor_id() || target >= idx)
 		return 0;
-	if (b->busy) {
-		b->flush_pending = 1;
-		return 1; /* user space runs us again until the holder has flushed */
-	}
-	b->busy = 1;
-	barrier();
-	flush(b);
-	barrier();
-	b->busy = 0;
+	/* In task context or with interrupts off: never inside a kleak program. */
+	flush_this_cpu(false);
 	return 0;
 }
 

@@ -143,6 +143,11 @@ bool tracepoint_in_btf(const btf* vmlinux, const char* tracepoint) {
     return btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF) >= 0;
 }
 
+// kleak__cpu_down's tracepoint. Not a ProgramSpec: it traces nothing the user
+// asked for, so it stays out of attached() (the "tracing ..." lists users see)
+// and out of program_stats(), whose lines are the cost of the traced events.
+constexpr const char* kCpuDownTracepoint = "cpuhp_enter";
+
 }  // namespace
 
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
@@ -212,6 +217,14 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
             spec.wanted = false;
         }
     }
+    const bool cpu_down_present = tracepoint_in_btf(vmlinux, kCpuDownTracepoint);
+    if (!cpu_down_present) {
+        bpf_program__set_autoload(skel_->progs.kleak__cpu_down, false);
+        spdlog::info(
+            "this kernel has no cpuhp:{} tracepoint (no btf_trace_{} in its BTF): records a CPU holds "
+            "when it goes offline reach user space only if it comes back",
+            kCpuDownTracepoint, kCpuDownTracepoint);
+    }
     btf__free(vmlinux);
     if (!missing.empty()) {
         std::string list;
@@ -234,6 +247,20 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
             throw StartupError(describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
     }
     map_pending_flags();
+
+    // Before the kmem programs: no CPU may go offline holding records with
+    // nothing in place to flush it. Not fatal: without it only a CPU going
+    // offline is affected, as on kernels without the tracepoint.
+    if (cpu_down_present) {
+        skel_->links.kleak__cpu_down = bpf_program__attach(skel_->progs.kleak__cpu_down);
+        if (skel_->links.kleak__cpu_down) {
+            flushes_offline_cpus_ = true;
+        } else {
+            spdlog::warn(
+                "{}; records a CPU holds when it goes offline reach user space only if it comes back",
+                describe_errno(std::string("attaching to tracepoint cpuhp:") + kCpuDownTracepoint + " failed", -errno));
+        }
+    }
 
     for (ProgramSpec& spec : specs) {
         if (!spec.wanted) continue;
@@ -373,8 +400,10 @@ int BpfTracer::run_flush(FlushScope scope) {
         // kleak__flush returns 1 when it interrupted a kleak program holding
         // the batch: that program flushes when it resumes, microseconds
         // later. Wait for it, or those records would miss this drain.
-        // ENXIO: the CPU is offline. Records it held when it went down stay
-        // in its batch until it comes back (they then arrive late).
+        // ENXIO: the CPU is offline. kleak__cpu_down flushed it on its way
+        // down, and cleared its flag, so flush_batches() skips it. Without
+        // that program (see flushes_offline_cpus()) what it held stays in its
+        // batch until it comes back, and arrives late.
         int result = 0;
         for (int busy_rounds = 0; busy_rounds < 1000; ++busy_rounds) {
             result = run_on_cpu(skel_->progs.kleak__flush, cpu);

@@ -3,9 +3,10 @@
 // Construction runs the whole start-up: preflight checks (BTF, privileges),
 // open the skeleton, size `rings` and `pending` to the possible CPUs and create
 // one ring per CPU, turn off programs whose tracepoint this kernel lacks, load,
-// install the rings, map `pending`, attach. Any failure throws StartupError
-// with what failed and what to do. Destruction detaches and frees everything:
-// nothing is left in the kernel.
+// install the rings, map `pending`, attach (the CPU-offline flush first, then
+// the traced events). Any failure throws StartupError with what failed and
+// what to do. Destruction detaches and frees everything: nothing is left in
+// the kernel.
 #pragma once
 
 #include <cstddef>
@@ -96,6 +97,11 @@ public:
     // Returns 0 or a negative errno.
     int flush_all_batches();
 
+    // Whether kleak__cpu_down is attached: a CPU that goes offline pushes
+    // its batch into its ring on the way down. False when the kernel lacks
+    // cpuhp:cpuhp_enter; what such a CPU holds then waits for it to return.
+    bool flushes_offline_cpus() const { return flushes_offline_cpus_; }
+
     // Whether `pending` is mapped, so that flush_batches() can skip CPUs.
     bool pending_flags_mapped() const { return pending_ != nullptr; }
     // CPU `cpu`'s flag: its batch may hold records. True when not mapped
@@ -139,6 +145,7 @@ private:
     std::uint64_t flush_failures_ = 0;
     std::uint64_t flushed_cpus_ = 0;
     std::uint64_t skipped_cpus_ = 0;
+    bool flushes_offline_cpus_ = false;
 };
 
 }  // namespace kleak

@@ -2,14 +2,22 @@
 // wait in their CPU's batch until it fills, ages, or user space flushes it,
 // so these check that a flush delivers exactly what a CPU holds, that the
 // per-CPU `pending` flags let a drain's flush skip CPUs with empty batches
-// and no others, that the batched stream still decodes and keeps each CPU's
+// and no others, that a CPU going offline pushes its batch into its ring on
+// the way down, that the batched stream still decodes and keeps each CPU's
 // records in time order, and that nested kmem_cache_free events are
 // accounted for.
 // Counts and order only: nothing here asserts on timing.
+#include <fcntl.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <map>
+#include <optional>
+#include <string>
 
 #include "core/event.h"
 #include "core/symbolizer.h"
@@ -75,25 +83,38 @@ std::map<unsigned, int> pipe_allocations(const CollectingSink& sink, kleak::core
     return found;
 }
 
+// A tracer with small rings, a sink collecting what its rings hold, and
+// names for call sites: what the pinned-CPU tests share.
+struct Traced {
+    kleak::BpfTracer tracer{small_tracer()};
+    CollectingSink sink{tracer.cpu_count()};
+    kleak::RingConsumer consumer{tracer.ring_fds(), sink};
+    std::unique_ptr<kleak::core::CachingSymbolizer> symbols = kleak::make_kallsyms_symbolizer(kleak::kProcKallsyms);
+
+    // Flushes every CPU's batch, drains, forgets: from here the sink sees only
+    // what comes after. False if the flush or the drain failed.
+    bool start_empty() {
+        if (tracer.flush_all_batches() != 0 || consumer.drain() < 0) return false;
+        sink.clear();
+        return true;
+    }
+    int pipe_allocations_on(unsigned cpu) { return pipe_allocations(sink, *symbols)[cpu]; }
+};
+
 TEST(KernelBatching, FlushDeliversEverythingACpuHolds) {
     REQUIRE_KERNEL();
-    kleak::BpfTracer tracer(small_tracer());
-    CollectingSink sink(tracer.cpu_count());
-    kleak::RingConsumer consumer(tracer.ring_fds(), sink);
-    auto symbols = kleak::make_kallsyms_symbolizer(kleak::kProcKallsyms);
+    Traced t;
+    auto& [tracer, sink, consumer, symbols] = t;
     const unsigned cpu = tracer.cpu_count() - 1;
     PinnedToCpu pinned(cpu);
     ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << cpu;
-
-    ASSERT_EQ(tracer.flush_batches(), 0);
-    ASSERT_GE(consumer.drain(), 0);
-    sink.clear();
+    ASSERT_TRUE(t.start_empty());
 
     constexpr int kFew = 3;  // a few records: far from filling a 4 KiB batch
     HeldPipes pipes(kFew);
     ASSERT_EQ(pipes.count(), kFew);
     ASSERT_GE(consumer.drain(), 0);
-    const int before_flush = pipe_allocations(sink, *symbols)[cpu];
+    const int before_flush = t.pipe_allocations_on(cpu);
     ASSERT_EQ(tracer.flush_batches(), 0);
     ASSERT_GE(consumer.drain(), 0);
     const auto after_flush = pipe_allocations(sink, *symbols);
@@ -115,18 +136,13 @@ TEST(KernelBatching, FlushDeliversEverythingACpuHolds) {
 // one instant: the assertions are what the flag promises instead.
 TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) {
     REQUIRE_KERNEL();
-    kleak::BpfTracer tracer(small_tracer());
+    Traced t;
+    auto& [tracer, sink, consumer, symbols] = t;
     ASSERT_TRUE(tracer.pending_flags_mapped());
-    CollectingSink sink(tracer.cpu_count());
-    kleak::RingConsumer consumer(tracer.ring_fds(), sink);
-    auto symbols = kleak::make_kallsyms_symbolizer(kleak::kProcKallsyms);
     const unsigned cpu = tracer.cpu_count() - 1;
     PinnedToCpu pinned(cpu);
     ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << cpu;
-
-    ASSERT_EQ(tracer.flush_all_batches(), 0);
-    ASSERT_GE(consumer.drain(), 0);
-    sink.clear();
+    ASSERT_TRUE(t.start_empty());
 
     constexpr int kFew = 3;  // far from filling a 4 KiB batch
     HeldPipes pipes(kFew);
@@ -135,14 +151,14 @@ TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) 
     // before the read waits in the batch, so the drain must find them all.
     const bool pending = tracer.batch_pending(cpu);
     ASSERT_GE(consumer.drain(), 0);
-    const int before_flush = pipe_allocations(sink, *symbols)[cpu];
+    const int before_flush = t.pipe_allocations_on(cpu);
     EXPECT_TRUE(pending || before_flush == 2 * kFew)
         << "the flag read 0 while the batch held " << 2 * kFew - before_flush << " pipe allocations";
 
     // flush_batches() skips CPUs whose flag reads 0: it must still deliver them.
     ASSERT_EQ(tracer.flush_batches(), 0);
     ASSERT_GE(consumer.drain(), 0);
-    EXPECT_EQ(pipe_allocations(sink, *symbols)[cpu], 2 * kFew) << "seen before the flush: " << before_flush;
+    EXPECT_EQ(t.pipe_allocations_on(cpu), 2 * kFew) << "seen before the flush: " << before_flush;
 
     // This CPU's flag right after its flush: 0 unless the kernel recorded
     // something here in between. A flush that left it set would read 1 on
@@ -162,6 +178,118 @@ TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) 
     std::cerr << "flag after the pipes: " << pending
               << "; pipe allocations in the ring before the flush: " << before_flush << " of " << 2 * kFew
               << "; flushes until the flag read 0: " << calls << "\n";
+}
+
+// CPU 1's hotplug switch: "0" takes it offline, "1" brings it back.
+constexpr const char* kCpu1Online = "/sys/devices/system/cpu/cpu1/online";
+
+// Writes "1" or "0" to kCpu1Online. Returns 0 or an errno.
+int set_cpu1_online(bool online) {
+    const int fd = ::open(kCpu1Online, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    const char value = online ? '1' : '0';
+    const int err = ::write(fd, &value, 1) == 1 ? 0 : errno;
+    ::close(fd);
+    return err;
+}
+
+std::string read_cpu1_online() {
+    std::string value;
+    std::ifstream(kCpu1Online) >> value;
+    return value;
+}
+
+// Takes CPU 1 offline for the scope; brings it back however the scope ends,
+// a failed assertion included, and says so loudly if it cannot.
+class Cpu1Offline {
+public:
+    Cpu1Offline() : error_(set_cpu1_online(false)) {}
+    ~Cpu1Offline() {
+        if (const int err = online_again(); err != 0)
+            std::cerr << "\n*** CPU 1 IS STILL OFFLINE: writing 1 to " << kCpu1Online
+                      << " failed: " << std::strerror(err) << " ***\n\n";
+    }
+    Cpu1Offline(const Cpu1Offline&) = delete;
+    Cpu1Offline& operator=(const Cpu1Offline&) = delete;
+    // 0 once CPU 1 is offline, or why writing 0 failed.
+    int error() const { return error_; }
+    // Brings CPU 1 back now (once); 0 or an errno.
+    int online_again() {
+        if (error_ != 0 || restored_) return 0;
+        restored_ = true;
+        return set_cpu1_online(true);
+    }
+
+private:
+    int error_ = 0;
+    bool restored_ = false;
+};
+
+#define SKIP_LOUDLY(why)                                                       \
+    do {                                                                       \
+        const std::string skip_why_ = (why);                                   \
+        std::cerr << "\n*** KERNEL TEST NOT RUN: " << skip_why_ << " ***\n\n"; \
+        GTEST_SKIP() << skip_why_;                                             \
+    } while (0)
+
+// kleak__flush cannot run on an offline CPU (ENXIO), so a CPU must push its
+// batch into its ring itself on its way down (kleak__cpu_down), and clear its
+// `pending` flag, or its records would wait for it to come back and every
+// drain would try it again. Nothing here runs kleak__flush after the pipes:
+// what reaches the ring got there by a full or aged batch, or on the way
+// down. The teardown (20-40 ms here) allocates on CPU 1 itself, so an age
+// flush usually carries the pipes out even without kleak__cpu_down; what it
+// cannot do is empty the batch after the teardown's own last records, so the
+// flag is what fails without the program (it read 1 each time). The count
+// checks that the way down loses and duplicates nothing.
+TEST(KernelBatching, CpuGoingOfflinePushesItsBatchIntoItsRing) {
+    REQUIRE_KERNEL();
+    constexpr unsigned kCpu = 1;
+    if (::access(kCpu1Online, W_OK) != 0)
+        SKIP_LOUDLY(std::string(kCpu1Online) + " is missing or not writable (" + std::strerror(errno) +
+                    "): cannot take CPU 1 offline");
+    if (read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");
+
+    Traced t;
+    auto& [tracer, sink, consumer, symbols] = t;
+    ASSERT_TRUE(tracer.flushes_offline_cpus()) << "kleak__cpu_down is not attached (cpuhp:cpuhp_enter missing?)";
+    ASSERT_TRUE(tracer.pending_flags_mapped());
+
+    constexpr int kFew = 3;  // 6 allocations: far from filling a 4 KiB batch
+    std::optional<HeldPipes> pipes;
+    {
+        PinnedToCpu pinned(kCpu);
+        ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << kCpu;
+        ASSERT_TRUE(t.start_empty());
+        pipes.emplace(kFew);
+        ASSERT_EQ(pipes->count(), kFew);
+    }
+    // Off CPU 1 before it goes: the pipes stay open, nothing of ours runs there.
+    PinnedToCpu away(0);
+    ASSERT_TRUE(away.ok()) << "cannot move the test to CPU 0";
+    ASSERT_GE(consumer.drain(), 0);
+    const int before_offline = t.pipe_allocations_on(kCpu);
+
+    const auto start = std::chrono::steady_clock::now();
+    Cpu1Offline offline;
+    if (offline.error() == EOPNOTSUPP || offline.error() == EPERM || offline.error() == EACCES)
+        SKIP_LOUDLY(std::string("writing 0 to ") + kCpu1Online + " failed: " + std::strerror(offline.error()));
+    ASSERT_EQ(offline.error(), 0) << "taking CPU 1 offline failed: " << std::strerror(offline.error());
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    ASSERT_EQ(read_cpu1_online(), "0");
+
+    // No kleak__flush: only the way down can have put the rest in the ring.
+    const bool pending = tracer.batch_pending(kCpu);
+    ASSERT_GE(consumer.drain(), 0);
+    EXPECT_EQ(t.pipe_allocations_on(kCpu), 2 * kFew)
+        << "in CPU 1's ring before it went offline: " << before_offline;
+    EXPECT_FALSE(pending) << "CPU 1 went offline with its flag set: its batch still holds records";
+    EXPECT_EQ(sink.undecodable, 0u);
+
+    EXPECT_EQ(offline.online_again(), 0) << "bringing CPU 1 back online failed";
+    EXPECT_EQ(read_cpu1_online(), "1");
+    std::cerr << "pipe allocations in CPU 1's ring before it went offline: " << before_offline << " of " << 2 * kFew
+              << "; going offline took " << took.count() << " ms\n";
 }
 
 // With emit_records off the programs stay attached but never write a batch,
