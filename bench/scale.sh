@@ -4,13 +4,16 @@
 # Runs `kleakd serve` on a throw-away configuration, makes the kernel hold
 # about --outstanding allocations (pipes held open by kleakd-loadgen leak
 # processes: about 9 slab allocations per pipe, a process holds at most
-# RLIMIT_NOFILE/2 pipes), then, while a writev loop keeps ingest busy
-# (about 2M records/s), measures:
+# RLIMIT_NOFILE/2 pipes), then measures:
 #   - the daemon's RSS (VmRSS, split into anonymous memory and the mapped
-#     rings) and the tracker's own bytes per outstanding allocation (stats);
+#     rings) at rest, and the tracker's own bytes per outstanding allocation
+#     (stats);
+# and, while a writev loop keeps ingest busy (5-6M records/s on 2 CPUs):
 #   - `leaks` query latency over the socket, request sent to reply read:
 #     p50/p99/max of --queries queries, without and with min_age (the
-#     latter scans every live allocation).
+#     latter scans every live allocation);
+#   - records lost meanwhile, and the RSS and its peak while ingesting (the
+#     merge's staging of records in flight on top of the RSS at rest).
 # Prints one block of numbers; bench/RESULTS.md quotes it (targets 4 and 5).
 #
 # Usage: bench/scale.sh [--outstanding N] [--queries N]   (root; BUILD_DIR, default build)
@@ -95,6 +98,8 @@ done
 # below includes it).
 sleep 3
 stats=$(ask stats)
+# RSS at rest, before the writev loop below starts ingesting.
+rest_status=$(cat "/proc/$daemon/status")
 
 # Ingest continues during the queries: a writev loop at full rate.
 "$loadgen" writev --duration 600 > /dev/null &
@@ -102,15 +107,15 @@ writer=$!
 pids+=("$writer")
 sleep 1
 
-python3 - "$socket" "$queries" "$stats" "$daemon" << 'EOF'
+python3 - "$socket" "$queries" "$stats" "$rest_status" << 'EOF'
 import json, socket, statistics, sys, time
-path, queries, stats, pid = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
-status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
+path, queries, stats, rest_status = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+status = dict(l.split(":", 1) for l in rest_status.splitlines() if ":" in l)
 kb = lambda k: int(status[k].split()[0]) if k in status else 0
 out = stats["outstanding"]
 print(f"outstanding allocations tracked: {out:,} ({stats['outstanding_bytes'] / 2**20:.0f} MiB of kernel memory)")
 print(f"tracker: {stats['tracker_bytes'] / 2**20:.1f} MiB = {stats['tracker_bytes'] / out:.1f} bytes per outstanding allocation")
-print(f"daemon RSS {kb('VmRSS') / 1024:.1f} MiB (peak {kb('VmHWM') / 1024:.1f}): anonymous {kb('RssAnon') / 1024:.1f}, "
+print(f"daemon RSS at rest {kb('VmRSS') / 1024:.1f} MiB (peak so far {kb('VmHWM') / 1024:.1f}): anonymous {kb('RssAnon') / 1024:.1f}, "
       f"file and ring mappings {kb('RssFile') / 1024:.1f}, shmem {kb('RssShmem') / 1024:.1f}")
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(path)
@@ -137,9 +142,10 @@ import json, sys
 a, b, pid = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 print(f"during the queries: {b['records'] - a['records']:,} records ingested, "
       f"drops {b['dropped'] - a['dropped']}, late {b['late'] - a['late']}, kallsyms reads {b.get('kallsyms_reads', '?')}")
-# Again after the queries, which symbolized call sites and ingested at full rate.
+# Again at the end of the queries, the writev loop still ingesting at full
+# rate: the merge's staging of the records in flight comes on top.
 status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
 kb = lambda k: int(status[k].split()[0]) if k in status else 0
-print(f"daemon RSS after the queries {kb('VmRSS') / 1024:.1f} MiB ({b['outstanding']:,} outstanding): "
+print(f"daemon RSS while ingesting at full rate {kb('VmRSS') / 1024:.1f} MiB (peak {kb('VmHWM') / 1024:.1f}; {b['outstanding']:,} outstanding): "
       f"anonymous {kb('RssAnon') / 1024:.1f}, file and ring mappings {kb('RssFile') / 1024:.1f}")
 EOF
