@@ -30,6 +30,7 @@ void log_config_errors(const std::filesystem::path& path, const std::vector<conf
 
 constexpr auto kStatusPeriod = std::chrono::seconds(5);
 constexpr std::uint64_t kMaxQueryDrainGapNs = 20'000'000;
+constexpr std::uint64_t kMinNamingGapNs = 10'000'000'000;
 // Records merged and tracked per turn of the loop: ~1-3 ms at 1M outstanding,
 // so a query waits for at most that, not for a whole drain (~280K records,
 // ~15 ms at full rate).
@@ -234,14 +235,45 @@ core::CachingSymbolizer::KnownAddresses Daemon::tracked_call_sites() {
 }
 
 std::function<void()> Daemon::drain_while_symbolizing() {
-    // A report or query is then walking the tracker: records only go into
-    // the merge's staging (nothing is released into the tracker) until the
-    // loop's next drain. Without this, the ~60 ms kallsyms read let 8M
-    // rings overflow at 6M records/s (140K records lost at the first query).
-    return [this] { session_.drain_rings_only(); };
+    // The ~60 ms kallsyms read would otherwise let 8M rings overflow at 6M
+    // records/s (140K records were lost at the first query). Before a report
+    // or query holds the tracker (name_new_call_sites), the loop's usual
+    // drain runs, releases included. Inside one (a site the tracker did not
+    // list a moment ago), records only go into the merge's staging, nothing
+    // is released into the tracker being read, until the loop's next drain.
+    return [this] {
+        if (!naming_before_reading_) {
+            session_.drain_rings_only();
+            return;
+        }
+        keep_up_with_rings();
+        // All of it: the loop, which would run the next slices, waits for us.
+        while (pipeline_.release_some(kReleaseSliceRecords)) {
+        }
+        release_wake_.lower();
+    };
 }
 
-core::Report Daemon::build_report() { return core::build_report(pipeline_.tracker(), losses(), *symbolizer_); }
+void Daemon::name_new_call_sites() {
+    // A read names every site known so far, and new sites keep appearing
+    // (slowly, once a host has run a while): read at most every 10 s here.
+    // A site shown in between that is still unnamed is read for inside the
+    // report or query, draining without releasing.
+    const std::uint64_t now = monotonic_now_ns();
+    if (last_naming_ns_ != 0 && now - last_naming_ns_ < kMinNamingGapNs) return;
+    last_naming_ns_ = now;
+    naming_before_reading_ = true;
+    struct Reset {
+        bool& flag;
+        ~Reset() { flag = false; }
+    } reset{naming_before_reading_};
+    symbolizer_->name_known();
+}
+
+core::Report Daemon::build_report() {
+    name_new_call_sites();
+    return core::build_report(pipeline_.tracker(), losses(), *symbolizer_);
+}
 
 nlohmann::json Daemon::snapshot() {
     const std::uint64_t now = monotonic_now_ns();
@@ -311,6 +343,7 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::stats:
             return stats();
         case proto::Op::leaks: {
+            name_new_call_sites();
             core::LeaksQuery query;
             query.top = request.leaks.top;
             query.min_age_ns = request.leaks.min_age_ns;
@@ -365,6 +398,7 @@ void Daemon::reset() {
     release_wake_.lower();
     // Modules may have come and gone.
     symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms, tracked_call_sites(), drain_while_symbolizing());
+    last_naming_ns_ = 0;
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
     rate_window_records_ = 0;
     spdlog::info("reset: history forgotten, a fresh baseline starts now");

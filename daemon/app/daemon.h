@@ -53,8 +53,12 @@ private:
     core::Report build_report();
     // For the symbolizer: the call sites the tracker has seen.
     core::CachingSymbolizer::KnownAddresses tracked_call_sites();
-    // For the symbolizer, while it reads kallsyms: drains without releasing.
+    // For the symbolizer, while it reads kallsyms: drains, releasing only
+    // when nothing holds the tracker (see name_new_call_sites).
     std::function<void()> drain_while_symbolizing();
+    // Names the call sites new since the last kallsyms read, if any. Called
+    // before a report or query takes hold of the tracker.
+    void name_new_call_sites();
     nlohmann::json snapshot();
     nlohmann::json stats();
     void write_snapshot();
@@ -92,6 +96,8 @@ private:
 
     std::uint64_t started_ns_ = 0;  // attach time, or the last reset
     std::uint64_t last_drain_ns_ = 0;
+    bool naming_before_reading_ = false;  // inside name_new_call_sites()
+    std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last asked for a read
     bool answering_ = false;  // inside QueryHandler::handle
     std::uint64_t rate_window_ns_ = 0;
     std::uint64_t rate_window_records_ = 0;

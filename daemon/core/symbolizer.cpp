@@ -93,19 +93,30 @@ std::optional<Symbol> KallsymsTable::lookup(std::uint64_t address) const {
 }
 
 Symbol CachingSymbolizer::resolve(std::uint64_t address) {
-    if (auto it = cache_.find(address); it != cache_.end()) return it->second;
+    if (auto it = cache_.find(address); it == cache_.end()) read_and_name(address);
+    return cache_.at(address);
+}
+
+void CachingSymbolizer::name_known() {
+    if (!known_addresses_) return;
+    const std::vector<std::uint64_t> known = known_addresses_();
+    if (std::all_of(known.begin(), known.end(), [this](std::uint64_t a) { return cache_.contains(a); })) return;
+    read_and_name(std::nullopt);
+}
+
+void CachingSymbolizer::read_and_name(std::optional<std::uint64_t> address) {
     if (!table_) {
         table_ = loader_();
         ++loads_;
     }
-    Symbol symbol = table_->lookup(address).value_or(Symbol{});
-    cache_.emplace(address, symbol);
+    auto name = [this](std::uint64_t a) {
+        if (!cache_.contains(a)) cache_.emplace(a, table_->lookup(a).value_or(Symbol{}));
+    };
+    if (address) name(*address);
     if (known_addresses_) {
-        for (const std::uint64_t known : known_addresses_())
-            if (!cache_.contains(known)) cache_.emplace(known, table_->lookup(known).value_or(Symbol{}));
+        for (const std::uint64_t known : known_addresses_()) name(known);
         table_.reset();
     }
-    return symbol;
 }
 
 Symbol FixedSymbolizer::resolve(std::uint64_t address) {

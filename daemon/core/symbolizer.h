@@ -87,12 +87,21 @@ public:
     explicit CachingSymbolizer(Loader loader, KnownAddresses known_addresses = {})
         : loader_(std::move(loader)), known_addresses_(std::move(known_addresses)) {}
     Symbol resolve(std::uint64_t address) override;
+    // With known_addresses: names every known address not named yet, in one
+    // read (none if all are). The daemon calls it before a report or query
+    // takes hold of the tracker, so the read need not freeze the tracker.
+    void name_known();
     // The table, while it is held (never, between passes, with known_addresses).
     const KallsymsTable* table() const { return table_ ? &*table_ : nullptr; }
     // Times the loader ran.
     std::uint64_t loads() const { return loads_; }
 
 private:
+    // Reads the table if not held, names `address` and, with
+    // known_addresses, every known address (listed after the read, so sites
+    // that appeared meanwhile are named too), then lets the table go.
+    void read_and_name(std::optional<std::uint64_t> address);
+
     Loader loader_;
     KnownAddresses known_addresses_;
     std::optional<KallsymsTable> table_;

@@ -200,6 +200,33 @@ TEST(CachingSymbolizer, WithKnownAddressesResolvesThemAllInOnePassAndLetsTheTabl
     EXPECT_EQ(loads, 2);
 }
 
+TEST(CachingSymbolizer, NameKnownReadsOnlyWhenAKnownAddressIsUnnamed) {
+    int loads = 0;
+    std::vector<std::uint64_t> known{0xffffffff81234567};
+    CachingSymbolizer symbolizer(
+        [&loads, &known] {
+            ++loads;
+            known.push_back(0xffffffffc0a01010);  // a site that appears while the file is read
+            return load_fixture("kallsyms_small.txt");
+        },
+        [&known] { return known; });
+    symbolizer.name_known();
+    EXPECT_EQ(loads, 1);
+    EXPECT_EQ(symbolizer.table(), nullptr);
+    symbolizer.name_known();
+    EXPECT_EQ(loads, 1) << "everything known is named, the one that appeared during the read too";
+    EXPECT_EQ(format_site(0xffffffffc0a01010, symbolizer.resolve(0xffffffffc0a01010)), "foo_init+0x10 [foo]");
+    EXPECT_EQ(format_site(0xffffffff81234567, symbolizer.resolve(0xffffffff81234567)), "__kmalloc+0x7");
+    EXPECT_EQ(loads, 1);
+
+    CachingSymbolizer without_known([&loads] {
+        ++loads;
+        return load_fixture("kallsyms_small.txt");
+    });
+    without_known.name_known();
+    EXPECT_EQ(loads, 1) << "nothing to name without a list of known addresses";
+}
+
 TEST(KallsymsTable, ParseCallsBackEveryChunkOfLines) {
     std::ostringstream text;
     const std::size_t lines = 2 * KallsymsTable::kChunkLines + 100;
