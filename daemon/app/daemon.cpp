@@ -130,6 +130,7 @@ void Daemon::run() {
     loop_.run();
     notifier_.stopping();
     session_.stop_and_drain();
+    tracing_stopped_ = true;
     pipeline_.finish();  // the slices still pending, then everything staged
     publish_printk();
     if (printk_file_) {
@@ -242,6 +243,7 @@ std::function<void()> Daemon::drain_while_symbolizing() {
     // list a moment ago), records only go into the merge's staging, nothing
     // is released into the tracker being read, until the loop's next drain.
     return [this] {
+        if (tracing_stopped_) return;  // the final snapshot: the rings are drained for good
         if (!naming_before_reading_) {
             session_.drain_rings_only();
             return;

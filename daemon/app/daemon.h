@@ -97,6 +97,7 @@ private:
     std::uint64_t started_ns_ = 0;  // attach time, or the last reset
     std::uint64_t last_drain_ns_ = 0;
     bool naming_before_reading_ = false;  // inside name_new_call_sites()
+    bool tracing_stopped_ = false;        // detached and drained: the final snapshot
     std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last asked for a read
     bool answering_ = false;  // inside QueryHandler::handle
     std::uint64_t rate_window_ns_ = 0;
