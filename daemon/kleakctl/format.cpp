@@ -79,6 +79,13 @@ std::string format_stats(const nlohmann::json& r) {
     out += fmt::format("undecodable:       {}\n", u64(r, "undecodable"));
     out += fmt::format("tracing:           {}\n", attached);
     out += fmt::format("clients:           {}\n", u64(r, "clients"));
+    if (r.contains("batch_flushes")) {
+        const auto& f = r.at("batch_flushes");
+        out += fmt::format("batch flushes:     {} CPUs flushed, {} skipped (batch empty){}\n", u64(f, "cpus_flushed"),
+                           u64(f, "cpus_skipped"),
+                           f.value("pending_flags_mapped", true) ? "" : "; flags not mapped: every CPU is flushed");
+    }
+    if (r.contains("kallsyms_reads")) out += fmt::format("kallsyms reads:    {}\n", u64(r, "kallsyms_reads"));
     if (r.contains("printk")) {
         const auto& p = r.at("printk");
         out += fmt::format("printk:            {} lines kept (last seq {}, {} evicted), {} followers\n",
