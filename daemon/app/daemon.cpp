@@ -245,6 +245,11 @@ std::function<void()> Daemon::drain_while_symbolizing() {
     return [this] {
         if (tracing_stopped_) return;  // the final snapshot: the rings are drained for good
         if (!naming_before_reading_) {
+            // As often as keep_up_with_rings(), not every chunk: each drain
+            // sends a flush IPI to every CPU that holds records.
+            const std::uint64_t now = monotonic_now_ns();
+            if (now - last_rings_only_drain_ns_ < kMaxQueryDrainGapNs) return;
+            last_rings_only_drain_ns_ = now;
             session_.drain_rings_only();
             return;
         }
@@ -256,28 +261,31 @@ std::function<void()> Daemon::drain_while_symbolizing() {
     };
 }
 
-void Daemon::name_new_call_sites() {
+void Daemon::name_new_call_sites(Naming naming) {
     // A read names every site known so far, and new sites keep appearing
-    // (slowly, once a host has run a while): read at most every 10 s here.
-    // A site shown in between that is still unnamed is read for inside the
-    // report or query, draining without releasing.
+    // (slowly, once a host has run a while). A report or snapshot names every
+    // site, so it reads whenever one is new: better here than inside. A
+    // `leaks` query shows only its top rows, which new sites rarely reach:
+    // at most one read every 10 s for it; a shown site still unnamed is read
+    // for inside the query, draining without releasing.
     const std::uint64_t now = monotonic_now_ns();
-    if (last_naming_ns_ != 0 && now - last_naming_ns_ < kMinNamingGapNs) return;
-    last_naming_ns_ = now;
+    if (naming == Naming::at_most_every_10s && last_naming_ns_ != 0 && now - last_naming_ns_ < kMinNamingGapNs)
+        return;
     naming_before_reading_ = true;
     struct Reset {
         bool& flag;
         ~Reset() { flag = false; }
     } reset{naming_before_reading_};
-    symbolizer_->name_known();
+    if (symbolizer_->name_known()) last_naming_ns_ = now;
 }
 
 core::Report Daemon::build_report() {
-    name_new_call_sites();
+    name_new_call_sites(Naming::whenever_new);
     return core::build_report(pipeline_.tracker(), losses(), *symbolizer_);
 }
 
 nlohmann::json Daemon::snapshot() {
+    name_new_call_sites(Naming::whenever_new);  // first: the read may release records, the times come after
     const std::uint64_t now = monotonic_now_ns();
     core::SnapshotContext context{host_name(), kernel_release(), boot_id(), kKleakdVersion, unix_time_ms(),
                                   now,         now - started_ns_};
@@ -300,8 +308,9 @@ nlohmann::json Daemon::stats() {
         {"outstanding_bytes", totals.outstanding_bytes},
         {"tracker_bytes", pipeline_.tracker().memory_bytes()},
         {"tracker_class_overflows", pipeline_.tracker().class_overflows()},
-        // Each read symbolizes every call site seen so far; one more follows
-        // only when a report or query shows a site new since the last.
+        // Each read names every call site seen so far; another follows when
+        // a report, snapshot or query (leaks: at most every 10 s) finds a
+        // site new since the last.
         {"kallsyms_reads", symbolizer_->loads()},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
@@ -345,7 +354,7 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::stats:
             return stats();
         case proto::Op::leaks: {
-            name_new_call_sites();
+            name_new_call_sites(Naming::at_most_every_10s);
             core::LeaksQuery query;
             query.top = request.leaks.top;
             query.min_age_ns = request.leaks.min_age_ns;

@@ -58,7 +58,8 @@ private:
     std::function<void()> drain_while_symbolizing();
     // Names the call sites new since the last kallsyms read, if any. Called
     // before a report or query takes hold of the tracker.
-    void name_new_call_sites();
+    enum class Naming { whenever_new, at_most_every_10s };
+    void name_new_call_sites(Naming naming);
     nlohmann::json snapshot();
     nlohmann::json stats();
     void write_snapshot();
@@ -98,7 +99,8 @@ private:
     std::uint64_t last_drain_ns_ = 0;
     bool naming_before_reading_ = false;  // inside name_new_call_sites()
     bool tracing_stopped_ = false;        // detached and drained: the final snapshot
-    std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last asked for a read
+    std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last read kallsyms
+    std::uint64_t last_rings_only_drain_ns_ = 0;  // the last drain inside a query's kallsyms read
     bool answering_ = false;  // inside QueryHandler::handle
     std::uint64_t rate_window_ns_ = 0;
     std::uint64_t rate_window_records_ = 0;

@@ -25,6 +25,8 @@ TrackingThread::~TrackingThread() {
 
 std::span<core::Event> TrackingThread::room() {
     if (current_size_ == current_.size()) hand_over();
+    // Never empty, even after a resize in hand_over() threw.
+    if (current_.size() < kBatchRecords) current_.resize(kBatchRecords);
     return std::span(current_).subspan(current_size_);
 }
 

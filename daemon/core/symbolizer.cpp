@@ -97,11 +97,13 @@ Symbol CachingSymbolizer::resolve(std::uint64_t address) {
     return cache_.at(address);
 }
 
-void CachingSymbolizer::name_known() {
-    if (!known_addresses_) return;
+bool CachingSymbolizer::name_known() {
+    if (!known_addresses_) return false;
     const std::vector<std::uint64_t> known = known_addresses_();
-    if (std::all_of(known.begin(), known.end(), [this](std::uint64_t a) { return cache_.contains(a); })) return;
+    if (std::all_of(known.begin(), known.end(), [this](std::uint64_t a) { return cache_.contains(a); })) return false;
+    const std::uint64_t loads_before = loads_;
     read_and_name(std::nullopt);
+    return loads_ != loads_before;
 }
 
 void CachingSymbolizer::read_and_name(std::optional<std::uint64_t> address) {
@@ -115,7 +117,7 @@ void CachingSymbolizer::read_and_name(std::optional<std::uint64_t> address) {
     if (address) name(*address);
     if (known_addresses_) {
         for (const std::uint64_t known : known_addresses_()) name(known);
-        table_.reset();
+        if (table_->size() > 0) table_.reset();
     }
 }
 

@@ -78,7 +78,9 @@ private:
 // go: 122K symbols are ~5 MiB that a long-running daemon would otherwise hold
 // for the handful of sites it ever shows, and a later miss (a call site new
 // since the last pass) costs one more read of kallsyms (~60 ms) instead.
-// Without it, the table is kept for the symbolizer's life.
+// Without it, or when the table came out empty (unreadable, or addresses
+// hidden by kptr_restrict: rereading would find nothing more), the table is
+// kept for the symbolizer's life.
 class CachingSymbolizer final : public Symbolizer {
 public:
     using Loader = std::function<KallsymsTable()>;
@@ -90,7 +92,8 @@ public:
     // With known_addresses: names every known address not named yet, in one
     // read (none if all are). The daemon calls it before a report or query
     // takes hold of the tracker, so the read need not freeze the tracker.
-    void name_known();
+    // Returns whether it read.
+    bool name_known();
     // The table, while it is held (never, between passes, with known_addresses).
     const KallsymsTable* table() const { return table_ ? &*table_ : nullptr; }
     // Times the loader ran.

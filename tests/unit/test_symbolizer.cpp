@@ -210,10 +210,10 @@ TEST(CachingSymbolizer, NameKnownReadsOnlyWhenAKnownAddressIsUnnamed) {
             return load_fixture("kallsyms_small.txt");
         },
         [&known] { return known; });
-    symbolizer.name_known();
+    EXPECT_TRUE(symbolizer.name_known());
     EXPECT_EQ(loads, 1);
     EXPECT_EQ(symbolizer.table(), nullptr);
-    symbolizer.name_known();
+    EXPECT_FALSE(symbolizer.name_known());
     EXPECT_EQ(loads, 1) << "everything known is named, the one that appeared during the read too";
     EXPECT_EQ(format_site(0xffffffffc0a01010, symbolizer.resolve(0xffffffffc0a01010)), "foo_init+0x10 [foo]");
     EXPECT_EQ(format_site(0xffffffff81234567, symbolizer.resolve(0xffffffff81234567)), "__kmalloc+0x7");
@@ -223,7 +223,7 @@ TEST(CachingSymbolizer, NameKnownReadsOnlyWhenAKnownAddressIsUnnamed) {
         ++loads;
         return load_fixture("kallsyms_small.txt");
     });
-    without_known.name_known();
+    EXPECT_FALSE(without_known.name_known());
     EXPECT_EQ(loads, 1) << "nothing to name without a list of known addresses";
 }
 
@@ -238,6 +238,24 @@ TEST(KallsymsTable, ParseCallsBackEveryChunkOfLines) {
     EXPECT_EQ(table.size(), lines);
     ASSERT_TRUE(table.lookup(0xffffffff81000000 + 5000 * 0x10 + 3).has_value());
     EXPECT_EQ(table.lookup(0xffffffff81000000 + 5000 * 0x10 + 3)->function, "f5000");
+}
+
+TEST(CachingSymbolizer, WithKnownAddressesAnEmptyTableIsStillReadOnlyOnce) {
+    int loads = 0;
+    std::vector<std::uint64_t> known{0xffffffff81234567};
+    CachingSymbolizer symbolizer(
+        [&loads] {
+            ++loads;
+            return load_fixture("kallsyms_hidden.txt");
+        },
+        [&known] { return known; });
+    EXPECT_TRUE(symbolizer.name_known());
+    known.push_back(0xffffffff81234568);
+    EXPECT_FALSE(symbolizer.resolve(0xffffffff81234568).known());
+    EXPECT_FALSE(symbolizer.name_known());
+    EXPECT_EQ(loads, 1) << "hidden addresses: rereading would find nothing more";
+    ASSERT_NE(symbolizer.table(), nullptr);
+    EXPECT_TRUE(symbolizer.table()->addresses_hidden());
 }
 
 TEST(FixedSymbolizer, AnswersFromItsMapOnly) {
