@@ -125,7 +125,7 @@ struct {
  * Whether each CPU's batch holds records, read by user space through a
  * read-only mapping: a drain flushes only the CPUs whose flag is set, and an
  * idle CPU (a nohz_full one too) is not sent an IPI ten times a second just
- * to find its batch empty. A slot is written only by its own CPU, once per
+ * to find its batch empty. A slot is written only by its own CPU, twice per
  * batch: set when the first record goes in, cleared when the batch goes
  * into the ring. Never per record: that path stays as it was.
  */

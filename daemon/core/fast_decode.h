@@ -13,21 +13,27 @@
 
 namespace kleak::core {
 
+// The fields allocation and free records share: header, pointer, call site.
+template <class Record>
+inline void copy_shared_fields(const Record& rec, std::uint16_t cpu, Event& out) {
+    out.ts_ns = rec.hdr.ts_ns;
+    out.ptr = rec.ptr;
+    out.call_site = rec.call_site;
+    out.tgid = rec.hdr.tgid;
+    out.kind = static_cast<EventKind>(rec.hdr.kind);
+    out.cpu = cpu;
+}
+
 inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     if (bytes.size() >= sizeof(kleak_alloc_record)) {
         kleak_alloc_record rec;
         std::memcpy(&rec, bytes.data(), sizeof rec);
         if (rec.hdr.kind == KLEAK_KMALLOC || rec.hdr.kind == KLEAK_CACHE_ALLOC) {
-            out.ts_ns = rec.hdr.ts_ns;
-            out.ptr = rec.ptr;
-            out.call_site = rec.call_site;
+            copy_shared_fields(rec, cpu, out);
             out.bytes_req = rec.bytes_req;
             out.bytes_alloc = rec.bytes_alloc;
             out.gfp_flags = rec.gfp_flags;
-            out.tgid = rec.hdr.tgid;
             out.tid = rec.tid;
-            out.kind = static_cast<EventKind>(rec.hdr.kind);
-            out.cpu = cpu;
             return DecodeStatus::ok;
         }
     }
@@ -35,13 +41,8 @@ inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::ui
         kleak_free_record rec;
         std::memcpy(&rec, bytes.data(), sizeof rec);
         if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE) {
-            out.ts_ns = rec.hdr.ts_ns;
-            out.ptr = rec.ptr;
-            out.call_site = rec.call_site;
+            copy_shared_fields(rec, cpu, out);
             out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
-            out.tgid = rec.hdr.tgid;
-            out.kind = static_cast<EventKind>(rec.hdr.kind);
-            out.cpu = cpu;
             return DecodeStatus::ok;
         }
     }

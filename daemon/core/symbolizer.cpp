@@ -93,7 +93,8 @@ std::optional<Symbol> KallsymsTable::lookup(std::uint64_t address) const {
 }
 
 Symbol CachingSymbolizer::resolve(std::uint64_t address) {
-    if (auto it = cache_.find(address); it == cache_.end()) read_and_name(address);
+    if (auto it = cache_.find(address); it != cache_.end()) return it->second;
+    read_and_name(address);
     return cache_.at(address);
 }
 
