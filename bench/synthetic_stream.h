@@ -1,6 +1,8 @@
 // A deterministic, kernel-like record stream for benchmarks: allocations from
 // a few hundred call sites, most freed soon after on some CPU, a working set
-// that stays outstanding, per-CPU rings that run slightly out of time order.
+// that stays outstanding. Timed as kleak.bpf.c times records: allocations
+// read the clock, most frees carry their CPU's previous reading
+// (KLEAK_TS_LOWER_BOUND), every KLEAK_FREES_PER_STAMP-th in a row reads it.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +24,8 @@ struct RawRecord {
 // Stateful, so a long stream can be produced in chunks.
 class SyntheticStream {
 public:
-    SyntheticStream(unsigned cpus, std::size_t live, std::uint64_t seed = 42) : rng_(seed), cpus_(cpus), live_(live) {
+    SyntheticStream(unsigned cpus, std::size_t live, std::uint64_t seed = 42)
+        : rng_(seed), cpus_(cpus), live_(live), last_reading_(cpus, 0), frees_since_reading_(cpus, 0) {
         outstanding_.reserve(live * 2);
     }
 
@@ -36,6 +39,14 @@ public:
                 const std::size_t i = rng_() % outstanding_.size();
                 kleak_free_record rec{{ts_, KLEAK_KFREE, 0, 1000}, outstanding_[i],
                                       0xffffffff81200000ULL + (rng_() % 256) * 64};
+                if (last_reading_[r.cpu] != 0 && frees_since_reading_[r.cpu] < KLEAK_FREES_PER_STAMP) {
+                    rec.hdr.ts_ns = last_reading_[r.cpu];
+                    rec.hdr.flags = KLEAK_TS_LOWER_BOUND;
+                    ++frees_since_reading_[r.cpu];
+                } else {
+                    last_reading_[r.cpu] = ts_;
+                    frees_since_reading_[r.cpu] = 0;
+                }
                 outstanding_[i] = outstanding_.back();
                 outstanding_.pop_back();
                 std::memcpy(r.bytes, &rec, sizeof rec);
@@ -47,6 +58,8 @@ public:
                 kleak_alloc_record rec{{ts_, KLEAK_KMALLOC, 0, 1000}, ptr, 0xffffffff81000000ULL + (rng_() % 512) * 64,
                                        req, (req + 63) & ~63u, 0xcc0, 1001};
                 outstanding_.push_back(ptr);
+                last_reading_[r.cpu] = ts_;
+                frees_since_reading_[r.cpu] = 0;
                 std::memcpy(r.bytes, &rec, sizeof rec);
                 r.size = sizeof rec;
             }
@@ -60,6 +73,8 @@ private:
     unsigned cpus_;
     std::size_t live_;
     std::vector<std::uint64_t> outstanding_;
+    std::vector<std::uint64_t> last_reading_;  // per CPU
+    std::vector<unsigned> frees_since_reading_;
     std::uint64_t ts_ = 1'000'000;
     std::uint64_t next_ptr_ = 0xffff888000000000ULL;
 };

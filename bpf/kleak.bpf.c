@@ -92,6 +92,9 @@ struct {
  */
 #define BATCH_MAX_AGE_NS (2 * 1000 * 1000ULL)
 
+/* Room for records in a batch; the rest is kept for its closing time mark. */
+#define BATCH_RECORD_BYTES (KLEAK_BATCH_BYTES - KLEAK_TIME_MARK_BYTES)
+
 /* Deepest nesting of kmem_cache_free the nested program tells apart (contexts: task, softirq, hardirq, NMI). */
 #define FREED_STACK 4
 
@@ -109,7 +112,9 @@ struct batch {
 	__u8 busy;
 	__u8 flush_pending;   /* kleak__flush found the batch busy: its writer flushes */
 	__u8 freed_depth;     /* entries in freed[] (see kleak__kmem_cache_free_nested) */
-	__u8 pad[5];
+	__u8 unstamped;       /* frees since stamp_ns that carry it as a lower bound */
+	__u8 pad[4];
+	__u64 stamp_ns;       /* the last clock reading taken for data[] */
 	__u64 freed[FREED_STACK];
 	__u8 data[KLEAK_BATCH_BYTES];
 };
@@ -221,6 +226,18 @@ static __always_inline void set_pending(__u32 value)
 }
 
 /*
+ * tgid and tid stay 0 in allocation and free records: nothing downstream
+ * reads them, and bpf_get_current_pid_tgid() costs ~12 ns per event here.
+ */
+static __always_inline void fill_header(struct kleak_record_header *hdr, __u64 now, __u16 kind)
+{
+	hdr->ts_ns = now;
+	hdr->kind = kind;
+	hdr->flags = 0;
+	hdr->tgid = 0;
+}
+
+/*
  * Pushes the batch into this CPU's ring. The caller owns the batch (busy).
  * may_wake false: never wake the consumer (see kleak__cpu_down).
  */
@@ -237,8 +254,19 @@ static __always_inline void flush(struct batch *b, bool may_wake)
 	 * as unbounded. Opaque and already 64-bit, len stays one register.
 	 */
 	barrier_var(len);
-	if (len == 0 || len > KLEAK_BATCH_BYTES)
+	if (len == 0 || len > BATCH_RECORD_BYTES)
 		return;
+	if (b->unstamped) {
+		/*
+		 * Frees after the last reading carry it as a lower bound: the
+		 * mark is their upper one (one clock read per batch at most).
+		 */
+		struct kleak_time_mark *mark = (void *)(b->data + len);
+
+		fill_header(&mark->hdr, bpf_ktime_get_ns(), KLEAK_TIME_MARK);
+		len += sizeof(*mark);
+		b->unstamped = 0;
+	}
 	ring = this_cpu_ring();
 	if (!ring || bpf_ringbuf_output(ring, b->data, len, may_wake ? submit_flags(ring) : BPF_RB_NO_WAKEUP))
 		count_drops(b->records);
@@ -257,7 +285,7 @@ static __always_inline void flush(struct batch *b, bool may_wake)
  * on this CPU, and the caller writes to the ring directly (reserve_direct).
  * A non-NULL result leaves the batch busy until commit_batched().
  */
-static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 now)
+static __always_inline void *reserve_batched(struct batch *b, __u32 size)
 {
 	__u32 len;
 
@@ -265,14 +293,36 @@ static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 
 		return NULL;
 	b->busy = 1;
 	barrier(); /* busy is set before data[] changes */
-	if (b->len > KLEAK_BATCH_BYTES - size)
+	if (b->len > BATCH_RECORD_BYTES - size)
 		flush(b, true);
 	len = b->len;
-	if (len > KLEAK_BATCH_BYTES - size) { /* for the verifier: flush() emptied it */
+	if (len > BATCH_RECORD_BYTES - size) { /* for the verifier: flush() emptied it */
 		b->busy = 0;
 		return NULL;
 	}
-	if (len == 0) {
+	return b->data + len;
+}
+
+/*
+ * The time a record in the reserved slot carries, and whether it is only a
+ * lower bound (KLEAK_TS_LOWER_BOUND): a free leaves the clock alone when its
+ * batch already holds a reading and fewer than KLEAK_FREES_PER_STAMP frees
+ * since. Allocations always read it: their age is what users query.
+ */
+static __always_inline __u64 stamp(struct batch *b, bool is_free, __u16 *flags)
+{
+	__u64 now;
+
+	if (is_free && b->len != 0 && b->unstamped < KLEAK_FREES_PER_STAMP) {
+		b->unstamped += 1;
+		*flags = KLEAK_TS_LOWER_BOUND;
+		return b->stamp_ns;
+	}
+	now = bpf_ktime_get_ns();
+	b->stamp_ns = now;
+	b->unstamped = 0;
+	*flags = 0;
+	if (b->len == 0) {
 		b->oldest_ts = now;
 		/*
 		 * Before the record is committed, so a flag that reads 0 means
@@ -282,14 +332,15 @@ static __always_inline void *reserve_batched(struct batch *b, __u32 size, __u64 
 		 */
 		set_pending(1);
 	}
-	return b->data + len;
+	return now;
 }
 
 static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 now)
 {
 	b->len += size;
 	b->records += 1;
-	if (b->len > KLEAK_BATCH_BYTES - sizeof(struct kleak_alloc_record) || now - b->oldest_ts > BATCH_MAX_AGE_NS)
+	/* `now` may be a free's lower bound: the age check then errs late, never early. */
+	if (b->len > BATCH_RECORD_BYTES - sizeof(struct kleak_alloc_record) || now - b->oldest_ts > BATCH_MAX_AGE_NS)
 		flush(b, true);
 	barrier(); /* data[] is complete before busy clears */
 	b->busy = 0;
@@ -324,18 +375,6 @@ static __always_inline void *reserve_direct(void **ring, __u64 size)
 	return rec;
 }
 
-/*
- * tgid and tid stay 0 in allocation and free records: nothing downstream
- * reads them, and bpf_get_current_pid_tgid() costs ~12 ns per event here.
- */
-static __always_inline void fill_header(struct kleak_record_header *hdr, __u64 now, __u16 kind)
-{
-	hdr->ts_ns = now;
-	hdr->kind = kind;
-	hdr->flags = 0;
-	hdr->tgid = 0;
-}
-
 static __always_inline void fill_alloc(struct kleak_alloc_record *rec, __u64 now, __u16 kind, unsigned long call_site,
 				       const void *ptr, __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags)
 {
@@ -363,6 +402,7 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	const __u32 size = sizeof(struct kleak_alloc_record);
 	struct kleak_alloc_record *rec;
 	struct batch *b;
+	__u16 flags;
 	void *ring;
 	__u64 now;
 
@@ -371,9 +411,9 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	b = this_cpu_batch();
 	if (!b)
 		return 0;
-	now = bpf_ktime_get_ns();
-	rec = reserve_batched(b, size, now);
+	rec = reserve_batched(b, size);
 	if (rec) {
+		now = stamp(b, false, &flags);
 		fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
 		commit_batched(b, size, now);
 		return 0;
@@ -381,6 +421,7 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	rec = reserve_direct(&ring, size);
 	if (!rec)
 		return 0;
+	now = bpf_ktime_get_ns();
 	fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
 	bpf_ringbuf_submit(rec, submit_flags(ring));
 	return 0;
@@ -404,6 +445,7 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 	const __u32 size = sizeof(struct kleak_free_record);
 	struct kleak_free_record *rec;
 	struct batch *b;
+	__u16 flags;
 	__u64 now;
 
 	if (skip(ptr))
@@ -411,11 +453,12 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 	b = this_cpu_batch();
 	if (!b)
 		return 0;
-	now = bpf_ktime_get_ns();
-	rec = reserve_batched(b, size, now);
+	rec = reserve_batched(b, size);
 	if (!rec)
-		return emit_free_direct(kind, call_site, ptr, now);
+		return emit_free_direct(kind, call_site, ptr, bpf_ktime_get_ns());
+	now = stamp(b, true, &flags);
 	fill_free(rec, now, kind, call_site, ptr);
+	rec->hdr.flags = flags;
 	commit_batched(b, size, now);
 	return 0;
 }

@@ -17,7 +17,10 @@
 #include <linux/types.h>
 #endif
 
-#define KLEAK_ABI_VERSION 1
+#define KLEAK_ABI_VERSION 2
+/* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK; a version 1
+ * stream is a version 2 stream that uses neither, so both are readable. */
+#define KLEAK_ABI_OLDEST_READABLE 1
 
 /* What a record describes.  Values are part of the ABI. */
 enum kleak_record_kind {
@@ -26,6 +29,7 @@ enum kleak_record_kind {
 	KLEAK_CACHE_ALLOC = 3,      /* kmem:kmem_cache_alloc */
 	KLEAK_CACHE_FREE = 4,       /* kmem:kmem_cache_free */
 	KLEAK_PRINTK = 5,           /* printk:console (variable length) */
+	KLEAK_TIME_MARK = 6,        /* a clock reading closing a batch (header only) */
 };
 /* Adding a kind keeps the ABI version: readers count unknown kinds as
  * undecodable and go on. Changing a layout bumps it. */
@@ -34,9 +38,30 @@ enum kleak_record_kind {
 struct kleak_record_header {
 	__u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u16 kind;   /* enum kleak_record_kind */
-	__u16 flags;  /* reserved, 0 */
+	__u16 flags;  /* KLEAK_TS_* and KLEAK_PRINTK_* bits */
 	__u32 tgid;   /* process (thread group) id in printk records; 0 in
 		       * allocation and free records, which do not read it */
+};
+
+/*
+ * In a free record: ts_ns is not this record's own clock reading but the
+ * latest one its CPU took on the batched path before it (reading the clock
+ * costs more than the rest of the program). The free happened after ts_ns and
+ * before the next record of the same batch that carries no such flag (an
+ * allocation, a free that read the clock, or the batch's closing time mark).
+ * Every batch that holds a flagged free ends with a record that does not.
+ */
+#define KLEAK_TS_LOWER_BOUND 0x2
+
+/*
+ * Most consecutive flagged frees in a batch: the next one reads the clock, so
+ * a run of frees (an RCU callback batch) keeps windows short.
+ */
+#define KLEAK_FREES_PER_STAMP 8
+
+/* KLEAK_TIME_MARK: 16 bytes, a header whose ts_ns is a fresh clock reading. */
+struct kleak_time_mark {
+	struct kleak_record_header hdr;
 };
 
 /* kfree / kmem_cache_free: 32 bytes. */
@@ -76,10 +101,12 @@ struct kleak_printk_record {
 /*
  * A ring sample holds one record, or a batch: several whole allocation and
  * free records back to back (each a multiple of 8 bytes), at most this many
- * bytes. A record's size follows from its kind. printk records are never
+ * bytes, the last KLEAK_TIME_MARK_BYTES of them kept for the closing time
+ * mark. A record's size follows from its kind. printk records are never
  * batched: a sample holding one is exactly 24 + len bytes.
  */
 #define KLEAK_BATCH_BYTES 4096
+#define KLEAK_TIME_MARK_BYTES 16
 
 /* Index of the single slot of the per-CPU `drops` array. */
 #define KLEAK_DROPS_KEY 0

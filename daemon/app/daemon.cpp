@@ -308,6 +308,8 @@ nlohmann::json Daemon::stats() {
         {"outstanding_bytes", totals.outstanding_bytes},
         {"tracker_bytes", pipeline_.tracker().memory_bytes()},
         {"tracker_class_overflows", pipeline_.tracker().class_overflows()},
+        {"reordered_frees", totals.reordered_frees},
+        {"displaced_allocations", pipeline_.tracker().displaced_count()},
         // Each read names every call site seen so far; another follows when
         // a report, snapshot or query (leaks: at most every 10 s) finds a
         // site new since the last.

@@ -125,9 +125,10 @@ core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
         throw std::runtime_error(path.string() + " is not valid JSON: " + e.what());
     }
     core::RecordingMeta meta = core::meta_from_json(json);
-    if (meta.abi_version != KLEAK_ABI_VERSION)
+    if (meta.abi_version < KLEAK_ABI_OLDEST_READABLE || meta.abi_version > KLEAK_ABI_VERSION)
         throw std::runtime_error("recording has record ABI version " + std::to_string(meta.abi_version) +
-                                 ", this kleakd reads version " + std::to_string(KLEAK_ABI_VERSION));
+                                 ", this kleakd reads versions " + std::to_string(KLEAK_ABI_OLDEST_READABLE) + " to " +
+                                 std::to_string(KLEAK_ABI_VERSION));
     return meta;
 }
 

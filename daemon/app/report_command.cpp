@@ -20,6 +20,7 @@ int run_report(const ReportCommand& command) {
     } else {
         replay_recording(command.dir, meta, pipeline, command.holdback);
     }
+    pipeline.settle();
 
     core::FixedSymbolizer symbolizer(meta.symbols);
     const core::Losses losses = core::make_losses(meta.dropped_per_cpu, pipeline.late(), pipeline.undecodable(),

@@ -107,6 +107,7 @@ int run_trace(const TraceCommand& command) {
 
     session.stop_and_drain();
     pipeline.finish();
+    pipeline.settle();
     const RunSummary run{pipeline.records(), static_cast<double>(monotonic_now_ns() - started) / 1e9,
                          command.tracer.sample_shift, command.tracer.emit_records};
     const core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),

@@ -7,7 +7,7 @@
 
 namespace kleak::core {
 
-static_assert(KLEAK_ABI_VERSION == 1, "update the static_asserts below with the ABI");
+static_assert(KLEAK_ABI_VERSION == 2, "update the static_asserts below with the ABI");
 static_assert(sizeof(kleak_record_header) == 16);
 static_assert(offsetof(kleak_record_header, ts_ns) == 0);
 static_assert(offsetof(kleak_record_header, kind) == 8);
@@ -27,6 +27,8 @@ static_assert(static_cast<int>(EventKind::kfree) == KLEAK_KFREE);
 static_assert(static_cast<int>(EventKind::cache_alloc) == KLEAK_CACHE_ALLOC);
 static_assert(static_cast<int>(EventKind::cache_free) == KLEAK_CACHE_FREE);
 static_assert(static_cast<int>(EventKind::printk) == KLEAK_PRINTK);
+static_assert(static_cast<int>(EventKind::time_mark) == KLEAK_TIME_MARK);
+static_assert(sizeof(kleak_time_mark) == KLEAK_TIME_MARK_BYTES);
 
 DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     kleak_record_header hdr;
@@ -59,9 +61,15 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.kind = static_cast<EventKind>(hdr.kind);
         out.ptr = rec.ptr;
         out.call_site = rec.call_site;
-        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+        out.bytes_req = out.bytes_alloc = out.tid = 0;
+        out.gfp_flags = hdr.flags;
         return DecodeStatus::ok;
     }
+    case KLEAK_TIME_MARK:
+        out.kind = EventKind::time_mark;
+        out.ptr = out.call_site = 0;
+        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+        return DecodeStatus::ok;
     case KLEAK_PRINTK: {
         const auto text = printk_text(bytes);
         if (!text) return DecodeStatus::too_short;

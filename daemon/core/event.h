@@ -14,24 +14,37 @@ enum class EventKind : std::uint16_t {
     cache_alloc = 3,
     cache_free = 4,
     printk = 5,  // bytes_req: text length, gfp_flags: record flags, ptr: the pipeline's text handle
+    // A clock reading closing a batch: it ends the stamp window of the frees
+    // before it (stamp_windows.h) and is never staged.
+    time_mark = 6,
 };
 
 constexpr bool is_alloc(EventKind kind) {
     return kind == EventKind::kmalloc || kind == EventKind::cache_alloc;
 }
+constexpr bool is_free(EventKind kind) { return kind == EventKind::kfree || kind == EventKind::cache_free; }
 
+// A free's time. Most frees take no clock reading of their own (it costs more
+// than the rest of the BPF program): their record carries their CPU's previous
+// reading and KLEAK_TS_LOWER_BOUND. Once decoding has seen the next reading on
+// that CPU (stamp_windows.h), ts_ns is that next reading, the latest the free
+// can have happened, and bytes_req is its window: how much earlier it may
+// have happened (ns, saturated; 0 for a free that read the clock).
 struct Event {
     std::uint64_t ts_ns = 0;
     std::uint64_t ptr = 0;
     std::uint64_t call_site = 0;
-    std::uint32_t bytes_req = 0;    // allocations only
+    std::uint32_t bytes_req = 0;    // allocations; frees: the stamp window (above)
     std::uint32_t bytes_alloc = 0;  // allocations only
-    std::uint32_t gfp_flags = 0;    // allocations only
+    std::uint32_t gfp_flags = 0;    // allocations; frees: the record's flags (KLEAK_TS_*)
     std::uint32_t tgid = 0;
     std::uint32_t tid = 0;          // allocations only
     EventKind kind = EventKind::kmalloc;
     std::uint16_t cpu = 0;          // the ring the record came from
 };
+
+// The earliest a free can have happened (see Event).
+constexpr std::uint64_t earliest_free_ns(const Event& free) { return free.ts_ns - free.bytes_req; }
 
 enum class DecodeStatus {
     ok,

@@ -42,7 +42,8 @@ inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::ui
         std::memcpy(&rec, bytes.data(), sizeof rec);
         if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE) {
             copy_shared_fields(rec, cpu, out);
-            out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+            out.bytes_req = out.bytes_alloc = out.tid = 0;
+            out.gfp_flags = rec.hdr.flags;
             return DecodeStatus::ok;
         }
     }

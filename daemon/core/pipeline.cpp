@@ -18,7 +18,10 @@ constexpr std::size_t kAll = std::numeric_limits<std::size_t>::max();
 }  // namespace
 
 Pipeline::Pipeline(unsigned cpu_count)
-    : merger_(cpu_count), released_(kApplyChunk), newest_ts_(merger_.cpu_count(), 0) {}
+    : merger_(cpu_count),
+      stamp_windows_(merger_.cpu_count()),
+      released_(kApplyChunk),
+      newest_ts_(merger_.cpu_count(), 0) {}
 
 void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
     Event event;
@@ -26,10 +29,14 @@ void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
         ++undecodable_;
         return;
     }
-    ++records_;
-    if (event.kind == EventKind::printk && !keep_printk(event, record)) return;
-    note_newest(event.cpu, event.ts_ns);
-    merger_.stage(event);
+    if (event.kind != EventKind::time_mark) [[likely]]
+        ++records_;
+    const auto stage = [this](const Event& e) {
+        note_newest(e.cpu, e.ts_ns);
+        merger_.stage(e);
+    };
+    if (event.kind == EventKind::printk && !keep_printk(event, record)) return stamp_windows_.reading_only(event, stage);
+    stamp_windows_.take(event, stage);
 }
 
 // Replay's loop: the frames of one file all come from one CPU, so they are
@@ -43,20 +50,27 @@ FrameStatus Pipeline::on_frames(unsigned cpu, FrameReader& frames) {
     const auto cpu16 = static_cast<std::uint16_t>(cpu);
     std::span<const std::byte> record;
     FrameStatus status;
-    while ((status = frames.next(record)) == FrameStatus::ok) {
-        Event& event = buffer[n];
-        if (decode_record_fast(record, cpu16, event) != DecodeStatus::ok) [[unlikely]] {
-            ++undecodable_;
-            continue;
-        }
-        ++records_;
-        if (event.kind == EventKind::printk && !keep_printk(event, record)) [[unlikely]]
-            continue;
-        newest = std::max(newest, event.ts_ns);
+    const auto to_buffer = [&](const Event& e) {
+        buffer[n] = e;
+        newest = std::max(newest, e.ts_ns);
         if (++n == kBuffer) {
             merger_.stage_from_one_cpu(std::span(buffer, n));
             n = 0;
         }
+    };
+    while ((status = frames.next(record)) == FrameStatus::ok) {
+        Event event;
+        if (decode_record_fast(record, cpu16, event) != DecodeStatus::ok) [[unlikely]] {
+            ++undecodable_;
+            continue;
+        }
+        if (event.kind != EventKind::time_mark) [[likely]]
+            ++records_;
+        if (event.kind == EventKind::printk && !keep_printk(event, record)) [[unlikely]] {
+            stamp_windows_.reading_only(event, to_buffer);
+            continue;
+        }
+        stamp_windows_.take(event, to_buffer);
     }
     merger_.stage_from_one_cpu(std::span(buffer, n));
     note_newest(cpu16, newest);
@@ -136,10 +150,17 @@ void Pipeline::release_until(std::uint64_t watermark) {
     release_some(kAll);
 }
 
-void Pipeline::finish() { release_until(std::numeric_limits<std::uint64_t>::max()); }
+void Pipeline::finish() {
+    stamp_windows_.close_all([this](const Event& e) {
+        note_newest(e.cpu, e.ts_ns);
+        merger_.stage(e);
+    });
+    release_until(std::numeric_limits<std::uint64_t>::max());
+}
 
 void Pipeline::reset() {
     merger_.reset();
+    stamp_windows_.clear();
     tracker_.reset();
     printk_texts_.clear();
     std::fill(newest_ts_.begin(), newest_ts_.end(), 0);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "merger.h"
+#include "stamp_windows.h"
 #include "printk.h"
 #include "recording_frames.h"
 #include "tracker.h"
@@ -48,6 +49,9 @@ public:
     // Releases and tracks everything staged up to `watermark`, at once.
     void release_until(std::uint64_t watermark);
     void finish();  // end of input: release everything
+    // After finish() (and after the tracking thread, if any, is done): the
+    // tracker's settle(), no free being still to come.
+    void settle() { tracker_.settle(); }
 
     // The same release, in slices (the daemon answers queries between them).
     // begin_release() finishes a release still in progress, then fixes what
@@ -91,6 +95,7 @@ private:
     void release_printk(const Event& event);
 
     Merger merger_;
+    StampWindows stamp_windows_;  // before the merge: frees get their time
     Tracker tracker_;
     // The merge writes released records here a chunk at a time, and the
     // tracker takes the chunk as one span (it prefetches ahead).

@@ -84,6 +84,7 @@ nlohmann::json report_to_json(const Report& report) {
         {"bytes_freed", t.bytes_freed},
         {"unmatched_frees", t.unmatched_frees},
         {"replaced", t.replaced},
+        {"reordered_frees", t.reordered_frees},
         {"outstanding", t.outstanding},
         {"outstanding_bytes", t.outstanding_bytes},
         {"dropped", l.dropped()},
@@ -155,6 +156,7 @@ Report report_from_json(const nlohmann::json& json) {
     totals.bytes_freed = t.at("bytes_freed").get<std::uint64_t>();
     totals.unmatched_frees = t.at("unmatched_frees").get<std::uint64_t>();
     totals.replaced = t.at("replaced").get<std::uint64_t>();
+    totals.reordered_frees = t.value("reordered_frees", std::uint64_t{0});  // absent in documents older than this field
     totals.outstanding = t.at("outstanding").get<std::uint64_t>();
     totals.outstanding_bytes = t.at("outstanding_bytes").get<std::uint64_t>();
     for (const auto& s : json.at("sites")) {
@@ -245,6 +247,9 @@ std::string report_to_text(const Report& report, std::size_t top) {
     out += line("total bytes freed:      %llu\n", ull(t.bytes_freed));
     out += line("outstanding:            %llu allocations, %llu bytes\n", ull(t.outstanding), ull(t.outstanding_bytes));
     if (t.replaced > 0) out += line("replaced (missed free): %llu\n", ull(t.replaced));
+    if (t.reordered_frees > 0)
+        out += line("reordered frees:        %llu (freed before their pointer was allocated again elsewhere)\n",
+                    ull(t.reordered_frees));
 
     const auto& sites = report.sites;
     section(

@@ -18,6 +18,8 @@ SiteId Tracker::intern(std::uint64_t call_site, EventKind kind) {
 }
 
 void Tracker::apply(const Event& event) {
+    if (event.ts_ns >= next_expiry_ns_) [[unlikely]]
+        expire_displaced(event.ts_ns);
     if (event.kind == EventKind::printk) return;
     const SiteId here = intern(event.call_site, event.kind);
     if (is_alloc(event.kind)) {
@@ -54,20 +56,11 @@ void Tracker::allocated(const Event& event, SiteId here) {
     const ClassId cls = classes_.intern(here, event.bytes_alloc);
     const std::uint64_t packed = pack_allocation(cls, birth_unit(event.ts_ns));
     auto [entry, inserted] = live_.try_emplace(event.ptr, packed);
-    if (!inserted) {
-        // The previous allocation at this address was freed without us
-        // seeing it (a lost record): retire it, then take its place.
-        const AllocationClass prior = class_of_entry(event.ptr, *entry);
-        if (class_of(*entry) == kOverflowClass) overflow_.erase(event.ptr);
+    if (!inserted) [[unlikely]] {
+        // The previous allocation at this address was freed, and its free is
+        // lost or still to come: it steps aside, and the new one takes its place.
+        displace(event.ptr, *entry, event.ts_ns);
         *entry = packed;
-        SiteStats& old = sites_[prior.site];
-        ++old.replaced;
-        old.replaced_bytes += prior.bytes_alloc;
-        --old.outstanding;
-        old.outstanding_bytes -= prior.bytes_alloc;
-        ++totals_.replaced;
-        totals_.outstanding_bytes -= prior.bytes_alloc;
-        --totals_.outstanding;
     }
     if (cls == kOverflowClass) {
         ++class_overflows_;
@@ -78,6 +71,8 @@ void Tracker::allocated(const Event& event, SiteId here) {
 }
 
 void Tracker::freed(const Event& event, SiteId here) {
+    if (!displaced_.empty() && freed_displaced(event, here)) [[unlikely]]
+        return;
     std::uint64_t packed = 0;
     if (!live_.erase(event.ptr, &packed)) {
         ++sites_[here].unmatched_frees;
@@ -86,6 +81,10 @@ void Tracker::freed(const Event& event, SiteId here) {
     }
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
     if (class_of(packed) == kOverflowClass) overflow_.erase(event.ptr);
+    credit_free(origin_class, here);
+}
+
+void Tracker::credit_free(const AllocationClass& origin_class, SiteId here) {
     SiteStats& origin = sites_[origin_class.site];
     ++origin.frees;
     origin.bytes_freed += origin_class.bytes_alloc;
@@ -98,10 +97,63 @@ void Tracker::freed(const Event& event, SiteId here) {
     totals_.outstanding_bytes -= origin_class.bytes_alloc;
 }
 
+void Tracker::count_replaced(const AllocationClass& prior) {
+    SiteStats& old = sites_[prior.site];
+    ++old.replaced;
+    old.replaced_bytes += prior.bytes_alloc;
+    --old.outstanding;
+    old.outstanding_bytes -= prior.bytes_alloc;
+    ++totals_.replaced;
+    totals_.outstanding_bytes -= prior.bytes_alloc;
+    --totals_.outstanding;
+}
+
+void Tracker::displace(std::uint64_t ptr, std::uint64_t packed, std::uint64_t by_ns) {
+    const Displaced d{class_of_entry(ptr, packed), unit_of(packed), by_ns};
+    if (class_of(packed) == kOverflowClass) overflow_.erase(ptr);
+    auto [it, inserted] = displaced_.try_emplace(ptr, d);
+    if (!inserted) {
+        // Displaced twice before a free came for the first: that one's
+        // free is missed for sure.
+        count_replaced(it->second.cls);
+        it->second = d;
+    }
+    if (displacements_.empty()) next_expiry_ns_ = by_ns + kDisplacedHorizonNs;
+    displacements_.push_back({by_ns, ptr});
+}
+
+// A free that may have happened before the allocation that displaced its
+// pointer's entry frees that entry; one surely after it (the displacing
+// allocation's own free) goes on to the live table.
+bool Tracker::freed_displaced(const Event& event, SiteId here) {
+    const auto it = displaced_.find(event.ptr);
+    if (it == displaced_.end() || earliest_free_ns(event) >= it->second.displaced_at_ns) return false;
+    credit_free(it->second.cls, here);
+    ++totals_.reordered_frees;
+    displaced_.erase(it);
+    return true;
+}
+
+void Tracker::expire_displaced(std::uint64_t now_ns) {
+    while (!displacements_.empty() && displacements_.front().at_ns + kDisplacedHorizonNs <= now_ns) {
+        const Displacement due = displacements_.front();
+        displacements_.pop_front();
+        // Gone (freed) or displaced again since: a later queue entry has it.
+        const auto it = displaced_.find(due.ptr);
+        if (it == displaced_.end() || it->second.displaced_at_ns != due.at_ns) continue;
+        count_replaced(it->second.cls);
+        displaced_.erase(it);
+    }
+    next_expiry_ns_ = displacements_.empty() ? std::numeric_limits<std::uint64_t>::max()
+                                             : displacements_.front().at_ns + kDisplacedHorizonNs;
+}
+
 std::size_t Tracker::memory_bytes() const {
     // flat_hash_map: one slot plus one control byte per bucket.
     const std::size_t ids = site_ids_.capacity() * (sizeof(std::pair<std::uint64_t, SiteId>) + 1);
-    const std::size_t overflow = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1);
+    const std::size_t overflow = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
+                                 displaced_.capacity() * (sizeof(std::pair<std::uint64_t, Displaced>) + 1) +
+                                 displacements_.size() * sizeof(Displacement);
     return live_.memory_bytes() + classes_.memory_bytes() + overflow + ids + sites_.capacity() * sizeof(SiteStats);
 }
 
@@ -109,6 +161,9 @@ void Tracker::reset() {
     live_.clear();
     classes_.clear();
     overflow_.clear();
+    displaced_.clear();
+    displacements_.clear();
+    next_expiry_ns_ = std::numeric_limits<std::uint64_t>::max();
     class_overflows_ = 0;
     site_ids_.clear();
     sites_.clear();

@@ -8,7 +8,13 @@
 //  - a free of an unknown pointer (allocated before tracing began, or its
 //    record was lost) is an unmatched free, counted at the freeing site;
 //  - an allocation of a pointer that is still outstanding means its free was
-//    missed: the old entry is counted `replaced` at its site and replaced.
+//    missed, or is still to come: a free stamped late (event.h) sorts at the
+//    next clock reading of its CPU, which can be after another CPU took the
+//    freed pointer again. The old entry steps aside ("displaced"): a free
+//    whose window reaches back before the new allocation is its free (counted
+//    `reordered_frees` too); none within kDisplacedHorizonNs of event time,
+//    and the old entry is counted `replaced` at its site, its free missed.
+//    Until then it stays outstanding, listed and counted.
 // kmalloc and kmem_cache memory match by pointer, whichever free function ran.
 // printk events are not memory events: the tracker ignores them.
 // Aggregates are updated per event, so queries cost O(sites), not O(allocations).
@@ -21,6 +27,7 @@
 #include <absl/container/flat_hash_map.h>
 
 #include <array>
+#include <deque>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -58,6 +65,9 @@ struct Totals {
     std::uint64_t replaced = 0;
     std::uint64_t outstanding = 0;
     std::uint64_t outstanding_bytes = 0;
+    // Frees that sorted after a new allocation of their pointer (see above)
+    // and were matched to the allocation they freed; also in `frees`.
+    std::uint64_t reordered_frees = 0;
 };
 
 // One live allocation, as for_each_outstanding() reports it (decoded from the
@@ -89,15 +99,28 @@ public:
 
     const std::vector<SiteStats>& sites() const { return sites_; }
     const Totals& totals() const { return totals_; }
-    std::size_t outstanding_count() const { return live_.size(); }
+    std::size_t outstanding_count() const { return live_.size() + displaced_.size(); }
+    // Outstanding allocations displaced by a new allocation of their pointer,
+    // waiting for a late free (see the top of this file).
+    std::size_t displaced_count() const { return displaced_.size(); }
 
-    // Calls fn(ptr, const OutstandingAllocation&) for every live allocation.
+    // How long (event time) a displaced entry waits for its free. A late
+    // free sorts at most its window after it happened, and a window ends at
+    // its batch's flush: within the daemon's drain period (100 ms), or the
+    // 2 ms batch age on a busy CPU.
+    static constexpr std::uint64_t kDisplacedHorizonNs = 1'000'000'000;
+
+    // Calls fn(ptr, const OutstandingAllocation&) for every live allocation
+    // (a displaced one and the one that took its pointer both: the same ptr
+    // twice).
     template <class Fn>
     void for_each_outstanding(Fn&& fn) const {
         live_.for_each([&](std::uint64_t ptr, std::uint64_t packed) {
             const AllocationClass c = class_of_entry(ptr, packed);
             fn(ptr, OutstandingAllocation{latest_birth_ns(unit_of(packed)), c.site, c.bytes_alloc});
         });
+        for (const auto& [ptr, d] : displaced_)
+            fn(ptr, OutstandingAllocation{latest_birth_ns(d.birth_unit), d.cls.site, d.cls.bytes_alloc});
     }
 
     // Per site (indexed by SiteId, sites().size() long): the live allocations
@@ -114,6 +137,10 @@ public:
     std::uint64_t class_overflows() const { return class_overflows_; }
     std::size_t overflow_count() const { return overflow_.size(); }
 
+    // End of input: no free is still to come, so every displaced entry's
+    // free was missed (counted `replaced`).
+    void settle() { expire_displaced(std::numeric_limits<std::uint64_t>::max()); }
+
     // Heap bytes the tracker holds: its tables, at their capacity.
     std::size_t memory_bytes() const;
 
@@ -124,6 +151,12 @@ private:
     SiteId intern(std::uint64_t call_site, EventKind kind);
     void allocated(const Event& event, SiteId here);
     void freed(const Event& event, SiteId here);
+    void displace(std::uint64_t ptr, std::uint64_t packed, std::uint64_t by_ns);
+    bool freed_displaced(const Event& event, SiteId here);
+    void expire_displaced(std::uint64_t now_ns);
+    // The accounting of a matched free, and of a missed one.
+    void credit_free(const AllocationClass& origin, SiteId here);
+    void count_replaced(const AllocationClass& prior);
     AllocationClass class_of_entry(std::uint64_t ptr, std::uint64_t packed) const {
         const ClassId id = class_of(packed);
         return id != kOverflowClass ? classes_[id] : overflow_.at(ptr);
@@ -135,6 +168,22 @@ private:
     // ptr -> class, for live entries whose class is kOverflowClass.
     absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
     std::uint64_t class_overflows_ = 0;
+    struct Displaced {
+        AllocationClass cls;
+        std::uint64_t birth_unit;
+        std::uint64_t displaced_at_ns;  // the new allocation's time
+    };
+    absl::flat_hash_map<std::uint64_t, Displaced> displaced_;
+    // Every displacement in the order it happened: event (merge) order, so by
+    // time but for late records, which then expire a little late. Expiry pops
+    // from the front: O(1) per displacement, however many wait.
+    struct Displacement {
+        std::uint64_t at_ns;
+        std::uint64_t ptr;
+    };
+    std::deque<Displacement> displacements_;
+    // Event time at which the front displacement expires (max: none).
+    std::uint64_t next_expiry_ns_ = std::numeric_limits<std::uint64_t>::max();
     absl::flat_hash_map<std::uint64_t, SiteId> site_ids_;
     // Call sites repeat: a small direct-mapped cache in front of site_ids_
     // saves a hash-table probe on most events. call_site 0 marks a free slot

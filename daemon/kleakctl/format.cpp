@@ -60,6 +60,9 @@ std::string format_stats(const nlohmann::json& r) {
     out += fmt::format("outstanding:       {} allocations, {} bytes\n", u64(r, "outstanding"),
                        u64(r, "outstanding_bytes"));
     out += fmt::format("tracker memory:    {} bytes\n", u64(r, "tracker_bytes"));
+    if (r.contains("reordered_frees"))
+        out += fmt::format("reordered frees:   {} (matched across a reallocation; {} waiting now)\n",
+                           u64(r, "reordered_frees"), u64(r, "displaced_allocations"));
     if (r.contains("tracker_class_overflows") && u64(r, "tracker_class_overflows") > 0)
         out += fmt::format("                   {} allocations past the class table (tracked, at more bytes each)\n",
                            u64(r, "tracker_class_overflows"));

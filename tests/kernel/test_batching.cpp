@@ -4,11 +4,13 @@
 // per-CPU `pending` flags let a drain's flush skip CPUs with empty batches
 // and no others, that a CPU going offline pushes its batch into its ring on
 // the way down, that the batched stream still decodes and keeps each CPU's
-// records in time order, and that nested kmem_cache_free events are
-// accounted for.
+// records in time order, that frees which take no clock reading carry
+// their batch's previous one and are closed by a later one, and that nested
+// kmem_cache_free events are accounted for.
 // Counts and order only: nothing here asserts on timing.
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,9 +19,11 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/event.h"
+#include "kleak_abi.h"
 #include "core/symbolizer.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/kallsyms_file.h"
@@ -319,6 +323,71 @@ TEST(KernelBatching, FlushSkipsEveryCpuWhoseBatchIsEmpty) {
     ASSERT_EQ(tracer.flush_all_batches(), 0);
     EXPECT_EQ(tracer.flushed_cpus() - flushed, cpus);
     EXPECT_EQ(tracer.skipped_cpus() - skipped, kDrains * cpus);
+}
+
+// writev() of 16 iovecs copies them into a kmalloc'd array and kfrees it:
+// one allocation, then its free, per call, on the calling CPU.
+void writev_churn(int calls) {
+    const int fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    char byte = 0;
+    iovec iov[16];
+    for (auto& v : iov) v = {&byte, 1};
+    for (int i = 0; i < calls; ++i) (void)!::writev(fd, iov, 16);
+    ::close(fd);
+}
+
+TEST(KernelBatching, FreesWithoutAClockReadingCarryTheirBatchsLastOneAndAreClosedByALaterOne) {
+    REQUIRE_KERNEL();
+    Traced t;
+    auto& [tracer, sink, consumer, symbols] = t;
+    const unsigned cpu = tracer.cpu_count() - 1;
+    {
+        PinnedToCpu pinned(cpu);
+        ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << cpu;
+        ASSERT_TRUE(t.start_empty());
+        writev_churn(20'000);
+    }
+    ASSERT_EQ(tracer.flush_all_batches(), 0);
+    ASSERT_GE(consumer.drain(), 0);
+    EXPECT_EQ(sink.undecodable, 0u);
+
+    using kleak::core::EventKind;
+    const auto& events = sink.per_cpu[cpu];
+    const auto flagged = [](const kleak::core::Event& e) {
+        return kleak::core::is_free(e.kind) && (e.gfp_flags & KLEAK_TS_LOWER_BOUND) != 0;
+    };
+    std::uint64_t frees = 0, lower_bound_frees = 0, marks = 0, without_a_reading_before = 0, unclosed = 0;
+    std::uint64_t longest_run = 0, run = 0;
+    std::set<std::uint64_t> readings;  // every clock reading seen so far on this CPU
+    for (std::size_t i = 0; i < events.size(); ++i) {
+        const auto& e = events[i];
+        marks += e.kind == EventKind::time_mark;
+        frees += kleak::core::is_free(e.kind);
+        if (!flagged(e)) {
+            readings.insert(e.ts_ns);
+            run = 0;
+            continue;
+        }
+        ++lower_bound_frees;
+        longest_run = std::max(longest_run, ++run);
+        // Its time is a reading its CPU took before it ...
+        if (!readings.contains(e.ts_ns)) ++without_a_reading_before;
+        // ... and a record with a reading of its own, no earlier, follows.
+        const auto next = std::find_if(events.begin() + static_cast<std::ptrdiff_t>(i) + 1, events.end(),
+                                       [&](const auto& n) { return !flagged(n); });
+        if (next == events.end() || next->ts_ns < e.ts_ns) ++unclosed;
+    }
+    // Nearly every writev kfree follows its kmalloc in the same batch, so
+    // most frees skip the clock.
+    EXPECT_GE(frees, 20'000u);
+    EXPECT_GE(lower_bound_frees * 2, frees) << lower_bound_frees << " of " << frees;
+    EXPECT_GE(marks, 1u);
+    EXPECT_EQ(without_a_reading_before, 0u);
+    EXPECT_EQ(unclosed, 0u);
+    EXPECT_LE(longest_run, static_cast<std::uint64_t>(KLEAK_FREES_PER_STAMP));
+    std::cerr << frees << " frees, " << lower_bound_frees << " without a clock reading, " << marks
+              << " time marks, longest run " << longest_run << "\n";
 }
 
 TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "kernel_test_support.h"
+#include "kleak_abi.h"
 
 #ifndef KLEAKCTL_BINARY
 #error "KLEAKCTL_BINARY must name the kleakctl binary under test"
@@ -246,7 +247,7 @@ json version_request(std::uint64_t id) { return {{"v", 1}, {"id", id}, {"op", "v
 // The reply to a version request with this id, checked field by field.
 ::testing::AssertionResult is_version_reply(const json& reply, std::uint64_t id) {
     if (reply.value("ok", false) != true || reply.at("id") != id || reply.at("v") != 1 ||
-        reply.at("result").at("protocol") != 1 || reply.at("result").at("abi") != 1)
+        reply.at("result").at("protocol") != 1 || reply.at("result").at("abi") != KLEAK_ABI_VERSION)
         return ::testing::AssertionFailure() << "not the version reply for id " << id << ": " << reply.dump();
     return ::testing::AssertionSuccess();
 }

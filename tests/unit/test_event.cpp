@@ -66,6 +66,40 @@ TEST(DecodeRecord, CacheFreeAllFields) {
     EXPECT_EQ(event_fields(got), event_fields(expected));
 }
 
+TEST(DecodeRecord, FreeCarriesTheRecordFlags) {
+    // A free that read no clock of its own says so in its header; the flag
+    // must reach StampWindows, in gfp_flags. Its window is still unknown: 0.
+    const Event sent =
+        free_event({.ts = 500, .ptr = kPtr, .site = kSite, .kind = EventKind::cache_free, .flags = KLEAK_TS_LOWER_BOUND});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(encode_event(sent), 4, got), DecodeStatus::ok);
+    Event expected = sent;
+    expected.cpu = 4;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+    EXPECT_EQ(got.gfp_flags, std::uint32_t{KLEAK_TS_LOWER_BOUND});
+    EXPECT_EQ(got.bytes_req, 0u);
+}
+
+TEST(DecodeRecord, TimeMarkIsABareHeader) {
+    Event got = stale_event();
+    const std::vector<std::byte> mark = test::time_mark_record(0x0102030405060708);
+    ASSERT_EQ(mark.size(), std::size_t{KLEAK_TIME_MARK_BYTES});
+    ASSERT_EQ(decode_record(mark, 7, got), DecodeStatus::ok);
+    Event expected;
+    expected.ts_ns = 0x0102030405060708;
+    expected.kind = EventKind::time_mark;
+    expected.cpu = 7;
+    // Nothing of the stale event is left behind.
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+}
+
+TEST(DecodeRecord, TooShortTimeMark) {
+    const std::vector<std::byte> mark = test::time_mark_record(1);
+    Event got;
+    EXPECT_EQ(decode_record(std::span(mark).first(KLEAK_TIME_MARK_BYTES - 1), 0, got), DecodeStatus::too_short);
+    EXPECT_EQ(decode_record(std::span(mark).first(1), 0, got), DecodeStatus::too_short);
+}
+
 TEST(DecodeRecord, TooShortHeader) {
     const std::vector<std::byte> full = encode_event(free_event({.ts = 1, .ptr = kPtr, .site = kSite}));
     Event got;
@@ -101,7 +135,8 @@ TEST(DecodeRecord, TooShortFreeBody) {
 }
 
 TEST(DecodeRecord, UnknownKind) {
-    for (std::uint16_t kind : {0, 6, 0x100, 0xffff}) {
+    // 6 is KLEAK_TIME_MARK since ABI 2; 7 is the first number no kind uses.
+    for (std::uint16_t kind : {0, 7, 0x100, 0xffff}) {
         kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
         rec.hdr.kind = kind;
         Event got;
@@ -163,6 +198,23 @@ TEST(EventKind, IsAlloc) {
     EXPECT_TRUE(is_alloc(EventKind::cache_alloc));
     EXPECT_FALSE(is_alloc(EventKind::kfree));
     EXPECT_FALSE(is_alloc(EventKind::cache_free));
+    EXPECT_FALSE(is_alloc(EventKind::printk));
+    EXPECT_FALSE(is_alloc(EventKind::time_mark));
+}
+
+TEST(EventKind, IsFree) {
+    EXPECT_TRUE(is_free(EventKind::kfree));
+    EXPECT_TRUE(is_free(EventKind::cache_free));
+    EXPECT_FALSE(is_free(EventKind::kmalloc));
+    EXPECT_FALSE(is_free(EventKind::cache_alloc));
+    EXPECT_FALSE(is_free(EventKind::printk));
+    EXPECT_FALSE(is_free(EventKind::time_mark));
+}
+
+TEST(EventKind, EarliestFreeIsTheStampMinusItsWindow) {
+    EXPECT_EQ(earliest_free_ns(free_event({.ts = 400, .ptr = kPtr, .window = 310})), 90u);
+    // A free that read the clock (window 0) happened at its stamp.
+    EXPECT_EQ(earliest_free_ns(free_event({.ts = 400, .ptr = kPtr})), 400u);
 }
 
 }  // namespace

@@ -38,6 +38,10 @@ std::vector<std::vector<std::byte>> sample_records() {
         encode_event(free_event({.ts = 99, .ptr = 0xffff888012345678, .site = 7, .kind = EventKind::kfree, .tgid = 77})),
         encode_event(free_event({.ts = ~0ull, .ptr = ~0ull, .site = ~0ull, .kind = EventKind::cache_free, .tgid = ~0u})),
         test::printk_record({.ts = 10, .text = "<4>hello\n", .flags = KLEAK_PRINTK_TRUNCATED, .tgid = 3, .tid = 4}),
+        // ABI 2: a free that read no clock, and the mark closing its batch.
+        encode_event(free_event({.ts = 77, .ptr = 0xffff888012345678, .site = 9, .kind = EventKind::kfree,
+                                 .flags = KLEAK_TS_LOWER_BOUND})),
+        test::time_mark_record(0x0102030405060708),
     };
 }
 
@@ -72,6 +76,27 @@ TEST(FastDecode, FreeClearsAllocationOnlyFieldsLikeTheReference) {
     EXPECT_EQ(got.gfp_flags, 0u);
     EXPECT_EQ(got.tid, 0u);
     EXPECT_EQ(got.cpu, 2u);
+}
+
+TEST(FastDecode, FlaggedFreeKeepsItsFlagsLikeTheReference) {
+    const auto record = sample_records()[5];
+    Event got = stale_event();
+    ASSERT_EQ(decode_record_fast(record, 1, got), DecodeStatus::ok);
+    EXPECT_EQ(got.kind, EventKind::kfree);
+    EXPECT_EQ(got.gfp_flags, std::uint32_t{KLEAK_TS_LOWER_BOUND});
+    EXPECT_EQ(got.bytes_req, 0u);
+}
+
+TEST(FastDecode, TimeMarkDecodesThroughTheReference) {
+    // A mark is shorter than a free record: the fast path must hand it on.
+    const auto record = sample_records()[6];
+    ASSERT_EQ(record.size(), std::size_t{KLEAK_TIME_MARK_BYTES});
+    Event got = stale_event();
+    ASSERT_EQ(decode_record_fast(record, 5, got), DecodeStatus::ok);
+    EXPECT_EQ(got.kind, EventKind::time_mark);
+    EXPECT_EQ(got.ts_ns, 0x0102030405060708u);
+    EXPECT_EQ(got.cpu, 5u);
+    EXPECT_EQ(decode_record_fast(std::span(record).first(KLEAK_TIME_MARK_BYTES - 1), 5, got), DecodeStatus::too_short);
 }
 
 }  // namespace

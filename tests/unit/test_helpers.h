@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -71,6 +72,8 @@ struct FreeSpec {
     std::uint64_t site = 0;
     EventKind kind = EventKind::kfree;
     std::uint32_t tgid = 0;
+    std::uint16_t flags = 0;   // the record's header flags: KLEAK_TS_LOWER_BOUND
+    std::uint32_t window = 0;  // a stamped free's window (Event::bytes_req); not on the wire
 };
 
 // Designated initializers keep call sites readable:
@@ -108,6 +111,8 @@ inline Event free_event(const FreeSpec& s) {
     e.call_site = s.site;
     e.tgid = s.tgid;
     e.kind = s.kind;
+    e.gfp_flags = s.flags;  // a free's Event carries its record's flags
+    e.bytes_req = s.window;
     return e;
 }
 
@@ -134,10 +139,12 @@ inline kleak_alloc_record alloc_record(const Event& e) {
     return rec;
 }
 
+// A free's window (bytes_req) is worked out by the reader, never written.
 inline kleak_free_record free_record(const Event& e) {
     kleak_free_record rec{};
     rec.hdr.ts_ns = e.ts_ns;
     rec.hdr.kind = static_cast<__u16>(e.kind);
+    rec.hdr.flags = static_cast<__u16>(e.gfp_flags);
     rec.hdr.tgid = e.tgid;
     rec.ptr = e.ptr;
     rec.call_site = e.call_site;
@@ -148,6 +155,15 @@ inline kleak_free_record free_record(const Event& e) {
 // implied by which ring it goes to, so it is not encoded).
 inline std::vector<std::byte> encode_event(const Event& e) {
     return core::is_alloc(e.kind) ? record_bytes(alloc_record(e)) : record_bytes(free_record(e));
+}
+
+// A KLEAK_TIME_MARK: a bare header holding a fresh clock reading, closing a
+// batch that holds flagged frees.
+inline std::vector<std::byte> time_mark_record(std::uint64_t ts) {
+    kleak_time_mark mark{};
+    mark.hdr.ts_ns = ts;
+    mark.hdr.kind = KLEAK_TIME_MARK;
+    return record_bytes(mark);
 }
 
 // A printk:console record as the BPF program writes it: the 24-byte header,
@@ -191,7 +207,7 @@ inline auto site_fields(const core::SiteStats& s) {
 
 inline auto totals_fields(const core::Totals& t) {
     return std::make_tuple(t.allocs, t.frees, t.bytes_alloc, t.bytes_req, t.bytes_freed, t.unmatched_frees,
-                           t.replaced, t.outstanding, t.outstanding_bytes);
+                           t.replaced, t.outstanding, t.outstanding_bytes, t.reordered_frees);
 }
 
 inline const core::SiteStats& site_of(const core::Tracker& tracker, std::uint64_t call_site) {
@@ -203,6 +219,8 @@ inline const core::SiteStats& site_of(const core::Tracker& tracker, std::uint64_
 }
 
 // What totals must be if they are kept consistent with the sites.
+// reordered_frees has no per-site count (a reordered free is in `frees`):
+// left 0 here, see the Tracker overload.
 inline core::Totals sum_over_sites(const std::vector<core::SiteStats>& sites) {
     core::Totals t;
     for (const core::SiteStats& s : sites) {
@@ -219,6 +237,13 @@ inline core::Totals sum_over_sites(const std::vector<core::SiteStats>& sites) {
     return t;
 }
 
+// The same, taking reordered_frees, which no site breaks down, from the tracker.
+inline core::Totals sum_over_sites(const core::Tracker& tracker) {
+    core::Totals t = sum_over_sites(tracker.sites());
+    t.reordered_frees = tracker.totals().reordered_frees;
+    return t;
+}
+
 // Sites keyed by call site (interning order depends on event order).
 inline std::map<std::uint64_t, decltype(site_fields(core::SiteStats{}))> sites_by_address(const core::Tracker& tracker) {
     std::map<std::uint64_t, decltype(site_fields(core::SiteStats{}))> out;
@@ -226,13 +251,29 @@ inline std::map<std::uint64_t, decltype(site_fields(core::SiteStats{}))> sites_b
     return out;
 }
 
-// Live allocations as ptr -> (ts, allocating call site, bytes).
+// Live allocations as ptr -> (ts, allocating call site, bytes). A pointer
+// listed twice (a displaced entry beside the allocation that took its
+// pointer, tracker.h) is a failure here: use outstanding_entries() where
+// displaced entries may be left, or settle() first.
 inline std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>> outstanding_by_ptr(
     const core::Tracker& tracker) {
     std::map<std::uint64_t, std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>> out;
     tracker.for_each_outstanding([&](std::uint64_t ptr, const core::OutstandingAllocation& a) {
-        out.emplace(ptr, std::make_tuple(a.ts_ns, tracker.sites()[a.site].call_site, a.bytes_alloc));
+        const bool first = out.emplace(ptr, std::make_tuple(a.ts_ns, tracker.sites()[a.site].call_site, a.bytes_alloc)).second;
+        EXPECT_TRUE(first) << "0x" << std::hex << ptr << " is listed twice: a displaced entry? use outstanding_entries()";
     });
+    return out;
+}
+
+// Every outstanding allocation, displaced ones included, as sorted
+// (ptr, ts, allocating call site, bytes).
+using OutstandingEntry = std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint32_t>;
+inline std::vector<OutstandingEntry> outstanding_entries(const core::Tracker& tracker) {
+    std::vector<OutstandingEntry> out;
+    tracker.for_each_outstanding([&](std::uint64_t ptr, const core::OutstandingAllocation& a) {
+        out.emplace_back(ptr, a.ts_ns, tracker.sites()[a.site].call_site, a.bytes_alloc);
+    });
+    std::sort(out.begin(), out.end());
     return out;
 }
 

@@ -271,8 +271,11 @@ ReplayResult replay(const Scenario& s, const std::vector<CpuRing>& rings, Prng& 
     }
     result.batches.emplace_back();
     merger.release_all(result.batches.back());
+    // End of input, as `kleakd report` ends a replay: finish, then settle.
     result.pipeline->finish();
+    result.pipeline->settle();
     result.sliced->finish();
+    result.sliced->settle();
     result.watermarks.push_back(std::numeric_limits<std::uint64_t>::max());
     EXPECT_EQ(merger.staged(), 0u);
     result.late = merger.late();
@@ -311,6 +314,7 @@ void expect_same_entries(const Map& got, const Map& expected, const char* what) 
 
 void expect_same_tracker(const Tracker& got, const Tracker& reference) {
     EXPECT_EQ(test::totals_fields(got.totals()), test::totals_fields(reference.totals()));
+    EXPECT_EQ(got.displaced_count(), reference.displaced_count());
     expect_same_entries(test::sites_by_address(got), test::sites_by_address(reference), "sites");
     expect_same_entries(test::outstanding_by_ptr(got), test::outstanding_by_ptr(reference), "outstanding");
 }
@@ -324,15 +328,21 @@ protected:
         rings = write_rings(s, stream, rng, in_ring_inversions);
         result = replay(s, rings, rng);
         merged.apply(concatenated(result));
+        merged.settle();
         reference.apply(stream.events);
+        reference_before_settle = reference.totals();
+        reference_displaced_before_settle = reference.displaced_count();
+        reference.settle();
     }
 
     TrueStream stream;
     std::vector<CpuRing> rings;
     std::uint64_t in_ring_inversions = 0;
     ReplayResult result;
-    Tracker merged;
-    Tracker reference;
+    Tracker merged;     // settled: the end of input
+    Tracker reference;  // settled too
+    Totals reference_before_settle;
+    std::size_t reference_displaced_before_settle = 0;
 };
 
 // Holdback >= the largest commit delay: nothing can be late.
@@ -353,11 +363,22 @@ TEST_P(PipelineReplay, StreamIsAdverse) {
 }
 
 TEST_P(PipelineReplay, ReferenceMatchesTheGeneratorsOwnCounts) {
+    // Every free in the stream read the clock and follows what it frees, so
+    // none is reordered; the stream spans about a millisecond of event time,
+    // far inside Tracker::kDisplacedHorizonNs, so each replacement waits
+    // displaced until the end (bar a pointer displaced twice, counted at
+    // once), and settling counts them all.
+    EXPECT_EQ(reference_before_settle.reordered_frees, 0u);
+    EXPECT_GT(reference_displaced_before_settle, 0u);
+    EXPECT_EQ(reference_before_settle.replaced + reference_displaced_before_settle, stream.replaced);
+    EXPECT_EQ(reference.displaced_count(), 0u);
+
     const Totals& t = reference.totals();
     EXPECT_EQ(t.allocs, stream.allocs);
     EXPECT_EQ(t.frees, stream.matched_frees);
     EXPECT_EQ(t.unmatched_frees, stream.unmatched_frees);
     EXPECT_EQ(t.replaced, stream.replaced);
+    EXPECT_EQ(t.reordered_frees, 0u);
     std::vector<std::uint64_t> live;
     for (const auto& [ptr, entry] : test::outstanding_by_ptr(reference)) live.push_back(ptr);
     EXPECT_EQ(live, stream.live);
@@ -379,7 +400,7 @@ TEST_P(PipelineReplay, LateCountIsExactlyWhatWasStagedBehindTheWatermark) {
 
 TEST_P(PipelineReplay, TrackerIsConsistentAndOrderFreeTotalsAgree) {
     // Holds even when records were late: these do not depend on order.
-    EXPECT_EQ(test::totals_fields(test::sum_over_sites(merged.sites())), test::totals_fields(merged.totals()));
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(merged)), test::totals_fields(merged.totals()));
     EXPECT_EQ(merged.outstanding_count(), merged.totals().outstanding);
     EXPECT_EQ(merged.totals().allocs, reference.totals().allocs);
     EXPECT_EQ(merged.totals().bytes_alloc, reference.totals().bytes_alloc);

@@ -84,6 +84,7 @@ TEST(RecordBatch, SizesFollowTheKind) {
     EXPECT_EQ(next_record_size(kfree_bytes(1)), 32u);
     EXPECT_EQ(next_record_size(cache_free_bytes(1)), 32u);
     EXPECT_EQ(next_record_size(printk_record({.ts = 1, .text = "abc"})), 27u);  // lone: unpadded
+    EXPECT_EQ(next_record_size(test::time_mark_record(1)), 16u);
 }
 
 TEST(RecordBatch, LonePrintkOfMaximumLength) {
@@ -106,6 +107,39 @@ TEST(RecordBatch, MixedBatchSplitsInOrder) {
     ASSERT_EQ(records.size(), 6u);
     EXPECT_EQ(decoded_ts(records), (std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6}));
     EXPECT_EQ(records[4].size(), 32u);  // 24 + 3, padded to 8
+}
+
+// A free that read no clock: its header carries KLEAK_TS_LOWER_BOUND.
+Bytes flagged_kfree_bytes(std::uint64_t lower_bound) {
+    return encode_event(free_event({.ts = lower_bound, .ptr = kPtr + lower_bound, .site = kSite, .flags = KLEAK_TS_LOWER_BOUND}));
+}
+
+TEST(RecordBatch, BatchOfFlaggedFreesSplitsUpToItsClosingTimeMark) {
+    // What ABI 2 writes: frees stamped with the previous reading, an
+    // allocation (its own reading), more frees, and the mark closing the batch.
+    const Bytes mark = test::time_mark_record(9);
+    const Bytes batch = concat({kmalloc_bytes(1), flagged_kfree_bytes(1), flagged_kfree_bytes(1), cache_alloc_bytes(4),
+                                flagged_kfree_bytes(4), mark});
+    const auto records = split(batch);
+    ASSERT_EQ(records.size(), 6u);
+    EXPECT_EQ(decoded_ts(records), (std::vector<std::uint64_t>{1, 1, 1, 4, 4, 9}));
+    EXPECT_EQ(records[5], mark);
+    Event e;
+    ASSERT_EQ(decode_record(records[5], 0, e), DecodeStatus::ok);
+    EXPECT_EQ(e.kind, EventKind::time_mark);
+}
+
+TEST(RecordBatch, TruncatedTimeMarkIsHandedOnUndecodable) {
+    const Bytes mark = test::time_mark_record(2);
+    const Bytes cut(mark.begin(), mark.begin() + 12);
+    EXPECT_EQ(next_record_size(cut), 0u);
+    // A sample cut inside its header is not sized as the 16 bytes the kind needs.
+    EXPECT_EQ(record_size_at(mark, 15), 0u);
+    const auto records = split(concat({flagged_kfree_bytes(1), cut}));
+    ASSERT_EQ(records.size(), 2u);
+    EXPECT_EQ(records[1], cut);
+    Event e;
+    EXPECT_EQ(decode_record(records[1], 0, e), DecodeStatus::too_short);
 }
 
 TEST(RecordBatch, PrintkPaddingInsideABatchButNotAtItsEnd) {
@@ -198,6 +232,19 @@ TEST(RecordBatchWrapped, EveryCutGivesTheSameRecordsAsContiguous) {
                                 kfree_bytes(3), cache_alloc_bytes(4), printk_record({.ts = 5, .text = "end"})});
     const auto whole = split(batch);
     ASSERT_EQ(whole.size(), 5u);
+    for (std::size_t cut = 0; cut <= batch.size(); ++cut) {
+        std::size_t copied = 0;
+        EXPECT_EQ(split_wrapped(batch, cut, &copied), whole) << "cut at " << cut;
+        EXPECT_LE(copied, 1u) << "only the straddling record is copied, cut at " << cut;
+    }
+}
+
+TEST(RecordBatchWrapped, TimeMarkSplitAcrossTheEnd) {
+    // The closing mark is the last 16 bytes of a batch: every cut through it
+    // (and through the flagged frees before it) gives the same records.
+    const Bytes batch = concat({kmalloc_bytes(1), flagged_kfree_bytes(1), test::time_mark_record(3)});
+    const auto whole = split(batch);
+    ASSERT_EQ(whole.size(), 3u);
     for (std::size_t cut = 0; cut <= batch.size(); ++cut) {
         std::size_t copied = 0;
         EXPECT_EQ(split_wrapped(batch, cut, &copied), whole) << "cut at " << cut;

@@ -10,6 +10,7 @@
 
 #include "app/recording_io.h"
 #include "core/report.h"
+#include "kleak_abi.h"
 
 namespace {
 
@@ -24,6 +25,7 @@ Replayed replay(const std::filesystem::path& dir) {
     const auto meta = kleak::read_recording_meta(dir);
     auto pipeline = std::make_unique<kleak::core::Pipeline>(meta.cpus);
     kleak::replay_recording(dir, meta, *pipeline, std::chrono::milliseconds(10));
+    pipeline->settle();  // as `kleakd report` does at the end of a recording
     kleak::core::FixedSymbolizer symbols(meta.symbols);
     auto report = kleak::core::build_report(
         pipeline->tracker(),
@@ -48,6 +50,11 @@ TEST(RecordedReplay, HeldPipesAreTheUnfreedAllocationsAtAllocPipeInfo) {
         EXPECT_EQ(row.stats.frees, 0u) << row.site;
     }
     EXPECT_EQ(pipe_sites, 2u);
+
+    // An ABI 1 recording: every free read the clock, so nothing is reordered,
+    // and settled, nothing is left displaced.
+    EXPECT_EQ(report.totals.reordered_frees, 0u);
+    EXPECT_EQ(pipeline->tracker().displaced_count(), 0u);
 
     // The aggregates are consistent with each other.
     const auto& t = report.totals;
@@ -112,12 +119,23 @@ TEST_F(DamagedRecording, TruncatedLastRecordIsIgnoredNotFatal) {
     EXPECT_EQ(replay(dir_).pipeline->records(), 7985u - 1);
 }
 
-TEST_F(DamagedRecording, NewerAbiVersionIsRefused) {
-    std::ifstream in(dir_ / "meta.json");
+// The fixture was recorded with ABI version 1, the oldest this kleakd reads
+// (it writes version 2; test_threaded_replay replays such recordings).
+void set_abi_version(const std::filesystem::path& dir, int version) {
+    std::ifstream in(dir / "meta.json");
     auto meta = nlohmann::json::parse(in);
     in.close();
-    meta["abi_version"] = 99;
-    std::ofstream(dir_ / "meta.json") << meta.dump();
+    meta["abi_version"] = version;
+    std::ofstream(dir / "meta.json") << meta.dump();
+}
+
+TEST_F(DamagedRecording, AbiVersionOlderThanAnyReadableIsRefused) {
+    set_abi_version(dir_, KLEAK_ABI_OLDEST_READABLE - 1);
+    EXPECT_NE(replay_error().find("ABI version 0"), std::string::npos) << replay_error();
+}
+
+TEST_F(DamagedRecording, NewerAbiVersionIsRefused) {
+    set_abi_version(dir_, 99);
     EXPECT_NE(replay_error().find("ABI version 99"), std::string::npos) << replay_error();
 }
 

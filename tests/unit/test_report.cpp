@@ -35,7 +35,8 @@ FixedSymbolizer sample_symbolizer() {
 
 // A small stream touching every report section: slack, matched frees from
 // another site, a module site, an unknown site, unmatched frees and a
-// replaced allocation.
+// replaced allocation. Settled, as `kleakd report` settles a finished
+// stream: the reallocation of P2 counts the first allocation replaced.
 Tracker sample_tracker() {
     Tracker tracker;
     std::uint64_t ts = 1000;
@@ -50,6 +51,7 @@ Tracker sample_tracker() {
     tracker.apply(free_event({.ts = ts++, .ptr = kStray + 64, .site = kFooExit, .kind = EventKind::cache_free}));
     tracker.apply(free_event({.ts = ts++, .ptr = kStray + 128, .site = kFooExit, .kind = EventKind::cache_free}));
     tracker.apply(alloc_event({.ts = ts++, .ptr = kP2, .site = kUnknownSite, .req = 500, .alloc = 512}));
+    tracker.settle();
     return tracker;
 }
 
@@ -69,6 +71,12 @@ Losses sample_losses() {
 Report sample_report() {
     FixedSymbolizer symbolizer = sample_symbolizer();
     return build_report(sample_tracker(), sample_losses(), symbolizer);
+}
+
+std::size_t count_of(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+    return n;
 }
 
 TEST(Report, RecursionMissesAndBpfCostAreReported) {
@@ -145,18 +153,46 @@ TEST(Report, JsonRoundTripGivesTheSameTextAndJson) {
     EXPECT_EQ(report_to_text(back, 0), report_to_text(original, 0));
 }
 
+TEST(Report, ReorderedFreesAreReportedWhenThereAreAny) {
+    // P1 is freed on CPU1 (stamped late: window 50..300) after CPU0 got it
+    // back at 200: the free is the first allocation's.
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 100, .ptr = kP1, .site = kAllocSkb, .req = 100, .alloc = 128}));
+    tracker.apply(alloc_event({.ts = 200, .ptr = kP1, .site = kFooInit, .req = 64, .alloc = 64}));
+    tracker.apply(free_event({.ts = 300, .cpu = 1, .ptr = kP1, .site = kSkbRelease, .window = 250}));
+    tracker.settle();
+    FixedSymbolizer symbolizer = sample_symbolizer();
+    const Report report = build_report(tracker, Losses{}, symbolizer);
+    EXPECT_EQ(report.totals.reordered_frees, 1u);
+
+    const std::string text = report_to_text(report, 0);
+    EXPECT_NE(text.find("\nreordered frees:        1 ("), std::string::npos) << text;
+    EXPECT_EQ(count_of(text, "replaced (missed free)"), 0u) << text;
+    const nlohmann::json json = report_to_json(report);
+    EXPECT_EQ(json.at("totals").at("reordered_frees"), 1);
+    // kleakctl reads it back.
+    const Report back = report_from_json(json);
+    EXPECT_EQ(back.totals.reordered_frees, 1u);
+    EXPECT_EQ(report_to_text(back, 0), text);
+
+    // Without any, no line: the sample report has none.
+    EXPECT_EQ(count_of(report_to_text(sample_report(), 0), "reordered"), 0u);
+}
+
+TEST(Report, FromJsonOfADocumentWithoutReorderedFreesReadsZero) {
+    // Reports written before ABI 2 have no "reordered_frees".
+    nlohmann::json json = report_to_json(sample_report());
+    json.at("totals").erase("reordered_frees");
+    EXPECT_EQ(report_from_json(json).totals.reordered_frees, 0u);
+    EXPECT_EQ(report_to_text(report_from_json(json), 0), report_to_text(sample_report(), 0));
+}
+
 TEST(Report, FromJsonRejectsAnotherShape) {
     EXPECT_THROW(report_from_json(nlohmann::json{{"totals", 1}}), nlohmann::json::exception);
 }
 
 TEST(Report, TextGoldenWithTopTruncation) {
     test::expect_matches_golden("report_small_top1.txt", report_to_text(sample_report(), 1));
-}
-
-std::size_t count_of(const std::string& text, const std::string& needle) {
-    std::size_t n = 0;
-    for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-    return n;
 }
 
 TEST(Report, TopTruncationSaysHowManyMoreRows) {

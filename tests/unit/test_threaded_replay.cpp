@@ -3,7 +3,8 @@
 // the reference path (one on_record() per frame, tracked on the merging
 // thread, the reader loop as it was): identical reports, late and record
 // counts, on a recording large enough to take several merge rounds, with
-// in-CPU inversions, late records, undecodable frames and printk records.
+// in-CPU inversions, late records, undecodable frames, printk records, and
+// (ABI 2) frees stamped late with the time marks that close their windows.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -38,8 +39,11 @@ std::filesystem::path write_recording(const std::string& name) {
     constexpr unsigned kCpus = 2;
     RecordingWriter writer(dir, kCpus);
     Prng rng(11);
+    std::uint64_t marks = 0;
     std::vector<std::uint64_t> live;
     std::uint64_t ts = 1'000'000, next_ptr = 0xffff888000000000;
+    // Each CPU's latest clock reading: what a free that reads none carries.
+    std::vector<std::uint64_t> reading(kCpus, ts);
     for (int i = 0; i < 300'000; ++i) {
         ts += 1 + rng.below(200);
         const auto cpu = static_cast<std::uint16_t>(rng.below(kCpus));
@@ -48,6 +52,7 @@ std::filesystem::path write_recording(const std::string& name) {
         const std::uint64_t when = rng.below(50) == 0 ? ts - rng.below(3'000'000) : ts;
         std::vector<std::byte> bytes;
         const auto roll = rng.below(100);
+        bool stamped_late = false;
         if (roll < 2) {
             bytes = test::printk_record({.ts = when, .text = "<6>a kernel line\n", .tgid = 1, .tid = 2});
         } else if (roll < 3) {
@@ -62,13 +67,28 @@ std::filesystem::path write_recording(const std::string& name) {
                                                           .alloc = 1024, .kind = rng.below(2) ? EventKind::kmalloc
                                                                                               : EventKind::cache_alloc}));
         } else {
-            const std::size_t k = rng.below(live.size());
+            // Often the newest allocation: freed soon, maybe on the other
+            // CPU, maybe just after its pointer was taken again.
+            const std::size_t k = rng.below(4) == 0 ? live.size() - 1 : rng.below(live.size());
             const std::uint64_t ptr = rng.below(20) == 0 ? 0xdead0000 + rng.below(1000) : live[k];
             live[k] = live.back();
             live.pop_back();
-            bytes = test::encode_event(
-                test::free_event({.ts = when, .cpu = cpu, .ptr = ptr, .site = 0xffffffff82000000 + rng.below(50) * 64}));
+            // Half the frees read no clock; a third of those end their batch
+            // with a mark, the rest wait for the CPU's next record with a
+            // reading (possibly in a later merge round).
+            stamped_late = rng.below(2) == 0;
+            bytes = test::encode_event(test::free_event(
+                {.ts = stamped_late ? reading[cpu] : when, .cpu = cpu, .ptr = ptr,
+                 .site = 0xffffffff82000000 + rng.below(50) * 64,
+                 .flags = static_cast<std::uint16_t>(stamped_late ? KLEAK_TS_LOWER_BOUND : 0)}));
+            if (stamped_late && rng.below(3) == 0) {
+                writer.on_record(cpu, bytes);
+                bytes = test::time_mark_record(when);
+                stamped_late = false;  // the mark is a reading
+                ++marks;
+            }
         }
+        if (!stamped_late) reading[cpu] = when;
         writer.on_record(cpu, bytes);
         if (i % 10'000 == 0) writer.flush();
     }
@@ -80,6 +100,7 @@ std::filesystem::path write_recording(const std::string& name) {
     meta.dropped_per_cpu.assign(kCpus, 0);
     core::FixedSymbolizer symbols({});
     EXPECT_TRUE(writer.finish(meta, symbols));
+    EXPECT_GT(marks, 10'000u);
     return dir;
 }
 
@@ -142,6 +163,7 @@ Outcome reference_outcome(const std::filesystem::path& dir, bool printk) {
     std::uint64_t lines = 0;
     if (printk) pipeline->set_printk_sink([&lines](core::PrintkLine&&) { ++lines; });
     reference_replay(dir, meta, *pipeline, std::chrono::nanoseconds(kHoldback).count());
+    pipeline->settle();  // the end of input, as `kleakd report`
     return outcome(*pipeline, meta, lines);
 }
 
@@ -153,6 +175,7 @@ Outcome fast_outcome(const std::filesystem::path& dir, bool printk) {
     TrackingThread tracking(*pipeline);
     replay_recording(dir, meta, *pipeline, kHoldback);
     tracking.finish();
+    pipeline->settle();  // once the tracking thread is done
     return outcome(*pipeline, meta, lines);
 }
 
@@ -182,6 +205,8 @@ TEST_F(ThreadedReplay, RecordingIsAdverseAndSpansSeveralMergeRounds) {
     EXPECT_GT(reference.undecodable, 1000u);
     EXPECT_GT(reference.lines, 1000u);
     EXPECT_GT(reference.report.at("totals").at("unmatched_frees").get<std::uint64_t>(), 100u);
+    EXPECT_GT(reference.report.at("totals").at("reordered_frees").get<std::uint64_t>(), 300u);
+    EXPECT_GT(reference.report.at("totals").at("replaced").get<std::uint64_t>(), 10000u);
 }
 
 TEST_F(ThreadedReplay, SameReportAsTheReferencePath) {
@@ -196,6 +221,7 @@ TEST_F(ThreadedReplay, ReplayWithoutTheThreadAgreesToo) {
     const auto meta = read_recording_meta(*dir_);
     core::Pipeline pipeline(meta.cpus);
     replay_recording(*dir_, meta, pipeline, kHoldback);
+    pipeline.settle();
     expect_same(outcome(pipeline, meta, 0), reference_outcome(*dir_, false));
 }
 
@@ -230,6 +256,7 @@ TEST(ThreadedReplayFixture, FinishIsIdempotentAndTheDestructorFinishes) {
         TrackingThread tracking(pipeline);
         replay_recording(kFixture, meta, pipeline, kHoldback);
     }  // no finish(): the destructor must hand over and join
+    pipeline.settle();
     const Outcome reference = reference_outcome(kFixture, false);
     expect_same(outcome(pipeline, meta, 0), reference);
 }

@@ -1,6 +1,9 @@
 // Tracker: outstanding allocations and per-call-site aggregates.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -61,11 +64,20 @@ TEST(Tracker, UnmatchedFreesAreCountedPerFreeingSite) {
 }
 
 TEST(Tracker, ReplacedAllocationIsCountedOnTheOldSite) {
-    // P1's free was lost: allocating P1 again retires the old entry.
+    // P1's free was lost: allocating P1 again displaces the old entry (its
+    // free might still come, stamped late), and once none can (here: the end
+    // of input) it is counted replaced at its own site.
     Tracker tracker;
     tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
     tracker.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocA, .req = 30, .alloc = 32}));
     tracker.apply(alloc_event({.ts = 3, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    EXPECT_EQ(tracker.totals().replaced, 0u);
+    EXPECT_EQ(tracker.totals().outstanding, 3u);
+    EXPECT_EQ(tracker.outstanding_count(), 3u);
+
+    tracker.settle();
+    EXPECT_EQ(tracker.displaced_count(), 0u);
 
     const SiteStats& a = site_of(tracker, kAllocA);
     EXPECT_EQ(a.allocs, 2u);
@@ -104,6 +116,7 @@ TEST(Tracker, ReplacedAtTheSameSite) {
     Tracker tracker;
     tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 10, .alloc = 16}));
     tracker.apply(alloc_event({.ts = 2, .ptr = kP1, .site = kAllocA, .req = 20, .alloc = 32}));
+    tracker.settle();  // end of input: no late free can come for the first
 
     const SiteStats& a = site_of(tracker, kAllocA);
     EXPECT_EQ(a.allocs, 2u);
@@ -197,6 +210,7 @@ TEST(Tracker, TotalsEqualTheSumOverSites) {
     tracker.apply(alloc_event({.ts = 6, .ptr = kP2, .site = kAllocA, .req = 1, .alloc = 8}));  // replaces
     tracker.apply(free_event({.ts = 7, .ptr = kP3, .site = kFreeG, .kind = EventKind::cache_free}));
     tracker.apply(alloc_event({.ts = 8, .ptr = kP1, .site = kAllocB, .req = 50, .alloc = 64}));
+    tracker.settle();  // end of input: P2's first allocation is replaced
 
     core::Totals expected;
     expected.allocs = 5;
@@ -209,7 +223,7 @@ TEST(Tracker, TotalsEqualTheSumOverSites) {
     expected.outstanding = 2;
     expected.outstanding_bytes = 72;
     EXPECT_EQ(test::totals_fields(tracker.totals()), test::totals_fields(expected));
-    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker.sites())), test::totals_fields(tracker.totals()));
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker)), test::totals_fields(tracker.totals()));
     EXPECT_EQ(tracker.outstanding_count(), tracker.totals().outstanding);
 
     std::uint64_t free_calls = 0;
@@ -300,6 +314,9 @@ TEST(Tracker, PointerZeroIsTrackedLikeAnyOther) {
     Tracker tracker;
     tracker.apply(alloc_event({.ts = 1, .ptr = 0, .site = kAllocA, .req = 8, .alloc = 8}));
     tracker.apply(alloc_event({.ts = 2, .ptr = 0, .site = kAllocB, .req = 16, .alloc = 16}));
+    EXPECT_EQ(tracker.outstanding_count(), 2u);  // the first is displaced, not yet replaced
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    tracker.settle();
     EXPECT_EQ(tracker.outstanding_count(), 1u);
     EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
     tracker.apply(free_event({.ts = 3, .ptr = 0, .site = kFreeF}));
@@ -335,13 +352,17 @@ TEST(Tracker, ClassTableOverflowIsCountedAndStillExact) {
     EXPECT_EQ(tracker.overflow_count(), 1u);
     EXPECT_EQ(test::outstanding_by_ptr(tracker).at(kP3), std::make_tuple(std::uint64_t{1'048'575}, kAllocB, std::uint32_t{32}));
 
-    // An overflowed entry replaced by a classed one leaves the side map...
+    // An overflowed entry replaced by a classed one leaves the side map
+    // (displaced, it keeps its own class)...
     tracker.apply(alloc_event({.ts = 5, .ptr = kP3, .site = kAllocA, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.overflow_count(), 0u);
+    tracker.settle();  // no late free is coming for it
     EXPECT_EQ(site_of(tracker, kAllocB).replaced, 1u);
     EXPECT_EQ(site_of(tracker, kAllocB).replaced_bytes, 32u);
     EXPECT_EQ(tracker.overflow_count(), 0u);
     // ... and a classed one replaced by an overflowing one enters it.
     tracker.apply(alloc_event({.ts = 6, .ptr = kP1, .site = kAllocB, .req = 64, .alloc = 64}));
+    tracker.settle();
     EXPECT_EQ(tracker.class_overflows(), 2u);
     EXPECT_EQ(tracker.overflow_count(), 1u);
     EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 8u);
@@ -358,8 +379,216 @@ TEST(Tracker, ClassTableOverflowIsCountedAndStillExact) {
     EXPECT_EQ(tracker.class_count(), 0u);
 }
 
+// --- displaced entries: frees stamped late (ABI 2) -----------------------------------
+
+TEST(Tracker, ReorderedFreeIsMatchedToTheAllocationItFreed) {
+    // CPU0 allocates P1 at 100; CPU2 frees it without reading the clock (its
+    // previous reading: 50) and stamps the free at its next reading, 300;
+    // meanwhile CPU1 gets P1 back at 200. Merged, the free sorts after the
+    // reallocation, but its window (50..300) reaches back before it.
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 100, .cpu = 0, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 200, .cpu = 1, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    tracker.apply(free_event({.ts = 300, .cpu = 2, .ptr = kP1, .site = kFreeF, .window = 250}));
+
+    EXPECT_EQ(tracker.totals().frees, 1u);
+    EXPECT_EQ(tracker.totals().reordered_frees, 1u);
+    EXPECT_EQ(tracker.totals().replaced, 0u);
+    EXPECT_EQ(tracker.totals().unmatched_frees, 0u);
+    EXPECT_EQ(tracker.displaced_count(), 0u);
+    // The first allocation is freed, credited like any free...
+    EXPECT_EQ(site_of(tracker, kAllocA).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).bytes_freed, 64u);
+    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 0u);
+    EXPECT_EQ(site_of(tracker, kFreeF).free_calls, 1u);
+    // ... and the second stays outstanding.
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 0u);
+    EXPECT_EQ(tracker.totals().outstanding, 1u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 128u);
+    EXPECT_EQ(test::outstanding_entries(tracker),
+              (std::vector<test::OutstandingEntry>{{kP1, rounded_birth_ns(200), kAllocB, 128}}));
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker)), test::totals_fields(tracker.totals()));
+
+    // The reallocation's own free, later, finds it.
+    tracker.apply(free_event({.ts = 400, .ptr = kP1, .site = kFreeF}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(tracker.totals().reordered_frees, 1u);
+    EXPECT_EQ(tracker.outstanding_count(), 0u);
+    tracker.settle();
+    EXPECT_EQ(tracker.totals().replaced, 0u);
+}
+
+TEST(Tracker, FreeThatCannotPrecedeTheReallocationFreesTheNewOneAndTheOldExpiresReplaced) {
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 100, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 200, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+    // Its window starts exactly at the reallocation: it cannot have run before it.
+    tracker.apply(free_event({.ts = 300, .ptr = kP1, .site = kFreeF, .window = 100}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 128u);
+    EXPECT_EQ(site_of(tracker, kAllocA).frees, 0u);
+    EXPECT_EQ(tracker.totals().reordered_frees, 0u);
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    EXPECT_EQ(tracker.totals().outstanding, 1u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 64u);
+
+    // The displaced entry waits kDisplacedHorizonNs of event time from the
+    // reallocation, whatever event moves time on...
+    const std::uint64_t expiry = 200 + Tracker::kDisplacedHorizonNs;
+    tracker.apply(alloc_event({.ts = expiry - 1, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    EXPECT_EQ(tracker.totals().replaced, 0u);
+    // ... and is counted replaced at its own site once it is up.
+    tracker.apply(alloc_event({.ts = expiry, .ptr = kP3, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.displaced_count(), 0u);
+    EXPECT_EQ(tracker.totals().replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
+    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 0u);
+    EXPECT_EQ(tracker.totals().outstanding, 2u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 16u);
+
+    // A free that would have matched it comes too late: it matches nothing.
+    tracker.apply(free_event({.ts = expiry + 1, .ptr = kP1, .site = kFreeF, .window = 1000}));
+    EXPECT_EQ(tracker.totals().unmatched_frees, 1u);
+    EXPECT_EQ(tracker.totals().reordered_frees, 0u);
+}
+
+TEST(Tracker, DisplacedEntriesAreListedAndCountedAsOutstanding) {
+    constexpr std::uint64_t kUnit = std::uint64_t{1} << 20;  // ns
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 2 * kUnit + 5, .cpu = 0, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 5 * kUnit, .cpu = 1, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+
+    // The same pointer twice: the displaced entry and the one that took its place.
+    EXPECT_EQ(test::outstanding_entries(tracker),
+              (std::vector<test::OutstandingEntry>{{kP1, 3 * kUnit - 1, kAllocA, 64}, {kP1, 6 * kUnit - 1, kAllocB, 128}}));
+    EXPECT_EQ(tracker.outstanding_count(), 2u);
+    EXPECT_EQ(tracker.totals().outstanding, 2u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 192u);
+    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).outstanding_bytes, 64u);
+
+    // Site ids: A was interned first.
+    ASSERT_EQ(tracker.sites()[0].call_site, kAllocA);
+    auto ages = tracker.outstanding_born_by(3 * kUnit - 2);
+    EXPECT_EQ(ages[0].count, 0u) << "born by its unit's last ns, not before";
+    ages = tracker.outstanding_born_by(3 * kUnit - 1);
+    EXPECT_EQ(ages[0].count, 1u);
+    EXPECT_EQ(ages[0].bytes, 64u);
+    EXPECT_EQ(ages[0].oldest_ts_ns, 3 * kUnit - 1);
+    EXPECT_EQ(ages[1].count, 0u);
+    ages = tracker.outstanding_born_by(~std::uint64_t{0});
+    EXPECT_EQ(ages[0].count, 1u);
+    EXPECT_EQ(ages[1].count, 1u);
+    EXPECT_EQ(ages[1].oldest_ts_ns, 6 * kUnit - 1);
+}
+
+TEST(Tracker, SettleCountsEveryDisplacedEntryReplaced) {
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocB, .req = 30, .alloc = 32}));
+    tracker.apply(alloc_event({.ts = 3, .ptr = kP3, .site = kAllocA, .req = 8, .alloc = 8}));
+    tracker.apply(alloc_event({.ts = 4, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+    tracker.apply(alloc_event({.ts = 5, .ptr = kP2, .site = kAllocB, .req = 200, .alloc = 256}));
+    ASSERT_EQ(tracker.displaced_count(), 2u);
+
+    tracker.settle();
+    EXPECT_EQ(tracker.displaced_count(), 0u);
+    EXPECT_EQ(tracker.totals().replaced, 2u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
+    EXPECT_EQ(site_of(tracker, kAllocB).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).replaced_bytes, 32u);
+    EXPECT_EQ(tracker.totals().outstanding, 3u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 8u + 128u + 256u);
+    EXPECT_EQ(test::outstanding_entries(tracker),
+              (std::vector<test::OutstandingEntry>{{kP1, rounded_birth_ns(4), kAllocB, 128},
+                                                   {kP2, rounded_birth_ns(5), kAllocB, 256},
+                                                   {kP3, rounded_birth_ns(3), kAllocA, 8}}));
+
+    // Settling again changes nothing.
+    const auto before = test::totals_fields(tracker.totals());
+    tracker.settle();
+    EXPECT_EQ(test::totals_fields(tracker.totals()), before);
+    // After it a free of P1, even one whose window reaches back, is the live one's.
+    tracker.apply(free_event({.ts = 6, .ptr = kP1, .site = kFreeF, .window = 6}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 128u);
+    EXPECT_EQ(tracker.totals().reordered_frees, 0u);
+}
+
+TEST(Tracker, PointerDisplacedTwiceCountsTheFirstReplacedAtOnce) {
+    // Two reallocations before any free: only the latest displaced entry can
+    // still be freed late; the one before it missed its free for sure.
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 100, .ptr = kP1, .site = kAllocA, .req = 60, .alloc = 64}));
+    tracker.apply(alloc_event({.ts = 200, .ptr = kP1, .site = kAllocB, .req = 100, .alloc = 128}));
+    tracker.apply(alloc_event({.ts = 300, .ptr = kP1, .site = kAllocB, .req = 20, .alloc = 32}));
+    EXPECT_EQ(tracker.totals().replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    EXPECT_EQ(tracker.totals().outstanding, 2u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 160u);
+
+    // A free reaching back before 300 frees the second allocation.
+    tracker.apply(free_event({.ts = 350, .ptr = kP1, .site = kFreeF, .window = 100}));
+    EXPECT_EQ(tracker.totals().reordered_frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 128u);
+    EXPECT_EQ(test::outstanding_entries(tracker),
+              (std::vector<test::OutstandingEntry>{{kP1, rounded_birth_ns(300), kAllocB, 32}}));
+    tracker.settle();
+    EXPECT_EQ(tracker.totals().replaced, 1u);
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker)), test::totals_fields(tracker.totals()));
+}
+
+TEST(Tracker, OverflowClassEntriesSurviveDisplacement) {
+    // A table of 2 classes: entries past it keep their class in a side map
+    // while live; displaced, they must keep it still.
+    Tracker tracker(2);
+    tracker.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocA, .req = 16, .alloc = 16}));
+    tracker.apply(alloc_event({.ts = 3, .ptr = kP3, .site = kAllocB, .req = 32, .alloc = 32}));  // overflows
+    ASSERT_EQ(tracker.overflow_count(), 1u);
+
+    // An overflowed entry displaced by a classed one: out of the side map,
+    // listed with its own site and size, freed late with them.
+    tracker.apply(alloc_event({.ts = 4, .ptr = kP3, .site = kAllocA, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.overflow_count(), 0u);
+    EXPECT_EQ(test::outstanding_entries(tracker),
+              (std::vector<test::OutstandingEntry>{{kP1, rounded_birth_ns(1), kAllocA, 8},
+                                                   {kP2, rounded_birth_ns(2), kAllocA, 16},
+                                                   {kP3, rounded_birth_ns(4), kAllocA, 8},
+                                                   {kP3, rounded_birth_ns(3), kAllocB, 32}}));
+    tracker.apply(free_event({.ts = 10, .ptr = kP3, .site = kFreeF, .window = 8}));  // from 2, before 4
+    EXPECT_EQ(tracker.totals().reordered_frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 32u);
+    EXPECT_EQ(site_of(tracker, kAllocB).outstanding, 0u);
+
+    // A classed entry displaced by an overflowing one: the new one enters the
+    // side map, the displaced one keeps its class and is replaced with it.
+    tracker.apply(alloc_event({.ts = 20, .ptr = kP1, .site = kAllocB, .req = 64, .alloc = 64}));
+    EXPECT_EQ(tracker.overflow_count(), 1u);
+    tracker.settle();
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 8u);
+    tracker.apply(free_event({.ts = 30, .ptr = kP1, .site = kFreeF}));
+    EXPECT_EQ(site_of(tracker, kAllocB).frees, 2u);
+    EXPECT_EQ(site_of(tracker, kAllocB).bytes_freed, 96u);
+    EXPECT_EQ(tracker.overflow_count(), 0u);
+    EXPECT_EQ(tracker.totals().outstanding, 2u);
+    EXPECT_EQ(tracker.totals().outstanding_bytes, 24u);
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker)), test::totals_fields(tracker.totals()));
+}
+
 // A random stream over few pointers, so replacements, double and unmatched
-// frees, pointer 0 and printk events all happen often.
+// frees, pointer 0 and printk events all happen often; half of the frees
+// were stamped late (ABI 2), with windows reaching up to ~50 events back, so
+// some of them free an entry a reallocation displaced.
 std::vector<Event> churn(std::uint64_t seed, std::size_t n) {
     std::mt19937_64 rng(seed);
     std::vector<Event> out;
@@ -374,9 +603,14 @@ std::vector<Event> churn(std::uint64_t seed, std::size_t n) {
                 out.push_back(free_event({.ts = ts, .ptr = ptr, .site = 0}));
                 out.back().kind = EventKind::printk;
                 break;
-            case 1: case 2: case 3:
-                out.push_back(free_event({.ts = ts, .ptr = ptr, .site = site, .kind = rng() % 2 ? EventKind::kfree : EventKind::cache_free}));
+            case 1: case 2: case 3: {
+                const EventKind kind = rng() % 2 ? EventKind::kfree : EventKind::cache_free;
+                const std::uint64_t window = rng() % 2 == 0 ? std::min<std::uint64_t>(ts, rng() % 10'000'000) : 0;
+                out.push_back(free_event({.ts = ts, .ptr = ptr, .site = site, .kind = kind,
+                                          .flags = static_cast<std::uint16_t>(window > 0 ? KLEAK_TS_LOWER_BOUND : 0),
+                                          .window = static_cast<std::uint32_t>(window)}));
                 break;
+            }
             default:
                 out.push_back(alloc_event({.ts = ts, .ptr = ptr, .site = site, .req = alloc - 3, .alloc = alloc,
                                            .kind = rng() % 2 ? EventKind::kmalloc : EventKind::cache_alloc}));
@@ -388,7 +622,8 @@ std::vector<Event> churn(std::uint64_t seed, std::size_t n) {
 void expect_same_state(const Tracker& got, const Tracker& expected) {
     EXPECT_EQ(test::totals_fields(got.totals()), test::totals_fields(expected.totals()));
     EXPECT_EQ(test::sites_by_address(got), test::sites_by_address(expected));
-    EXPECT_EQ(test::outstanding_by_ptr(got), test::outstanding_by_ptr(expected));
+    EXPECT_EQ(test::outstanding_entries(got), test::outstanding_entries(expected));
+    EXPECT_EQ(got.displaced_count(), expected.displaced_count());
 }
 
 TEST(Tracker, ApplyingABatchEqualsApplyingEachEvent) {
@@ -405,6 +640,8 @@ TEST(Tracker, ApplyingABatchEqualsApplyingEachEvent) {
     batched.apply(std::span(events).subspan(at));
     expect_same_state(batched, one_by_one);
     EXPECT_GT(one_by_one.totals().replaced, 100u);
+    EXPECT_GT(one_by_one.totals().reordered_frees, 20u);
+    EXPECT_GT(one_by_one.displaced_count(), 10u);
     EXPECT_GT(one_by_one.totals().unmatched_frees, 100u);
     EXPECT_GT(one_by_one.outstanding_count(), 100u);
 }
@@ -421,6 +658,9 @@ TEST(Tracker, OverflowingTheClassTableChangesNothingObservable) {
     EXPECT_EQ(cramped.class_count(), 7u);
     EXPECT_GT(cramped.class_overflows(), 1000u);
     EXPECT_GT(cramped.overflow_count(), 0u);
+    // Displaced overflow entries (and their late frees) are in the comparison.
+    EXPECT_GT(cramped.displaced_count(), 10u);
+    EXPECT_GT(cramped.totals().reordered_frees, 20u);
     for (std::uint64_t born_before : {std::uint64_t{0}, std::uint64_t{1'000'000'000}, ~std::uint64_t{0}}) {
         const auto a = roomy.outstanding_born_by(born_before);
         const auto b = cramped.outstanding_born_by(born_before);
@@ -434,34 +674,146 @@ TEST(Tracker, OverflowingTheClassTableChangesNothingObservable) {
     }
 }
 
+// The rules of tracker.h for a pointer allocated again while outstanding,
+// written out plainly over ordered maps: the reference random streams are
+// checked against. Births are kept exact here.
+struct DisplacementModel {
+    struct Entry {
+        std::uint64_t birth_ns;
+        std::uint64_t site;
+        std::uint32_t bytes;
+    };
+    struct Displaced {
+        Entry entry;
+        std::uint64_t at_ns;  // the displacing allocation's time
+    };
+    std::map<std::uint64_t, Entry> live;
+    std::map<std::uint64_t, Displaced> displaced;
+    std::uint64_t frees = 0, unmatched_frees = 0, replaced = 0, reordered_frees = 0;
+
+    void expire(std::uint64_t now_ns) {
+        for (auto it = displaced.begin(); it != displaced.end();) {
+            if (it->second.at_ns + Tracker::kDisplacedHorizonNs <= now_ns) {
+                ++replaced;
+                it = displaced.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+
+    void apply(const Event& e) {
+        expire(e.ts_ns);  // any event moves event time on, printk included
+        if (e.kind == EventKind::printk) return;
+        if (is_alloc(e.kind)) {
+            const auto it = live.find(e.ptr);
+            if (it != live.end()) {
+                // Displaced twice: the older one's free is surely missed.
+                if (displaced.contains(e.ptr)) ++replaced;
+                displaced[e.ptr] = Displaced{it->second, e.ts_ns};
+            }
+            live[e.ptr] = Entry{e.ts_ns, e.call_site, e.bytes_alloc};
+            return;
+        }
+        // A free that may have run before the reallocation is the displaced
+        // entry's; any other goes to the live one.
+        const auto d = displaced.find(e.ptr);
+        if (d != displaced.end() && earliest_free_ns(e) < d->second.at_ns) {
+            displaced.erase(d);
+            ++frees;
+            ++reordered_frees;
+        } else if (live.erase(e.ptr) > 0) {
+            ++frees;
+        } else {
+            ++unmatched_frees;
+        }
+    }
+
+    void settle() { expire(std::numeric_limits<std::uint64_t>::max()); }
+
+    // As test::outstanding_entries() lists the tracker's (births rounded up
+    // to their unit, as the tracker keeps them).
+    std::vector<test::OutstandingEntry> entries() const {
+        std::vector<test::OutstandingEntry> out;
+        for (const auto& [ptr, e] : live) out.emplace_back(ptr, rounded_birth_ns(e.birth_ns), e.site, e.bytes);
+        for (const auto& [ptr, d] : displaced)
+            out.emplace_back(ptr, rounded_birth_ns(d.entry.birth_ns), d.entry.site, d.entry.bytes);
+        std::sort(out.begin(), out.end());
+        return out;
+    }
+};
+
+void expect_matches_model(const Tracker& tracker, const DisplacementModel& model) {
+    EXPECT_EQ(tracker.totals().frees, model.frees);
+    EXPECT_EQ(tracker.totals().unmatched_frees, model.unmatched_frees);
+    EXPECT_EQ(tracker.totals().replaced, model.replaced);
+    EXPECT_EQ(tracker.totals().reordered_frees, model.reordered_frees);
+    EXPECT_EQ(tracker.displaced_count(), model.displaced.size());
+    EXPECT_EQ(tracker.outstanding_count(), model.live.size() + model.displaced.size());
+    EXPECT_EQ(tracker.totals().outstanding, model.live.size() + model.displaced.size());
+    EXPECT_EQ(test::outstanding_entries(tracker), model.entries());
+    EXPECT_EQ(test::totals_fields(test::sum_over_sites(tracker)), test::totals_fields(tracker.totals()));
+}
+
+TEST(Tracker, DisplacementFollowsItsRulesOnARandomStream) {
+    const std::vector<Event> events = churn(4, 20'000);
+    Tracker tracker;
+    DisplacementModel model;
+    // Compared along the way too: expiry happens mid-stream, not only at the end.
+    for (std::size_t i = 0; i < events.size(); ++i) {
+        tracker.apply(events[i]);
+        model.apply(events[i]);
+        if (i % 5'000 == 4'999) {
+            SCOPED_TRACE(i);
+            expect_matches_model(tracker, model);
+        }
+    }
+    EXPECT_GT(model.reordered_frees, 20u);
+    EXPECT_GT(model.displaced.size(), 10u);
+    EXPECT_GT(model.replaced, 100u);
+
+    tracker.settle();
+    model.settle();
+    expect_matches_model(tracker, model);
+    EXPECT_EQ(tracker.displaced_count(), 0u);
+}
+
 TEST(Tracker, OutstandingBornByCountsOnlyAllocationsSurelyThatOld) {
-    // Brute force over the live entries: an entry counts iff its rounded
-    // (latest possible) birth is at or before the cutoff; the true birth is
-    // then at or before it too.
+    // Brute force over the model's entries (displaced ones too): an entry
+    // counts iff its rounded (latest possible) birth is at or before the
+    // cutoff; the true birth is then at or before it too.
     const std::vector<Event> events = churn(3, 5'000);
     Tracker tracker;
     tracker.apply(events);
-    std::map<std::uint64_t, std::uint64_t> true_birth;
-    for (const Event& e : events) {
-        if (e.kind == EventKind::printk) continue;
-        if (is_alloc(e.kind)) true_birth[e.ptr] = e.ts_ns;
-        else true_birth.erase(e.ptr);
-    }
+    DisplacementModel model;
+    for (const Event& e : events) model.apply(e);
+    ASSERT_EQ(test::outstanding_entries(tracker), model.entries());
+    EXPECT_GT(tracker.displaced_count(), 0u);  // so the scan of displaced entries is checked too
+
+    std::map<std::uint64_t, std::size_t> site_id;
+    for (std::size_t i = 0; i < tracker.sites().size(); ++i) site_id[tracker.sites()[i].call_site] = i;
+    std::vector<DisplacementModel::Entry> all;
+    for (const auto& [ptr, e] : model.live) all.push_back(e);
+    for (const auto& [ptr, d] : model.displaced) all.push_back(d.entry);
+
     const std::uint64_t last_ts = events.back().ts_ns;
     std::size_t partial_cutoffs = 0;
     for (std::uint64_t born_before = 0; born_before < last_ts; born_before += last_ts / 37 + 12'345) {
         const auto ages = tracker.outstanding_born_by(born_before);
         std::vector<SiteAge> expected(tracker.sites().size());
-        tracker.for_each_outstanding([&](std::uint64_t ptr, const OutstandingAllocation& a) {
-            EXPECT_GE(a.ts_ns, true_birth.at(ptr));
-            EXPECT_LT(a.ts_ns - true_birth.at(ptr), std::uint64_t{1} << 20);
-            if (a.ts_ns > born_before) return;
-            EXPECT_LE(true_birth.at(ptr), born_before);
-            ++expected[a.site].count;
-            expected[a.site].bytes += a.bytes_alloc;
-            expected[a.site].oldest_ts_ns = std::min(expected[a.site].oldest_ts_ns, a.ts_ns);
-        });
+        for (const DisplacementModel::Entry& e : all) {
+            const std::uint64_t reported = rounded_birth_ns(e.birth_ns);
+            EXPECT_GE(reported, e.birth_ns);
+            EXPECT_LT(reported - e.birth_ns, std::uint64_t{1} << 20);
+            if (reported > born_before) continue;
+            EXPECT_LE(e.birth_ns, born_before);
+            SiteAge& age = expected[site_id.at(e.site)];
+            ++age.count;
+            age.bytes += e.bytes;
+            age.oldest_ts_ns = std::min(age.oldest_ts_ns, reported);
+        }
         std::uint64_t counted = 0;
+        ASSERT_EQ(ages.size(), expected.size());
         for (std::size_t i = 0; i < ages.size(); ++i) {
             EXPECT_EQ(ages[i].count, expected[i].count);
             EXPECT_EQ(ages[i].bytes, expected[i].bytes);
