@@ -41,38 +41,71 @@ void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
 
 // Replay's loop: the frames of one file all come from one CPU, so they are
 // decoded into a small buffer and staged a buffer at a time (one queue
-// lookup, one copy), instead of record by record.
+// lookup, one copy), instead of record by record. The stamp windows are
+// closed in place (StampWindows' rules, without its copies): a free waiting
+// for its CPU's next reading stays in the buffer, and only what precedes the
+// first such free is staged when the buffer fills.
 FrameStatus Pipeline::on_frames(unsigned cpu, FrameReader& frames) {
     constexpr std::size_t kBuffer = 256;  // 12 KiB: stays in L1
+    constexpr std::size_t kNone = kBuffer;
     Event buffer[kBuffer];
-    std::size_t n = 0;
-    std::uint64_t newest = 0;
     const auto cpu16 = static_cast<std::uint16_t>(cpu);
+    std::uint64_t newest = 0;
+    // Frees left waiting by the previous call go first, still waiting (so
+    // many that they fill the buffer only in damaged input: they go as they are).
+    std::vector<Event>& carried = stamp_windows_.of(cpu16);
+    if (carried.size() >= kBuffer) [[unlikely]] {
+        for (const Event& e : carried) newest = std::max(newest, e.ts_ns);
+        merger_.stage_from_one_cpu(carried);
+        carried.clear();
+    }
+    std::size_t n = carried.size();
+    std::copy(carried.begin(), carried.end(), buffer);
+    carried.clear();
+    std::size_t open = n > 0 ? 0 : kNone;  // the first waiting free in buffer
+    const auto close_open = [&](std::uint64_t reading_ns) {
+        for (std::size_t i = open; i < n; ++i) StampWindows::close_window(buffer[i], reading_ns);
+        open = kNone;
+    };
+    const auto stage_ready = [&](std::size_t ready) {
+        for (std::size_t i = 0; i < ready; ++i) newest = std::max(newest, buffer[i].ts_ns);
+        merger_.stage_from_one_cpu(std::span(buffer, ready));
+        std::copy(buffer + ready, buffer + n, buffer);
+        n -= ready;
+        if (open != kNone) open -= ready;
+    };
     std::span<const std::byte> record;
     FrameStatus status;
-    const auto to_buffer = [&](const Event& e) {
-        buffer[n] = e;
-        newest = std::max(newest, e.ts_ns);
-        if (++n == kBuffer) {
-            merger_.stage_from_one_cpu(std::span(buffer, n));
-            n = 0;
-        }
-    };
     while ((status = frames.next(record)) == FrameStatus::ok) {
-        Event event;
+        Event& event = buffer[n];
         if (decode_record_fast(record, cpu16, event) != DecodeStatus::ok) [[unlikely]] {
             ++undecodable_;
             continue;
         }
-        if (event.kind != EventKind::time_mark) [[likely]]
+        if (StampWindows::waits(event)) [[unlikely]] {
             ++records_;
-        if (event.kind == EventKind::printk && !keep_printk(event, record)) [[unlikely]] {
-            stamp_windows_.reading_only(event, to_buffer);
-            continue;
+            if (open == kNone) open = n;
+            ++n;
+        } else {
+            if (open != kNone) close_open(event.ts_ns);
+            if (event.kind == EventKind::time_mark) continue;
+            ++records_;
+            if (event.kind == EventKind::printk && !keep_printk(event, record)) [[unlikely]]
+                continue;
+            ++n;
         }
-        stamp_windows_.take(event, to_buffer);
+        if (n == kBuffer) {
+            // A full buffer of waiting frees (damaged input) goes as it is.
+            if (open == 0) open = kNone;
+            stage_ready(open == kNone ? n : open);
+        }
     }
-    merger_.stage_from_one_cpu(std::span(buffer, n));
+    // What still waits is carried to the next call (or to finish()).
+    const std::size_t ready = open == kNone ? n : open;
+    carried.assign(buffer + ready, buffer + n);
+    open = kNone;
+    n = ready;
+    stage_ready(ready);
     note_newest(cpu16, newest);
     return status;
 }

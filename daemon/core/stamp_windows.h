@@ -29,13 +29,27 @@ class StampWindows {
 public:
     explicit StampWindows(unsigned cpu_count) : waiting_(std::max(1u, cpu_count)) {}
 
+    // Whether `event` waits for the next reading of its CPU.
+    static bool waits(const Event& event) {
+        return is_free(event.kind) && (event.gfp_flags & KLEAK_TS_LOWER_BOUND) != 0;
+    }
+    // Gives a waiting free the reading that closes its window.
+    static void close_window(Event& free, std::uint64_t reading_ns) {
+        // A reading older than the free's lower bound can only come from
+        // damaged input: keep the lower bound, exact.
+        if (reading_ns <= free.ts_ns) return;
+        free.bytes_req = static_cast<std::uint32_t>(
+            std::min<std::uint64_t>(reading_ns - free.ts_ns, std::numeric_limits<std::uint32_t>::max()));
+        free.ts_ns = reading_ns;
+    }
+
     // Hands `event` (and the frees it closes the window of) to stage(const
     // Event&), in order, or keeps it until its window closes. `event.cpu`
     // selects the stream (the last one for a CPU beyond cpu_count).
     template <class Stage>
     void take(const Event& event, Stage&& stage) {
-        std::vector<Event>& waiting = waiting_[std::min<std::size_t>(event.cpu, waiting_.size() - 1)];
-        if (is_free(event.kind) && (event.gfp_flags & KLEAK_TS_LOWER_BOUND)) [[unlikely]] {
+        std::vector<Event>& waiting = of(event.cpu);
+        if (waits(event)) [[unlikely]] {
             waiting.push_back(event);
             return;
         }
@@ -48,9 +62,14 @@ public:
     // depend on whether printk is captured.
     template <class Stage>
     void reading_only(const Event& event, Stage&& stage) {
-        std::vector<Event>& waiting = waiting_[std::min<std::size_t>(event.cpu, waiting_.size() - 1)];
+        std::vector<Event>& waiting = of(event.cpu);
         if (!waiting.empty()) close(waiting, event.ts_ns, stage);
     }
+
+    // The frees of `cpu` still waiting, for a caller that closes windows in
+    // its own buffer (Pipeline::on_frames): it takes them, and gives back
+    // what it could not close.
+    std::vector<Event>& of(std::uint16_t cpu) { return waiting_[std::min<std::size_t>(cpu, waiting_.size() - 1)]; }
 
     // End of input: frees still waiting (a batch cut short) are handed on at
     // their lower bound, window 0.
@@ -76,13 +95,7 @@ private:
     template <class Stage>
     static void close(std::vector<Event>& waiting, std::uint64_t reading_ns, Stage& stage) {
         for (Event& e : waiting) {
-            // A reading older than the free's lower bound can only come from
-            // damaged input: keep the lower bound, exact.
-            if (reading_ns > e.ts_ns) {
-                e.bytes_req = static_cast<std::uint32_t>(
-                    std::min<std::uint64_t>(reading_ns - e.ts_ns, std::numeric_limits<std::uint32_t>::max()));
-                e.ts_ns = reading_ns;
-            }
+            close_window(e, reading_ns);
             stage(e);
         }
         waiting.clear();
