@@ -61,6 +61,8 @@ const volatile __u32 sample_shift = 0;
  * they count as unmatched frees, and every free still costs a record. It
  * saves ring space and tracker work for the small objects, not per-free
  * cost; sample_shift keeps pairs matched and cuts both. 0 keeps everything.
+ * Such a free reallocated on another CPU within its stamp window (README,
+ * "How records are timed") can also hide that reallocation.
  */
 const volatile __u32 min_size = 0;
 

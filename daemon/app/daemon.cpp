@@ -132,6 +132,7 @@ void Daemon::run() {
     session_.stop_and_drain();
     tracing_stopped_ = true;
     pipeline_.finish();  // the slices still pending, then everything staged
+    pipeline_.settle();  // no free is still to come: displaced entries were missed frees
     publish_printk();
     if (printk_file_) {
         if (auto error = printk_file_->flush()) spdlog::warn("flushing the printk log failed: {}", *error);

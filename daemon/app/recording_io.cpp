@@ -1,4 +1,5 @@
 #include "core/frame_order.h"
+#include "core/record_batch.h"
 #include "app/recording_io.h"
 
 #include <fcntl.h>
@@ -50,7 +51,8 @@ RecordingWriter::RecordingWriter(std::filesystem::path dir, unsigned cpu_count) 
 void RecordingWriter::on_record(unsigned cpu, std::span<const std::byte> record) {
     CpuFile& file = files_[std::min<std::size_t>(cpu, files_.size() - 1)];
     core::append_frame(file.buffer, record);
-    ++file.frames;
+    // A time mark is not a record of an event (Pipeline::records() does not count it either).
+    if (!core::is_time_mark(record)) ++file.frames;
 }
 
 void RecordingWriter::collect_sites(const std::vector<std::byte>& buffer) {

@@ -29,7 +29,8 @@ constexpr bool is_free(EventKind kind) { return kind == EventKind::kfree || kind
 // reading and KLEAK_TS_LOWER_BOUND. Once decoding has seen the next reading on
 // that CPU (stamp_windows.h), ts_ns is that next reading, the latest the free
 // can have happened, and bytes_req is its window: how much earlier it may
-// have happened (ns, saturated; 0 for a free that read the clock).
+// have happened (ns; 0 for a free that read the clock; kUnboundedWindow for
+// 4.29 s or more: then it may have happened any time before).
 struct Event {
     std::uint64_t ts_ns = 0;
     std::uint64_t ptr = 0;
@@ -43,8 +44,13 @@ struct Event {
     std::uint16_t cpu = 0;          // the ring the record came from
 };
 
+// A window too long for bytes_req: the free may have happened any time before ts_ns.
+inline constexpr std::uint32_t kUnboundedWindow = 0xffffffff;
+
 // The earliest a free can have happened (see Event).
-constexpr std::uint64_t earliest_free_ns(const Event& free) { return free.ts_ns - free.bytes_req; }
+constexpr std::uint64_t earliest_free_ns(const Event& free) {
+    return free.bytes_req == kUnboundedWindow ? 0 : free.ts_ns - free.bytes_req;
+}
 
 enum class DecodeStatus {
     ok,

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <span>
 
+#include "kleak_abi.h"
 #include "recording_frames.h"
 
 namespace kleak::core {
@@ -23,21 +24,41 @@ std::uint64_t record_ts(std::span<const std::byte> record) {
     return ts;
 }
 
+bool waits_for_a_reading(std::span<const std::byte> record) {
+    kleak_record_header hdr;
+    if (record.size() < sizeof hdr) return false;
+    std::memcpy(&hdr, record.data(), sizeof hdr);
+    return (hdr.kind == KLEAK_KFREE || hdr.kind == KLEAK_CACHE_FREE) && (hdr.flags & KLEAK_TS_LOWER_BOUND) != 0;
+}
+
 }  // namespace
 
 void sort_frames_by_time(std::vector<std::byte>& frames) {
     std::vector<FrameRef> refs;
     FrameReader reader(frames);
     std::span<const std::byte> record;
-    bool in_order = true;
+    std::vector<bool> waiting;
     std::size_t offset = 0;
     while (reader.next(record) == FrameStatus::ok) {
-        const std::uint64_t ts = record_ts(record);
-        in_order = in_order && (refs.empty() || ts >= refs.back().ts);
-        refs.push_back({ts, offset, reader.consumed() - offset});
+        refs.push_back({record_ts(record), offset, reader.consumed() - offset});
+        waiting.push_back(waits_for_a_reading(record));
         offset = reader.consumed();
     }
-    if (in_order || offset != frames.size()) return;
+    if (offset != frames.size()) return;
+    // Back to front: each waiting free takes the key of the reading after it.
+    bool have_reading = false;
+    std::uint64_t reading = 0;
+    for (std::size_t i = refs.size(); i-- > 0;) {
+        if (!waiting[i]) {
+            have_reading = true;
+            reading = refs[i].ts;
+        } else if (have_reading) {
+            refs[i].ts = reading;
+        }
+    }
+    const bool in_order = std::is_sorted(refs.begin(), refs.end(),
+                                         [](const FrameRef& a, const FrameRef& b) { return a.ts < b.ts; });
+    if (in_order) return;
     std::stable_sort(refs.begin(), refs.end(), [](const FrameRef& a, const FrameRef& b) { return a.ts < b.ts; });
     std::vector<std::byte> sorted;
     sorted.reserve(frames.size());

@@ -14,8 +14,12 @@
 namespace kleak::core {
 
 // Stable sort of the frames by the record timestamp (the header's first 8
-// bytes; a frame too short to hold one sorts as 0). Leaves a buffer that is
-// already in order, or ends mid-frame, untouched.
+// bytes; a frame too short to hold one sorts as 0). A free that carries a
+// lower bound (KLEAK_TS_LOWER_BOUND) sorts with the next record after it that
+// has a reading of its own, just before it: that record closes the free's
+// window on replay, as it did live, and nothing may come between them. (The
+// whole batch is in the buffer: a drain hands on whole samples.) Leaves a
+// buffer that is already in order, or ends mid-frame, untouched.
 void sort_frames_by_time(std::vector<std::byte>& frames);
 
 }  // namespace kleak::core

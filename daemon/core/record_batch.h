@@ -26,6 +26,9 @@ inline constexpr std::size_t kRecordSizeProbeBytes = 24;
 // batch is padded to 8 bytes; a lone one (or the last) may end unpadded.
 std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_size);
 
+// Whether a record is a time mark (a clock reading closing a batch, not an event).
+bool is_time_mark(std::span<const std::byte> record);
+
 // The size of the record at the start of `rest`, the unread part of a sample.
 inline std::size_t next_record_size(std::span<const std::byte> rest) { return record_size_at(rest, rest.size()); }
 

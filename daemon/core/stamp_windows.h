@@ -38,8 +38,7 @@ public:
         // A reading older than the free's lower bound can only come from
         // damaged input: keep the lower bound, exact.
         if (reading_ns <= free.ts_ns) return;
-        free.bytes_req = static_cast<std::uint32_t>(
-            std::min<std::uint64_t>(reading_ns - free.ts_ns, std::numeric_limits<std::uint32_t>::max()));
+        free.bytes_req = static_cast<std::uint32_t>(std::min<std::uint64_t>(reading_ns - free.ts_ns, kUnboundedWindow));
         free.ts_ns = reading_ns;
     }
 

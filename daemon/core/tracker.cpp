@@ -111,38 +111,47 @@ void Tracker::count_replaced(const AllocationClass& prior) {
 void Tracker::displace(std::uint64_t ptr, std::uint64_t packed, std::uint64_t by_ns) {
     const Displaced d{class_of_entry(ptr, packed), unit_of(packed), by_ns};
     if (class_of(packed) == kOverflowClass) overflow_.erase(ptr);
-    auto [it, inserted] = displaced_.try_emplace(ptr, d);
-    if (!inserted) {
-        // Displaced twice before a free came for the first: that one's
-        // free is missed for sure.
-        count_replaced(it->second.cls);
-        it->second = d;
-    }
+    displaced_[ptr].push_back(d);
+    ++displaced_entries_;
     if (displacements_.empty()) next_expiry_ns_ = by_ns + kDisplacedHorizonNs;
     displacements_.push_back({by_ns, ptr});
 }
 
-// A free that may have happened before the allocation that displaced its
-// pointer's entry frees that entry; one surely after it (the displacing
-// allocation's own free) goes on to the live table.
+// A free that may have happened before the allocation that displaced one of
+// its pointer's entries frees the oldest such entry; one surely after them
+// all (the newest allocation's own free) goes on to the live table.
 bool Tracker::freed_displaced(const Event& event, SiteId here) {
     const auto it = displaced_.find(event.ptr);
-    if (it == displaced_.end() || earliest_free_ns(event) >= it->second.displaced_at_ns) return false;
-    credit_free(it->second.cls, here);
+    if (it == displaced_.end()) return false;
+    auto& list = it->second;
+    const std::uint64_t earliest = earliest_free_ns(event);
+    const auto claimed =
+        std::find_if(list.begin(), list.end(), [earliest](const Displaced& d) { return earliest < d.displaced_at_ns; });
+    if (claimed == list.end()) return false;
+    credit_free(claimed->cls, here);
     ++totals_.reordered_frees;
-    displaced_.erase(it);
+    forget_displaced(it, claimed);
     return true;
+}
+
+void Tracker::forget_displaced(DisplacedMap::iterator it, absl::InlinedVector<Displaced, 1>::iterator entry) {
+    it->second.erase(entry);
+    --displaced_entries_;
+    if (it->second.empty()) displaced_.erase(it);
 }
 
 void Tracker::expire_displaced(std::uint64_t now_ns) {
     while (!displacements_.empty() && displacements_.front().at_ns + kDisplacedHorizonNs <= now_ns) {
         const Displacement due = displacements_.front();
         displacements_.pop_front();
-        // Gone (freed) or displaced again since: a later queue entry has it.
+        // Gone already when a late free claimed it.
         const auto it = displaced_.find(due.ptr);
-        if (it == displaced_.end() || it->second.displaced_at_ns != due.at_ns) continue;
-        count_replaced(it->second.cls);
-        displaced_.erase(it);
+        if (it == displaced_.end()) continue;
+        const auto entry = std::find_if(it->second.begin(), it->second.end(),
+                                        [&due](const Displaced& d) { return d.displaced_at_ns == due.at_ns; });
+        if (entry == it->second.end()) continue;
+        count_replaced(entry->cls);
+        forget_displaced(it, entry);
     }
     next_expiry_ns_ = displacements_.empty() ? std::numeric_limits<std::uint64_t>::max()
                                              : displacements_.front().at_ns + kDisplacedHorizonNs;
@@ -152,7 +161,7 @@ std::size_t Tracker::memory_bytes() const {
     // flat_hash_map: one slot plus one control byte per bucket.
     const std::size_t ids = site_ids_.capacity() * (sizeof(std::pair<std::uint64_t, SiteId>) + 1);
     const std::size_t overflow = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
-                                 displaced_.capacity() * (sizeof(std::pair<std::uint64_t, Displaced>) + 1) +
+                                 displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
                                  displacements_.size() * sizeof(Displacement);
     return live_.memory_bytes() + classes_.memory_bytes() + overflow + ids + sites_.capacity() * sizeof(SiteStats);
 }
@@ -162,6 +171,7 @@ void Tracker::reset() {
     classes_.clear();
     overflow_.clear();
     displaced_.clear();
+    displaced_entries_ = 0;
     displacements_.clear();
     next_expiry_ns_ = std::numeric_limits<std::uint64_t>::max();
     class_overflows_ = 0;

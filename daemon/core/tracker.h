@@ -25,6 +25,7 @@
 #pragma once
 
 #include <absl/container/flat_hash_map.h>
+#include <absl/container/inlined_vector.h>
 
 #include <array>
 #include <deque>
@@ -99,10 +100,10 @@ public:
 
     const std::vector<SiteStats>& sites() const { return sites_; }
     const Totals& totals() const { return totals_; }
-    std::size_t outstanding_count() const { return live_.size() + displaced_.size(); }
+    std::size_t outstanding_count() const { return live_.size() + displaced_entries_; }
     // Outstanding allocations displaced by a new allocation of their pointer,
     // waiting for a late free (see the top of this file).
-    std::size_t displaced_count() const { return displaced_.size(); }
+    std::size_t displaced_count() const { return displaced_entries_; }
 
     // How long (event time) a displaced entry waits for its free. A late
     // free sorts at most its window after it happened, and a window ends at
@@ -119,8 +120,9 @@ public:
             const AllocationClass c = class_of_entry(ptr, packed);
             fn(ptr, OutstandingAllocation{latest_birth_ns(unit_of(packed)), c.site, c.bytes_alloc});
         });
-        for (const auto& [ptr, d] : displaced_)
-            fn(ptr, OutstandingAllocation{latest_birth_ns(d.birth_unit), d.cls.site, d.cls.bytes_alloc});
+        for (const auto& [ptr, list] : displaced_)
+            for (const Displaced& d : list)
+                fn(ptr, OutstandingAllocation{latest_birth_ns(d.birth_unit), d.cls.site, d.cls.bytes_alloc});
     }
 
     // Per site (indexed by SiteId, sites().size() long): the live allocations
@@ -173,7 +175,12 @@ private:
         std::uint64_t birth_unit;
         std::uint64_t displaced_at_ns;  // the new allocation's time
     };
-    absl::flat_hash_map<std::uint64_t, Displaced> displaced_;
+    // Per pointer, oldest first: a pointer can be displaced again before the
+    // late free of its first displaced entry arrives.
+    using DisplacedMap = absl::flat_hash_map<std::uint64_t, absl::InlinedVector<Displaced, 1>>;
+    DisplacedMap displaced_;
+    std::size_t displaced_entries_ = 0;
+    void forget_displaced(DisplacedMap::iterator it, absl::InlinedVector<Displaced, 1>::iterator entry);
     // Every displacement in the order it happened: event (merge) order, so by
     // time but for late records, which then expire a little late. Expiry pops
     // from the front: O(1) per displacement, however many wait.

@@ -51,9 +51,9 @@ std::vector<SiteAge> Tracker::outstanding_born_by(std::uint64_t born_before_ns) 
         if (per_class[id].count > 0) add(classes_[id], per_class[id].count, unit_of(per_class[id].oldest_packed));
     }
     for (const auto& [ptr, packed] : overflowed) add(overflow_.at(ptr), 1, unit_of(packed));
-    for (const auto& [ptr, d] : displaced_) {
-        if (d.birth_unit < units) add(d.cls, 1, d.birth_unit);
-    }
+    for (const auto& [ptr, list] : displaced_)
+        for (const Displaced& d : list)
+            if (d.birth_unit < units) add(d.cls, 1, d.birth_unit);
     return per_site;
 }
 

@@ -285,7 +285,8 @@ TEST(KernelBatching, CpuGoingOfflinePushesItsBatchIntoItsRing) {
     // No kleak__flush: only the way down can have put the rest in the ring.
     const bool pending = tracer.batch_pending(kCpu);
     ASSERT_GE(consumer.drain(), 0);
-    EXPECT_EQ(t.pipe_allocations_on(kCpu), 2 * kFew)
+    // At least ours: another process may make pipes on CPU 1 meanwhile.
+    EXPECT_GE(t.pipe_allocations_on(kCpu), 2 * kFew)
         << "in CPU 1's ring before it went offline: " << before_offline;
     EXPECT_FALSE(pending) << "CPU 1 went offline with its flag set: its batch still holds records";
     EXPECT_EQ(sink.undecodable, 0u);

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstring>
+#include <limits>
 
 #include "core/event.h"
 #include "test_helpers.h"
@@ -215,6 +216,16 @@ TEST(EventKind, EarliestFreeIsTheStampMinusItsWindow) {
     EXPECT_EQ(earliest_free_ns(free_event({.ts = 400, .ptr = kPtr, .window = 310})), 90u);
     // A free that read the clock (window 0) happened at its stamp.
     EXPECT_EQ(earliest_free_ns(free_event({.ts = 400, .ptr = kPtr})), 400u);
+}
+
+TEST(EventKind, AnUnboundedWindowReachesBackToTimeZero) {
+    // Whatever the stamp, below the window or far above it: no wrap-around.
+    EXPECT_EQ(earliest_free_ns(free_event({.ts = 400, .ptr = kPtr, .window = kUnboundedWindow})), 0u);
+    EXPECT_EQ(earliest_free_ns(free_event({.ts = std::uint64_t{5} << 40, .ptr = kPtr, .window = kUnboundedWindow})), 0u);
+    // One ns less is still an exact window.
+    EXPECT_EQ(earliest_free_ns(free_event({.ts = std::uint64_t{5} << 40, .ptr = kPtr, .window = kUnboundedWindow - 1})),
+              (std::uint64_t{5} << 40) - (kUnboundedWindow - 1));
+    static_assert(kUnboundedWindow == std::numeric_limits<std::uint32_t>::max());
 }
 
 }  // namespace

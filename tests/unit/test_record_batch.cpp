@@ -142,6 +142,34 @@ TEST(RecordBatch, TruncatedTimeMarkIsHandedOnUndecodable) {
     EXPECT_EQ(decode_record(records[1], 0, e), DecodeStatus::too_short);
 }
 
+TEST(RecordBatch, IsTimeMarkTellsAMarkFromEveryOtherRecord) {
+    const Bytes mark = test::time_mark_record(9);
+    EXPECT_TRUE(is_time_mark(mark));
+    // Its kind is in the header: a mark with bytes after it is still one.
+    Bytes longer = mark;
+    longer.resize(mark.size() + 8);
+    EXPECT_TRUE(is_time_mark(longer));
+    // The header alone is enough, even where the record is cut short of its
+    // 16 bytes (it is undecodable all the same).
+    EXPECT_TRUE(is_time_mark(std::span(mark).first(sizeof(kleak_record_header))));
+    EXPECT_FALSE(is_time_mark(std::span(mark).first(sizeof(kleak_record_header) - 1)));
+    EXPECT_FALSE(is_time_mark(Bytes{}));
+
+    EXPECT_FALSE(is_time_mark(kmalloc_bytes(9)));
+    EXPECT_FALSE(is_time_mark(cache_alloc_bytes(9)));
+    EXPECT_FALSE(is_time_mark(kfree_bytes(9)));
+    EXPECT_FALSE(is_time_mark(cache_free_bytes(9)));
+    EXPECT_FALSE(is_time_mark(flagged_kfree_bytes(9)));
+    EXPECT_FALSE(is_time_mark(printk_record({.ts = 9, .text = "x"})));
+    // A record of another kind whose other header fields look like a mark's.
+    Bytes other = mark;
+    kleak_record_header hdr;
+    std::memcpy(&hdr, other.data(), sizeof hdr);
+    hdr.kind = KLEAK_TIME_MARK + 1;
+    std::memcpy(other.data(), &hdr, sizeof hdr);
+    EXPECT_FALSE(is_time_mark(other));
+}
+
 TEST(RecordBatch, PrintkPaddingInsideABatchButNotAtItsEnd) {
     const Bytes inner = printk_record({.ts = 1, .text = "seven!!"});  // 31 bytes
     const Bytes last = printk_record({.ts = 2, .text = "x"});         // 25 bytes

@@ -11,6 +11,7 @@
 
 #include "core/allocation_class.h"
 #include "core/event.h"
+#include "core/frame_order.h"
 #include "core/pipeline.h"
 #include "core/recording_frames.h"
 #include "core/stamp_windows.h"
@@ -203,25 +204,43 @@ TEST(StampWindows, AReadingOlderThanTheLowerBoundLeavesTheFreeAtItsLowerBound) {
     EXPECT_EQ(fields_of(take(windows, mark_event(500, 0))), fields_of({flagged}));
 }
 
-TEST(StampWindows, WindowSaturatesAtTheLargestU32) {
-    constexpr std::uint64_t kMaxWindow = std::numeric_limits<std::uint32_t>::max();
+TEST(StampWindows, AWindowTooLongForBytesReqIsUnbounded) {
     StampWindows windows(1);
+    constexpr std::uint64_t kLongest = std::uint64_t{kUnboundedWindow} - 1;  // 64-bit: no u32 wrap below
     const Event flagged = free_event({.ts = 100, .ptr = kP, .site = kFreeSite, .flags = kLowerBound});
 
-    // The longest window that fits is kept exactly...
+    // The longest window bytes_req holds exactly...
     take(windows, flagged);
-    std::vector<Event> out = take(windows, mark_event(100 + kMaxWindow, 0));
+    std::vector<Event> out = take(windows, mark_event(100 + kLongest, 0));
     ASSERT_EQ(out.size(), 1u);
-    EXPECT_EQ(out[0].ts_ns, 100 + kMaxWindow);
-    EXPECT_EQ(out[0].bytes_req, kMaxWindow);
+    EXPECT_EQ(out[0].ts_ns, 100 + kLongest);
+    EXPECT_EQ(out[0].bytes_req, kLongest);
+    EXPECT_EQ(earliest_free_ns(out[0]), 100u);
 
-    // ... a longer one (a batch whose mark was lost, closed by a later one)
-    // is cut: the free is still stamped at the reading.
+    // ... one more ns and it is unbounded: the free may have run any time before.
     take(windows, flagged);
-    out = take(windows, mark_event(100 + (std::uint64_t{1} << 32) + 5, 0));
+    out = take(windows, mark_event(100 + kLongest + 1, 0));
     ASSERT_EQ(out.size(), 1u);
-    EXPECT_EQ(out[0].ts_ns, 100 + (std::uint64_t{1} << 32) + 5);
-    EXPECT_EQ(out[0].bytes_req, kMaxWindow);
+    EXPECT_EQ(out[0].bytes_req, kUnboundedWindow);
+    EXPECT_EQ(earliest_free_ns(out[0]), 0u);
+
+    // A reading more than 2^32 ns after the lower bound (a batch whose mark
+    // was lost, closed by a later one): stamped at the reading, unbounded,
+    // not a window cut short that would claim a lower bound it does not know.
+    take(windows, flagged);
+    const std::uint64_t reading = 100 + (std::uint64_t{1} << 32) + 5;
+    out = take(windows, mark_event(reading, 0));
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].ts_ns, reading);
+    EXPECT_EQ(out[0].bytes_req, kUnboundedWindow);
+    EXPECT_EQ(earliest_free_ns(out[0]), 0u);
+
+    // close_window on its own, far past 2^32 ns.
+    Event free = flagged;
+    StampWindows::close_window(free, std::uint64_t{7} << 40);
+    EXPECT_EQ(free.ts_ns, std::uint64_t{7} << 40);
+    EXPECT_EQ(free.bytes_req, kUnboundedWindow);
+    EXPECT_EQ(earliest_free_ns(free), 0u);
 }
 
 TEST(StampWindows, ACpuBeyondTheCountSharesTheLastCpusWindow) {
@@ -368,6 +387,81 @@ TEST(StampedFrees, FreeSurelyAfterTheReallocationFreesTheReallocation) {
         EXPECT_EQ(test::site_of(tracker, kAllocFirst).replaced_bytes, 64u);
         EXPECT_EQ(test::outstanding_entries(tracker),
                   (std::vector<test::OutstandingEntry>{{kQ, rounded_birth_ns(300), kAllocOther, 32}}));
+    }
+}
+
+// One CPU's records as `kleakd record` writes them: framed, then sorted
+// (sort_frames_by_time, once per drain), and read back.
+std::vector<std::vector<std::byte>> as_recorded(const std::vector<std::vector<std::byte>>& arrival) {
+    std::vector<std::byte> frames;
+    for (const auto& record : arrival) append_frame(frames, record);
+    sort_frames_by_time(frames);
+    std::vector<std::vector<std::byte>> out;
+    FrameReader reader(frames);
+    std::span<const std::byte> record;
+    while (reader.next(record) == FrameStatus::ok) out.emplace_back(record.begin(), record.end());
+    return out;
+}
+
+TEST(StampedFrees, ARecordedDrainWithADirectRecordAheadOfItsBatchReplaysAsItWasTracedLive) {
+    // CPU1's drain, in arrival order: D, a kmalloc from an interrupt (12),
+    // went to the ring directly, ahead of the batch it interrupted: an
+    // allocation of X at 10, frees of X and P that read no clock (lower
+    // bound 10), and an allocation at 20 that closes their window. CPU0
+    // allocated P at 13: CPU1's free of P ran between 13 and 20.
+    constexpr std::uint64_t kD = 0xffff888000040000;
+    constexpr std::uint64_t kX = 0xffff888000050000;
+    const std::vector<std::vector<std::byte>> cpu1_arrival = {
+        alloc_bytes(12, 1, kD, kAllocOther, 16),
+        alloc_bytes(10, 1, kX, kAllocFirst, 32),
+        test::encode_event(free_event({.ts = 10, .cpu = 1, .ptr = kX, .site = kFreeSite, .kind = EventKind::cache_free,
+                                       .flags = kLowerBound})),
+        flagged_free_bytes(10, 1, kP),
+        alloc_bytes(20, 1, kR, kAllocOther, 64),
+    };
+    const Delivery cpu0 = {0, {alloc_bytes(13, 0, kP, kAllocAgain, 128)}};
+
+    const auto expect_p_freed = [&](const Pipeline& pipeline) {
+        const Tracker& tracker = pipeline.tracker();
+        EXPECT_EQ(pipeline.records(), 6u);
+        EXPECT_EQ(pipeline.late(), 0u);
+        EXPECT_EQ(tracker.totals().frees, 2u);
+        EXPECT_EQ(tracker.totals().unmatched_frees, 0u);
+        EXPECT_EQ(tracker.totals().reordered_frees, 0u);
+        EXPECT_EQ(tracker.totals().replaced, 0u);
+        EXPECT_EQ(test::site_of(tracker, kAllocAgain).frees, 1u) << "P was freed after CPU0 allocated it";
+        EXPECT_EQ(test::site_of(tracker, kAllocFirst).frees, 1u);
+        // D and the allocation at 20 are left; P is not outstanding.
+        EXPECT_EQ(test::outstanding_entries(tracker),
+                  (std::vector<test::OutstandingEntry>{{kR, rounded_birth_ns(20), kAllocOther, 64},
+                                                       {kD, rounded_birth_ns(12), kAllocOther, 16}}));
+    };
+
+    // Replay of the recording, either feed.
+    const std::vector<Delivery> recorded = {{1, as_recorded(cpu1_arrival)}, cpu0};
+    for (Feed feed : {Feed::record_by_record, Feed::frames}) {
+        SCOPED_TRACE(feed_name(feed));
+        const auto pipeline = run(2, recorded, feed);
+        pipeline->settle();
+        expect_p_freed(*pipeline);
+    }
+    // Live tracing, which sees the arrival order: the same.
+    {
+        SCOPED_TRACE("live");
+        const auto pipeline = run(2, {{1, cpu1_arrival}, cpu0}, Feed::record_by_record);
+        pipeline->settle();
+        expect_p_freed(*pipeline);
+    }
+    // Sorted by the stamps alone (D after the frees, closing their window at
+    // 12), the free of P would have sorted before CPU0's allocation at 13.
+    {
+        SCOPED_TRACE("sorted by stamps alone");
+        const std::vector<std::vector<std::byte>> by_stamps = {cpu1_arrival[1], cpu1_arrival[2], cpu1_arrival[3],
+                                                               cpu1_arrival[0], cpu1_arrival[4]};
+        const auto pipeline = run(2, {{1, by_stamps}, cpu0}, Feed::frames);
+        pipeline->settle();
+        EXPECT_EQ(pipeline->tracker().totals().unmatched_frees, 1u);
+        EXPECT_EQ(test::site_of(pipeline->tracker(), kAllocAgain).outstanding, 1u);
     }
 }
 

@@ -13,9 +13,12 @@
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <span>
+#include <vector>
 
 #include "app/recording_io.h"
 #include "app/tracking_thread.h"
+#include "core/record_batch.h"
 #include "core/recording_format.h"
 #include "core/report.h"
 #include "kleak_abi.h"
@@ -101,6 +104,9 @@ std::filesystem::path write_recording(const std::string& name) {
     core::FixedSymbolizer symbols({});
     EXPECT_TRUE(writer.finish(meta, symbols));
     EXPECT_GT(marks, 10'000u);
+    // One record per iteration (undecodable ones included); the marks, written
+    // as frames of their own, are not records.
+    EXPECT_EQ(writer.records(), 300'000u);
     return dir;
 }
 
@@ -207,6 +213,30 @@ TEST_F(ThreadedReplay, RecordingIsAdverseAndSpansSeveralMergeRounds) {
     EXPECT_GT(reference.report.at("totals").at("unmatched_frees").get<std::uint64_t>(), 100u);
     EXPECT_GT(reference.report.at("totals").at("reordered_frees").get<std::uint64_t>(), 300u);
     EXPECT_GT(reference.report.at("totals").at("replaced").get<std::uint64_t>(), 10000u);
+}
+
+TEST_F(ThreadedReplay, RecordCountInMetaLeavesOutTimeMarks) {
+    // The files hold the marks as frames, but meta.json's count is of the
+    // records: what replay counts, plus what it cannot decode.
+    const auto meta = read_recording_meta(*dir_);
+    std::uint64_t frames = 0, marks = 0;
+    for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
+        std::ifstream in(*dir_ / core::cpu_file_name(cpu), std::ios::binary);
+        std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(chars.data()), chars.size());
+        core::FrameReader reader(bytes.subspan(core::kRecordingHeaderSize));
+        std::span<const std::byte> record;
+        while (reader.next(record) == core::FrameStatus::ok) {
+            ++frames;
+            marks += core::is_time_mark(record);
+        }
+        EXPECT_EQ(reader.consumed(), bytes.size() - core::kRecordingHeaderSize);
+    }
+    EXPECT_GT(marks, 10'000u);
+    EXPECT_EQ(meta.records, 300'000u);
+    EXPECT_EQ(meta.records, frames - marks);
+    const Outcome reference = reference_outcome(*dir_, false);
+    EXPECT_EQ(meta.records, reference.records + reference.undecodable);
 }
 
 TEST_F(ThreadedReplay, SameReportAsTheReferencePath) {
