@@ -383,6 +383,21 @@ TEST(Tracker, ClassTableOverflowIsCountedAndStillExact) {
 
 // --- displaced entries: frees stamped late (ABI 2) -----------------------------------
 
+// Moves event time (with allocations of other pointers at kAllocB) to just
+// before `expiry`, then to it: the one displaced entry, a 64-byte one from
+// kAllocA, must wait until exactly then and be counted replaced at its site.
+void expect_the_kAllocA_entry_expires_at(Tracker& tracker, std::uint64_t expiry) {
+    tracker.apply(alloc_event({.ts = expiry - 1, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.displaced_count(), 1u);
+    EXPECT_EQ(tracker.totals().replaced, 0u);
+    tracker.apply(alloc_event({.ts = expiry, .ptr = kP3, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.displaced_count(), 0u);
+    EXPECT_EQ(tracker.totals().replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
+    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
+    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 0u);
+}
+
 TEST(Tracker, ReorderedFreeIsMatchedToTheAllocationItFreed) {
     // CPU0 allocates P1 at 100; CPU2 frees it without reading the clock (its
     // previous reading: 50) and stamps the free at its next reading, 300;
@@ -436,18 +451,9 @@ TEST(Tracker, FreeThatCannotPrecedeTheReallocationFreesTheNewOneAndTheOldExpires
     EXPECT_EQ(tracker.totals().outstanding_bytes, 64u);
 
     // The displaced entry waits kDisplacedHorizonNs of event time from the
-    // reallocation, whatever event moves time on...
+    // reallocation, whatever event moves time on, then counts replaced.
     const std::uint64_t expiry = 200 + Tracker::kDisplacedHorizonNs;
-    tracker.apply(alloc_event({.ts = expiry - 1, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
-    EXPECT_EQ(tracker.displaced_count(), 1u);
-    EXPECT_EQ(tracker.totals().replaced, 0u);
-    // ... and is counted replaced at its own site once it is up.
-    tracker.apply(alloc_event({.ts = expiry, .ptr = kP3, .site = kAllocB, .req = 8, .alloc = 8}));
-    EXPECT_EQ(tracker.displaced_count(), 0u);
-    EXPECT_EQ(tracker.totals().replaced, 1u);
-    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
-    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
-    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 0u);
+    expect_the_kAllocA_entry_expires_at(tracker, expiry);
     EXPECT_EQ(tracker.totals().outstanding, 2u);
     EXPECT_EQ(tracker.totals().outstanding_bytes, 16u);
 
@@ -557,15 +563,7 @@ TEST(Tracker, PointerDisplacedTwiceKeepsBothEntriesEachWaitingForItsOwnFree) {
     // The first expires on its own, kDisplacedHorizonNs after its own
     // displacement (200), not after the pointer's latest one (300).
     const std::uint64_t expiry = 200 + Tracker::kDisplacedHorizonNs;
-    tracker.apply(alloc_event({.ts = expiry - 1, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
-    EXPECT_EQ(tracker.displaced_count(), 1u);
-    EXPECT_EQ(tracker.totals().replaced, 0u);
-    tracker.apply(alloc_event({.ts = expiry, .ptr = kP3, .site = kAllocB, .req = 8, .alloc = 8}));
-    EXPECT_EQ(tracker.displaced_count(), 0u);
-    EXPECT_EQ(tracker.totals().replaced, 1u);
-    EXPECT_EQ(site_of(tracker, kAllocA).replaced, 1u);
-    EXPECT_EQ(site_of(tracker, kAllocA).replaced_bytes, 64u);
-    EXPECT_EQ(site_of(tracker, kAllocA).outstanding, 0u);
+    expect_the_kAllocA_entry_expires_at(tracker, expiry);
 
     // Then a free reaching back to 0 finds no displaced entry: the live one's.
     tracker.apply(free_event({.ts = expiry + 1, .ptr = kP1, .site = kFreeF, .window = static_cast<std::uint32_t>(expiry + 1)}));
