@@ -236,21 +236,30 @@ BENCHMARK(BM_PipelineReleaseSlices1M)->Unit(benchmark::kMillisecond)->UseRealTim
 
 // A tracker holding 1M outstanding allocations from 2,000 call sites, born
 // over 100 s of kernel time (ts 0..100 s), built once and shared.
+// sites: 2,000 (12,000 classes), or 1 (2 classes: a leak like scale.sh's
+// held pipes, where every entry of the table has one of two classes).
+kleak::core::Tracker make_tracker_with_1m_outstanding(unsigned sites) {
+    kleak::core::Tracker t;
+    kleak::core::Event e;
+    e.kind = kleak::core::EventKind::kmalloc;
+    std::mt19937_64 rng(7);
+    for (std::size_t i = 0; i < 1'000'000; ++i) {
+        e.ts_ns = i * 100'000;  // 100 us apart: 100 s in all
+        e.ptr = 0xffff888000000000ULL + i * 64;
+        e.call_site = 0xffffffff81000000ULL + (rng() % sites) * 64;
+        e.bytes_alloc = 32u << (rng() % (sites == 1 ? 2 : 6));
+        t.apply(e);
+    }
+    return t;
+}
+
 const kleak::core::Tracker& tracker_with_1m_outstanding() {
-    static const kleak::core::Tracker tracker = [] {
-        kleak::core::Tracker t;
-        kleak::core::Event e;
-        e.kind = kleak::core::EventKind::kmalloc;
-        std::mt19937_64 rng(7);
-        for (std::size_t i = 0; i < 1'000'000; ++i) {
-            e.ts_ns = i * 100'000;  // 100 us apart: 100 s in all
-            e.ptr = 0xffff888000000000ULL + i * 64;
-            e.call_site = 0xffffffff81000000ULL + (rng() % 2000) * 64;
-            e.bytes_alloc = 32u << (rng() % 6);
-            t.apply(e);
-        }
-        return t;
-    }();
+    static const kleak::core::Tracker tracker = make_tracker_with_1m_outstanding(2000);
+    return tracker;
+}
+
+const kleak::core::Tracker& tracker_with_1m_outstanding_in_two_classes() {
+    static const kleak::core::Tracker tracker = make_tracker_with_1m_outstanding(1);
     return tracker;
 }
 
@@ -263,11 +272,13 @@ double percentile(std::vector<double> v, double p) {
 }
 
 // Target 5: one `leaks` query per iteration, timed one by one; the p50/p99
-// statistics are over the repetitions (200 queries). Arg: min_age in seconds
+// statistics are over the repetitions (200 queries). Args: min_age in seconds
 // (0: answered from the per-site aggregates; otherwise every live allocation
-// is scanned, since only it knows its age).
+// is scanned, since only it knows its age), and the call sites (1: two
+// classes in all).
 void BM_LeaksQuery1M(benchmark::State& state) {
-    const kleak::core::Tracker& tracker = tracker_with_1m_outstanding();
+    const kleak::core::Tracker& tracker =
+        state.range(1) == 1 ? tracker_with_1m_outstanding_in_two_classes() : tracker_with_1m_outstanding();
     kleak::core::FixedSymbolizer symbols({});
     kleak::core::LeaksQuery query;
     query.top = 20;
@@ -282,9 +293,10 @@ void BM_LeaksQuery1M(benchmark::State& state) {
     state.counters["outstanding"] = static_cast<double>(tracker.outstanding_count());
 }
 BENCHMARK(BM_LeaksQuery1M)
-    ->ArgName("min_age_s")
-    ->Arg(0)
-    ->Arg(30)
+    ->ArgNames({"min_age_s", "sites"})
+    ->Args({0, 2000})
+    ->Args({30, 2000})
+    ->Args({30, 1})
     ->Iterations(1)
     ->Repetitions(200)
     ->UseManualTime()
