@@ -6,7 +6,9 @@
 #include <span>
 
 #include "kleak_abi.h"
+#include "record_batch.h"
 #include "recording_frames.h"
+#include "stamp_windows.h"
 
 namespace kleak::core {
 
@@ -26,9 +28,7 @@ std::uint64_t record_ts(std::span<const std::byte> record) {
 
 bool waits_for_a_reading(std::span<const std::byte> record) {
     kleak_record_header hdr;
-    if (record.size() < sizeof hdr) return false;
-    std::memcpy(&hdr, record.data(), sizeof hdr);
-    return (hdr.kind == KLEAK_KFREE || hdr.kind == KLEAK_CACHE_FREE) && (hdr.flags & KLEAK_TS_LOWER_BOUND) != 0;
+    return read_header(record, hdr) && StampWindows::waits(static_cast<EventKind>(hdr.kind), hdr.flags);
 }
 
 }  // namespace

@@ -31,12 +31,10 @@ void Pipeline::on_record(unsigned cpu, std::span<const std::byte> record) {
     }
     if (event.kind != EventKind::time_mark) [[likely]]
         ++records_;
-    const auto stage = [this](const Event& e) {
-        note_newest(e.cpu, e.ts_ns);
-        merger_.stage(e);
-    };
-    if (event.kind == EventKind::printk && !keep_printk(event, record)) return stamp_windows_.reading_only(event, stage);
-    stamp_windows_.take(event, stage);
+    const auto stage_it = [this](const Event& e) { stage(e); };
+    if (event.kind == EventKind::printk && !keep_printk(event, record))
+        return stamp_windows_.reading_only(event, stage_it);
+    stamp_windows_.take(event, stage_it);
 }
 
 // Replay's loop: the frames of one file all come from one CPU, so they are
@@ -184,10 +182,7 @@ void Pipeline::release_until(std::uint64_t watermark) {
 }
 
 void Pipeline::finish() {
-    stamp_windows_.close_all([this](const Event& e) {
-        note_newest(e.cpu, e.ts_ns);
-        merger_.stage(e);
-    });
+    stamp_windows_.close_all([this](const Event& e) { stage(e); });
     release_until(std::numeric_limits<std::uint64_t>::max());
 }
 

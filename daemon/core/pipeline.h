@@ -91,6 +91,11 @@ private:
     // handle) only when there is a sink.
     bool keep_printk(Event& event, std::span<const std::byte> record);
     void note_newest(std::uint16_t cpu, std::uint64_t ts_ns);
+    // Stages one record in the merge (what StampWindows hands on).
+    void stage(const Event& event) {
+        note_newest(event.cpu, event.ts_ns);
+        merger_.stage(event);
+    }
     void apply_released(std::span<const Event> released);
     void release_printk(const Event& event);
 

@@ -50,11 +50,15 @@ std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_si
     }
 }
 
+bool read_header(std::span<const std::byte> record, kleak_record_header& out) {
+    if (record.size() < sizeof out) return false;
+    std::memcpy(&out, record.data(), sizeof out);
+    return true;
+}
+
 bool is_time_mark(std::span<const std::byte> record) {
     kleak_record_header hdr;
-    if (record.size() < sizeof hdr) return false;
-    std::memcpy(&hdr, record.data(), sizeof hdr);
-    return hdr.kind == KLEAK_TIME_MARK;
+    return read_header(record, hdr) && hdr.kind == KLEAK_TIME_MARK;
 }
 
 void copy_from_pieces(std::span<const std::byte> first, std::span<const std::byte> second, std::size_t offset,

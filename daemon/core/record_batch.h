@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <span>
 
+#include "kleak_abi.h"
+
 namespace kleak::core {
 
 // The longest record: a printk header and KLEAK_PRINTK_MAX bytes of text
@@ -25,6 +27,9 @@ inline constexpr std::size_t kRecordSizeProbeBytes = 24;
 // kind, or fewer bytes left than the record needs. A printk record inside a
 // batch is padded to 8 bytes; a lone one (or the last) may end unpadded.
 std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_size);
+
+// Copies the header at the start of `record`; false if it is shorter than one.
+bool read_header(std::span<const std::byte> record, kleak_record_header& out);
 
 // Whether a record is a time mark (a clock reading closing a batch, not an event).
 bool is_time_mark(std::span<const std::byte> record);

@@ -29,10 +29,12 @@ class StampWindows {
 public:
     explicit StampWindows(unsigned cpu_count) : waiting_(std::max(1u, cpu_count)) {}
 
-    // Whether `event` waits for the next reading of its CPU.
-    static bool waits(const Event& event) {
-        return is_free(event.kind) && (event.gfp_flags & KLEAK_TS_LOWER_BOUND) != 0;
+    // Whether a record of this kind and header flags waits for the next
+    // reading of its CPU (also used on raw records: frame_order.cpp).
+    static constexpr bool waits(EventKind kind, std::uint32_t flags) {
+        return is_free(kind) && (flags & KLEAK_TS_LOWER_BOUND) != 0;
     }
+    static bool waits(const Event& event) { return waits(event.kind, event.gfp_flags); }
     // Gives a waiting free the reading that closes its window.
     static void close_window(Event& free, std::uint64_t reading_ns) {
         // A reading older than the free's lower bound can only come from

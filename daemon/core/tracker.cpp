@@ -160,10 +160,10 @@ void Tracker::expire_displaced(std::uint64_t now_ns) {
 std::size_t Tracker::memory_bytes() const {
     // flat_hash_map: one slot plus one control byte per bucket.
     const std::size_t ids = site_ids_.capacity() * (sizeof(std::pair<std::uint64_t, SiteId>) + 1);
-    const std::size_t overflow = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
-                                 displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
-                                 displacements_.size() * sizeof(Displacement);
-    return live_.memory_bytes() + classes_.memory_bytes() + overflow + ids + sites_.capacity() * sizeof(SiteStats);
+    const std::size_t side_maps = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
+                                  displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
+                                  displacements_.size() * sizeof(Displacement);
+    return live_.memory_bytes() + classes_.memory_bytes() + side_maps + ids + sites_.capacity() * sizeof(SiteStats);
 }
 
 void Tracker::reset() {
