@@ -17,6 +17,7 @@
 #include <span>
 #include <vector>
 
+#include "app/scan_threads.h"
 #include "core/leaks_query.h"
 #include "core/pipeline.h"
 #include "core/symbolizer.h"
@@ -274,8 +275,8 @@ double percentile(std::vector<double> v, double p) {
 // Target 5: one `leaks` query per iteration, timed one by one; the p50/p99
 // statistics are over the repetitions (200 queries). Args: min_age in seconds
 // (0: answered from the per-site aggregates; otherwise every live allocation
-// is scanned, since only it knows its age), and the call sites (1: two
-// classes in all).
+// is scanned, since only it knows its age), the call sites (1: two classes
+// in all), and the threads the daemon's ScanThreads splits the scan over.
 void BM_LeaksQuery1M(benchmark::State& state) {
     const kleak::core::Tracker& tracker =
         state.range(1) == 1 ? tracker_with_1m_outstanding_in_two_classes() : tracker_with_1m_outstanding();
@@ -284,19 +285,23 @@ void BM_LeaksQuery1M(benchmark::State& state) {
     query.top = 20;
     query.now_ns = 100'000'000'000ULL;
     query.min_age_ns = static_cast<std::uint64_t>(state.range(0)) * 1'000'000'000ULL;
+    const kleak::ScanThreads threads(static_cast<std::size_t>(state.range(2)));
+    const kleak::core::PartRunner& runner = threads;
     for (auto _ : state) {
         const auto start = std::chrono::steady_clock::now();
-        auto result = kleak::core::query_leaks(tracker, query, symbols);
+        auto result = kleak::core::query_leaks(tracker, query, symbols, runner);
         benchmark::DoNotOptimize(result);
         state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     state.counters["outstanding"] = static_cast<double>(tracker.outstanding_count());
 }
 BENCHMARK(BM_LeaksQuery1M)
-    ->ArgNames({"min_age_s", "sites"})
-    ->Args({0, 2000})
-    ->Args({30, 2000})
-    ->Args({30, 1})
+    ->ArgNames({"min_age_s", "sites", "threads"})
+    ->Args({0, 2000, 1})
+    ->Args({30, 2000, 1})
+    ->Args({30, 2000, 2})
+    ->Args({30, 1, 1})
+    ->Args({30, 1, 2})
     ->Iterations(1)
     ->Repetitions(200)
     ->UseManualTime()

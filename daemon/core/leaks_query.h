@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "part_runner.h"
 #include "symbolizer.h"
 #include "tracker.h"
 
@@ -43,7 +44,9 @@ struct LeaksResult {
     std::vector<LeakRow> rows;
 };
 
-LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer);
+// A min_age query's scan runs in runner's parts (see part_runner.h).
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer,
+                        const PartRunner& runner = PartRunner{});
 
 nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query);
 

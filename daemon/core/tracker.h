@@ -36,6 +36,7 @@
 
 #include "allocation_class.h"
 #include "event.h"
+#include "part_runner.h"
 #include "pointer_table.h"
 
 namespace kleak::core {
@@ -127,8 +128,10 @@ public:
 
     // Per site (indexed by SiteId, sites().size() long): the live allocations
     // surely born at or before born_before_ns, i.e. whose rounded birth time is
-    // <= born_before_ns. One pass over the table, aggregated per class.
-    std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns) const;
+    // <= born_before_ns. One pass over the table, aggregated per class, in
+    // runner.width() parts that may run at once (the tracker is only read).
+    std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns,
+                                             const PartRunner& runner = PartRunner{}) const;
 
     // Distinct (site, bytes_alloc) classes interned so far.
     std::size_t class_count() const { return classes_.size(); }
