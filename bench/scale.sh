@@ -13,7 +13,9 @@
 #     p50/p99/max of --queries queries, without and with min_age (the
 #     latter scans every live allocation);
 #   - records lost meanwhile, and the RSS and its peak while ingesting (the
-#     merge's staging of records in flight on top of the RSS at rest).
+#     merge's staging of records in flight on top of the RSS at rest);
+#   - how long the host kept the vCPUs from running meanwhile (steal,
+#     bench/cpu_steal.py): a query caught in it waits that long.
 # Prints one block of numbers; bench/RESULTS.md quotes it (targets 4 and 5).
 #
 # Usage: bench/scale.sh [--outstanding N] [--queries N]   (root; BUILD_DIR, default build)
@@ -107,6 +109,8 @@ writer=$!
 pids+=("$writer")
 sleep 1
 
+python3 bench/cpu_steal.py > "$tmp/steal.json" &
+steal_pid=$!
 python3 - "$socket" "$queries" "$stats" "$rest_status" << 'EOF'
 import json, socket, statistics, sys, time
 path, queries, stats, rest_status = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
@@ -136,10 +140,15 @@ def run(args, n):
 print("leaks (top 20, by bytes):            " + run({"top": 20}, queries))
 print("leaks --min-age 1s (scans them all): " + run({"top": 20, "min_age": "1s"}, queries))
 EOF
+kill -TERM "$steal_pid"
+wait "$steal_pid"
 final=$(ask stats)
-python3 - "$stats" "$final" "$daemon" << 'EOF'
+python3 - "$stats" "$final" "$daemon" "$tmp/steal.json" << 'EOF'
 import json, sys
 a, b, pid = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+steal = json.load(open(sys.argv[4]))
+print(f"host steal during the queries: {', '.join(f'CPU {c} {t:.0f} ms' for c, t in sorted(steal['total_ms'].items()))}; "
+      f"at most {max(steal['worst_100ms_window_ms'].values()):.0f} ms in any 100 ms")
 print(f"during the queries: {b['records'] - a['records']:,} records ingested, "
       f"drops {b['dropped'] - a['dropped']}, late {b['late'] - a['late']}, kallsyms reads {b.get('kallsyms_reads', '?')}")
 # Again at the end of the queries, the writev loop still ingesting at full
