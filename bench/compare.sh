@@ -118,10 +118,11 @@ measure() {
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   python3 bench/cpu_steal.py > "$tmp/last-steal.json" &
   local steal_pid=$!
+  started_pids+=("$steal_pid")
   start=$(now)
   line=$("$loadgen" "$mode" --threads "$threads" --duration "$duration")
   kill -TERM "$steal_pid"
-  wait "$steal_pid"
+  wait "$steal_pid" || true  # an empty file prints as "?" below
   rate=$(sed -E 's/.* iter_per_s=([0-9]+).*/\1/' <<< "$line")
   cpu_rate=$(sed -E 's/.* iter_per_cpu_s=([0-9]+).*/\1/' <<< "$line")
   end=$(now)
@@ -138,8 +139,7 @@ measure() {
     cp "$tmp/k.json" "$tmp/last-$config.json"
   fi
   local steal
-  steal=$(python3 -c 'import json,sys; print(max(json.load(open(sys.argv[1]))["worst_100ms_window_ms"].values()))' \
-    "$tmp/last-steal.json")
+  steal=$(python3 bench/steal_summary.py worst "$tmp/last-steal.json")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$config" "$rate" "$records" "$drops" "$late" \
     "$(echo "($t1 - $t0) / $clk_tck" | bc -l)" "$(echo "$end - $start" | bc -l)" "$rss" "$hwm" "$cpu_rate" "$steal" >> "$results"
 }
@@ -199,7 +199,7 @@ for c in ["kleakd", "noemit"]:
         rec, drops, late, cpu, secs, rss = int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), int(r[8])
         per_cpu = f"{rec / cpu:14,.0f}" if cpu > 0 and rec > 0 else f"{'-':>14}"
         print(f"{names[c] + ' #' + str(k):34} {rec / secs:13,.0f} {drops:8} {late:6} {100 * cpu / secs:12.1f} "
-              f"{per_cpu} {rss / 1024:8.1f} {float(r[11]):9.0f}")
+              f"{per_cpu} {rss / 1024:8.1f} {r[11]:>9}")
 if "peer" in by:
     cpus = [100 * float(r[6]) / float(r[7]) for r in by["peer"].values()]
     print(f"{'bpftrace (user space)':34} {'':13} {'':8} {'':6} {st.median(cpus):12.1f}")
@@ -213,11 +213,11 @@ duration=$zl_duration
 for mode in writev pipe; do
   : > "$results"
   measure 1 kleakd 2
-  python3 - "$results" "$tmp/last-kleakd.json" "$mode" "$tmp/last-steal.json" << 'EOF'
+  steal=$(python3 bench/steal_summary.py line "$tmp/last-steal.json")
+  python3 - "$results" "$tmp/last-kleakd.json" "$mode" "$steal" << 'EOF'
 import json, sys
 r = open(sys.argv[1]).read().split("\t")
 d = json.load(open(sys.argv[2]))
-steal = json.load(open(sys.argv[4]))
 l = d["losses"]
 rec, cpu, secs = int(r[3]), float(r[6]), float(r[7])
 misses = l.get("recursion_misses", 0)
@@ -226,9 +226,7 @@ print(f"{sys.argv[3]}: loader {float(r[2]):,.0f} iterations/s over 2 threads; kl
       f"recursion misses {misses}")
 print(f"  daemon CPU {100 * cpu / secs:.1f}% = {rec / cpu:,.0f} records per CPU-second; RSS {int(r[8]) / 1024:.1f} MiB "
       f"(peak {int(r[9]) / 1024:.1f} MiB)")
-print(f"  host steal per CPU: {', '.join(f'{c}: {t:.0f} ms' for c, t in sorted(steal['total_ms'].items()))} in all; "
-      f"at most {', '.join(f'{c}: {w:.0f}' for c, w in sorted(steal['worst_100ms_window_ms'].items()))} ms in any 100 ms "
-      "(a vCPU the host stops, stops the consumer on it while the other CPU's ring fills)")
+print(f"  host steal: {sys.argv[4]} (a vCPU the host stops, stops the consumer on it while the other CPU's ring fills)")
 print("  zero loss: " + ("MET" if l["dropped"] == 0 and misses == 0 else
                          "ring drops MET, but the kernel skipped nested runs" if l["dropped"] == 0 else "NOT MET"))
 EOF

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <exception>
+#include <latch>
 #include <optional>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -14,24 +14,22 @@ namespace kleak {
 
 namespace {
 
-std::size_t usable_cpus() {
+cpu_set_t allowed_cpus() {
     cpu_set_t set;
     CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return static_cast<std::size_t>(std::max(CPU_COUNT(&set), 1));
+    if (::sched_getaffinity(0, sizeof set, &set) != 0) CPU_SET(0, &set);
+    return set;
 }
 
-// The CPUs this process may run on but the calling thread's current one.
-// A new thread is queued where the scheduler finds room; when every CPU is
-// busy (the traced load on one, the loop thread on the other) that can be
-// the loop thread's own CPU, and the part then waits for the loop thread's
-// part: the scan took as long on two threads as on one (bench_core with a
-// loader running). Kept off the caller's CPU, it preempts the traced load
-// instead, at the loop's priority.
+// The CPUs the calling thread may run on but its current one. A new thread
+// is queued where the scheduler finds room; when every CPU is busy (the
+// traced load on one, the loop thread on the other) that can be the loop
+// thread's own CPU, and the part then waits for the loop thread's part: the
+// scan took as long on two threads as on one (bench_core with a loader
+// running). Kept off the caller's CPU, it preempts the traced load instead,
+// at the loop's priority.
 std::optional<cpu_set_t> other_cpus() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return std::nullopt;
+    cpu_set_t set = allowed_cpus();
     const int self = ::sched_getcpu();
     if (self < 0 || self >= CPU_SETSIZE) return std::nullopt;
     CPU_CLR(self, &set);
@@ -41,11 +39,19 @@ std::optional<cpu_set_t> other_cpus() {
 
 }  // namespace
 
-ScanThreads::ScanThreads(std::size_t width)
-    : width_(std::clamp<std::size_t>(width != 0 ? width : usable_cpus(), 1, kMaxWidth)) {}
+ScanThreads::ScanThreads(std::size_t width) {
+    const cpu_set_t cpus = allowed_cpus();
+    width_ = std::clamp<std::size_t>(width != 0 ? width : static_cast<std::size_t>(CPU_COUNT(&cpus)), 1, kMaxWidth);
+}
 
 void ScanThreads::run(std::size_t parts, const std::function<void(std::size_t)>& part) const {
+    if (parts == 0) return;
+    // Everything that allocates comes before the first thread starts: once
+    // one waits for `go`, nothing may throw until it is released.
     std::vector<std::exception_ptr> errors(parts);
+    std::vector<char> run_here(parts, 0);  // parts whose thread could not be started
+    std::vector<std::jthread> threads;
+    threads.reserve(parts - 1);
     const auto guarded = [&](std::size_t i) {
         try {
             part(i);
@@ -53,21 +59,28 @@ void ScanThreads::run(std::size_t parts, const std::function<void(std::size_t)>&
             errors[i] = std::current_exception();
         }
     };
-    std::vector<std::jthread> threads;
-    std::vector<std::size_t> not_started;
-    const std::optional<cpu_set_t> elsewhere = parts > 1 ? other_cpus() : std::nullopt;
+    // The threads wait for `go` until their CPUs are set: a thread that had
+    // already finished would have no kernel thread id left, and
+    // pthread_setaffinity_np would then set the caller's CPUs instead.
+    std::latch go(1);
     for (std::size_t i = 1; i < parts; ++i) {
         try {
-            threads.emplace_back(guarded, i);
-        } catch (const std::system_error&) {
-            not_started.push_back(i);
-            continue;
+            threads.emplace_back([&, i] {
+                go.wait();
+                guarded(i);
+            });
+        } catch (...) {  // EAGAIN, or no memory for the thread's state
+            run_here[i] = 1;
         }
-        // Best effort: where it fails, the thread runs wherever it was queued.
-        if (elsewhere) ::pthread_setaffinity_np(threads.back().native_handle(), sizeof *elsewhere, &*elsewhere);
     }
+    if (const std::optional<cpu_set_t> elsewhere = threads.empty() ? std::nullopt : other_cpus()) {
+        // Best effort: where it fails, the thread runs wherever it was queued.
+        for (std::jthread& t : threads) ::pthread_setaffinity_np(t.native_handle(), sizeof *elsewhere, &*elsewhere);
+    }
+    go.count_down();
     guarded(0);
-    for (const std::size_t i : not_started) guarded(i);
+    for (std::size_t i = 1; i < parts; ++i)
+        if (run_here[i]) guarded(i);
     threads.clear();  // joins
     for (const std::exception_ptr& error : errors)
         if (error) std::rethrow_exception(error);

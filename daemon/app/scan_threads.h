@@ -13,15 +13,16 @@ namespace kleak {
 
 class ScanThreads final : public core::PartRunner {
 public:
-    // At most 4: past that the scan is bound by memory bandwidth, not CPUs.
+    // At most 4: a query should not take more of a large host than that
+    // (measured here: 2 threads halve the scan; more CPUs were not at hand).
     static constexpr std::size_t kMaxWidth = 4;
 
-    // width 0: the CPUs this process may run on, at most kMaxWidth.
+    // width 0: the CPUs the calling thread may run on, at most kMaxWidth.
     explicit ScanThreads(std::size_t width = 0);
 
     std::size_t width() const override { return width_; }
     // A part whose thread cannot be started (EAGAIN) runs on the calling
-    // thread after the others: slower, never lost.
+    // thread after part 0: slower, never lost.
     void run(std::size_t parts, const std::function<void(std::size_t)>& part) const override;
 
 private:

@@ -2,11 +2,15 @@
 // runs once, parts really run at the same time, a part's exception reaches
 // the caller after the others have finished, and the width is bounded.
 #include <gtest/gtest.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
 #include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "app/scan_threads.h"
@@ -39,24 +43,55 @@ TEST(ScanThreads, PartsRunAtTheSameTime) {
 
 TEST(ScanThreads, RethrowsAPartsExceptionAfterEveryPartFinished) {
     const ScanThreads threads(3);
-    std::atomic<int> finished{0};
+    for (std::size_t failing : {0, 1, 2}) {
+        SCOPED_TRACE(failing);
+        std::atomic<int> finished{0};
+        try {
+            threads.run(3, [&](std::size_t part) {
+                if (part == failing) throw std::runtime_error("part " + std::to_string(part));
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                finished++;
+            });
+            ADD_FAILURE() << "no exception";
+        } catch (const std::runtime_error& e) {
+            EXPECT_EQ(std::string(e.what()), "part " + std::to_string(failing));
+        }
+        EXPECT_EQ(finished.load(), 2);
+    }
+    // Two failures: the lower part's exception, once.
     EXPECT_THROW(threads.run(3,
-                             [&](std::size_t part) {
-                                 if (part == 1) throw std::runtime_error("part 1 failed");
-                                 std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                                 finished++;
+                             [](std::size_t part) {
+                                 if (part == 1) throw std::runtime_error("part 1");
+                                 if (part == 2) throw std::logic_error("part 2");
                              }),
                  std::runtime_error);
-    EXPECT_EQ(finished.load(), 2);
+}
+
+cpu_set_t my_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    EXPECT_EQ(::sched_getaffinity(0, sizeof set, &set), 0);
+    return set;
+}
+
+TEST(ScanThreads, LeavesTheCallersCpusAlone) {
+    // The parts' threads are moved off the caller's CPU; the caller must not
+    // be (a thread that had already finished has no kernel id left, and
+    // setting its CPUs would set the caller's). Parts that return at once
+    // make that race likely over many runs.
+    const cpu_set_t before = my_cpus();
+    const ScanThreads threads(ScanThreads::kMaxWidth);
+    for (int i = 0; i < 300; ++i) threads.run(threads.width(), [](std::size_t) {});
+    const cpu_set_t after = my_cpus();
+    EXPECT_TRUE(CPU_EQUAL(&before, &after)) << CPU_COUNT(&before) << " CPUs before, " << CPU_COUNT(&after) << " after";
 }
 
 TEST(ScanThreads, WidthIsBounded) {
     EXPECT_EQ(ScanThreads(1).width(), 1u);
     EXPECT_EQ(ScanThreads(64).width(), ScanThreads::kMaxWidth);
-    const std::size_t automatic = ScanThreads().width();
-    EXPECT_GE(automatic, 1u);
-    EXPECT_LE(automatic, ScanThreads::kMaxWidth);
-    EXPECT_LE(automatic, std::thread::hardware_concurrency());
+    const cpu_set_t cpus = my_cpus();
+    const auto usable = static_cast<std::size_t>(CPU_COUNT(&cpus));
+    EXPECT_EQ(ScanThreads().width(), std::min(usable, ScanThreads::kMaxWidth));
 }
 
 }  // namespace
