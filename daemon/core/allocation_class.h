@@ -88,7 +88,9 @@ public:
 private:
     // Most events come from a few hot (site, size) pairs: a direct-mapped
     // cache answers them without probing ids_. id_plus_one 0 marks a free slot.
-    static constexpr unsigned kCacheBits = 10;
+    // 4096 slots (64 KiB): a busy host has thousands of classes (see the site
+    // cache in tracker.h for the measurement).
+    static constexpr unsigned kCacheBits = 12;
     struct CacheSlot {
         std::uint64_t key = 0;
         std::uint32_t id_plus_one = 0;

@@ -5,7 +5,7 @@
 namespace kleak::core {
 
 SiteId Tracker::intern(std::uint64_t call_site, EventKind kind) {
-    SiteCacheSlot& slot = site_cache_[(call_site * 0x9E3779B97F4A7C15ULL) >> 54];  // top 10 bits
+    SiteCacheSlot& slot = site_cache_[(call_site * 0x9E3779B97F4A7C15ULL) >> (64 - kSiteCacheBits)];
     if (slot.call_site == call_site && call_site != 0) return slot.id;
     auto [it, inserted] = site_ids_.try_emplace(call_site, static_cast<SiteId>(sites_.size()));
     if (inserted) {
@@ -163,7 +163,8 @@ std::size_t Tracker::memory_bytes() const {
     const std::size_t side_maps = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
                                   displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
                                   displacements_.size() * sizeof(Displacement);
-    return live_.memory_bytes() + classes_.memory_bytes() + side_maps + ids + sites_.capacity() * sizeof(SiteStats);
+    return live_.memory_bytes() + classes_.memory_bytes() + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
+           sizeof(site_cache_);
 }
 
 void Tracker::reset() {

@@ -197,12 +197,16 @@ private:
     absl::flat_hash_map<std::uint64_t, SiteId> site_ids_;
     // Call sites repeat: a small direct-mapped cache in front of site_ids_
     // saves a hash-table probe on most events. call_site 0 marks a free slot
-    // (no kernel code lives at address 0).
+    // (no kernel code lives at address 0). 4096 slots (64 KiB), like the
+    // class cache: with 1024, a stream of 768 sites and 4096 classes (the
+    // replay benchmark's) spent 14 % of its tracking in the slow paths, and
+    // replay ran 12-15 % slower.
+    static constexpr unsigned kSiteCacheBits = 12;
     struct SiteCacheSlot {
         std::uint64_t call_site = 0;
         SiteId id = 0;
     };
-    std::array<SiteCacheSlot, 1024> site_cache_{};
+    std::array<SiteCacheSlot, std::size_t{1} << kSiteCacheBits> site_cache_{};
     std::vector<SiteStats> sites_;
     Totals totals_;
 };
