@@ -20,12 +20,14 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
         drain_timer_->take();
         drain();
     });
-    // A ring fd polls readable whenever it holds any data, so level-triggered
-    // watching would spin; edge-triggered, it fires only when a producer
-    // forces a wake-up (its ring passed a quarter full), which is the point.
-    for (const int fd : tracer_.ring_fds())
-        loop.watch(
-            fd, [this]() { drain(); }, EventLoop::Trigger::edge);
+    // A producer's forced wake-up (its ring passed a quarter full) wakes that
+    // CPU's reader, which copies the ring out and then wakes the loop.
+    readers_.emplace(consumer_, tracer_.ring_fds());
+    loop_ = &loop;
+    loop.watch(readers_->notify_fd(), [this]() {
+        readers_->take();
+        drain();
+    });
 }
 
 void TracingSession::drain() {
@@ -44,6 +46,12 @@ void TracingSession::drain_rings_only() {
 }
 
 void TracingSession::stop_and_drain() {
+    // Readers first: one that copied after the last drain would keep what
+    // it copied.
+    if (readers_) {
+        loop_->unwatch(readers_->notify_fd());
+        readers_.reset();
+    }
     tracer_.detach();
     // Every CPU: nothing attached will age a batch or drain it again.
     tracer_.flush_all_batches();

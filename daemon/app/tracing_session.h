@@ -1,6 +1,8 @@
 // Live tracing: the BPF programs, the ring consumer, and the drain timer on
 // the caller's epoll loop. Rings are drained every drain period, and early
-// when a producer forces a wake-up because its ring passed a quarter full.
+// when a producer forces a wake-up because its ring passed a quarter full:
+// that wakes the ring's reader thread (ring_readers.h), which copies the
+// ring out on its own CPU and wakes the loop.
 #pragma once
 
 #include <chrono>
@@ -13,6 +15,7 @@
 #include "core/report.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/ring_consumer.h"
+#include "kernel/ring_readers.h"
 
 namespace kleak {
 
@@ -56,6 +59,8 @@ public:
 private:
     BpfTracer tracer_;
     RingConsumer consumer_;
+    std::optional<RingReaders> readers_;  // from start() to stop_and_drain()
+    EventLoop* loop_ = nullptr;           // start()'s, which watches the readers
     std::vector<std::uint64_t> drops_;
     std::optional<TimerFd> drain_timer_;
     std::function<void(std::uint64_t)> on_drained_;

@@ -4,8 +4,13 @@
 // In-process: the tracer and the consumer are used as the daemon uses them.
 #include <bpf/bpf.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <bit>
 #include <fstream>
+#include <optional>
+#include <thread>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -15,6 +20,7 @@
 #include "core/symbolizer.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/ring_consumer.h"
+#include "kernel/ring_readers.h"
 #include "kernel/startup_error.h"
 #include "kernel/unique_fd.h"
 #include "kernel_test_support.h"
@@ -240,6 +246,64 @@ TEST(RingConsumerKernel, SmallRingsWrapManyTimesAndEveryRecordDecodes) {
         << dropped << " records dropped (ring full)";
     std::cerr << "[ wrapped  ] " << sink.records() << " records, " << sink.bounced() << " through the bounce buffer, "
               << dropped << " dropped, peak backlog " << consumer.peak_backlog_bytes() << " bytes\n";
+}
+
+// What CPU 0's ring carried while `churns` pipes were made and closed on it
+// by a thread at nice 10 (so that a reader at nice 0 preempts it when its
+// ring wakes it, as kleakd's readers at nice -10 preempt the traced load),
+// with nothing draining until the end. Returns the bytes handed on for CPU 0
+// and the records CPU 0's ring dropped.
+struct Carried {
+    std::uint64_t bytes = 0;
+    std::uint64_t dropped = 0;
+    std::uint64_t spilled = 0;
+};
+Carried churn_without_draining(std::uint32_t ring_size, int churns, bool with_readers) {
+    kleak::TracerOptions options;
+    options.buffer_size = ring_size;
+    kleak::BpfTracer tracer(options);
+    const unsigned cpus = tracer.cpu_count();
+    kleak::core::Pipeline pipeline(cpus);
+    CountingSink sink(pipeline, cpus);
+    kleak::RingConsumer consumer(tracer.ring_fds(), sink);
+    std::optional<kleak::RingReaders> readers;
+    if (with_readers) readers.emplace(consumer, tracer.ring_fds());
+    std::thread churner([churns] {
+        CpuPin pin;
+        if (!pin.pin(0)) return;
+        ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+        for (int i = 0; i < churns; ++i) HeldPipes churn(1);
+    });
+    churner.join();
+    std::this_thread::sleep_for(50ms);  // a reader woken at the end copies
+    readers.reset();
+    tracer.flush_all_batches();
+    EXPECT_GE(consumer.drain(), 0);
+    return {sink.bytes(0), tracer.read_drops().at(0), consumer.spilled_bytes()};
+}
+
+TEST(RingConsumerKernel, ReadersKeepARingFromOverflowingWhileNothingDrains) {
+    REQUIRE_KERNEL();
+    // How much CPU 0's ring carries for 2000 pipes, with room to spare.
+    const Carried calibration = churn_without_draining(16u << 20, 2000, false);
+    ASSERT_EQ(calibration.dropped, 0u);
+    ASSERT_GT(calibration.bytes, 64u * 1024);
+    // A ring about 2/3 of what 3000-ish pipes carry: it overflows if
+    // nothing drains it, and holds with a reader copying it out (up to as
+    // much again).
+    const auto ring = static_cast<std::uint32_t>(std::bit_floor(calibration.bytes));
+    const int churns = static_cast<int>(2000.0 * 1.5 * ring / static_cast<double>(calibration.bytes));
+
+    const Carried alone = churn_without_draining(ring, churns, false);
+    const Carried read = churn_without_draining(ring, churns, true);
+    std::cerr << "[ readers  ] ring " << ring << " bytes, " << churns << " pipes: without readers " << alone.bytes
+              << " bytes handed on, " << alone.dropped << " dropped; with readers " << read.bytes << " handed on ("
+              << read.spilled << " copied out by them), " << read.dropped << " dropped\n";
+    EXPECT_GT(alone.dropped, 0u) << "the ring held it all: the test did not stress it";
+    EXPECT_EQ(alone.spilled, 0u);
+    EXPECT_EQ(read.dropped, 0u);
+    EXPECT_GT(read.spilled, ring / 2);
+    EXPECT_GT(read.bytes, alone.bytes);
 }
 
 }  // namespace

@@ -1,0 +1,95 @@
+#include "kernel/ring_readers.h"
+
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+#include "kernel/startup_error.h"
+
+namespace kleak {
+
+namespace {
+
+// An eventfd write fails only when its counter would overflow, and the fd is
+// readable then anyway.
+void raise_eventfd(int eventfd) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(eventfd, &one, sizeof one);
+}
+
+UniqueFd make_eventfd(const char* what) {
+    UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!fd) throw StartupError(std::string("cannot create the ring readers' ") + what + " eventfd: " + std::strerror(errno));
+    return fd;
+}
+
+void watch(int epoll_fd, int fd, std::uint32_t events, const std::string& what) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = fd;
+    if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0)
+        throw StartupError("cannot watch " + what + " for its reader thread: " + std::strerror(errno));
+}
+
+}  // namespace
+
+RingReaders::RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds)
+    : consumer_(consumer), notify_(make_eventfd("notify")), stop_(make_eventfd("stop")) {
+    for (std::size_t cpu = 0; cpu < ring_fds.size(); ++cpu) {
+        UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+        if (!epoll) throw StartupError(std::string("epoll_create1 for a ring reader failed: ") + std::strerror(errno));
+        // Edge-triggered, as the loop watched the rings: a ring polls readable
+        // whenever it holds data; the producer's forced wake-up is the signal.
+        watch(epoll.get(), ring_fds[cpu], EPOLLIN | EPOLLET, "the ring of CPU " + std::to_string(cpu));
+        watch(epoll.get(), stop_.get(), EPOLLIN, "the stop eventfd");
+        epolls_.push_back(std::move(epoll));
+    }
+    try {
+        for (std::size_t cpu = 0; cpu < epolls_.size(); ++cpu)
+            threads_.emplace_back([this, cpu, fd = epolls_[cpu].get()] { run(static_cast<unsigned>(cpu), fd); });
+    } catch (const std::system_error& e) {
+        stop();  // the ones started
+        throw StartupError(std::string("cannot start the ring reader threads: ") + e.what());
+    }
+}
+
+RingReaders::~RingReaders() { stop(); }
+
+void RingReaders::stop() {
+    if (threads_.empty()) return;
+    raise_eventfd(stop_.get());  // stays readable: every reader sees it
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+}
+
+void RingReaders::take() {
+    std::uint64_t count = 0;
+    [[maybe_unused]] const ssize_t n = ::read(notify_.get(), &count, sizeof count);  // EAGAIN: nothing pending
+}
+
+void RingReaders::run(unsigned cpu, int epoll_fd) {
+    cpu_set_t only;
+    CPU_ZERO(&only);
+    CPU_SET(cpu, &only);
+    if (::sched_setaffinity(0, sizeof only, &only) != 0) unpinned_.fetch_add(1, std::memory_order_relaxed);
+    for (;;) {
+        epoll_event events[2];
+        const int n = ::epoll_wait(epoll_fd, events, 2, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;  // EBADF/EINVAL: nothing a reader can mend; the loop's drains go on
+        }
+        for (int i = 0; i < n; ++i)
+            if (events[i].data.fd == stop_.get()) return;
+        // Errors (a damaged ring) are the loop's to report: its drain meets them too.
+        if (consumer_.spill(cpu) > 0) raise_eventfd(notify_.get());
+    }
+}
+
+}  // namespace kleak

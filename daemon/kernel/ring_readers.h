@@ -1,0 +1,53 @@
+// A reader thread per CPU ring, pinned to its CPU, that copies the ring out
+// (RingConsumer::spill) whenever the ring's producer wakes it (a quarter
+// full), and tells the draining thread through an eventfd.
+//
+// Why: the ring of CPU N fills only while CPU N runs its producers, and its
+// reader can run exactly then. The loop that drains can be kept from running
+// for longer than a ring lasts at full rate (~50-70 ms for 8 MiB): a long
+// query, or, on a VM, the host descheduling the loop's vCPU (measured here:
+// 100-110 ms at a time; every loss bench/compare.sh saw with the steal
+// monitor came with one). The readers only copy: decoding, merging and
+// tracking stay on the loop, which drains what they copied first.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "kernel/ring_consumer.h"
+#include "kernel/unique_fd.h"
+
+namespace kleak {
+
+class RingReaders {
+public:
+    // One reader per ring of `consumer`; ring_fds[cpu] is CPU cpu's ring.
+    // Throws StartupError if a thread, eventfd or epoll set cannot be made.
+    RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds);
+    ~RingReaders();  // stops and joins the readers
+    RingReaders(const RingReaders&) = delete;
+    RingReaders& operator=(const RingReaders&) = delete;
+
+    // Readable after a reader copied records out: drain, then take() it.
+    int notify_fd() const { return notify_.get(); }
+    void take();
+
+    // Readers that could not be pinned to their CPU (offline at start): they
+    // still copy, from wherever the scheduler runs them.
+    unsigned unpinned() const { return unpinned_.load(std::memory_order_relaxed); }
+
+private:
+    void run(unsigned cpu, int epoll_fd);
+    void stop();
+
+    RingConsumer& consumer_;
+    UniqueFd notify_;
+    UniqueFd stop_;
+    std::vector<UniqueFd> epolls_;
+    std::atomic<unsigned> unpinned_{0};
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace kleak
