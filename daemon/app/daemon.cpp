@@ -332,6 +332,10 @@ nlohmann::json Daemon::stats() {
          {{"cpus_flushed", session_.tracer().flushed_cpus()},
           {"cpus_skipped", session_.tracer().skipped_cpus()},
           {"pending_flags_mapped", session_.tracer().pending_flags_mapped()}}},
+        // What the per-CPU ring readers copied out because the loop was late
+        // to drain (0 while it keeps up).
+        {"ring_readers",
+         {{"copied_bytes", session_.consumer().spilled_bytes()}, {"unpinned", session_.readers_unpinned()}}},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",

@@ -20,8 +20,14 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
         drain_timer_->take();
         drain();
     });
-    // A producer's forced wake-up (its ring passed a quarter full) wakes that
-    // CPU's reader, which copies the ring out and then wakes the loop.
+    // A ring fd polls readable whenever it holds any data, so level-triggered
+    // watching would spin; edge-triggered, it fires only when a producer
+    // forces a wake-up (its ring passed a quarter full), which is the point.
+    for (const int fd : tracer_.ring_fds())
+        loop.watch(
+            fd, [this]() { drain(); }, EventLoop::Trigger::edge);
+    // The same wake-up reaches the ring's reader, which copies the ring out
+    // if the loop falls behind, and then wakes the loop.
     readers_.emplace(consumer_, tracer_.ring_fds());
     loop_ = &loop;
     loop.watch(readers_->notify_fd(), [this]() {

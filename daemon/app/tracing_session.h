@@ -1,8 +1,9 @@
 // Live tracing: the BPF programs, the ring consumer, and the drain timer on
 // the caller's epoll loop. Rings are drained every drain period, and early
-// when a producer forces a wake-up because its ring passed a quarter full:
-// that wakes the ring's reader thread (ring_readers.h), which copies the
-// ring out on its own CPU and wakes the loop.
+// when a producer forces a wake-up because its ring passed a quarter full.
+// The ring's reader thread (ring_readers.h) gets that wake-up too, and
+// copies the ring out on its own CPU when the loop has not drained it by the
+// time it is half full.
 #pragma once
 
 #include <chrono>
@@ -33,6 +34,8 @@ public:
     unsigned cpu_count() const { return tracer_.cpu_count(); }
     const BpfTracer& tracer() const { return tracer_; }
     const RingConsumer& consumer() const { return consumer_; }
+    // Ring readers that could not be pinned to their CPU (0 before start()).
+    unsigned readers_unpinned() const { return readers_ ? readers_->unpinned() : 0; }
 
     // Drains on `loop` from now on. After every drain calls
     // on_drained(watermark): records older than the watermark can no longer

@@ -99,6 +99,11 @@ std::int64_t RingConsumer::spill(unsigned cpu) {
     return static_cast<std::int64_t>(consumed - started);
 }
 
+std::uint64_t RingConsumer::backlog_bytes(unsigned cpu) const {
+    const RingMapping& m = rings_.at(cpu)->mapping;
+    return load_acquire(m.producer_pos()) - load_acquire(m.consumer_pos());
+}
+
 std::uint64_t RingConsumer::hand_on_spilled(unsigned cpu, Ring& ring) {
     std::uint64_t records = 0;
     const std::span<const std::byte> spilled = ring.spilled;

@@ -48,6 +48,11 @@ public:
     // or a negative errno.
     std::int64_t spill(unsigned cpu);
 
+    // Bytes ring `cpu` holds, committed or reserved, not yet consumed: read
+    // without the lock, so a moment old.
+    std::uint64_t backlog_bytes(unsigned cpu) const;
+    std::size_t ring_bytes(unsigned cpu) const { return rings_.at(cpu)->mapping.size(); }
+
     std::size_t ring_count() const { return rings_.size(); }
     std::uint64_t records() const { return records_; }
     // The most bytes one ring held at a drain or spill: how close it came to overflowing.

@@ -87,6 +87,17 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
         }
         for (int i = 0; i < n; ++i)
             if (events[i].data.fd == stop_.get()) return;
+        // The loop is woken by the same wake-up and drains from the other
+        // CPU; copying on this one costs the traced code here its cache and
+        // time (measured: writev ratio 0.62 instead of 0.74 when readers
+        // copied at every wake-up). So a reader copies only once the ring is
+        // half full: the loop, due at a quarter, is late.
+        if (consumer_.backlog_bytes(cpu) < consumer_.ring_bytes(cpu) / 2) {
+            // Wake-ups go on at every batch until the loop has drained: take
+            // them together (an edge-triggered epoll keeps them meanwhile).
+            ::usleep(kNapMicros);
+            continue;
+        }
         // Errors (a damaged ring) are the loop's to report: its drain meets them too.
         if (consumer_.spill(cpu) > 0) raise_eventfd(notify_.get());
     }

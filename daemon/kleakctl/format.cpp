@@ -88,6 +88,11 @@ std::string format_stats(const nlohmann::json& r) {
                            u64(f, "cpus_skipped"),
                            f.value("pending_flags_mapped", true) ? "" : "; flags not mapped: every CPU is flushed");
     }
+    if (r.contains("ring_readers")) {
+        const auto& rr = r.at("ring_readers");
+        out += fmt::format("ring readers:      {} bytes copied out while the loop was late{}\n", u64(rr, "copied_bytes"),
+                           u64(rr, "unpinned") ? fmt::format("; {} not pinned to their CPU", u64(rr, "unpinned")) : "");
+    }
     if (r.contains("kallsyms_reads")) out += fmt::format("kallsyms reads:    {}\n", u64(r, "kallsyms_reads"));
     if (r.contains("printk")) {
         const auto& p = r.at("printk");

@@ -741,6 +741,9 @@ TEST(Daemon, FiftyConcurrentClientsUnderAllocationLoad) {
     EXPECT_EQ(u64(s, "tracker_class_overflows"), 0u);
     // Which CPUs a drain skips is tested on BpfTracer (test_batching); here, that the flags are in use.
     EXPECT_TRUE(s.at("batch_flushes").at("pending_flags_mapped").get<bool>()) << s.dump();
+    // A reader per ring, each on its CPU (what they copy is tested on the consumer, test_ring_consumer).
+    EXPECT_EQ(u64(s.at("ring_readers"), "unpinned"), 0u) << s.dump();
+    EXPECT_TRUE(s.at("ring_readers").contains("copied_bytes")) << s.dump();
     EXPECT_GE(u64(s.at("queries"), "requests"), static_cast<std::uint64_t>(kClients * kRequests));
     EXPECT_EQ(u64(s.at("queries"), "errors"), 0u);
     EXPECT_EQ(u64(s, "clients"), 1u) << "only this stats query is connected";
