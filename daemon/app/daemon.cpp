@@ -412,6 +412,9 @@ void Daemon::update_status() {
 }
 
 void Daemon::reset() {
+    // What the rings and the readers' copies hold happened before the reset:
+    // into the pipeline that is about to forget it, not the fresh one.
+    if (!tracing_stopped_) session_.drain_rings_only();
     pipeline_.reset();  // a release in progress is discarded with the rest
     release_wake_.lower();
     // Modules may have come and gone.

@@ -52,15 +52,15 @@ void TracingSession::drain_rings_only() {
 }
 
 void TracingSession::stop_and_drain() {
-    // Readers first: one that copied after the last drain would keep what
-    // it copied.
+    tracer_.detach();
+    // Every CPU: nothing attached will age a batch or drain it again.
+    tracer_.flush_all_batches();
+    // The readers go on copying until now (detaching can take a while);
+    // stopped before the last drain, none copies after it.
     if (readers_) {
         loop_->unwatch(readers_->notify_fd());
         readers_.reset();
     }
-    tracer_.detach();
-    // Every CPU: nothing attached will age a batch or drain it again.
-    tracer_.flush_all_batches();
     const int n = consumer_.drain();
     if (n < 0) spdlog::warn("draining the rings after detach failed: {}", std::strerror(-n));
 }

@@ -1,13 +1,16 @@
 // Reads the per-CPU rings. For every committed sample it hands each record
-// the sample holds (one today, several once BPF batches them), with the CPU it
-// came from, to a RecordSink: no logging, no symbolization, no allocation
-// beyond what the sink's copy needs.
+// the sample holds (BPF batches ~100 per sample), with the CPU it came from,
+// to a RecordSink: no logging, no symbolization.
 //
 // kleakd's own consumer rather than libbpf's ring_buffer: it maps each ring's
 // data area once (ring_mapping.h), which halves the rings' share of RSS.
+//
+// Samples are copied out of a ring, under that ring's lock, before their
+// records are handed on outside it: the ring's room is free again after a
+// memcpy, and a ring reader (ring_readers.h) that must copy the ring out
+// while the draining thread cannot run never waits for a decode to finish.
 #pragma once
 
-#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +19,6 @@
 #include <span>
 #include <vector>
 
-#include "core/record_batch.h"
 #include "kernel/ring_mapping.h"
 
 namespace kleak {
@@ -27,6 +29,25 @@ public:
     virtual void on_record(unsigned cpu, std::span<const std::byte> record) = 0;
 };
 
+// Bytes appended without being zeroed first (std::vector's resize would
+// write every byte twice), reused from drain to drain.
+class SampleBuffer {
+public:
+    // Room for n more bytes at the end, which the caller fills.
+    std::byte* extend(std::size_t n);
+    std::span<const std::byte> bytes() const { return {data_.get(), size_}; }
+    std::size_t size() const { return size_; }
+    std::size_t capacity() const { return capacity_; }
+    void clear() { size_ = 0; }
+    void release() { *this = SampleBuffer(); }
+    void swap(SampleBuffer& other) noexcept;
+
+private:
+    std::unique_ptr<std::byte[]> data_;
+    std::size_t size_ = 0;
+    std::size_t capacity_ = 0;
+};
+
 class RingConsumer {
 public:
     // Maps every ring. Throws StartupError if one cannot be mapped.
@@ -34,18 +55,17 @@ public:
     RingConsumer(const RingConsumer&) = delete;
     RingConsumer& operator=(const RingConsumer&) = delete;
 
-    // Consumes everything committed in every ring, and first what spill()
-    // copied out of it. Returns the number of records, or a negative errno.
-    // One thread only: the one that owns the sink.
+    // Consumes everything committed in every ring, after what spill() copied
+    // out of it. Returns the number of records, or a negative errno. One
+    // thread only: the one that owns the sink.
     int drain();
 
-    // Copies what ring `cpu` holds into memory of the consumer's own, for
-    // the next drain() to hand on, and frees that room in the ring: so that
-    // a reader thread on that CPU (ring_readers.h) keeps the ring from
-    // overflowing while the thread that drains cannot run. Stops once the
-    // copies hold as many bytes as the ring (what does not fit stays in the
-    // ring). Safe from any thread; returns the bytes taken from the ring
-    // or a negative errno.
+    // Copies what ring `cpu` holds out of it, for the next drain() to hand
+    // on, so that a reader thread on that CPU (ring_readers.h) keeps the ring
+    // from overflowing while the draining thread cannot run. Stops once the
+    // copies hold as many bytes as the ring (the rest stays in the ring).
+    // Safe from any thread; returns the bytes taken from the ring (0 when the
+    // copies are full) or a negative errno.
     std::int64_t spill(unsigned cpu);
 
     // Bytes ring `cpu` holds, committed or reserved, not yet consumed: read
@@ -53,40 +73,36 @@ public:
     std::uint64_t backlog_bytes(unsigned cpu) const;
     std::size_t ring_bytes(unsigned cpu) const { return rings_.at(cpu)->mapping.size(); }
 
-    std::size_t ring_count() const { return rings_.size(); }
     std::uint64_t records() const { return records_; }
-    // The most bytes one ring held at a drain or spill: how close it came to overflowing.
+    // The most bytes one ring held when it was read: how close it came to overflowing.
     std::uint64_t peak_backlog_bytes() const { return peak_backlog_bytes_.load(std::memory_order_relaxed); }
-    // Bytes spill() has copied out of the rings so far.
+    // Sample bytes spill() has copied out of the rings so far.
     std::uint64_t spilled_bytes() const { return spilled_bytes_.load(std::memory_order_relaxed); }
 
 private:
     struct Ring {
         Ring(int fd, unsigned cpu) : mapping(fd, cpu) {}
         RingMapping mapping;
-        // Held by whoever moves the ring's consumer position: drain() or
-        // spill(). drain() hands records on while holding it; a reader
-        // waits meanwhile, which only matters if the draining thread stops
-        // right then.
+        // Held while the ring's consumer position moves, by drain() or
+        // spill(): for a memcpy, never while records are handed on.
         std::mutex lock;
-        // Samples spill() copied out, oldest first: each a u32 size, 4
-        // bytes of padding, the sample, padded to 8 bytes.
-        std::vector<std::byte> spilled;
+        // Samples copied out and not yet handed on, oldest first: each a u32
+        // size, 4 bytes of padding, the sample, padded to 8 bytes.
+        SampleBuffer copied;
     };
 
-    // Consumes one ring; returns the bytes consumed (ring headers and padding
-    // included) or a negative errno.
-    std::int64_t drain_ring(unsigned cpu, RingMapping& ring, std::uint64_t& records);
-    // Hands on the records of the sample of `size` bytes at `pos`.
-    std::uint64_t hand_on(unsigned cpu, const RingMapping& ring, unsigned long pos, std::size_t size);
-    // Hands on what spill() copied out of `ring`, and forgets it.
-    std::uint64_t hand_on_spilled(unsigned cpu, Ring& ring);
+    // Appends the ring's committed samples to ring.copied until it holds
+    // `cap` bytes, and frees their room in the ring. Holds ring.lock.
+    // Returns the bytes consumed (ring headers and padding included) or a
+    // negative errno; on an error, what came before it is kept.
+    std::int64_t copy_out(Ring& ring, std::size_t cap, std::uint64_t& sample_bytes);
+    // Hands on the records of copied samples.
+    std::uint64_t hand_on(unsigned cpu, std::span<const std::byte> copied);
     void note_backlog(std::uint64_t bytes);
 
     RecordSink& sink_;
     std::vector<std::unique_ptr<Ring>> rings_;
-    // The one record that wraps past a ring's end is copied here.
-    std::array<std::byte, core::kMaxRecordBytes> bounce_{};
+    SampleBuffer taking_;  // drain()'s: what it hands on, swapped out of a ring under its lock
     std::uint64_t records_ = 0;
     std::atomic<std::uint64_t> peak_backlog_bytes_{0};
     std::atomic<std::uint64_t> spilled_bytes_{0};

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <string>
 #include <system_error>
 
@@ -50,10 +51,11 @@ RingReaders::RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fd
         watch(epoll.get(), stop_.get(), EPOLLIN, "the stop eventfd");
         epolls_.push_back(std::move(epoll));
     }
+    threads_.reserve(epolls_.size());
     try {
         for (std::size_t cpu = 0; cpu < epolls_.size(); ++cpu)
             threads_.emplace_back([this, cpu, fd = epolls_[cpu].get()] { run(static_cast<unsigned>(cpu), fd); });
-    } catch (const std::system_error& e) {
+    } catch (const std::exception& e) {
         stop();  // the ones started
         throw StartupError(std::string("cannot start the ring reader threads: ") + e.what());
     }
@@ -92,14 +94,27 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
         // time (measured: writev ratio 0.62 instead of 0.74 when readers
         // copied at every wake-up). So a reader copies only once the ring is
         // half full: the loop, due at a quarter, is late.
-        if (consumer_.backlog_bytes(cpu) < consumer_.ring_bytes(cpu) / 2) {
-            // Wake-ups go on at every batch until the loop has drained: take
-            // them together (an edge-triggered epoll keeps them meanwhile).
-            ::usleep(kNapMicros);
-            continue;
+        const std::size_t ring = consumer_.ring_bytes(cpu);
+        if (consumer_.backlog_bytes(cpu) >= ring / 2) {
+            std::int64_t taken = 0;
+            try {
+                taken = consumer_.spill(cpu);
+            } catch (const std::bad_alloc&) {
+                // No memory for the copies: the ring keeps what it holds, and
+                // drops what it cannot, counted.
+            }
+            // Errors (a damaged ring) are the loop's to report: its drain meets them too.
+            if (taken > 0) {
+                raise_eventfd(notify_.get());
+                continue;
+            }
         }
-        // Errors (a damaged ring) are the loop's to report: its drain meets them too.
-        if (consumer_.spill(cpu) > 0) raise_eventfd(notify_.get());
+        // Wake-ups go on at every batch until the loop has drained (or, with
+        // the copies full, until it drains them): take them together, an
+        // edge-triggered epoll keeps them meanwhile. A twentieth of what
+        // the ring takes to fill from a quarter to a half at 256 MB/s: 2 ms
+        // for 8 MiB, 16 us for 64 KiB.
+        ::usleep(static_cast<useconds_t>(ring / 4096));
     }
 }
 

@@ -41,10 +41,6 @@ public:
     unsigned unpinned() const { return unpinned_.load(std::memory_order_relaxed); }
 
 private:
-    // After a wake-up that needed nothing: ~a fifth of the time a quarter of
-    // a default ring lasts at full rate, so a late loop is noticed in time.
-    static constexpr unsigned kNapMicros = 2000;
-
     void run(unsigned cpu, int epoll_fd);
     void stop();
 
