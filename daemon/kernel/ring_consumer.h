@@ -5,10 +5,11 @@
 // kleakd's own consumer rather than libbpf's ring_buffer: it maps each ring's
 // data area once (ring_mapping.h), which halves the rings' share of RSS.
 //
-// Samples are copied out of a ring, under that ring's lock, before their
-// records are handed on outside it: the ring's room is free again after a
-// memcpy, and a ring reader (ring_readers.h) that must copy the ring out
-// while the draining thread cannot run never waits for a decode to finish.
+// Samples are copied out of a ring before their records are handed on: the
+// ring's room is free again after a memcpy, and a ring reader
+// (ring_readers.h) that must copy the ring out while the draining thread
+// cannot run never waits for it (drain() holds the ring's lock only to move
+// its consumer position).
 #pragma once
 
 #include <atomic>
@@ -83,26 +84,34 @@ private:
     struct Ring {
         Ring(int fd, unsigned cpu) : mapping(fd, cpu) {}
         RingMapping mapping;
-        // Held while the ring's consumer position moves, by drain() or
-        // spill(): for a memcpy, never while records are handed on.
+        // Guards the consumer position and `copied`. spill() holds it while
+        // it copies (a reader stopped mid-copy stops its own CPU's producer
+        // too); drain() copies first and takes it only to check that nobody
+        // consumed meanwhile and to move the position.
         std::mutex lock;
         // Samples copied out and not yet handed on, oldest first: each a u32
         // size, 4 bytes of padding, the sample, padded to 8 bytes.
         SampleBuffer copied;
     };
 
-    // Appends the ring's committed samples to ring.copied until it holds
-    // `cap` bytes, and frees their room in the ring. Holds ring.lock.
-    // Returns the bytes consumed (ring headers and padding included) or a
-    // negative errno; on an error, what came before it is kept.
-    std::int64_t copy_out(Ring& ring, std::size_t cap, std::uint64_t& sample_bytes);
+    // Appends the committed samples of ring `m` from position `from` to `out`
+    // until it holds `cap` bytes; sets `end` to the position after the last
+    // one taken. Moves nothing: the caller, holding the ring's lock, moves
+    // the consumer position to `end`. Returns 0 or -EBADMSG (a damaged
+    // header at `end`; what came before it is in `out`).
+    std::int64_t copy_samples(const RingMapping& m, unsigned long from, std::size_t cap, SampleBuffer& out,
+                              std::uint64_t& sample_bytes, unsigned long& end);
+    static void keep_or_release(SampleBuffer& buffer);
     // Hands on the records of copied samples.
     std::uint64_t hand_on(unsigned cpu, std::span<const std::byte> copied);
     void note_backlog(std::uint64_t bytes);
 
     RecordSink& sink_;
     std::vector<std::unique_ptr<Ring>> rings_;
-    SampleBuffer taking_;  // drain()'s: what it hands on, swapped out of a ring under its lock
+    // drain()'s: what it copied out of a ring itself, and what a reader had
+    // (swapped out of the ring under its lock).
+    SampleBuffer taking_;
+    SampleBuffer earlier_;
     std::uint64_t records_ = 0;
     std::atomic<std::uint64_t> peak_backlog_bytes_{0};
     std::atomic<std::uint64_t> spilled_bytes_{0};

@@ -294,8 +294,8 @@ TEST(RingConsumerKernel, ReadersKeepARingFromOverflowingWhileNothingDrains) {
     ASSERT_EQ(calibration.dropped, 0u);
     ASSERT_GT(calibration.bytes, 64u * 1024);
     // A ring about 2/3 of what 3000-ish pipes carry: it overflows if
-    // nothing drains it, and holds with a reader copying it out (up to as
-    // much again).
+    // nothing drains it, and holds with a reader copying it out (up to twice
+    // the ring).
     const auto ring = static_cast<std::uint32_t>(std::bit_floor(calibration.bytes));
     const int churns = static_cast<int>(2000.0 * 1.5 * ring / static_cast<double>(calibration.bytes));
 
