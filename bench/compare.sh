@@ -20,7 +20,8 @@
 # 2. Zero loss: two loader threads at full rate with the default 8M ring,
 #    writev churn and pipe churn (pipes free through RCU: bursts in softirq,
 #    and frees that nest inside kleakd's own kmem_cache_free program).
-# 3. Overflow: the same burst into 64K rings: exact drop counts and the advice.
+# 3. Overflow: a burst into 64K rings while kleakd's loop thread is stopped
+#    for 60 ms (bench/loop_stall.py): exact drop counts and the advice.
 # 4. Cost per event: one run each with sysctl kernel.bpf_stats_enabled=1
 #    (restored afterwards): ns per program run for kleakd, the floor, the peer.
 #
@@ -235,13 +236,19 @@ mode=writev
 duration=$saved_duration
 echo
 
-echo "== 3. overflow: a 50 ms burst of 2 loader threads into 64K rings =="
-# With bpf_stats on, every program run is counted: records + drops + the
-# events BPF filters out by design (NULL and ZERO_SIZE_PTR frees) = runs.
+echo "== 3. overflow: a 100 ms burst of 2 loader threads into 64K rings, kleakd's loop stopped for 60 ms of it =="
+# While the loop runs, the ring readers keep even 64K rings from overflowing;
+# stopped (bench/loop_stall.py, as a host stopping its vCPU), the rings and
+# the readers' copies (twice a ring) fill. With bpf_stats on, every program
+# run is counted: records + drops + the events BPF filters out by design
+# (NULL and ZERO_SIZE_PTR frees) = runs.
 echo 1 > /proc/sys/kernel/bpf_stats_enabled
 start_tracer 'tracing' "$tmp/o.json" "$tmp/o.err" "$kleakd" trace --json --interval 3600 --buffer-size 64K
 sleep 0.5
-"$loadgen" writev --threads 2 --duration 0.05 > /dev/null
+"$loadgen" writev --threads 2 --duration 0.1 > /dev/null &
+burst=$!
+python3 bench/loop_stall.py "$tracer_pid" 60 1 0
+wait "$burst"
 sleep 0.3
 stop_tracer "$tracer_pid" "$tmp/o.err"
 echo "$stats_before" > /proc/sys/kernel/bpf_stats_enabled
