@@ -38,6 +38,14 @@ void SampleBuffer::swap(SampleBuffer& other) noexcept {
     std::swap(data_, other.data_);
     std::swap(size_, other.size_);
     std::swap(capacity_, other.capacity_);
+    std::swap(idle_uses_, other.idle_uses_);
+}
+
+void SampleBuffer::clear_for_reuse() {
+    const bool idle = capacity_ > (std::size_t{1} << 20) && size_ < capacity_ / 8;
+    idle_uses_ = idle ? idle_uses_ + 1 : 0;
+    size_ = 0;
+    if (idle_uses_ >= kIdleUses) *this = SampleBuffer();
 }
 
 std::byte* SampleBuffer::extend(std::size_t n) {
@@ -87,22 +95,12 @@ int RingConsumer::drain() {
         // What a reader copied out came first.
         records += hand_on(static_cast<unsigned>(cpu), earlier_.bytes());
         records += hand_on(static_cast<unsigned>(cpu), taking_.bytes());
-        keep_or_release(earlier_);
-        keep_or_release(taking_);
+        earlier_.clear_for_reuse();
+        taking_.clear_for_reuse();
     }
     records_ += records;
     if (result < 0) return result;
     return static_cast<int>(std::min<std::uint64_t>(records, INT_MAX));
-}
-
-// Kept while the rings are busy; given back once a drain finds it much
-// larger than what it carried (a burst has passed).
-void RingConsumer::keep_or_release(SampleBuffer& buffer) {
-    if (buffer.capacity() > (std::size_t{1} << 20) && buffer.size() < buffer.capacity() / 8) {
-        buffer.release();
-    } else {
-        buffer.clear();
-    }
 }
 
 std::int64_t RingConsumer::spill(unsigned cpu) {

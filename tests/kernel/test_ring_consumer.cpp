@@ -253,8 +253,9 @@ TEST(RingConsumerKernel, SmallRingsWrapManyTimesAndEveryRecordDecodes) {
 // What CPU 0's ring carried while `churns` pipes were made and closed on it
 // by a thread at nice 10 (so that a reader at nice 0 preempts it when its
 // ring wakes it, as kleakd's readers at nice -10 preempt the traced load),
-// with nothing draining until the end. Returns the bytes handed on for CPU 0
-// and the records CPU 0's ring dropped.
+// with nothing draining until the end: the bytes handed on for CPU 0, the
+// records its ring dropped, what readers copied out, and the pipeline's late
+// and undecodable counts.
 struct Carried {
     std::uint64_t bytes = 0;
     std::uint64_t dropped = 0;
@@ -289,6 +290,7 @@ Carried churn_without_draining(std::uint32_t ring_size, int churns, bool with_re
 
 TEST(RingConsumerKernel, ReadersKeepARingFromOverflowingWhileNothingDrains) {
     REQUIRE_KERNEL();
+    std::this_thread::sleep_for(100ms);  // earlier tests' deferred (RCU) frees land first
     // How much CPU 0's ring carries for 2000 pipes, with room to spare.
     const Carried calibration = churn_without_draining(16u << 20, 2000, false);
     ASSERT_EQ(calibration.dropped, 0u);
@@ -308,12 +310,13 @@ TEST(RingConsumerKernel, ReadersKeepARingFromOverflowingWhileNothingDrains) {
     EXPECT_EQ(alone.spilled, 0u);
     EXPECT_EQ(read.dropped, 0u);
     EXPECT_GT(read.spilled, ring / 2);
-    // All of it, once, in order: as much as the calibration scaled to these
-    // pipes (other processes allocate on CPU 0 too: within 10 %), decoded,
-    // none sorted late.
+    // All of it, once, in order: about as much as the calibration scaled to
+    // these pipes (other work on CPU 0, RCU frees of earlier tests' pipes
+    // among it, moves both runs: a wide band, still far from a copy lost
+    // (-2/3) or handed on twice (+2/3)), decoded, none sorted late.
     const double expected = static_cast<double>(calibration.bytes) * churns / 2000.0;
-    EXPECT_GT(static_cast<double>(read.bytes), 0.9 * expected);
-    EXPECT_LT(static_cast<double>(read.bytes), 1.1 * expected);
+    EXPECT_GT(static_cast<double>(read.bytes), 0.75 * expected);
+    EXPECT_LT(static_cast<double>(read.bytes), 1.3 * expected);
     EXPECT_EQ(read.undecodable, 0u);
     EXPECT_EQ(read.late, 0u);
     EXPECT_EQ(calibration.late + alone.late, 0u);
