@@ -42,7 +42,7 @@ void SampleBuffer::swap(SampleBuffer& other) noexcept {
 }
 
 void SampleBuffer::clear_for_reuse() {
-    const bool idle = capacity_ > (std::size_t{1} << 20) && size_ < capacity_ / 8;
+    const bool idle = capacity_ > (std::size_t{1} << 20) && size_ < capacity_ / 4;
     idle_uses_ = idle ? idle_uses_ + 1 : 0;
     size_ = 0;
     if (idle_uses_ >= kIdleUses) *this = SampleBuffer();

@@ -43,7 +43,8 @@ public:
     // Empties it for the next use. Its memory is kept while it is in use
     // (freeing and growing it again would fault its pages in at every burst:
     // measured, a sixth of the daemon's time at full rate), and given back
-    // after kIdleUses uses in a row that needed less than an eighth of it.
+    // after kIdleUses uses in a row that needed less than a quarter of it
+    // (after a stall has grown it, steady drains need about that much).
     void clear_for_reuse();
     void swap(SampleBuffer& other) noexcept;
 
