@@ -2,7 +2,6 @@
 
 #include <signal.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -76,21 +75,6 @@ int SignalFd::take() {
     signalfd_siginfo info{};
     if (::read(fd_.get(), &info, sizeof info) != static_cast<ssize_t>(sizeof info)) return 0;
     return static_cast<int>(info.ssi_signo);
-}
-
-WakeFd::WakeFd() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-    if (!fd_) throw StartupError(describe_errno("eventfd failed", -errno));
-}
-
-void WakeFd::raise() {
-    // The counter only has to be non-zero: raising a raised flag is a no-op.
-    const std::uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(fd_.get(), &one, sizeof one);
-}
-
-void WakeFd::lower() {
-    std::uint64_t count = 0;
-    [[maybe_unused]] const ssize_t n = ::read(fd_.get(), &count, sizeof count);
 }
 
 TimerFd::TimerFd(std::chrono::nanoseconds period, Repeat repeat)

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "kernel/unique_fd.h"
+#include "kernel/wake_fd.h"
 
 namespace kleak {
 
@@ -43,20 +44,6 @@ public:
     explicit SignalFd(std::initializer_list<int> signals);
     int fd() const { return fd_.get(); }
     int take();  // the pending signal number, 0 if none
-
-private:
-    UniqueFd fd_;
-};
-
-// A flag the loop polls: while raised, its fd stays readable, so the loop
-// calls its handler once per turn, after whatever else is ready. Work cut into
-// slices raises it to be continued on the next turn, after queries.
-class WakeFd {
-public:
-    WakeFd();  // throws StartupError
-    int fd() const { return fd_.get(); }
-    void raise();
-    void lower();
 
 private:
     UniqueFd fd_;

@@ -30,8 +30,8 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
     // if the loop falls behind, and then wakes the loop.
     readers_.emplace(consumer_, tracer_.ring_fds());
     loop_ = &loop;
-    loop.watch(readers_->notify_fd(), [this]() {
-        readers_->take();
+    loop.watch(readers_->notify().fd(), [this]() {
+        readers_->notify().lower();
         drain();
     });
 }
@@ -58,7 +58,7 @@ void TracingSession::stop_and_drain() {
     // The readers go on copying until now (detaching can take a while);
     // stopped before the last drain, none copies after it.
     if (readers_) {
-        loop_->unwatch(readers_->notify_fd());
+        loop_->unwatch(readers_->notify().fd());
         readers_.reset();
     }
     const int n = consumer_.drain();

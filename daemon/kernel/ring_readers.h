@@ -20,6 +20,7 @@
 
 #include "kernel/ring_consumer.h"
 #include "kernel/unique_fd.h"
+#include "kernel/wake_fd.h"
 
 namespace kleak {
 
@@ -32,9 +33,8 @@ public:
     RingReaders(const RingReaders&) = delete;
     RingReaders& operator=(const RingReaders&) = delete;
 
-    // Readable after a reader copied records out: drain, then take() it.
-    int notify_fd() const { return notify_.get(); }
-    void take();
+    // Readable after a reader copied records out: lower it, then drain.
+    WakeFd& notify() { return notify_; }
 
     // Readers that could not be pinned to their CPU (offline at start): they
     // still copy, from wherever the scheduler runs them.
@@ -45,8 +45,8 @@ private:
     void stop();
 
     RingConsumer& consumer_;
-    UniqueFd notify_;
-    UniqueFd stop_;
+    WakeFd notify_;
+    WakeFd stop_;
     std::vector<UniqueFd> epolls_;
     std::atomic<unsigned> unpinned_{0};
     std::vector<std::thread> threads_;
