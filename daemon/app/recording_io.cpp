@@ -26,7 +26,6 @@ std::string_view as_chars(std::span<const std::byte> bytes) {
 }
 
 constexpr std::size_t kFlushThreshold = 1 << 20;  // write when a CPU buffer passes 1 MiB
-constexpr std::size_t kReplaySlice = 4 << 20;  // bytes of each file per merge round
 
 }  // namespace
 
@@ -215,7 +214,7 @@ void replay_recording(const std::filesystem::path& dir, const core::RecordingMet
         for (Input& input : inputs) {
             if (input.done) continue;
             const auto all = input.file.bytes();
-            const std::size_t end = std::min(all.size(), input.offset + kReplaySlice);
+            const std::size_t end = std::min(all.size(), input.offset + kReplaySliceBytes);
             core::FrameReader reader(all.subspan(input.offset, end - input.offset));
             const core::FrameStatus status = pipeline.on_frames(input.cpu, reader);
             if (status == core::FrameStatus::corrupt)

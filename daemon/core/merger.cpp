@@ -15,12 +15,12 @@ Merger::Merger(unsigned cpu_count) : queues_(cpu_count == 0 ? 1 : cpu_count) {}
 // release in progress.
 void Merger::stage_out_of_order(Queue& q, const Event& event) {
     if (q.sorted) {
-        const std::size_t floor = releasing_ ? q.ready : 0;
+        const std::size_t floor = releasing_ ? q.ready : q.head;
         const std::size_t from = q.events.size() - std::min(q.events.size() - floor, kInsertWindow);
         const auto first = q.events.begin() + static_cast<std::ptrdiff_t>(from);
         const auto at = std::upper_bound(first, q.events.end(), event.ts_ns,
                                          [](std::uint64_t ts, const Event& e) { return ts < e.ts_ns; });
-        if (at != first || from == 0) {
+        if (at != first || from == q.head) {
             q.events.insert(at, event);
             return;
         }
@@ -33,7 +33,7 @@ void Merger::stage_from_one_cpu(std::span<const Event> events) {
     if (events.empty()) return;
     Queue& q = queues_[std::min<std::size_t>(events[0].cpu, queues_.size() - 1)];
     // What stage() would have found, record by record, without branches.
-    std::uint64_t previous = q.events.empty() ? events[0].ts_ns : q.events.back().ts_ns;
+    std::uint64_t previous = q.held() == 0 ? events[0].ts_ns : q.events.back().ts_ns;
     bool in_order = true;
     std::uint64_t late = 0;
     for (const Event& e : events) {
@@ -51,7 +51,7 @@ void Merger::stage_from_one_cpu(std::span<const Event> events) {
 
 std::size_t Merger::staged() const {
     std::size_t n = 0;
-    for (const Queue& q : queues_) n += q.events.size();
+    for (const Queue& q : queues_) n += q.held();
     return n;
 }
 
@@ -68,17 +68,17 @@ void Merger::begin_release(std::uint64_t watermark) {
     // then find how much of it is ready.
     left_ = 0;
     for (Queue& q : queues_) {
+        const auto held = q.events.begin() + static_cast<std::ptrdiff_t>(q.head);
         if (!q.sorted) {
-            std::stable_sort(q.events.begin(), q.events.end(),
-                             [](const Event& a, const Event& b) { return a.ts_ns < b.ts_ns; });
+            std::stable_sort(held, q.events.end(), [](const Event& a, const Event& b) { return a.ts_ns < b.ts_ns; });
             q.sorted = true;
         }
-        auto end = std::upper_bound(q.events.begin(), q.events.end(), watermark,
+        auto end = std::upper_bound(held, q.events.end(), watermark,
                                     [](std::uint64_t w, const Event& e) { return w < e.ts_ns; });
         q.ready = static_cast<std::size_t>(end - q.events.begin());
-        q.pos = 0;
-        q.demand = std::max(q.events.size(), q.demand - q.demand / 8);
-        left_ += q.ready;
+        q.pos = q.head;
+        q.demand = std::max(q.held(), q.demand - q.demand / 8);
+        left_ += q.ready - q.head;
     }
     // From now on a record at or behind the watermark is late, exactly as
     // after a one-shot release: the records this release covers are fixed.
@@ -91,21 +91,28 @@ void Merger::begin_release(std::uint64_t watermark) {
 void Merger::finish_release() {
     for (std::size_t i = 0; i < queues_.size(); ++i) {
         Queue& q = queues_[i];
-        q.events.erase(q.events.begin(), q.events.begin() + static_cast<std::ptrdiff_t>(q.ready));
-        q.ready = q.pos = 0;
+        q.head = q.ready;
+        // Cut the released records off once they outnumber the held ones:
+        // each record is then moved at most once on average.
+        if (q.head > q.held()) {
+            q.events.erase(q.events.begin(), q.events.begin() + static_cast<std::ptrdiff_t>(q.head));
+            q.head = 0;
+        }
+        q.ready = q.pos = q.head;
         shrink_if_oversized(i);
     }
     releasing_ = false;
 }
 
 void Merger::shrink_if_oversized(std::size_t queue) {
-    std::vector<Event>& events = queues_[queue].events;
-    const std::size_t demand = queues_[queue].demand;
-    if (events.capacity() <= kMinShrinkCapacity || events.capacity() <= kShrinkFactor * demand) return;
+    Queue& q = queues_[queue];
+    const std::size_t demand = q.demand;
+    if (q.events.capacity() <= kMinShrinkCapacity || q.events.capacity() <= kShrinkFactor * demand) return;
     std::vector<Event> smaller;
     smaller.reserve(std::max(2 * demand, kMinShrinkCapacity));
-    smaller.assign(events.begin(), events.end());
-    events.swap(smaller);
+    smaller.assign(q.events.begin() + static_cast<std::ptrdiff_t>(q.head), q.events.end());
+    q.events.swap(smaller);
+    q.ready = q.pos = q.head = 0;
 }
 
 std::size_t Merger::release_some(std::span<Event> out) {
@@ -222,6 +229,7 @@ void Merger::release_all(std::vector<Event>& out) {
 void Merger::reset() {
     for (Queue& q : queues_) {
         q.events.clear();
+        q.head = 0;
         q.sorted = true;
         q.ready = q.pos = 0;
         q.demand = 0;

@@ -85,12 +85,18 @@ private:
     std::size_t merge_two(std::size_t a, std::size_t b, Event* out, std::size_t room);
     std::size_t merge_many(Event* out, std::size_t room);
 
+    // A queue's released records are dropped by moving `head`, and only cut
+    // off the vector once they outnumber the records still held: erasing them
+    // at every release moved the whole holdback each time (replay in 256 KiB
+    // slices spent 22 % of its time in memmove). Indices are into `events`.
     struct Queue {
-        std::vector<Event> events;
+        std::vector<Event> events;   // [head, size): staged, not yet released
+        std::size_t head = 0;
         bool sorted = true;          // stays true while records arrive in order
-        std::size_t ready = 0;       // records of the release in progress
-        std::size_t pos = 0;         // ... of which already handed on
-        std::size_t demand = 0;      // decaying peak of events.size() at a release
+        std::size_t ready = 0;       // records of the release in progress end here
+        std::size_t pos = 0;         // ... and are handed on up to here
+        std::size_t demand = 0;      // decaying peak of held() at a release
+        std::size_t held() const { return events.size() - head; }
     };
 
     std::vector<Queue> queues_;
@@ -107,7 +113,7 @@ inline void Merger::stage(const Event& event) {
     // recording) still gets merged: it goes to the last queue rather than
     // being dropped.
     Queue& q = queues_[std::min<std::size_t>(event.cpu, queues_.size() - 1)];
-    if (!q.events.empty() && event.ts_ns < q.events.back().ts_ns) {
+    if (q.held() > 0 && event.ts_ns < q.events.back().ts_ns) {
         stage_out_of_order(q, event);
         return;
     }

@@ -536,6 +536,92 @@ TEST(MergerBulkStage, StagingFromOneCpuAtOnceEqualsStagingEachRecord) {
     EXPECT_EQ(order_of(release_everything(bulk)), order_of(release_everything(each)));
 }
 
+// --- held records: the released prefix is dropped lazily ----------------------
+
+// Against a model with no queues at all: each release hands on, of every
+// record staged and not yet handed on, those at or before the watermark, in
+// (timestamp, CPU, arrival) order. The holdback keeps most records staged
+// across several releases, so released records sit in front of held ones
+// (cut off only once they outnumber them), and some records arrive older than
+// everything held, one of them belonging exactly at the queue's front.
+void expect_matches_model(unsigned cpus, std::uint64_t seed, std::uint64_t holdback) {
+    Prng rng(seed);
+    Merger merger(cpus);
+    struct Pending {
+        Event event;
+        std::uint64_t arrival;
+    };
+    std::vector<Pending> pending;
+    std::uint64_t now = 1000, arrival = 0, late = 0, released_watermark = 0;
+    bool released_any = false;
+    for (int round = 0; round < 300; ++round) {
+        const std::size_t burst = rng.below(round % 7 == 0 ? 400 : 40);
+        for (std::size_t i = 0; i < burst; ++i) {
+            now += rng.below(20);
+            const auto cpu = static_cast<std::uint16_t>(rng.below(cpus));
+            std::uint64_t ts = now;
+            if (rng.percent(10)) ts = now - std::min(now, rng.below(2 * holdback));  // old, even late
+            const Event e = tagged(ts, cpu, ++arrival);
+            if (released_any && ts <= released_watermark) ++late;
+            merger.stage(e);
+            pending.push_back({e, arrival});
+        }
+        const std::uint64_t watermark = now > holdback ? now - holdback : 0;
+        std::vector<Event> got;
+        merger.release_until(watermark, got);
+        if (!released_any || watermark > released_watermark) released_watermark = watermark;
+        released_any = true;
+
+        std::vector<Pending> due;
+        std::vector<Pending> kept;
+        for (const Pending& p : pending) (p.event.ts_ns <= released_watermark ? due : kept).push_back(p);
+        std::sort(due.begin(), due.end(), [](const Pending& a, const Pending& b) {
+            return std::tuple(a.event.ts_ns, a.event.cpu, a.arrival) < std::tuple(b.event.ts_ns, b.event.cpu, b.arrival);
+        });
+        std::vector<Event> expected;
+        for (const Pending& p : due) expected.push_back(p.event);
+        pending = std::move(kept);
+        ASSERT_EQ(order_of(got), order_of(expected)) << "round " << round;
+        ASSERT_EQ(merger.staged(), pending.size()) << "round " << round;
+        ASSERT_EQ(merger.late(), late) << "round " << round;
+    }
+    std::vector<Event> rest;
+    merger.release_all(rest);
+    EXPECT_EQ(rest.size(), pending.size());
+    EXPECT_EQ(merger.staged(), 0u);
+}
+
+TEST(MergerHeld, LongHoldbackMatchesTheModelOnTwoCpus) { expect_matches_model(2, 11, 2000); }
+// More held than Merger::kInsertWindow: old records make the queue sort.
+TEST(MergerHeld, LongerHoldbackMatchesTheModelOnFiveCpus) { expect_matches_model(5, 12, 20000); }
+TEST(MergerHeld, ShortHoldbackMatchesTheModel) { expect_matches_model(3, 13, 50); }
+
+TEST(MergerHeld, ReleasedRecordsDoNotPileUpInFrontOfHeldOnes) {
+    // Each release hands on a tenth of what is staged and holds the rest:
+    // the released records are cut off as they accumulate (or, failing
+    // that, by shrinking), never kept for good.
+    Merger merger(1);
+    std::uint64_t ts = 0;
+    for (int drain = 0; drain < 2000; ++drain) {
+        for (int i = 0; i < 1000; ++i) merger.stage(tagged(++ts, 0));
+        release(merger, ts > 9'000 ? ts - 9'000 : 0);
+    }
+    EXPECT_EQ(merger.staged(), 9'000u);
+    EXPECT_LE(merger.staged_capacity(), 4 * 10'000u);
+}
+
+TEST(MergerHeld, RecordOlderThanEveryHeldOneGoesToTheFrontAfterAPartialRelease) {
+    Merger merger(1);
+    for (std::uint64_t ts = 1; ts <= 10; ++ts) merger.stage(tagged(ts * 10, 0, ts));
+    EXPECT_EQ(timestamps(release(merger, 30)), (std::vector<std::uint64_t>{10, 20, 30}));
+    merger.stage(tagged(35, 0, 99));  // before every held record (40..100), after every released one
+    merger.stage(tagged(5, 0, 98));   // late
+    EXPECT_EQ(merger.late(), 1u);
+    EXPECT_EQ(merger.staged(), 9u);
+    EXPECT_EQ(timestamps(release(merger, 60)), (std::vector<std::uint64_t>{5, 35, 40, 50, 60}));
+    EXPECT_EQ(timestamps(release_everything(merger)), (std::vector<std::uint64_t>{70, 80, 90, 100}));
+}
+
 // --- staging memory (bench/PROPOSALS.md P6) -----------------------------------
 
 TEST(MergerShrink, BurstCapacityIsReturnedAfterQuietReleases) {

@@ -114,7 +114,7 @@ std::filesystem::path write_recording(const std::string& name) {
 // watermarks, one on_record() per frame.
 void reference_replay(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
                       std::uint64_t holdback_ns) {
-    constexpr std::size_t kSlice = 4 << 20;
+    constexpr std::size_t kSlice = kReplaySliceBytes;
     std::vector<std::vector<std::byte>> files;
     std::vector<std::size_t> offsets(meta.cpus, core::kRecordingHeaderSize);
     for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
