@@ -91,6 +91,7 @@ BENCHMARK(BM_TrackerApply)->Unit(benchmark::kMillisecond)->UseRealTime();
 // then 2M decoded events (allocations and frees of random live pointers) are
 // applied in 64K batches, as the pipeline releases them. Every event misses
 // the cache (a 32 MiB table): this is where apply(span)'s prefetch pays.
+// Arg: 1 keeps the age index too (the daemon's tracker), 0 not (a report's).
 void BM_TrackerApplySteady1M(benchmark::State& state) {
     kleak::bench::SyntheticStream stream(1, 1'000'000);
     const auto decode = [](const std::vector<kleak::bench::RawRecord>& records) {
@@ -105,6 +106,7 @@ void BM_TrackerApplySteady1M(benchmark::State& state) {
         state,
         [&] {
             auto tracker = std::make_unique<kleak::core::Tracker>();
+            if (state.range(0) == 1) tracker->index_ages();
             tracker->apply(fill);
             return tracker;
         },
@@ -115,7 +117,13 @@ void BM_TrackerApplySteady1M(benchmark::State& state) {
         });
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * events.size()));
 }
-BENCHMARK(BM_TrackerApplySteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
+BENCHMARK(BM_TrackerApplySteady1M)
+    ->ArgName("age_index")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->Iterations(3);
 
 // Target 4: memory the tracker holds per outstanding allocation. Arg: how
 // many are outstanding. `bytes_per_outstanding` is Tracker::memory_bytes()
@@ -177,6 +185,7 @@ BENCHMARK(BM_PipelineRecordsPerCpuSecond)->Unit(benchmark::kMillisecond)->Measur
 // filled to 1M first (not timed), then 2M records of mixed allocations and
 // frees of random live pointers go through it. Every tracker operation is a
 // cache miss into a ~50 MB table, the worst case for the live path.
+// Arg: 1 keeps the age index too (the daemon's pipeline), 0 not.
 void BM_PipelineSteady1M(benchmark::State& state) {
     kleak::bench::SyntheticStream stream(2, 1'000'000);
     const auto fill = stream.next(1'000'001);
@@ -185,6 +194,7 @@ void BM_PipelineSteady1M(benchmark::State& state) {
         state,
         [&] {
             auto pipeline = std::make_unique<kleak::core::Pipeline>(2);
+            if (state.range(0) == 1) pipeline->index_ages();
             feed_in_drains(*pipeline, fill);
             return pipeline;
         },
@@ -195,7 +205,13 @@ void BM_PipelineSteady1M(benchmark::State& state) {
         });
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * records.size()));
 }
-BENCHMARK(BM_PipelineSteady1M)->Unit(benchmark::kMillisecond)->MeasureProcessCPUTime()->Iterations(3);
+BENCHMARK(BM_PipelineSteady1M)
+    ->ArgName("age_index")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->Iterations(3);
 
 // Target 5's wait (PROPOSALS.md P9 #1): the daemon releases a drain in slices
 // of 32K records and answers queries between them, so a query waits for one
@@ -239,8 +255,10 @@ BENCHMARK(BM_PipelineReleaseSlices1M)->Unit(benchmark::kMillisecond)->UseRealTim
 // over 100 s of kernel time (ts 0..100 s), built once and shared.
 // sites: 2,000 (12,000 classes), or 1 (2 classes: a leak like scale.sh's
 // held pipes, where every entry of the table has one of two classes).
-kleak::core::Tracker make_tracker_with_1m_outstanding(unsigned sites) {
+// indexed: with the age index (the daemon's tracker).
+kleak::core::Tracker make_tracker_with_1m_outstanding(unsigned sites, bool indexed) {
     kleak::core::Tracker t;
+    if (indexed) t.index_ages();
     kleak::core::Event e;
     e.kind = kleak::core::EventKind::kmalloc;
     std::mt19937_64 rng(7);
@@ -254,14 +272,13 @@ kleak::core::Tracker make_tracker_with_1m_outstanding(unsigned sites) {
     return t;
 }
 
-const kleak::core::Tracker& tracker_with_1m_outstanding() {
-    static const kleak::core::Tracker tracker = make_tracker_with_1m_outstanding(2000);
-    return tracker;
-}
-
-const kleak::core::Tracker& tracker_with_1m_outstanding_in_two_classes() {
-    static const kleak::core::Tracker tracker = make_tracker_with_1m_outstanding(1);
-    return tracker;
+const kleak::core::Tracker& tracker_with_1m_outstanding(unsigned sites, bool indexed) {
+    static const kleak::core::Tracker many = make_tracker_with_1m_outstanding(2000, false);
+    static const kleak::core::Tracker two = make_tracker_with_1m_outstanding(1, false);
+    static const kleak::core::Tracker many_indexed = make_tracker_with_1m_outstanding(2000, true);
+    static const kleak::core::Tracker two_indexed = make_tracker_with_1m_outstanding(1, true);
+    if (sites == 1) return indexed ? two_indexed : two;
+    return indexed ? many_indexed : many;
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -274,12 +291,13 @@ double percentile(std::vector<double> v, double p) {
 
 // Target 5: one `leaks` query per iteration, timed one by one; the p50/p99
 // statistics are over the repetitions (200 queries). Args: min_age in seconds
-// (0: answered from the per-site aggregates; otherwise every live allocation
-// is scanned, since only it knows its age), the call sites (1: two classes
-// in all), and the threads the daemon's ScanThreads splits the scan over.
+// (0: answered from the per-site aggregates; otherwise from the age index,
+// or without one by scanning every live allocation), the call sites (1: two
+// classes in all), the threads the daemon's ScanThreads splits a scan over,
+// and whether the tracker keeps the age index (the daemon's does).
 void BM_LeaksQuery1M(benchmark::State& state) {
     const kleak::core::Tracker& tracker =
-        state.range(1) == 1 ? tracker_with_1m_outstanding_in_two_classes() : tracker_with_1m_outstanding();
+        tracker_with_1m_outstanding(static_cast<unsigned>(state.range(1)), state.range(3) == 1);
     kleak::core::FixedSymbolizer symbols({});
     kleak::core::LeaksQuery query;
     query.top = 20;
@@ -296,12 +314,14 @@ void BM_LeaksQuery1M(benchmark::State& state) {
     state.counters["outstanding"] = static_cast<double>(tracker.outstanding_count());
 }
 BENCHMARK(BM_LeaksQuery1M)
-    ->ArgNames({"min_age_s", "sites", "threads"})
-    ->Args({0, 2000, 1})
-    ->Args({30, 2000, 1})
-    ->Args({30, 2000, 2})
-    ->Args({30, 1, 1})
-    ->Args({30, 1, 2})
+    ->ArgNames({"min_age_s", "sites", "threads", "age_index"})
+    ->Args({0, 2000, 1, 0})
+    ->Args({30, 2000, 1, 0})
+    ->Args({30, 2000, 2, 0})
+    ->Args({30, 1, 1, 0})
+    ->Args({30, 1, 2, 0})
+    ->Args({30, 2000, 1, 1})
+    ->Args({30, 1, 1, 1})
     ->Iterations(1)
     ->Repetitions(200)
     ->UseManualTime()

@@ -25,7 +25,8 @@ std::vector<Candidate> from_aggregates(const Tracker& tracker) {
 std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64_t born_before,
                                              const PartRunner& runner) {
     std::vector<Candidate> out;
-    const std::vector<SiteAge> ages = tracker.outstanding_born_by(born_before, runner);
+    const std::vector<SiteAge> ages = tracker.ages_indexed() ? tracker.outstanding_born_by_epochs(born_before)
+                                                             : tracker.outstanding_born_by(born_before, runner);
     for (SiteId id = 0; id < ages.size(); ++id) {
         if (ages[id].count > 0) out.push_back({id, ages[id].count, ages[id].bytes, ages[id].oldest_ts_ns});
     }

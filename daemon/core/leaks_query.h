@@ -1,9 +1,12 @@
 // The `leaks` query: top call sites by outstanding bytes or count. Without an
-// age filter it reads the per-site aggregates (O(sites)); with one it scans
-// the live allocations (O(outstanding)), since only they know their age.
-// Ages have the tracker's 1.05 ms resolution and round down (tracker.h,
-// allocation_class.h): a min_age filter never counts an allocation younger
-// than asked, and `oldest_age_ns` is never more than the true age.
+// age filter it reads the per-site aggregates (O(sites)). With one it adds up
+// the tracker's age index (O(epochs x classes)) when it keeps one (the
+// daemon's does): to within the epoch the threshold falls in, at most
+// max(16.8 ms, min_age / 16) (age_index.h); otherwise it scans the live
+// allocations (O(outstanding)), to the tracker's 1.05 ms resolution. Either
+// way ages round down (tracker.h, allocation_class.h): a min_age filter never
+// counts an allocation younger than asked, and `oldest_age_ns` is never more
+// than the true age.
 #pragma once
 
 #include <cstdint>

@@ -54,7 +54,9 @@ void Tracker::allocated(const Event& event, SiteId here) {
     totals_.bytes_req += event.bytes_req;
 
     const ClassId cls = classes_.intern(here, event.bytes_alloc);
-    const std::uint64_t packed = pack_allocation(cls, birth_unit(event.ts_ns));
+    const std::uint64_t unit = birth_unit(event.ts_ns);
+    const std::uint64_t packed = pack_allocation(cls, unit);
+    if (index_ages_ && cls != kOverflowClass) ages_.add(cls, unit);
     auto [entry, inserted] = live_.try_emplace(event.ptr, packed);
     if (!inserted) [[unlikely]] {
         // The previous allocation at this address was freed, and its free is
@@ -81,6 +83,7 @@ void Tracker::freed(const Event& event, SiteId here) {
     }
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
     if (class_of(packed) == kOverflowClass) overflow_.erase(event.ptr);
+    unindex(class_of(packed), unit_of(packed));
     credit_free(origin_class, here);
 }
 
@@ -109,7 +112,7 @@ void Tracker::count_replaced(const AllocationClass& prior) {
 }
 
 void Tracker::displace(std::uint64_t ptr, std::uint64_t packed, std::uint64_t by_ns) {
-    const Displaced d{class_of_entry(ptr, packed), unit_of(packed), by_ns};
+    const Displaced d{class_of_entry(ptr, packed), class_of(packed), unit_of(packed), by_ns};
     if (class_of(packed) == kOverflowClass) overflow_.erase(ptr);
     displaced_[ptr].push_back(d);
     ++displaced_entries_;
@@ -129,6 +132,7 @@ bool Tracker::freed_displaced(const Event& event, SiteId here) {
         std::find_if(list.begin(), list.end(), [earliest](const Displaced& d) { return earliest < d.displaced_at_ns; });
     if (claimed == list.end()) return false;
     credit_free(claimed->cls, here);
+    unindex(claimed->class_id, claimed->birth_unit);
     ++totals_.reordered_frees;
     forget_displaced(it, claimed);
     return true;
@@ -151,6 +155,7 @@ void Tracker::expire_displaced(std::uint64_t now_ns) {
                                         [&due](const Displaced& d) { return d.displaced_at_ns == due.at_ns; });
         if (entry == it->second.end()) continue;
         count_replaced(entry->cls);
+        unindex(entry->class_id, entry->birth_unit);
         forget_displaced(it, entry);
     }
     next_expiry_ns_ = displacements_.empty() ? std::numeric_limits<std::uint64_t>::max()
@@ -164,11 +169,12 @@ std::size_t Tracker::memory_bytes() const {
                                   displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
                                   displacements_.size() * sizeof(Displacement);
     return live_.memory_bytes() + classes_.memory_bytes() + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
-           sizeof(site_cache_);
+           sizeof(site_cache_) + ages_.memory_bytes();
 }
 
 void Tracker::reset() {
     live_.clear();
+    ages_.clear();
     classes_.clear();
     overflow_.clear();
     displaced_.clear();

@@ -34,6 +34,7 @@
 #include <span>
 #include <vector>
 
+#include "age_index.h"
 #include "allocation_class.h"
 #include "event.h"
 #include "part_runner.h"
@@ -94,6 +95,13 @@ public:
     // class_limit < kMaxClasses: a smaller class table, so tests can overflow it.
     explicit Tracker(std::uint32_t class_limit) : classes_(class_limit) {}
 
+    // Keep live allocations counted per birth epoch (age_index.h) from now
+    // on, so outstanding_born_by() adds up epochs instead of scanning the
+    // table, to within an epoch. Only before the first event: the daemon does
+    // (it answers `leaks --min-age`); a report never asks, and saves the cost.
+    void index_ages() { index_ages_ = true; }
+    bool ages_indexed() const { return index_ages_ && class_overflows_ == 0; }
+
     void apply(const Event& event);
     // The same as apply(event) for each event in order, faster on a batch:
     // it prefetches the table entries of events a few places ahead.
@@ -132,6 +140,12 @@ public:
     // runner.width() parts that may run at once (the tracker is only read).
     std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns,
                                              const PartRunner& runner = PartRunner{}) const;
+    // The same from the age index (only when ages_indexed()), in O(epochs x
+    // classes): the allocations born in epochs that end by born_before_ns,
+    // which leaves out those born within the threshold's epoch: at most
+    // max(16.8 ms, age / 16) before it (age_index.h). oldest_ts_ns is the
+    // oldest epoch's last nanosecond, never older than the allocation.
+    std::vector<SiteAge> outstanding_born_by_epochs(std::uint64_t born_before_ns) const;
 
     // Distinct (site, bytes_alloc) classes interned so far.
     std::size_t class_count() const { return classes_.size(); }
@@ -162,6 +176,10 @@ private:
     // The accounting of a matched free, and of a missed one.
     void credit_free(const AllocationClass& origin, SiteId here);
     void count_replaced(const AllocationClass& prior);
+    // An allocation stops being outstanding: out of the age index.
+    void unindex(ClassId cls, std::uint64_t unit) {
+        if (index_ages_ && cls != kOverflowClass) ages_.remove(cls, unit);
+    }
     AllocationClass class_of_entry(std::uint64_t ptr, std::uint64_t packed) const {
         const ClassId id = class_of(packed);
         return id != kOverflowClass ? classes_[id] : overflow_.at(ptr);
@@ -175,6 +193,7 @@ private:
     std::uint64_t class_overflows_ = 0;
     struct Displaced {
         AllocationClass cls;
+        ClassId class_id;  // its id in classes_ (kOverflowClass: not interned)
         std::uint64_t birth_unit;
         std::uint64_t displaced_at_ns;  // the new allocation's time
     };
@@ -209,6 +228,8 @@ private:
     std::array<SiteCacheSlot, std::size_t{1} << kSiteCacheBits> site_cache_{};
     std::vector<SiteStats> sites_;
     Totals totals_;
+    bool index_ages_ = false;
+    AgeIndex ages_;  // every outstanding allocation with an interned class, when index_ages_
 };
 
 }  // namespace kleak::core

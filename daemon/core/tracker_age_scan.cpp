@@ -82,3 +82,20 @@ std::vector<SiteAge> Tracker::outstanding_born_by(std::uint64_t born_before_ns, 
 }
 
 }  // namespace kleak::core
+
+namespace kleak::core {
+
+std::vector<SiteAge> Tracker::outstanding_born_by_epochs(std::uint64_t born_before_ns) const {
+    std::vector<SiteAge> per_site(sites_.size());
+    ages_.for_each_class_born_before(
+        units_wholly_by(born_before_ns), [&](ClassId id, std::uint64_t count, std::uint64_t oldest_unit) {
+            const AllocationClass& cls = classes_[id];
+            SiteAge& s = per_site[cls.site];
+            s.count += count;
+            s.bytes += count * cls.bytes_alloc;
+            s.oldest_ts_ns = std::min(s.oldest_ts_ns, latest_birth_ns(oldest_unit));
+        });
+    return per_site;
+}
+
+}  // namespace kleak::core

@@ -41,6 +41,7 @@ public:
         return z ^ (z >> 31);
     }
     std::uint64_t below(std::uint64_t n) { return next() % n; }
+    std::uint64_t between(std::uint64_t lo, std::uint64_t hi) { return lo + below(hi - lo + 1); }  // inclusive
     bool percent(unsigned p) { return below(100) < p; }
 
 private:

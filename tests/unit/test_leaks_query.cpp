@@ -20,8 +20,9 @@ constexpr std::uint64_t kPtr = 0xffff888000010000;
 
 // Site A: 3 x 64 bytes born at 10 s, 20 s, 30 s; one more at 30 s freed.
 // Site B: 1 x 4096 bytes born at 25 s.
-Tracker example() {
+Tracker example(bool indexed = false) {
     Tracker t;
+    if (indexed) t.index_ages();
     t.apply(alloc_event({.ts = 10 * kSecond, .ptr = kPtr, .site = kSiteA, .req = 60, .alloc = 64}));
     t.apply(alloc_event({.ts = 20 * kSecond, .ptr = kPtr + 64, .site = kSiteA, .req = 60, .alloc = 64}));
     t.apply(alloc_event({.ts = 25 * kSecond, .ptr = kPtr + 4096, .site = kSiteB, .req = 4000, .alloc = 4096}));
@@ -46,6 +47,33 @@ TEST(LeaksQuery, WithoutMinAgeReadsTheAggregates) {
     EXPECT_EQ(r.rows[1].outstanding, 3u);
     EXPECT_EQ(r.rows[1].frees, 1u);
     EXPECT_FALSE(r.rows[1].oldest_age_ns.has_value());
+}
+
+TEST(LeaksQuery, WithAnAgeIndexMinAgeAddsUpEpochs) {
+    // The same question as below, from the daemon's kind of tracker: the
+    // threshold (28 s) falls in no epoch here (each allocation opened one of
+    // 16 units, and they are seconds apart), so the counts are the scan's;
+    // the oldest is its epoch's last unit: at most 16 units younger.
+    const LeaksQuery query{.top = 10, .min_age_ns = 12 * kSecond, .now_ns = 40 * kSecond, .sort = LeakSort::count};
+    const Tracker indexed = example(true);
+    ASSERT_TRUE(indexed.ages_indexed());
+    const LeaksResult got = run(indexed, query);
+    const LeaksResult scanned = run(example(), query);
+    EXPECT_EQ(got.outstanding, 3u);
+    EXPECT_EQ(got.outstanding_bytes, scanned.outstanding_bytes);
+    ASSERT_EQ(got.rows.size(), 2u);
+    for (std::size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(got.rows[i].function, scanned.rows[i].function);
+        EXPECT_EQ(got.rows[i].outstanding, scanned.rows[i].outstanding);
+        ASSERT_TRUE(got.rows[i].oldest_age_ns.has_value());
+        EXPECT_LE(*got.rows[i].oldest_age_ns, *scanned.rows[i].oldest_age_ns);
+        EXPECT_GE(*got.rows[i].oldest_age_ns + AgeIndex::kBaseUnits * kUnit, *scanned.rows[i].oldest_age_ns);
+    }
+    // A threshold inside 25 s's epoch leaves B's allocation out, never younger ones in.
+    const LeaksResult inside = run(indexed, {.top = 10, .min_age_ns = 15 * kSecond - 5 * kUnit, .now_ns = 40 * kSecond});
+    EXPECT_EQ(inside.outstanding, 2u);
+    const LeaksResult scanned_inside = run(example(), {.top = 10, .min_age_ns = 15 * kSecond - 5 * kUnit, .now_ns = 40 * kSecond});
+    EXPECT_EQ(scanned_inside.outstanding, 3u);
 }
 
 TEST(LeaksQuery, MinAgeCountsOnlyOldEnoughAllocations) {

@@ -1070,5 +1070,122 @@ TEST(Tracker, OutstandingBornByAtTheUnitBoundary) {
     EXPECT_EQ(tracker.outstanding_born_by(~std::uint64_t{0})[0].bytes, 8u);
 }
 
+// --- the age index (age_index.h) ------------------------------------------------
+
+// Per site, how many live allocations the scan finds born in a unit before `units`.
+std::vector<std::uint64_t> scan_counts(const Tracker& tracker, std::uint64_t units) {
+    std::vector<std::uint64_t> out;
+    const std::uint64_t born_before = units == 0 ? 0 : latest_birth_ns(units - 1);
+    for (const SiteAge& a : tracker.outstanding_born_by(born_before)) out.push_back(units == 0 ? 0 : a.count);
+    return out;
+}
+
+// Checked along a stream with displacement, reordered frees, expiry and
+// pointer 0, against the exact scan of the same tracker: the index never
+// counts an allocation the scan would not (born before the threshold's unit),
+// and leaves out only those of the epoch the threshold falls in, which is at
+// most max(16 units, its age / 16) long.
+void expect_index_within_an_epoch_of_the_scan(const Tracker& tracker, std::uint64_t newest_ts) {
+    ASSERT_TRUE(tracker.ages_indexed());
+    std::uint64_t all = 0;
+    for (const SiteAge& a : tracker.outstanding_born_by_epochs(~std::uint64_t{0})) all += a.count;
+    EXPECT_EQ(all, tracker.outstanding_count());
+    // The open epoch ends at most 16 units after the newest allocation's unit.
+    const std::uint64_t now_units = birth_unit(newest_ts) + AgeIndex::kBaseUnits;
+    std::size_t left_out_somewhere = 0;
+    for (std::uint64_t back = 0; back <= now_units; back += 1 + back / 3) {
+        const std::uint64_t units = now_units - back;
+        const std::uint64_t born_before = units == 0 ? 0 : latest_birth_ns(units - 1);
+        const auto epochs = tracker.outstanding_born_by_epochs(born_before);
+        const auto exact = tracker.outstanding_born_by(born_before);
+        const std::uint64_t slack = std::max(AgeIndex::kBaseUnits, (now_units - units) / AgeIndex::kAgeRatio) + 1;
+        const auto surely = scan_counts(tracker, units > slack ? units - slack : 0);
+        ASSERT_EQ(epochs.size(), exact.size());
+        for (std::size_t site = 0; site < epochs.size(); ++site) {
+            SCOPED_TRACE(testing::Message() << "site " << site << " units " << units << " slack " << slack);
+            EXPECT_LE(epochs[site].count, exact[site].count);
+            EXPECT_GE(epochs[site].count, surely[site]);
+            if (epochs[site].count > 0) {
+                // The oldest is reported from its epoch: never older than the scan's.
+                EXPECT_GE(epochs[site].oldest_ts_ns, exact[site].oldest_ts_ns);
+                EXPECT_LE(epochs[site].oldest_ts_ns, born_before);
+                EXPECT_LE(epochs[site].bytes, exact[site].bytes);
+            }
+            left_out_somewhere += epochs[site].count < exact[site].count;
+        }
+    }
+    EXPECT_GT(left_out_somewhere, 0u);  // the thresholds do fall inside epochs
+}
+
+TEST(Tracker, AgeIndexAgreesWithTheScanToWithinTheThresholdsEpoch) {
+    const std::vector<Event> events = churn(5, 40'000);
+    Tracker indexed;
+    indexed.index_ages();
+    Tracker plain;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+        indexed.apply(events[i]);
+        plain.apply(events[i]);
+        if (i % 10'000 == 9'999) {
+            SCOPED_TRACE(i);
+            expect_index_within_an_epoch_of_the_scan(indexed, events[i].ts_ns);
+        }
+    }
+    expect_same_state(indexed, plain);  // the index changes nothing else
+    EXPECT_GT(indexed.totals().replaced, 100u);
+    EXPECT_GT(indexed.totals().reordered_frees, 20u);
+    indexed.settle();
+    expect_index_within_an_epoch_of_the_scan(indexed, events.back().ts_ns);
+    EXPECT_FALSE(plain.ages_indexed());
+}
+
+TEST(Tracker, AgeIndexCountsLongLivedAllocationsAcrossMergedEpochs) {
+    // An allocation every 10 ms over 20 s, every other one freed 5 ms later
+    // (young: the open epoch) or 5 s later (old: a closed, merged epoch).
+    Tracker tracker;
+    tracker.index_ages();
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> pending;  // (free at, ptr)
+    const std::uint64_t ms = 1'000'000;
+    std::uint64_t ts = 0;
+    for (std::uint64_t i = 0; i < 2000; ++i) {
+        ts = i * 10 * ms;
+        while (!pending.empty() && pending.front().first <= ts) {
+            tracker.apply(free_event({.ts = pending.front().first, .ptr = pending.front().second, .site = kFreeF}));
+            pending.erase(pending.begin());
+        }
+        const std::uint64_t ptr = kP1 + i * 64;
+        tracker.apply(alloc_event({.ts = ts, .ptr = ptr, .site = i % 3 ? kAllocA : kAllocB, .req = 8, .alloc = 8}));
+        if (i % 2 == 0) pending.push_back({ts + (i % 4 == 0 ? 5 * ms : 5000 * ms), ptr});
+        std::sort(pending.begin(), pending.end());
+    }
+    expect_index_within_an_epoch_of_the_scan(tracker, ts);
+    // Everything born by 10 s: on an epoch boundary far back, exact.
+    std::uint64_t everything = 0;
+    for (const SiteAge& a : tracker.outstanding_born_by_epochs(~std::uint64_t{0})) everything += a.count;
+    EXPECT_EQ(everything, tracker.outstanding_count());
+}
+
+TEST(Tracker, AgeIndexIsNotUsedOnceTheClassTableOverflowed) {
+    Tracker cramped(1);
+    cramped.index_ages();
+    EXPECT_TRUE(cramped.ages_indexed());
+    cramped.apply(alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));
+    cramped.apply(alloc_event({.ts = 2, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_FALSE(cramped.ages_indexed());  // kP2 has no class: the scan answers
+    cramped.reset();
+    EXPECT_TRUE(cramped.ages_indexed());
+    for (const SiteAge& a : cramped.outstanding_born_by_epochs(~std::uint64_t{0})) EXPECT_EQ(a.count, 0u);
+}
+
+TEST(Tracker, ResetEmptiesTheAgeIndexAndKeepsIt) {
+    Tracker tracker;
+    tracker.index_ages();
+    tracker.apply(alloc_event({.ts = 5'000'000'000, .ptr = kP1, .site = kAllocA, .req = 8, .alloc = 8}));
+    ASSERT_EQ(tracker.outstanding_born_by_epochs(~std::uint64_t{0}).at(0).count, 1u);
+    tracker.reset();
+    EXPECT_TRUE(tracker.outstanding_born_by_epochs(~std::uint64_t{0}).empty());
+    tracker.apply(alloc_event({.ts = 6'000'000'000, .ptr = kP2, .site = kAllocB, .req = 8, .alloc = 8}));
+    EXPECT_EQ(tracker.outstanding_born_by_epochs(~std::uint64_t{0}).at(0).count, 1u);
+}
+
 }  // namespace
 }  // namespace kleak::core
