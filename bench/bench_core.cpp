@@ -17,7 +17,6 @@
 #include <span>
 #include <vector>
 
-#include "app/scan_threads.h"
 #include "core/leaks_query.h"
 #include "core/pipeline.h"
 #include "core/symbolizer.h"
@@ -293,35 +292,34 @@ double percentile(std::vector<double> v, double p) {
 // statistics are over the repetitions (200 queries). Args: min_age in seconds
 // (0: answered from the per-site aggregates; otherwise from the age index,
 // or without one by scanning every live allocation), the call sites (1: two
-// classes in all), the threads the daemon's ScanThreads splits a scan over,
-// and whether the tracker keeps the age index (the daemon's does).
+// classes in all), and whether the tracker keeps the age index (the
+// daemon's does).
 void BM_LeaksQuery1M(benchmark::State& state) {
     const kleak::core::Tracker& tracker =
-        tracker_with_1m_outstanding(static_cast<unsigned>(state.range(1)), state.range(3) == 1);
+        tracker_with_1m_outstanding(static_cast<unsigned>(state.range(1)), state.range(2) == 1);
     kleak::core::FixedSymbolizer symbols({});
     kleak::core::LeaksQuery query;
     query.top = 20;
     query.now_ns = 100'000'000'000ULL;
     query.min_age_ns = static_cast<std::uint64_t>(state.range(0)) * 1'000'000'000ULL;
-    const kleak::ScanThreads threads(static_cast<std::size_t>(state.range(2)));
-    const kleak::core::PartRunner& runner = threads;
     for (auto _ : state) {
         const auto start = std::chrono::steady_clock::now();
-        auto result = kleak::core::query_leaks(tracker, query, symbols, runner);
+        auto result = kleak::core::query_leaks(tracker, query, symbols);
         benchmark::DoNotOptimize(result);
         state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     state.counters["outstanding"] = static_cast<double>(tracker.outstanding_count());
+    // The age index's memory on top of the table's (age_index.h).
+    state.counters["tracker_bytes_per_outstanding"] =
+        static_cast<double>(tracker.memory_bytes()) / static_cast<double>(tracker.outstanding_count());
 }
 BENCHMARK(BM_LeaksQuery1M)
-    ->ArgNames({"min_age_s", "sites", "threads", "age_index"})
-    ->Args({0, 2000, 1, 0})
-    ->Args({30, 2000, 1, 0})
-    ->Args({30, 2000, 2, 0})
-    ->Args({30, 1, 1, 0})
-    ->Args({30, 1, 2, 0})
-    ->Args({30, 2000, 1, 1})
-    ->Args({30, 1, 1, 1})
+    ->ArgNames({"min_age_s", "sites", "age_index"})
+    ->Args({0, 2000, 0})
+    ->Args({30, 2000, 0})
+    ->Args({30, 1, 0})
+    ->Args({30, 2000, 1})
+    ->Args({30, 1, 1})
     ->Iterations(1)
     ->Repetitions(200)
     ->UseManualTime()

@@ -11,7 +11,7 @@
 # and, while a writev loop keeps ingest busy (5-6M records/s on 2 CPUs):
 #   - `leaks` query latency over the socket, request sent to reply read:
 #     p50/p99/max of --queries queries, without and with min_age (the
-#     latter scans every live allocation);
+#     latter adds up the daemon's age index);
 #   - records lost meanwhile, and the RSS and its peak while ingesting (the
 #     merge's staging of records in flight on top of the RSS at rest);
 #   - how long the host kept the vCPUs from running meanwhile (steal,
@@ -139,7 +139,7 @@ def run(args, n):
     p = lambda q: lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]
     return f"p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lat[-1]:.2f} ms over {n} queries"
 print("leaks (top 20, by bytes):            " + run({"top": 20}, queries))
-print("leaks --min-age 1s (scans them all): " + run({"top": 20, "min_age": "1s"}, queries))
+print("leaks --min-age 1s (age index):      " + run({"top": 20, "min_age": "1s"}, queries))
 EOF
 kill -TERM "$steal_pid"
 wait "$steal_pid" || true  # an empty file prints as "?"

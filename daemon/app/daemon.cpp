@@ -370,7 +370,7 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             query.min_age_ns = request.leaks.min_age_ns;
             query.now_ns = monotonic_now_ns();
             query.sort = request.leaks.sort == proto::LeakSort::bytes ? core::LeakSort::bytes : core::LeakSort::count;
-            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, scan_threads_), query);
+            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_), query);
         }
         case proto::Op::report:
             return core::report_to_json(build_report());

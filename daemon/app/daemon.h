@@ -22,7 +22,6 @@
 
 #include "app/event_loop.h"
 #include "app/pipeline_sink.h"
-#include "app/scan_threads.h"
 #include "app/serve_command.h"
 #include "app/tracing_session.h"
 #include "config/config.h"
@@ -87,7 +86,6 @@ private:
     std::uint64_t printk_file_failures_ = 0;
     PipelineSink sink_;
     std::unique_ptr<core::CachingSymbolizer> symbolizer_;
-    ScanThreads scan_threads_;  // `leaks --min-age` reads every live allocation
     TracingSession session_;
     service::SnapshotWriter snapshots_;
     std::optional<service::QueryServer> server_;

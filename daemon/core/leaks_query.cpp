@@ -22,11 +22,10 @@ std::vector<Candidate> from_aggregates(const Tracker& tracker) {
     return out;
 }
 
-std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64_t born_before,
-                                             const PartRunner& runner) {
+std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64_t born_before) {
     std::vector<Candidate> out;
     const std::vector<SiteAge> ages = tracker.ages_indexed() ? tracker.outstanding_born_by_epochs(born_before)
-                                                             : tracker.outstanding_born_by(born_before, runner);
+                                                             : tracker.outstanding_born_by(born_before);
     for (SiteId id = 0; id < ages.size(); ++id) {
         if (ages[id].count > 0) out.push_back({id, ages[id].count, ages[id].bytes, ages[id].oldest_ts_ns});
     }
@@ -35,14 +34,13 @@ std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64
 
 }  // namespace
 
-LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer,
-                        const PartRunner& runner) {
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer) {
     std::vector<Candidate> candidates;
     if (query.min_age_ns == 0) {
         candidates = from_aggregates(tracker);
     } else {
         const std::uint64_t born_before = query.now_ns > query.min_age_ns ? query.now_ns - query.min_age_ns : 0;
-        candidates = from_live_allocations(tracker, born_before, runner);
+        candidates = from_live_allocations(tracker, born_before);
     }
 
     LeaksResult result;

@@ -15,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include "part_runner.h"
 #include "symbolizer.h"
 #include "tracker.h"
 
@@ -47,9 +46,7 @@ struct LeaksResult {
     std::vector<LeakRow> rows;
 };
 
-// A min_age query's scan runs in runner's parts (see part_runner.h).
-LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer,
-                        const PartRunner& runner = PartRunner{});
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer);
 
 nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query);
 

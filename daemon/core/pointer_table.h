@@ -111,17 +111,9 @@ public:
     // about every other slot; fn can fold `occupied` in without branching.
     template <class Fn>
     void for_each_slot(Fn&& fn) const {
-        for_each_slot_in(0, 1, fn);
-    }
-
-    // The same for part `part` of `parts` (0 <= part < parts): the parts'
-    // slot ranges together cover the table once, pointer 0 in the last part.
-    template <class Fn>
-    void for_each_slot_in(std::size_t part, std::size_t parts, Fn&& fn) const {
-        const Slot* const begin = slots_.get() + capacity() * part / parts;
-        const Slot* const end = slots_.get() + capacity() * (part + 1) / parts;
-        for (const Slot* s = begin; s != end; ++s) fn(s->key, s->value, s->key != 0);
-        if (has_zero_ && part + 1 == parts) fn(std::uint64_t{0}, zero_value_, true);
+        const Slot* const end = slots_.get() + capacity();
+        for (const Slot* s = slots_.get(); s != end; ++s) fn(s->key, s->value, s->key != 0);
+        if (has_zero_) fn(std::uint64_t{0}, zero_value_, true);
     }
 
     // Empties the table and gives its memory back.

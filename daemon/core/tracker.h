@@ -37,7 +37,6 @@
 #include "age_index.h"
 #include "allocation_class.h"
 #include "event.h"
-#include "part_runner.h"
 #include "pointer_table.h"
 
 namespace kleak::core {
@@ -136,10 +135,9 @@ public:
 
     // Per site (indexed by SiteId, sites().size() long): the live allocations
     // surely born at or before born_before_ns, i.e. whose rounded birth time is
-    // <= born_before_ns. One pass over the table, aggregated per class, in
-    // runner.width() parts that may run at once (the tracker is only read).
-    std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns,
-                                             const PartRunner& runner = PartRunner{}) const;
+    // <= born_before_ns. One pass over the table, aggregated per class:
+    // exact, and O(outstanding) (a report's tracker keeps no age index).
+    std::vector<SiteAge> outstanding_born_by(std::uint64_t born_before_ns) const;
     // The same from the age index (only when ages_indexed()), in O(epochs x
     // classes): the allocations born in epochs that end by born_before_ns,
     // which leaves out those born within the threshold's epoch: at most
