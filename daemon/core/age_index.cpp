@@ -5,19 +5,23 @@
 
 namespace kleak::core {
 
-void AgeIndex::add(ClassId cls, std::uint64_t unit) {
-    ++live_;
+void AgeIndex::add_slow(ClassId cls, std::uint64_t unit) {
+    if (unit < open_begin_ && open_) {
+        ++live_;
+        ++closed_for(unit).counts[cls];  // a late record
+        return;
+    }
     if (!open_ || unit >= open_end_) {
         const std::uint64_t begin = unit / kBaseUnits * kBaseUnits;
         if (open_) close_open(begin + kBaseUnits);
         open_ = true;
         open_begin_ = begin;
         open_end_ = begin + kBaseUnits;
-    } else if (unit < open_begin_) [[unlikely]] {
-        ++closed_for(unit).counts[cls];  // a late record
-        return;
     }
-    if (cls >= open_counts_.size()) open_counts_.resize(std::max<std::size_t>(cls + 1, 2 * open_counts_.size()));
+    if (cls >= open_counts_.size()) {
+        // Class ids are dense (interned in order): the array grows with the class table.
+        open_counts_.resize(std::max<std::size_t>(cls + 1, std::min<std::size_t>(2 * open_counts_.size(), kMaxClasses)));
+    }
     OpenCount& c = open_counts_[cls];
     if (c.generation != generation_) {
         c.generation = generation_;
@@ -25,17 +29,10 @@ void AgeIndex::add(ClassId cls, std::uint64_t unit) {
         touched_.push_back(cls);
     }
     ++c.count;
+    ++live_;
 }
 
-bool AgeIndex::remove(ClassId cls, std::uint64_t unit) {
-    if (open_ && unit >= open_begin_ && unit < open_end_) {
-        if (cls >= open_counts_.size()) return false;
-        OpenCount& c = open_counts_[cls];
-        if (c.generation != generation_ || c.count == 0) return false;
-        --c.count;
-        --live_;
-        return true;
-    }
+bool AgeIndex::remove_closed(ClassId cls, std::uint64_t unit) {
     Epoch* const e = find_closed(unit);
     if (e == nullptr) return false;
     const auto it = e->counts.find(cls);
@@ -46,7 +43,9 @@ bool AgeIndex::remove(ClassId cls, std::uint64_t unit) {
 }
 
 AgeIndex::Epoch* AgeIndex::find_closed(std::uint64_t unit) {
-    // The last epoch beginning at or before unit.
+    // Most frees of closed-epoch allocations are of young ones: the newest
+    // closed epoch first, then the last one beginning at or before unit.
+    if (!closed_.empty() && unit >= closed_.back().begin) return unit < closed_.back().end ? &closed_.back() : nullptr;
     auto it = std::upper_bound(closed_.begin(), closed_.end(), unit,
                                [](std::uint64_t u, const Epoch& e) { return u < e.begin; });
     if (it == closed_.begin()) return nullptr;

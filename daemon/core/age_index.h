@@ -44,10 +44,35 @@ public:
     // A merged epoch is at most 1/kAgeRatio of its age long.
     static constexpr std::uint64_t kAgeRatio = 16;
 
-    void add(ClassId cls, std::uint64_t unit);
+    // Inline: the tracker calls these for every allocation and matched free,
+    // and most land in the open epoch.
+    void add(ClassId cls, std::uint64_t unit) {
+        if (open_ && unit - open_begin_ < kBaseUnits && cls < open_counts_.size()) [[likely]] {
+            OpenCount& c = open_counts_[cls];
+            if (c.generation != generation_) {
+                c.generation = generation_;
+                c.count = 0;
+                touched_.push_back(cls);
+            }
+            ++c.count;
+            ++live_;
+            return;
+        }
+        add_slow(cls, unit);
+    }
     // An allocation add()ed with this class and unit is no longer live.
     // Returns false (and changes nothing) if no such allocation is counted.
-    bool remove(ClassId cls, std::uint64_t unit);
+    bool remove(ClassId cls, std::uint64_t unit) {
+        if (open_ && unit - open_begin_ < kBaseUnits) {
+            if (cls >= open_counts_.size()) return false;
+            OpenCount& c = open_counts_[cls];
+            if (c.generation != generation_ || c.count == 0) return false;
+            --c.count;
+            --live_;
+            return true;
+        }
+        return remove_closed(cls, unit);
+    }
 
     // Calls fn(ClassId, count, oldest_unit) for each class with live
     // allocations in epochs that end at or before unit `units` (every unit
@@ -74,6 +99,8 @@ private:
         std::uint32_t generation = 0;  // == generation_: listed in touched_
     };
 
+    void add_slow(ClassId cls, std::uint64_t unit);
+    bool remove_closed(ClassId cls, std::uint64_t unit);
     // Closes the open epoch; the next one will end at next_open_end.
     void close_open(std::uint64_t next_open_end);
     void merge_old_epochs(std::uint64_t now);

@@ -77,7 +77,8 @@ void Merger::begin_release(std::uint64_t watermark) {
                                     [](std::uint64_t w, const Event& e) { return w < e.ts_ns; });
         q.ready = static_cast<std::size_t>(end - q.events.begin());
         q.pos = q.head;
-        q.demand = std::max(q.held(), q.demand - q.demand / 8);
+        // Released records still in front count: they are memory in use.
+        q.demand = std::max(q.events.size(), q.demand - q.demand / 8);
         left_ += q.ready - q.head;
     }
     // From now on a record at or behind the watermark is late, exactly as

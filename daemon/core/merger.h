@@ -95,7 +95,7 @@ private:
         bool sorted = true;          // stays true while records arrive in order
         std::size_t ready = 0;       // records of the release in progress end here
         std::size_t pos = 0;         // ... and are handed on up to here
-        std::size_t demand = 0;      // decaying peak of held() at a release
+        std::size_t demand = 0;      // decaying peak of events.size() at a release
         std::size_t held() const { return events.size() - head; }
     };
 

@@ -21,7 +21,9 @@
 //
 // Each outstanding allocation costs one 16-byte entry (pointer_table.h) whose
 // value packs its class (site, bytes) and its birth time to 1.05 ms
-// (allocation_class.h says how that rounds).
+// (allocation_class.h says how that rounds); the daemon's tracker also counts
+// it in the age index (age_index.h: a few bytes more per allocation, one map
+// entry per birth epoch and class).
 #pragma once
 
 #include <absl/container/flat_hash_map.h>
@@ -99,6 +101,8 @@ public:
     // table, to within an epoch. Only before the first event: the daemon does
     // (it answers `leaks --min-age`); a report never asks, and saves the cost.
     void index_ages() { index_ages_ = true; }
+    // Whether the index answers: kept, and complete (an allocation whose class
+    // did not fit is not in it; the first one empties it until reset()).
     bool ages_indexed() const { return index_ages_ && class_overflows_ == 0; }
 
     void apply(const Event& event);
@@ -176,7 +180,7 @@ private:
     void count_replaced(const AllocationClass& prior);
     // An allocation stops being outstanding: out of the age index.
     void unindex(ClassId cls, std::uint64_t unit) {
-        if (index_ages_ && cls != kOverflowClass) ages_.remove(cls, unit);
+        if (ages_indexed()) ages_.remove(cls, unit);
     }
     AllocationClass class_of_entry(std::uint64_t ptr, std::uint64_t packed) const {
         const ClassId id = class_of(packed);

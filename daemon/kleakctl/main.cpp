@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     leaks->add_option("--top,-n", options.top, "How many call sites")->check(CLI::Range(1, 100000))->default_str("20");
     leaks->add_option("--min-age", options.min_age,
                       "Count only allocations at least this old: 500ms, 30s, 5m, 1h, 1d (one that became that old "
-                      "within the last 1/16 of it, or 16.8 ms, may be left out)")
+                      "within the last 1/16 of it or 16.8 ms, whichever is longer, may be left out)")
         ->default_str("0s");
     leaks->add_option("--sort", options.sort, "Order by outstanding bytes or count")
         ->check(CLI::IsMember({"bytes", "count"}))

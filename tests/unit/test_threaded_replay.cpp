@@ -34,7 +34,7 @@ const std::filesystem::path kFixture = std::filesystem::path(KLEAK_FIXTURES_DIR)
 
 using test::Prng;
 
-// ~6 MB per CPU file (more than one 4 MiB merge round), 2 CPUs.
+// ~6 MB per CPU file (several merge rounds: kReplaySliceBytes each), 2 CPUs.
 std::filesystem::path write_recording(const std::string& name) {
     const std::filesystem::path dir = std::filesystem::temp_directory_path() /
                                       ("kleakd-threaded-replay-" + name + "-" + std::to_string(::getpid()));
