@@ -22,14 +22,7 @@ void AgeIndex::add_slow(ClassId cls, std::uint64_t unit) {
         // Class ids are dense (interned in order): the array grows with the class table.
         open_counts_.resize(std::max<std::size_t>(cls + 1, std::min<std::size_t>(2 * open_counts_.size(), kMaxClasses)));
     }
-    OpenCount& c = open_counts_[cls];
-    if (c.generation != generation_) {
-        c.generation = generation_;
-        c.count = 0;
-        touched_.push_back(cls);
-    }
-    ++c.count;
-    ++live_;
+    count_in_open(cls);
 }
 
 bool AgeIndex::remove_closed(ClassId cls, std::uint64_t unit) {

@@ -48,14 +48,7 @@ public:
     // and most land in the open epoch.
     void add(ClassId cls, std::uint64_t unit) {
         if (open_ && unit - open_begin_ < kBaseUnits && cls < open_counts_.size()) [[likely]] {
-            OpenCount& c = open_counts_[cls];
-            if (c.generation != generation_) {
-                c.generation = generation_;
-                c.count = 0;
-                touched_.push_back(cls);
-            }
-            ++c.count;
-            ++live_;
+            count_in_open(cls);
             return;
         }
         add_slow(cls, unit);
@@ -99,6 +92,16 @@ private:
         std::uint32_t generation = 0;  // == generation_: listed in touched_
     };
 
+    void count_in_open(ClassId cls) {
+        OpenCount& c = open_counts_[cls];
+        if (c.generation != generation_) {
+            c.generation = generation_;
+            c.count = 0;
+            touched_.push_back(cls);
+        }
+        ++c.count;
+        ++live_;
+    }
     void add_slow(ClassId cls, std::uint64_t unit);
     bool remove_closed(ClassId cls, std::uint64_t unit);
     // Closes the open epoch; the next one will end at next_open_end.
