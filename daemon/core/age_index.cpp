@@ -35,21 +35,22 @@ bool AgeIndex::remove_closed(ClassId cls, std::uint64_t unit) {
     return true;
 }
 
+std::vector<AgeIndex::Epoch>::iterator AgeIndex::first_beginning_after(std::uint64_t unit) {
+    return std::upper_bound(closed_.begin(), closed_.end(), unit,
+                            [](std::uint64_t u, const Epoch& e) { return u < e.begin; });
+}
+
 AgeIndex::Epoch* AgeIndex::find_closed(std::uint64_t unit) {
     // Most frees of closed-epoch allocations are of young ones: the newest
     // closed epoch first, then the last one beginning at or before unit.
     if (!closed_.empty() && unit >= closed_.back().begin) return unit < closed_.back().end ? &closed_.back() : nullptr;
-    auto it = std::upper_bound(closed_.begin(), closed_.end(), unit,
-                               [](std::uint64_t u, const Epoch& e) { return u < e.begin; });
-    if (it == closed_.begin()) return nullptr;
-    --it;
-    return unit < it->end ? &*it : nullptr;
+    const auto next = first_beginning_after(unit);
+    return next != closed_.begin() && unit < std::prev(next)->end ? &*std::prev(next) : nullptr;
 }
 
 AgeIndex::Epoch& AgeIndex::closed_for(std::uint64_t unit) {
-    auto next = std::upper_bound(closed_.begin(), closed_.end(), unit,
-                                 [](std::uint64_t u, const Epoch& e) { return u < e.begin; });
-    if (next != closed_.begin() && unit < std::prev(next)->end) return *std::prev(next);
+    if (Epoch* const holding = find_closed(unit)) return *holding;
+    const auto next = first_beginning_after(unit);
     // In no epoch: a base epoch of its own around it, cut to the gap it is in
     // (stretching a neighbour could make an old epoch span up to the present).
     const std::uint64_t aligned = unit / kBaseUnits * kBaseUnits;

@@ -107,6 +107,7 @@ private:
     // Closes the open epoch; the next one will end at next_open_end.
     void close_open(std::uint64_t next_open_end);
     void merge_old_epochs(std::uint64_t now);
+    std::vector<Epoch>::iterator first_beginning_after(std::uint64_t unit);
     // The closed epoch whose range holds unit, or nullptr.
     Epoch* find_closed(std::uint64_t unit);
     // The same, made for unit if none holds it (late records).

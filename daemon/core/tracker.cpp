@@ -56,9 +56,12 @@ void Tracker::allocated(const Event& event, SiteId here) {
     const ClassId cls = classes_.intern(here, event.bytes_alloc);
     const std::uint64_t unit = birth_unit(event.ts_ns);
     const std::uint64_t packed = pack_allocation(cls, unit);
-    if (cls == kOverflowClass && ages_indexed()) [[unlikely]]
-        ages_.clear();  // incomplete from now on: queries scan until reset()
-    if (ages_indexed() && cls != kOverflowClass) ages_.add(cls, unit);
+    if (ages_indexed()) {
+        if (cls != kOverflowClass) [[likely]]
+            ages_.add(cls, unit);
+        else
+            ages_.clear();  // incomplete from now on (class_overflows_ below): queries scan until reset()
+    }
     auto [entry, inserted] = live_.try_emplace(event.ptr, packed);
     if (!inserted) [[unlikely]] {
         // The previous allocation at this address was freed, and its free is

@@ -97,8 +97,8 @@ public:
     explicit Tracker(std::uint32_t class_limit) : classes_(class_limit) {}
 
     // Keep live allocations counted per birth epoch (age_index.h) from now
-    // on, so outstanding_born_by() adds up epochs instead of scanning the
-    // table, to within an epoch. Only before the first event: the daemon does
+    // on, so outstanding_born_by_epochs() can add up epochs instead of
+    // scanning the table, to within an epoch. Only before the first event: the daemon does
     // (it answers `leaks --min-age`); a report never asks, and saves the cost.
     void index_ages() { index_ages_ = true; }
     // Whether the index answers: kept, and complete (an allocation whose class
