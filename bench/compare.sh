@@ -5,7 +5,9 @@
 #    and one kfree per iteration), interleaved A B C D A B C D ... for
 #    --rounds rounds:
 #      A untraced
-#      B `kleakd trace` attached (the product)
+#      B `kleakd trace` attached (the product; tp_btf where the kernel allows)
+#      R `kleakd trace --attach raw_tp` (the path older kernels take, e.g.
+#        Debian 12's 6.1 and 6.12; left out with --no-raw-tp)
 #      C `kleakd trace --no-emit` (programs attached, nothing written: the floor)
 #      D bench/peer-memleak.bt under bpftrace (the peer)
 #    Medians, and paired ratios: each traced run over the untraced run of its
@@ -25,7 +27,7 @@
 # 4. Cost per event: one run each with sysctl kernel.bpf_stats_enabled=1
 #    (restored afterwards): ns per program run for kleakd, the floor, the peer.
 #
-# Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--quick]
+# Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--no-raw-tp] [--quick]
 #   BUILD_DIR (default build) holds kleakd and bench/kleakd-loadgen.
 # Needs root and a BTF kernel; bpftrace for the peer (scripts/install-deps.sh).
 # About 3 minutes with the defaults (5 rounds of 3 s).
@@ -35,12 +37,14 @@ cd "$(dirname "$0")/.."
 rounds=5
 duration=3
 peer=1
+raw_tp=1
 quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --no-peer) peer=0; shift ;;
+    --no-raw-tp) raw_tp=0; shift ;;
     --quick) quick=1; rounds=2; duration=2; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
@@ -149,12 +153,15 @@ echo "kleakd compare: $(date -u '+%Y-%m-%d %H:%M UTC'), $(grep -m1 'model name' 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== 1. writev loop, 1 thread, $rounds rounds of ${duration}s, interleaved =="
-configs=(untraced kleakd noemit)
+configs=(untraced kleakd)
+[ "$raw_tp" = 1 ] && configs+=(rawtp)
+configs+=(noemit)
 [ "$peer" = 1 ] && configs+=(peer)
 for round in $(seq 1 "$rounds"); do
   for config in "${configs[@]}"; do
     case "$config" in
       noemit) measure "$round" noemit 1 --no-emit ;;
+      rawtp) measure "$round" rawtp 1 --attach raw_tp ;;
       *) measure "$round" "$config" 1 ;;
     esac
   done
@@ -167,7 +174,8 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 by = {}
 for r in rows:
     by.setdefault(r[1], {})[int(r[0])] = r
-names = {"untraced": "untraced", "kleakd": "kleakd trace", "noemit": "kleakd trace --no-emit (floor)",
+names = {"untraced": "untraced", "kleakd": "kleakd trace", "rawtp": "kleakd trace --attach raw_tp",
+         "noemit": "kleakd trace --no-emit (floor)",
          "peer": "bpftrace peer-memleak.bt"}
 base = by["untraced"]
 def column(c, i):
@@ -178,7 +186,7 @@ print()
 print(f"{'':34} {'--- wall: iterations/s of the run ---':^52}   {'--- CPU: iterations/s of loader CPU ---':^40}")
 print(f"{'configuration':34} {'median':>11} {'min':>11} {'max':>11} {'ratio':>7} {'min-max':>11}   "
       f"{'median':>11} {'ratio':>7} {'min-max':>11}")
-for c in ["untraced", "kleakd", "noemit", "peer"]:
+for c in ["untraced", "kleakd", "rawtp", "noemit", "peer"]:
     if c not in by: continue
     wall, wall_ratio = column(c, 2)
     cpu, cpu_ratio = column(c, 10)
@@ -194,7 +202,11 @@ for i, what in ((2, "wall"), (10, "CPU")):
 print()
 print(f"{'kleakd':34} {'records/s':>13} {'drops':>8} {'late':>6} {'daemon CPU%':>12} {'records/CPU-s':>14} {'RSS MiB':>8}"
       f" {'steal ms':>9}")
-for c in ["kleakd", "noemit"]:
+if "rawtp" in by and "kleakd" in by:
+    pairs = [float(by["rawtp"][k][2]) / float(r[2]) for k, r in by["kleakd"].items() if k in by["rawtp"]]
+    print(f"raw_tp over default, paired per round (wall): median {st.median(pairs):.3f}, "
+          f"{min(pairs):.3f}-{max(pairs):.3f}")
+for c in ["kleakd", "rawtp", "noemit"]:
     if c not in by: continue
     for k, r in sorted(by[c].items()):
         rec, drops, late, cpu, secs, rss = int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), int(r[8])
@@ -286,10 +298,14 @@ parts = [f"{name} {ns / cnt:.0f} ns" for name, cnt, ns in programs if cnt]
 print(f"{label:34} " + (", ".join(parts) if parts else "no runs counted"))
 EOF
 }
-for config in kleakd noemit; do
+cost_configs=(kleakd)
+[ "$raw_tp" = 1 ] && cost_configs+=(rawtp)
+cost_configs+=(noemit)
+for config in "${cost_configs[@]}"; do
   args=()
   label="kleakd trace"
   if [ "$config" = noemit ]; then args=(--no-emit); label="kleakd trace --no-emit (floor)"; fi
+  if [ "$config" = rawtp ]; then args=(--attach raw_tp); label="kleakd trace --attach raw_tp"; fi
   start_tracer 'tracing' "$tmp/c.json" "$tmp/c.err" "$kleakd" trace --json --interval 3600 "${args[@]}"
   "$loadgen" writev --duration 2 > /dev/null
   stop_tracer "$tracer_pid" "$tmp/c.err"

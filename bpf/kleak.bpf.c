@@ -2,7 +2,8 @@
 /*
  * kleak.bpf.c - slab allocation tracing for kleakd.
  *
- * One program per kmem tracepoint, attached as BTF raw tracepoints (tp_btf):
+ * One program per kmem tracepoint, attached as BTF raw tracepoints (tp_btf,
+ * or plain raw_tp where the verifier refuses those: see KLEAK_TRACED):
  * cheaper than classic tracepoints, and the kernel only skips a program when
  * that same program nests on the CPU, not whenever any BPF program runs
  * there (the bcc memleak "lost frees in IRQ" bug, iovisor/bcc#2997).
@@ -466,24 +467,38 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 }
 
 /*
+ * Every traced program is built twice from one body: as tp_btf and as raw_tp.
+ * Older verifiers (6.1 and 6.12 among them; 6.18 accepts it) reject a tp_btf
+ * program that reads a `void *` argument (kmalloc's ptr: "func 'kmalloc' arg1
+ * type UNKNOWN is not a struct"); a raw_tp program reads every argument as a
+ * plain u64 on any kernel. User space
+ * loads one set (kernel/attach_mode.h says which and why); both run through
+ * the same kernel path (bpf_trace_run), with the same per-program recursion
+ * guard, so the choice costs nothing per event (README, "Kernels").
+ */
+#define KLEAK_TRACED(tracepoint, handler)                                  \
+	SEC("tp_btf/" #tracepoint)                                             \
+	int kleak__##handler(__u64 *ctx) { return on_##handler(ctx); }         \
+	SEC("raw_tp/" #tracepoint)                                             \
+	int kleak_raw__##handler(__u64 *ctx) { return on_##handler(ctx); }
+
+/*
  * kmalloc(call_site, ptr, bytes_req, bytes_alloc, gfp_flags[, node]): the
  * first five arguments have kept their places across kernels, before and
- * after 6.1 split the kmem_alloc event class.
+ * after 6.1 split the kmem_alloc event class. Before 6.1 NUMA-node
+ * allocations had their own event (kmalloc_node), same leading arguments.
  */
-SEC("tp_btf/kmalloc")
-int BPF_PROG(kleak__kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
-	     gfp_t gfp_flags)
+static __always_inline int on_kmalloc(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_KMALLOC, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
+	return emit_alloc(KLEAK_KMALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4]);
 }
+KLEAK_TRACED(kmalloc, kmalloc)
 
-/* Before 6.1 NUMA-node allocations had their own events, same leading arguments. */
-SEC("tp_btf/kmalloc_node")
-int BPF_PROG(kleak__kmalloc_node, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc,
-	     gfp_t gfp_flags)
+static __always_inline int on_kmalloc_node(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_KMALLOC, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
+	return on_kmalloc(ctx);
 }
+KLEAK_TRACED(kmalloc_node, kmalloc_node)
 
 /*
  * kmem_cache_alloc changed shape in 6.1 (commit 2c1d697fb8ba, "mm/slab_common:
@@ -493,8 +508,7 @@ int BPF_PROG(kleak__kmalloc_node, unsigned long call_site, const void *ptr, size
  * from the cache. The same commit introduced trace_event_raw_kmem_cache_alloc,
  * so its presence in the kernel's BTF tells which shape this kernel has.
  */
-SEC("tp_btf/kmem_cache_alloc")
-int kleak__kmem_cache_alloc(__u64 *ctx)
+static __always_inline int on_kmem_cache_alloc(__u64 *ctx)
 {
 	unsigned long call_site = ctx[0];
 	const void *ptr = (const void *)ctx[1];
@@ -509,19 +523,20 @@ int kleak__kmem_cache_alloc(__u64 *ctx)
 	}
 	return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4]);
 }
+KLEAK_TRACED(kmem_cache_alloc, kmem_cache_alloc)
 
-SEC("tp_btf/kmem_cache_alloc_node")
-int kleak__kmem_cache_alloc_node(__u64 *ctx)
+static __always_inline int on_kmem_cache_alloc_node(__u64 *ctx)
 {
 	return emit_alloc(KLEAK_CACHE_ALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4]);
 }
+KLEAK_TRACED(kmem_cache_alloc_node, kmem_cache_alloc_node)
 
 /* kfree(call_site, ptr): unchanged since the event exists. */
-SEC("tp_btf/kfree")
-int BPF_PROG(kleak__kfree, unsigned long call_site, const void *ptr)
+static __always_inline int on_kfree(__u64 *ctx)
 {
-	return emit_free(KLEAK_KFREE, call_site, ptr);
+	return emit_free(KLEAK_KFREE, ctx[0], (const void *)ctx[1]);
 }
+KLEAK_TRACED(kfree, kfree)
 
 /*
  * The kernel does not run a tp_btf program that is already running on the
@@ -591,22 +606,23 @@ static __always_inline bool forget_freed(struct batch *b, const void *ptr)
 }
 
 /* kmem_cache_free(call_site, ptr, ...): the third argument changed (name, then cache); unused here. */
-SEC("tp_btf/kmem_cache_free")
-int BPF_PROG(kleak__kmem_cache_free, unsigned long call_site, const void *ptr)
+static __always_inline int on_kmem_cache_free(__u64 *ctx)
 {
+	const void *ptr = (const void *)ctx[1];
 	struct batch *b = this_cpu_batch();
 
 	if (!b)
 		return 0;
-	emit_free(KLEAK_CACHE_FREE, call_site, ptr);
+	emit_free(KLEAK_CACHE_FREE, ctx[0], ptr);
 	barrier();
 	remember_freed(b, ptr);
 	return 0;
 }
+KLEAK_TRACED(kmem_cache_free, kmem_cache_free)
 
-SEC("tp_btf/kmem_cache_free")
-int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void *ptr)
+static __always_inline int on_kmem_cache_free_nested(__u64 *ctx)
 {
+	const void *ptr = (const void *)ctx[1];
 	struct batch *b = this_cpu_batch();
 	__u32 key = 0;
 	__u64 *n;
@@ -618,9 +634,10 @@ int BPF_PROG(kleak__kmem_cache_free_nested, unsigned long call_site, const void 
 	if (n)
 		*n += 1;
 	if (!skip(ptr))
-		emit_free_direct(KLEAK_CACHE_FREE, call_site, ptr, bpf_ktime_get_ns());
+		emit_free_direct(KLEAK_CACHE_FREE, ctx[0], ptr, bpf_ktime_get_ns());
 	return 0;
 }
+KLEAK_TRACED(kmem_cache_free, kmem_cache_free_nested)
 
 /*
  * Empties this CPU's freed[] stack. Run by user space on each CPU once both
@@ -701,15 +718,18 @@ int kleak__flush(void *ctx)
  * Hotplug is rare, but the test on the CPU comes first all the same. An
  * internal program: not listed among the traced tracepoints (bpf_tracer.cpp).
  */
-SEC("tp_btf/cpuhp_enter")
-int BPF_PROG(kleak__cpu_down, unsigned int cpu, int target, int idx)
+static __always_inline int on_cpu_down(__u64 *ctx)
 {
+	unsigned int cpu = ctx[0];
+	int target = ctx[1], idx = ctx[2];
+
 	if (cpu != bpf_get_smp_processor_id() || target >= idx)
 		return 0;
 	/* In task context or with interrupts off: never inside a kleak program. */
 	flush_this_cpu(false);
 	return 0;
 }
+KLEAK_TRACED(cpuhp_enter, cpu_down)
 
 /*
  * printk:console(text, len) fires where the message is stored (in the
@@ -718,9 +738,10 @@ int BPF_PROG(kleak__cpu_down, unsigned int cpu, int target, int idx)
  * ring reservation needs a constant size, and copied into the ring with only
  * the bytes the message needs.
  */
-SEC("tp_btf/console")
-int BPF_PROG(kleak__printk, const char *text, size_t len)
+static __always_inline int on_printk(__u64 *ctx)
 {
+	const char *text = (const char *)ctx[0];
+	__u64 len = ctx[1];
 	struct kleak_printk_record *rec;
 	__u32 key = 0, n;
 	__u64 id;
@@ -750,3 +771,4 @@ int BPF_PROG(kleak__printk, const char *text, size_t len)
 		count_drops(1);
 	return 0;
 }
+KLEAK_TRACED(console, printk)

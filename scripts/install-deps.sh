@@ -13,6 +13,7 @@ packages=(
   python3 python3-jsonschema bc
   bpftrace                        # the peer in bench/compare.sh
   systemd systemd-container       # the service test boots systemd in systemd-nspawn
+  qemu-system-x86 busybox-static cpio   # the kernel matrix boots Debian's kernels (tests/kernels)
   debhelper dpkg-dev lintian scdoc man-db   # the Debian package (packaging/) and its test
 )
 

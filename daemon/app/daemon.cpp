@@ -42,6 +42,7 @@ TracerOptions tracer_options(const config::Settings& settings) {
     options.trace_kmalloc = settings.tracing.kmalloc;
     options.trace_kmem_cache = settings.tracing.kmem_cache;
     options.trace_printk = settings.printk.enabled;
+    options.attach = parse_attach_mode(settings.tracing.attach).value_or(AttachMode::automatic);  // validated
     return options;
 }
 
@@ -328,6 +329,11 @@ nlohmann::json Daemon::stats() {
         {"undecodable", pipeline_.undecodable()},
         {"totals", core::report_to_json(core::Report{totals, {}, loss}).at("totals")},
         {"attached", session_.tracer().attached()},
+        {"kernel",
+         {{"release", kernel_release()},
+          {"attach", attach_mode_name(session_.tracer().attach_choice().mode)},
+          {"attach_reason", session_.tracer().attach_choice().reason},
+          {"flushes_offline_cpus", session_.tracer().flushes_offline_cpus()}}},
         // Flushes of the BPF record batches since start-up: an IPI for each
         // CPU flushed; drains skip CPUs whose batch is empty, unless the
         // flags could not be mapped.

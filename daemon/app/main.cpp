@@ -43,6 +43,20 @@ void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
                  "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
 }
 
+void add_attach_option(CLI::App& app, kleak::TracerOptions& tracer) {
+    app.add_option_function<std::string>(
+           "--attach", [&tracer](const std::string& mode) { tracer.attach = *kleak::parse_attach_mode(mode); },
+           "How the BPF programs attach: auto (tp_btf where this kernel's verifier accepts them, else raw_tp, as "
+           "on Debian 12's 6.1 and 6.12), tp_btf, or raw_tp. The same code and cost either way")
+        ->check(CLI::Validator(
+            [](std::string& mode) {
+                return kleak::parse_attach_mode(mode) ? std::string()
+                                                      : "'" + mode + "' is not an attach mode: auto, tp_btf or raw_tp";
+            },
+            "MODE"))
+        ->default_str("auto");
+}
+
 // Tuning for experts and tests; hidden from --help (empty group).
 void add_timing_options(CLI::App& app, kleak::SessionTiming& timing) {
     app.add_option("--drain-ms", timing.drain_period, "How often the rings are drained")->group("");
@@ -107,6 +121,7 @@ int main(int argc, char** argv) {
     trace_cmd->add_flag("--json", trace.json, "Print the final report as JSON on stdout (live tables go to stderr)");
     trace_buffer.add_to(*trace_cmd);
     add_allocator_flags(*trace_cmd, trace.tracer);
+    add_attach_option(*trace_cmd, trace.tracer);
     add_tracer_tuning(*trace_cmd, trace.timing, trace.tracer, trace.nice);
     trace_cmd
         ->add_option("--sample-shift", trace.tracer.sample_shift,
@@ -134,6 +149,7 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 365 * 86400));
     record_buffer.add_to(*record_cmd);
     add_allocator_flags(*record_cmd, record.tracer);
+    add_attach_option(*record_cmd, record.tracer);
     record.tracer.trace_printk = true;
     record_cmd->add_flag("!--no-printk", record.tracer.trace_printk, "Do not record the kernel log (printk:console)");
     add_tracer_tuning(*record_cmd, record.timing, record.tracer, record.nice);

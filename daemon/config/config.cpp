@@ -56,6 +56,7 @@ constexpr auto kAllocatorNames = [] {
     return names;
 }();
 
+constexpr std::array<std::string_view, 3> kAttachModes{"auto", "tp_btf", "raw_tp"};
 constexpr std::array<std::string_view, 7> kLogLevels{"trace", "debug", "info", "warn", "error", "critical", "off"};
 
 std::string join(std::span<const std::string_view> names, std::string_view quote) {
@@ -91,6 +92,7 @@ const std::string kPrintkRetentionRule =
 const std::string kAllocatorsRule = "a non-empty array of distinct names from " + join(kAllocatorNames, "\"");
 const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
+const std::string kAttachRule = "one of " + join(kAttachModes, "\"");
 
 std::string join_key(std::string_view parent, std::string_view name) {
     return parent.empty() ? std::string(name) : std::string(parent) + "." + std::string(name);
@@ -243,6 +245,7 @@ struct RawSnapshots {
 struct RawTracing {
     std::optional<Raw<std::string>> buffer_size;
     std::optional<Raw<std::vector<Raw<std::string>>>> allocators;  // only the elements that are strings
+    std::optional<Raw<std::string>> attach;
 };
 struct RawPrintk {
     std::optional<Raw<bool>> enabled;
@@ -396,6 +399,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     ObjectReader tracing = top.section("tracing");
     raw.tracing.buffer_size = tracing.string("buffer_size", kBufferSizeRule);
     raw.tracing.allocators = tracing.string_array("allocators", kAllocatorsRule, kAllocatorNameRule);
+    raw.tracing.attach = tracing.string("attach", kAttachRule);
     tracing.report_unknown_keys();
 
     ObjectReader printk = top.section("printk");
@@ -576,6 +580,13 @@ std::optional<std::vector<std::string>> check_allocators(const Raw<std::vector<R
     return seen;
 }
 
+std::optional<std::string> check_attach(const Raw<std::string>& raw, Errors& errors) {
+    if (std::find(kAttachModes.begin(), kAttachModes.end(), raw.value) != kAttachModes.end()) return raw.value;
+    report_invalid(errors, raw.key, in_quotes(raw.value) + " is not an attach mode", kAttachRule,
+                   did_you_mean(raw.value, kAttachModes));
+    return std::nullopt;
+}
+
 std::optional<std::string> check_log_level(const Raw<std::string>& raw, Errors& errors) {
     if (std::find(kLogLevels.begin(), kLogLevels.end(), raw.value) != kLogLevels.end()) return raw.value;
     report_invalid(errors, raw.key, in_quotes(raw.value) + " is not a log level", kLogLevelRule,
@@ -606,6 +617,7 @@ Settings compile(const RawConfig& raw, Errors& errors) {
                     std::find(enabled->begin(), enabled->end(), allocator.name) != enabled->end();
         }
     }
+    apply(raw.tracing.attach, check_attach, settings.tracing.attach, errors);
     apply(raw.printk.enabled, check_boolean, settings.printk.enabled, errors);
     apply(raw.printk.lines, check_printk_lines, settings.printk.lines, errors);
     apply(raw.printk.file_enabled, check_boolean, settings.printk.file_enabled, errors);
@@ -680,7 +692,10 @@ nlohmann::json settings_to_json(const Settings& settings) {
          {{"directory", settings.snapshots.directory.string()},
           {"interval", std::to_string(settings.snapshots.interval.count()) + "s"},
           {"retention", settings.snapshots.retention}}},
-        {"tracing", {{"buffer_size", core::format_size(settings.tracing.buffer_size)}, {"allocators", allocators}}},
+        {"tracing",
+         {{"buffer_size", core::format_size(settings.tracing.buffer_size)},
+          {"allocators", allocators},
+          {"attach", settings.tracing.attach}}},
         {"printk",
          {{"enabled", settings.printk.enabled},
           {"lines", settings.printk.lines},

@@ -39,6 +39,7 @@ struct TracingSettings {
     std::uint64_t buffer_size = core::kDefaultBufferSize;  // per-CPU ring bytes
     bool kmalloc = true;
     bool kmem_cache = true;
+    std::string attach = "auto";  // "auto", "tp_btf" or "raw_tp" (kernel/attach_mode.h)
 
     bool operator==(const TracingSettings&) const = default;
 };

@@ -3,7 +3,6 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
-#include <linux/capability.h>
 #include <linux/membarrier.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
@@ -17,7 +16,10 @@
 #include <cstring>
 
 #include "core/sizes.h"
+#include "kernel/host_info.h"
+#include "kernel/kernel_checks.h"
 #include "kernel/startup_error.h"
+#include "kernel/verifier_log.h"
 #include "kleak.skel.h"
 #include "kleak_abi.h"
 
@@ -52,9 +54,21 @@ std::string describe_errno(const std::string& what, int negative_errno) {
     return text;
 }
 
-namespace {
+// What each program traces, and whether start-up must fail without it. Each
+// is built twice (KLEAK_TRACED in kleak.bpf.c): `program` and `link` are the
+// variant of the chosen attach mode, `other` the one left unloaded.
+struct ProgramSpec {
+    const char* category;    // "kmem", "printk"
+    const char* tracepoint;  // the event name: its BTF type is btf_trace_<tracepoint>
+    bpf_program* program;
+    bpf_link** link;
+    bpf_program* other;
+    bool wanted;    // the user asked for its allocator family
+    bool required;  // false: only some kernels have it (pre-6.1 *_node events)
+    const char* suffix = "";  // tells a second program on the same tracepoint apart
+};
 
-constexpr const char* kVmlinuxBtf = "/sys/kernel/btf/vmlinux";
+namespace {
 
 int print_libbpf(enum libbpf_print_level level, const char* format, va_list args) {
     char buf[1024];
@@ -62,46 +76,18 @@ int print_libbpf(enum libbpf_print_level level, const char* format, va_list args
     if (n <= 0) return 0;
     std::string_view text(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
     while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
-    // libbpf's warnings (and the verifier log) explain load failures; its info
-    // and debug chatter belong at debug level.
-    if (level == LIBBPF_WARN)
+    // libbpf's warnings explain failures; its info and debug chatter belong at
+    // debug level, and so does a refused program's verifier log, which the
+    // start-up error sums up (describe_refusal) and debug shows whole.
+    const bool load_log = text.find("-- BEGIN PROG LOAD LOG --") != std::string_view::npos ||
+                          text.find("BPF program load failed") != std::string_view::npos ||
+                          text.find("failed to load") != std::string_view::npos;
+    if (level == LIBBPF_WARN && !load_log)
         spdlog::warn("{}", text);
     else
         spdlog::debug("{}", text);
     return n;
 }
-
-void check_btf_present() {
-    if (::access(kVmlinuxBtf, R_OK) != 0) {
-        throw StartupError(std::string("this kernel has no BTF (") + kVmlinuxBtf + " " +
-                           (errno == ENOENT ? "is missing" : std::strerror(errno)) +
-                           "): kleakd needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
-    }
-}
-
-void check_privileges() {
-    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
-    if (::syscall(SYS_capget, &header, data) != 0) return;  // let the load itself report
-    auto has = [&data](int cap) { return (data[cap / 32].effective & (1u << (cap % 32))) != 0; };
-    const int cap_perfmon = 38;
-    const int cap_bpf = 39;
-    if (has(CAP_SYS_ADMIN) || (has(cap_bpf) && has(cap_perfmon))) return;
-    throw StartupError(
-        "kleakd needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before "
-        "Linux 5.8), to load BPF programs: run it with sudo");
-}
-
-// What each program traces, and whether start-up must fail without it.
-struct ProgramSpec {
-    const char* category;    // "kmem", "printk"
-    const char* tracepoint;  // the event name: its BTF type is btf_trace_<tracepoint>
-    bpf_program* program;
-    bpf_link** link;
-    bool wanted;    // the user asked for its allocator family
-    bool required;  // false: only some kernels have it (pre-6.1 *_node events)
-    const char* suffix = "";  // tells a second program on the same tracepoint apart
-};
 
 // kleak__kmem_cache_free_nested: records the kmem_cache_free events the
 // kernel skipped kleak__kmem_cache_free for (see kleak.bpf.c).
@@ -111,21 +97,24 @@ std::string full_name(const ProgramSpec& spec) {
     return std::string(spec.category) + ":" + spec.tracepoint + spec.suffix;
 }
 
-std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, const TracerOptions& options) {
-    auto& p = skel.progs;
-    auto& l = skel.links;
+// The tp_btf program kleak__X or the raw_tp program kleak_raw__X, with its link.
+#define KLEAK_VARIANT(skel, mode, name)                                                             \
+    (mode) == AttachMode::raw_tp ? (skel).progs.kleak_raw__##name : (skel).progs.kleak__##name,     \
+        (mode) == AttachMode::raw_tp ? &(skel).links.kleak_raw__##name : &(skel).links.kleak__##name, \
+        (mode) == AttachMode::raw_tp ? (skel).progs.kleak__##name : (skel).progs.kleak_raw__##name
+
+std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, AttachMode mode, const TracerOptions& options) {
+    const bool frees = options.trace_kmalloc || options.trace_kmem_cache;
     return {
-        {"kmem", "kmalloc", p.kleak__kmalloc, &l.kleak__kmalloc, options.trace_kmalloc, true},
-        {"kmem", "kmalloc_node", p.kleak__kmalloc_node, &l.kleak__kmalloc_node, options.trace_kmalloc, false},
-        {"kmem", "kfree", p.kleak__kfree, &l.kleak__kfree, options.trace_kmalloc || options.trace_kmem_cache, true},
-        {"kmem", "kmem_cache_alloc", p.kleak__kmem_cache_alloc, &l.kleak__kmem_cache_alloc, options.trace_kmem_cache, true},
-        {"kmem", "kmem_cache_alloc_node", p.kleak__kmem_cache_alloc_node, &l.kleak__kmem_cache_alloc_node,
+        {"kmem", "kmalloc", KLEAK_VARIANT(skel, mode, kmalloc), options.trace_kmalloc, true},
+        {"kmem", "kmalloc_node", KLEAK_VARIANT(skel, mode, kmalloc_node), options.trace_kmalloc, false},
+        {"kmem", "kfree", KLEAK_VARIANT(skel, mode, kfree), frees, true},
+        {"kmem", "kmem_cache_alloc", KLEAK_VARIANT(skel, mode, kmem_cache_alloc), options.trace_kmem_cache, true},
+        {"kmem", "kmem_cache_alloc_node", KLEAK_VARIANT(skel, mode, kmem_cache_alloc_node),
          options.trace_kmem_cache, false},
-        {"kmem", "kmem_cache_free", p.kleak__kmem_cache_free, &l.kleak__kmem_cache_free,
-         options.trace_kmalloc || options.trace_kmem_cache, true},
-        {"kmem", "kmem_cache_free", p.kleak__kmem_cache_free_nested, &l.kleak__kmem_cache_free_nested,
-         options.trace_kmalloc || options.trace_kmem_cache, true, kNestedSuffix},
-        {"printk", "console", p.kleak__printk, &l.kleak__printk, options.trace_printk, true},
+        {"kmem", "kmem_cache_free", KLEAK_VARIANT(skel, mode, kmem_cache_free), frees, true},
+        {"kmem", "kmem_cache_free", KLEAK_VARIANT(skel, mode, kmem_cache_free_nested), frees, true, kNestedSuffix},
+        {"printk", "console", KLEAK_VARIANT(skel, mode, printk), options.trace_printk, true},
     };
 }
 
@@ -160,33 +149,13 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     libbpf_set_print(print_libbpf);
     check_btf_present();
     check_privileges();
-
-    skel_.reset(kleak_bpf__open());
-    if (!skel_) throw StartupError(describe_errno("opening the BPF object failed", -errno));
-
-    const int cpus = libbpf_num_possible_cpus();
-    if (cpus <= 0) throw StartupError(describe_errno("cannot count the possible CPUs", cpus));
-
-    // Wake the consumer only when a ring is a quarter full; the daemon drains
-    // on a timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c). The
-    // other three quarters are the time the consumer has to get a CPU: at
-    // 6M records/s an 8M ring fills in ~65 ms, and a busy machine can keep a
-    // woken consumer waiting for a good part of that. Small rings keep room
-    // for at least two batches past the threshold.
-    skel_->rodata->wakeup_backlog_bytes =
-        options.wakeup_backlog_bytes != 0
-            ? options.wakeup_backlog_bytes
-            : std::min(options.buffer_size / 4, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
+    check_kernel_features();
     if (options.sample_shift > kMaxSampleShift)
         throw StartupError("sample shift " + std::to_string(options.sample_shift) + " is out of range (0 to " +
                            std::to_string(kMaxSampleShift) + ")");
-    skel_->rodata->emit_records = options.emit_records;
-    skel_->rodata->sample_shift = options.sample_shift;
-    skel_->rodata->min_size = options.min_size;
 
-    int err = bpf_map__set_max_entries(skel_->maps.rings, static_cast<__u32>(cpus));
-    if (err)
-        throw StartupError(describe_errno("sizing the rings map to " + std::to_string(cpus) + " CPUs failed", err));
+    const int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) throw StartupError(describe_errno("cannot count the possible CPUs", cpus));
     for (int cpu = 0; cpu < cpus; ++cpu) {
         const int fd =
             bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0, static_cast<__u32>(options.buffer_size), nullptr);
@@ -197,47 +166,24 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         }
         ring_fds_.emplace_back(fd);
     }
-    err = bpf_map__set_max_entries(skel_->maps.pending, static_cast<__u32>(cpus));
-    if (err)
-        throw StartupError(describe_errno("sizing the pending map to " + std::to_string(cpus) + " CPUs failed", err));
-    err = bpf_map__set_inner_map_fd(skel_->maps.rings, ring_fds_.front().get());
-    if (err) throw StartupError(describe_errno("setting the ring template failed", err));
+    check_rings_nest(ring_fds_.front().get());
 
-    btf* vmlinux = btf__load_vmlinux_btf();
+    const std::unique_ptr<btf, void (*)(btf*)> vmlinux(btf__load_vmlinux_btf(), btf__free);
     if (!vmlinux)
         throw StartupError(
             describe_errno(std::string("reading the kernel BTF from ") + kVmlinuxBtf + " failed", -errno));
-    std::vector<ProgramSpec> specs = program_specs(*skel_, options);
-    std::vector<std::string> missing;
-    for (ProgramSpec& spec : specs) {
-        const bool present = tracepoint_in_btf(vmlinux, spec.tracepoint);
-        if (spec.wanted && spec.required && !present) missing.push_back(full_name(spec));
-        if (!spec.wanted || !present) {
-            bpf_program__set_autoload(spec.program, false);
-            spec.wanted = false;
-        }
+    attach_ = choose_attach_mode(options.attach, vmlinux.get());
+    std::vector<ProgramSpec> specs;
+    if (const auto refusal = open_and_load(options, *vmlinux, specs)) {
+        if (options.attach != AttachMode::automatic || attach_.mode != AttachMode::tp_btf)
+            throw StartupError(*refusal);
+        // The probe passed but another program was refused: raw_tp reads
+        // every argument as a number, whatever the verifier thinks of its type.
+        spdlog::warn("{}; loading the raw_tp programs instead", *refusal);
+        attach_ = {AttachMode::raw_tp, "this kernel refused a tp_btf program: " + *refusal};
+        if (const auto again = open_and_load(options, *vmlinux, specs)) throw StartupError(*again);
     }
-    const bool cpu_down_present = tracepoint_in_btf(vmlinux, kCpuDownTracepoint);
-    if (!cpu_down_present) {
-        bpf_program__set_autoload(skel_->progs.kleak__cpu_down, false);
-        spdlog::info(
-            "this kernel has no cpuhp:{} tracepoint (no btf_trace_{} in its BTF): records a CPU holds "
-            "when it goes offline reach user space only if it comes back",
-            kCpuDownTracepoint, kCpuDownTracepoint);
-    }
-    btf__free(vmlinux);
-    if (!missing.empty()) {
-        std::string list;
-        for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-        throw StartupError("this kernel lacks the tracepoint(s) " + list +
-                           " (no btf_trace_* type in its BTF); kleakd cannot trace that here");
-    }
-
-    err = kleak_bpf__load(skel_.get());
-    if (err) {
-        throw StartupError(describe_errno("loading the BPF programs failed", err) +
-                           "; rerun with --log-level debug to see the verifier log");
-    }
+    spdlog::info("programs attach as {}: {}", attach_mode_name(attach_.mode), attach_.reason);
 
     const int rings_fd = bpf_map__fd(skel_->maps.rings);
     for (int cpu = 0; cpu < cpus; ++cpu) {
@@ -251,9 +197,9 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     // Before the kmem programs: no CPU may go offline holding records with
     // nothing in place to flush it. Not fatal: without it only a CPU going
     // offline is affected, as on kernels without the tracepoint.
-    if (cpu_down_present) {
-        skel_->links.kleak__cpu_down = bpf_program__attach(skel_->progs.kleak__cpu_down);
-        if (skel_->links.kleak__cpu_down) {
+    if (cpu_down_.program != nullptr && bpf_program__fd(cpu_down_.program) >= 0) {
+        *cpu_down_.link = bpf_program__attach(cpu_down_.program);
+        if (*cpu_down_.link) {
             flushes_offline_cpus_ = true;
         } else {
             spdlog::warn(
@@ -287,6 +233,77 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
                                           flushed) +
                            "; kleakd needs Linux 5.10 or later");
     }
+}
+
+std::optional<std::string> BpfTracer::open_and_load(const TracerOptions& options, const ::btf& vmlinux,
+                                                    std::vector<ProgramSpec>& specs) {
+    attached_.clear();
+    attached_programs_.clear();
+    skel_.reset(kleak_bpf__open());
+    if (!skel_) throw StartupError(describe_errno("opening the BPF object failed", -errno));
+    const auto cpus = static_cast<__u32>(ring_fds_.size());
+
+    // Wake the consumer only when a ring is a quarter full; the daemon drains
+    // on a timer otherwise (see wakeup_backlog_bytes in kleak.bpf.c). The
+    // other three quarters are the time the consumer has to get a CPU: at
+    // 6M records/s an 8M ring fills in ~65 ms, and a busy machine can keep a
+    // woken consumer waiting for a good part of that. Small rings keep room
+    // for at least two batches past the threshold.
+    skel_->rodata->wakeup_backlog_bytes =
+        options.wakeup_backlog_bytes != 0
+            ? options.wakeup_backlog_bytes
+            : std::min(options.buffer_size / 4, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
+    skel_->rodata->emit_records = options.emit_records;
+    skel_->rodata->sample_shift = options.sample_shift;
+    skel_->rodata->min_size = options.min_size;
+
+    int err = bpf_map__set_max_entries(skel_->maps.rings, cpus);
+    if (err)
+        throw StartupError(describe_errno("sizing the rings map to " + std::to_string(cpus) + " CPUs failed", err));
+    err = bpf_map__set_max_entries(skel_->maps.pending, cpus);
+    if (err)
+        throw StartupError(describe_errno("sizing the pending map to " + std::to_string(cpus) + " CPUs failed", err));
+    err = bpf_map__set_inner_map_fd(skel_->maps.rings, ring_fds_.front().get());
+    if (err) throw StartupError(describe_errno("setting the ring template failed", err));
+
+    const AttachMode mode = attach_.mode;
+    specs = program_specs(*skel_, mode, options);
+    auto& skel = *skel_;
+    free_primary_ = mode == AttachMode::raw_tp ? skel.progs.kleak_raw__kmem_cache_free : skel.progs.kleak__kmem_cache_free;
+    free_nested_ = {KLEAK_VARIANT(skel, mode, kmem_cache_free_nested)};
+    cpu_down_ = {KLEAK_VARIANT(skel, mode, cpu_down)};
+    std::vector<std::string> missing;
+    for (ProgramSpec& spec : specs) {
+        bpf_program__set_autoload(spec.other, false);
+        const bool present = tracepoint_in_btf(&vmlinux, spec.tracepoint);
+        if (spec.wanted && spec.required && !present) missing.push_back(full_name(spec));
+        if (!spec.wanted || !present) {
+            bpf_program__set_autoload(spec.program, false);
+            spec.wanted = false;
+        }
+    }
+    bpf_program__set_autoload(cpu_down_.other, false);
+    if (!tracepoint_in_btf(&vmlinux, kCpuDownTracepoint)) {
+        bpf_program__set_autoload(cpu_down_.program, false);
+        cpu_down_.program = nullptr;
+        spdlog::info(
+            "this kernel has no cpuhp:{} tracepoint (no btf_trace_{} in its BTF): records a CPU holds "
+            "when it goes offline reach user space only if it comes back",
+            kCpuDownTracepoint, kCpuDownTracepoint);
+    }
+    if (!missing.empty()) {
+        std::string list;
+        for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+        throw StartupError("this kernel lacks the tracepoint(s) " + list +
+                           " (no btf_trace_* type in its BTF); kleakd cannot trace that here");
+    }
+
+    VerifierLogs logs(*skel_->obj);
+    err = kleak_bpf__load(skel_.get());
+    if (err == 0) return std::nullopt;
+    if (const auto refused = logs.refused_program())
+        return describe_refusal(*refused, attach_mode_name(mode), kernel_release());
+    throw StartupError(describe_load_failure(err));
 }
 
 BpfTracer::~BpfTracer() = default;
@@ -351,11 +368,11 @@ std::vector<ProgramStats> BpfTracer::program_stats() const {
         // the primary for: those are not lost. Its own misses are not losses
         // either: it only matters while the primary runs, and an event that
         // then nests twice is already a miss of the primary's.
-        if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free) {
+        if (attached_programs_[i] == free_primary_) {
             p.recovered = recovered;
             p.recursion_misses -= std::min(recovered, p.kernel_recursion_misses);
         }
-        if (attached_programs_[i] == skel_->progs.kleak__kmem_cache_free_nested) p.recursion_misses = 0;
+        if (attached_programs_[i] == free_nested_.program) p.recursion_misses = 0;
         stats.push_back(std::move(p));
     }
     return stats;
@@ -365,8 +382,8 @@ void BpfTracer::detach() {
     // The nested program goes first: alone, it would record every
     // kmem_cache_free as one the primary missed (correctly, but counted as
     // recovered misses that the kernel never counted).
-    bpf_link__destroy(skel_->links.kleak__kmem_cache_free_nested);
-    skel_->links.kleak__kmem_cache_free_nested = nullptr;
+    bpf_link__destroy(*free_nested_.link);
+    *free_nested_.link = nullptr;
     kleak_bpf__detach(skel_.get());
     // Unregistering a tracepoint probe does not wait for runs already in
     // progress on other CPUs; one could still write its batch after the

@@ -1,7 +1,9 @@
 // RAII owner of the loaded BPF programs and their per-CPU rings.
 //
-// Construction runs the whole start-up: preflight checks (BTF, privileges),
-// open the skeleton, size `rings` and `pending` to the possible CPUs and create
+// Construction runs the whole start-up: preflight checks (BTF, privileges,
+// kernel features: kernel_checks.h), choose tp_btf or raw_tp programs
+// (attach_mode.h; a verifier refusal of tp_btf in automatic mode falls back
+// to raw_tp once), open the skeleton, size `rings` and `pending` to the possible CPUs and create
 // one ring per CPU, turn off programs whose tracepoint this kernel lacks, load,
 // install the rings, map `pending`, attach (the CPU-offline flush first, then
 // the traced events). Any failure throws StartupError with what failed and
@@ -12,16 +14,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "kernel/attach_mode.h"
 #include "kernel/unique_fd.h"
 
 struct kleak_bpf;           // the bpftool skeleton
 struct kleak_pending_slot;  // kleak_abi.h
 struct bpf_program;
 struct bpf_map;
+struct bpf_link;
+struct btf;
 
 namespace kleak {
 
@@ -30,6 +36,8 @@ struct TracerOptions {
     bool trace_kmalloc = true;      // kmalloc/kfree
     bool trace_kmem_cache = true;   // kmem_cache_alloc/kmem_cache_free
     bool trace_printk = false;      // printk:console (the kernel log)
+    // tp_btf or raw_tp programs; automatic probes the kernel (attach_mode.h).
+    AttachMode attach = AttachMode::automatic;
     // Producers force a consumer wake-up when their ring holds this much;
     // 0 means a quarter of the ring. Tests set it past the ring size to make a
     // burst overflow deterministically.
@@ -65,6 +73,16 @@ struct PendingUnmapper {
     void operator()(const ::kleak_pending_slot* slots) const;
 };
 
+struct ProgramSpec;  // bpf_tracer.cpp
+
+// One program of kleak.bpf.c in the attach mode in use: the program, where
+// its link goes, and its twin of the other mode (never loaded).
+struct ProgramVariant {
+    ::bpf_program* program = nullptr;
+    ::bpf_link** link = nullptr;
+    ::bpf_program* other = nullptr;
+};
+
 class BpfTracer {
 public:
     explicit BpfTracer(const TracerOptions& options);
@@ -76,6 +94,8 @@ public:
     std::uint64_t buffer_size() const { return buffer_size_; }
     std::vector<int> ring_fds() const;
     const std::vector<std::string>& attached() const { return attached_; }
+    // How the programs attached (tp_btf or raw_tp), and why.
+    const AttachChoice& attach_choice() const { return attach_; }
 
     // Records lost per CPU because its ring was full. Returns an empty vector
     // if the map cannot be read (the caller keeps the last good value).
@@ -118,6 +138,11 @@ public:
     void detach();
 
 private:
+    // Opens the skeleton, picks the programs of attach_.mode that this kernel
+    // and `options` want, and loads them. Returns the refusal when the
+    // verifier refused one; throws StartupError on any other failure.
+    std::optional<std::string> open_and_load(const TracerOptions& options, const ::btf& vmlinux,
+                                             std::vector<ProgramSpec>& specs);
     enum class FlushScope { pending, every_cpu };
     // Runs kleak__flush on each online CPU in `scope`; 0 or the first
     // negative errno.
@@ -139,6 +164,10 @@ private:
     // `pending`, one slot per possible CPU; null if it could not be mapped.
     std::unique_ptr<const ::kleak_pending_slot, PendingUnmapper> pending_;
     std::vector<UniqueFd> ring_fds_;
+    AttachChoice attach_;
+    const ::bpf_program* free_primary_ = nullptr;  // kmem_cache_free's first program
+    ProgramVariant free_nested_;                   // and its second (kleak__kmem_cache_free_nested)
+    ProgramVariant cpu_down_;                      // program null: no cpuhp_enter here
     std::vector<std::string> attached_;
     std::vector<const ::bpf_program*> attached_programs_;  // parallel to attached_
     std::uint64_t buffer_size_ = 0;

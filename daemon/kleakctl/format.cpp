@@ -81,6 +81,11 @@ std::string format_stats(const nlohmann::json& r) {
     }
     out += fmt::format("undecodable:       {}\n", u64(r, "undecodable"));
     out += fmt::format("tracing:           {}\n", attached);
+    if (r.contains("kernel")) {
+        const auto& k = r.at("kernel");
+        out += fmt::format("kernel:            Linux {}, programs attached as {} ({})\n", k.value("release", "?"),
+                           k.value("attach", "?"), k.value("attach_reason", ""));
+    }
     out += fmt::format("clients:           {}\n", u64(r, "clients"));
     if (r.contains("batch_flushes")) {
         const auto& f = r.at("batch_flushes");

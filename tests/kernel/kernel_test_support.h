@@ -251,10 +251,26 @@ inline FunctionTotals by_function(const nlohmann::json& report, const std::strin
     return t;
 }
 
+// How a kleakd that logged `err` attached its programs ("tp_btf", "raw_tp"),
+// from its line "programs attach as MODE: why"; "" when it has none.
+inline std::string attach_mode_logged(const std::string& err) {
+    const std::string marker = "programs attach as ";
+    const auto at = err.find(marker);
+    if (at == std::string::npos) return "";
+    const auto start = at + marker.size();
+    return err.substr(start, err.find(':', start) - start);
+}
+
 // Drains run every 100 ms; give the records time to reach user space.
 inline void let_drain() { std::this_thread::sleep_for(400ms); }
 
-// The loaded BPF programs that are kleakd's ("kleak__*"): id -> name.
+// kleakd's programs are kleak__* (tp_btf) or kleak_raw__* (raw_tp); the
+// kernel keeps 15 characters of a name.
+inline bool is_kleakd_program(const std::string& name) {
+    return name.rfind("kleak__", 0) == 0 || name.rfind("kleak_raw__", 0) == 0;
+}
+
+// The loaded BPF programs that are kleakd's: id -> name.
 inline std::map<__u32, std::string> kleakd_programs_by_id() {
     std::map<__u32, std::string> programs;
     __u32 id = 0;
@@ -263,7 +279,7 @@ inline std::map<__u32, std::string> kleakd_programs_by_id() {
         if (fd < 0) continue;
         bpf_prog_info info{};
         __u32 len = sizeof info;
-        if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string(info.name).rfind("kleak__", 0) == 0)
+        if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && is_kleakd_program(info.name))
             programs.emplace(id, info.name);
         ::close(fd);
     }

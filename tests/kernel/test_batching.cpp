@@ -445,10 +445,12 @@ TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
         if (p.name != "kmem:kmem_cache_free") continue;
         // The nested program records (nearly) every event the kernel skipped
         // the primary for. Recording more than that would mean events recorded
-        // by both programs: measured 0-5 per ~1,000 here, so allow 1 % + 2.
+        // by both programs: measured 0-5 per ~1,000 on the host, 6 of 232 on
+        // 6.12 under qemu (interrupts land at other places there), so allow
+        // 3 % + 2.
         const std::uint64_t skipped = p.kernel_recursion_misses;
         EXPECT_GE(p.recovered * 100, skipped * 95) << "most nested events recovered";
-        EXPECT_LE(p.recovered * 100, skipped * 101 + 200) << "few events recorded twice";
+        EXPECT_LE(p.recovered * 100, skipped * 103 + 200) << "few events recorded twice";
         EXPECT_EQ(p.recursion_misses, skipped - std::min(skipped, p.recovered));
         std::cerr << "kmem_cache_free: the kernel skipped " << p.kernel_recursion_misses << " nested runs, "
                   << p.recovered << " recorded by the nested program, " << p.recursion_misses << " lost\n";

@@ -328,6 +328,19 @@ TEST(Daemon, LeaksSeesHeldPipesAndTheirRelease) {
     Daemon daemon;
     ASSERT_TRUE(daemon.start());
 
+    // stats says which kernel and how the programs attached (README "Kernels").
+    const json kernel = stats(daemon).at("kernel");
+    utsname u{};
+    ::uname(&u);
+    EXPECT_EQ(kernel.at("release"), std::string(u.release));
+    const std::string attach = kernel.at("attach");
+    EXPECT_TRUE(attach == "tp_btf" || attach == "raw_tp") << kernel.dump();
+    if (const char* expected = std::getenv("KLEAKD_EXPECT_ATTACH")) EXPECT_EQ(attach, expected);
+    EXPECT_FALSE(kernel.at("attach_reason").get<std::string>().empty());
+    EXPECT_TRUE(kernel.at("flushes_offline_cpus").get<bool>());
+    const Result stats_text = ctl({"--socket", daemon.socket().string(), "stats"});
+    EXPECT_NE(stats_text.out.find("programs attached as " + attach), std::string::npos) << stats_text.out;
+
     auto pipes = std::make_unique<HeldPipes>(kPipes);
     ASSERT_EQ(pipes->count(), kPipes);
     let_drain();

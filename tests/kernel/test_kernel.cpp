@@ -153,6 +153,90 @@ TEST(KernelRecord, TinyBufferOverflowIsCountedAndAdvised) {
     fs::remove_all(dir.parent_path());
 }
 
+// --- attach modes (README "Kernels") -------------------------------------------
+
+std::string running_release() {
+    utsname u{};
+    ::uname(&u);
+    return u.release;
+}
+
+// auto takes tp_btf where this kernel's verifier accepts kleakd's programs and
+// raw_tp elsewhere, and says which; forcing tp_btf agrees with that choice:
+// it loads, or fails naming the program and the verifier's words, and not
+// privileges. The kernel matrix (tests/kernels) sets KLEAKD_EXPECT_ATTACH for
+// kernels whose answer is known (raw_tp on Debian's 6.1 and 6.12).
+TEST(KernelAttach, AutoSaysWhichModeAndForcingTpBtfAgreesWithIt) {
+    REQUIRE_KERNEL();
+    std::string chosen;
+    {
+        Kleakd tracer({"trace", "--interval", "60"});
+        ASSERT_TRUE(tracer.wait_for_stderr("tracing kmem:kmalloc")) << tracer.stop().err;
+        chosen = attach_mode_logged(tracer.stderr_text());
+        ASSERT_EQ(tracer.stop().exit_code, 0);
+    }
+    std::cerr << "auto attached as " << chosen << " on Linux " << running_release() << "\n";
+    ASSERT_TRUE(chosen == "tp_btf" || chosen == "raw_tp") << chosen;
+    if (const char* expected = std::getenv("KLEAKD_EXPECT_ATTACH")) EXPECT_EQ(chosen, expected);
+
+    Kleakd forced({"trace", "--attach", "tp_btf", "--interval", "60"});
+    if (chosen == "tp_btf") {
+        ASSERT_TRUE(forced.wait_for_stderr("tracing kmem:kmalloc")) << forced.stop().err;
+        EXPECT_EQ(forced.stop().exit_code, 0);
+        return;
+    }
+    const Result r = forced.wait_for(60s);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("the running kernel (Linux " + running_release() + ") refused BPF program kleak__"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("(tp_btf); its verifier says: "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("This is not a permissions problem"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("--attach raw_tp"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("sudo"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("needs root"), std::string::npos) << r.err;
+}
+
+// The raw_tp programs (the only ones older kernels load) see what the tp_btf
+// ones see: every held pipe's allocations at their sites, kmalloc and
+// kmem_cache alike, and every closed pipe's frees.
+TEST(KernelAttach, RawTpSeesHeldPipesAndFreesClosedOnes) {
+    REQUIRE_KERNEL();
+    const fs::path dir = Kleakd::make_temp_dir() / "rec";
+    Kleakd recorder({"record", "--attach", "raw_tp", "--output", dir.string()});
+    ASSERT_TRUE(recorder.wait_for_stderr("recording to")) << recorder.stop().err;
+    EXPECT_EQ(attach_mode_logged(recorder.stderr_text()), "raw_tp");
+    HeldPipes held(kPipes);
+    ASSERT_EQ(held.count(), kPipes);
+    {
+        HeldPipes closed(kPipes);
+        ASSERT_EQ(closed.count(), kPipes);
+    }
+    std::this_thread::sleep_for(500ms);  // RCU-deferred frees of the closed pipes
+    const Result rec = recorder.stop();
+    ASSERT_EQ(rec.exit_code, 0) << rec.err;
+
+    const Result rep = run_to_end({"report", dir.string(), "--json"});
+    ASSERT_EQ(rep.exit_code, 0) << rep.err;
+    const json report = json::parse(rep.out);
+    const auto n = static_cast<std::uint64_t>(kPipes);
+    // A pipe makes one or more allocations at each site (alloc_pipe_info
+    // allocates the pipe and its buffer array), the same for the held ones
+    // and the closed ones: as many frees as outstanding. Other processes may
+    // open and keep a few pipes meanwhile: a margin of n/2. A missed free
+    // leaves frees short of outstanding; a missed allocation, outstanding
+    // short of n.
+    for (const char* function : {"alloc_pipe_info", "alloc_inode"}) {
+        const FunctionTotals t = by_function(report, function);
+        EXPECT_GE(t.allocs, 2 * n) << function << "\n" << rep.out.substr(0, 3000);
+        EXPECT_GE(t.outstanding, n) << function;
+        EXPECT_GE(t.frees, n) << function;
+        EXPECT_LT(t.outstanding, t.frees + n / 2) << function;
+    }
+    EXPECT_EQ(report.at("totals").at("dropped"), 0u);
+    fs::remove_all(dir.parent_path());
+}
+
 TEST(KernelErrors, UserMistakesGetOneClearLine) {
     REQUIRE_KERNEL();
     const Result bad_size = run_to_end({"trace", "--buffer-size", "3M"});
@@ -162,6 +246,11 @@ TEST(KernelErrors, UserMistakesGetOneClearLine) {
     const Result unwritable = run_to_end({"record", "--output", "/proc/kleakd-cannot-write-here"});
     EXPECT_EQ(unwritable.exit_code, 1);
     EXPECT_NE(unwritable.err.find("/proc/kleakd-cannot-write-here"), std::string::npos) << unwritable.err;
+
+    const Result bad_attach = run_to_end({"trace", "--attach", "fentry"});
+    EXPECT_EQ(bad_attach.exit_code, 2);
+    EXPECT_NE(bad_attach.err.find("'fentry' is not an attach mode: auto, tp_btf or raw_tp"), std::string::npos)
+        << bad_attach.err;
 
     const Result not_recording = run_to_end({"report", "/tmp"});
     EXPECT_EQ(not_recording.exit_code, 1);

@@ -187,6 +187,11 @@ INSTANTIATE_TEST_SUITE_P(
         Accepted{"only_kmalloc", R"({"tracing": {"allocators": ["kmalloc"]}})",
                  with([](Settings& s) { s.tracing.kmem_cache = false; })},
         Accepted{"allocators_any_order", R"({"tracing": {"allocators": ["kmem_cache", "kmalloc"]}})", Settings{}},
+        Accepted{"attach_raw_tp", R"({"tracing": {"attach": "raw_tp"}})",
+                 with([](Settings& s) { s.tracing.attach = "raw_tp"; })},
+        Accepted{"attach_tp_btf", R"({"tracing": {"attach": "tp_btf"}})",
+                 with([](Settings& s) { s.tracing.attach = "tp_btf"; })},
+        Accepted{"attach_auto", R"({"tracing": {"attach": "auto"}})", Settings{}},
         Accepted{"log_level_off", R"({"log_level": "off"})", with([](Settings& s) { s.log_level = "off"; })},
         Accepted{"printk_disabled", R"({"printk": {"enabled": false}})",
                  with([](Settings& s) { s.printk.enabled = false; })},
@@ -337,6 +342,10 @@ INSTANTIATE_TEST_SUITE_P(
                  "tracing.allocators[2]", "'kmalloc' is listed twice"},
         Rejected{"allocator_type", R"({"tracing": {"allocators": ["kmalloc", {"name": "kmem_cache"}]}})",
                  "tracing.allocators[1]", "is an object; must be one of"},
+        Rejected{"attach_unknown", R"({"tracing": {"attach": "fentry"}})", "tracing.attach",
+                 "'fentry' is not an attach mode; must be one of \"auto\", \"tp_btf\", \"raw_tp\""},
+        Rejected{"attach_typo", R"({"tracing": {"attach": "raw-tp"}})", "tracing.attach", "did you mean \"raw_tp\"?"},
+        Rejected{"attach_type", R"({"tracing": {"attach": true}})", "tracing.attach", "is a boolean"},
         // log_level
         Rejected{"log_level_unknown", R"({"log_level": "verbose"})", "log_level",
                  "'verbose' is not a log level; must be one of trace, debug, info, warn, error, critical, off"},
@@ -519,7 +528,7 @@ TEST(Config, InForceUsesTheFileFormat) {
     EXPECT_EQ(settings_to_json(Settings{}), nlohmann::json::parse(R"({
         "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660"},
         "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
-        "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"]},
+        "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"], "attach": "auto"},
         "printk": {"enabled": true, "lines": 10000,
                    "file": {"enabled": false, "directory": "/var/lib/kleakd/printk", "max_size": "16M",
                             "retention": 5}},
@@ -531,7 +540,7 @@ TEST(Config, InForceRoundTripsThroughTheParser) {
     Settings custom;
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
     custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
-    custom.tracing = {16384, true, false};
+    custom.tracing = {16384, true, false, "raw_tp"};
     custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";
     Settings byte_exact;  // sizes with no exact K/M/G form go out as plain byte counts

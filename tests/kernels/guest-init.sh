@@ -1,0 +1,21 @@
+#!/bin/busybox sh
+# /init of the kernel-matrix guest: mounts what kleakd and its tests need,
+# runs /guest-tests.sh, prints its exit code on a line the host looks for,
+# and powers off.
+/bin/busybox --install -s /bin
+# Tests name some tools by their Debian paths (/usr/bin/taskset).
+for applet in $(/bin/busybox --list); do
+  [ -e "/usr/bin/$applet" ] || /bin/busybox ln -s /bin/busybox "/usr/bin/$applet"
+done
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+hostname kleak-guest
+echo "KLEAK-GUEST-START $(uname -r) cpus=$(nproc)"
+/guest-tests.sh
+echo "KLEAK-GUEST-EXIT $?"
+sync
+poweroff -f

@@ -1,0 +1,24 @@
+#!/bin/sh
+# The kernel tests a matrix guest runs (tests/kernels/run-kernel-test.sh):
+# the real-kernel test binaries of the build tree, which sit in the
+# initramfs at their build paths. kleak_build and kleak_expect_attach come
+# from the kernel command line (the kernel hands unknown key=value words to
+# /init as its environment).
+#
+# What they cover on each kernel: held pipes seen at their sites and freed
+# when closed (record and report, trace, the daemon's leaks), the
+# trace/record/report round trip, printk capture, no drops at a moderate load
+# (50 clients while allocating), the attach mode and its error, per-CPU
+# batches and CPU hotplug, the BPF knobs, detach leaving nothing.
+b=${kleak_build:?kleak_build= missing from the kernel command line}
+[ -n "${kleak_expect_attach:-}" ] && export KLEAKD_EXPECT_ATTACH=$kleak_expect_attach
+failed=0
+run() {
+  echo "KLEAK-GUEST-TEST $*"
+  "$@" --gtest_color=no || { failed=1; echo "KLEAK-GUEST-FAILED $1"; }
+}
+run "$b/tests/kernel/test_kernel"
+run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Printk.*'
+run "$b/tests/kernel/test_batching"
+run "$b/tests/kernel/test_bpf_knobs"
+exit $failed
