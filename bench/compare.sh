@@ -196,16 +196,16 @@ for c in ["untraced", "kleakd", "rawtp", "noemit", "peer"]:
 if "peer" in by and "kleakd" in by:
     wins = sum(1 for k in by["kleakd"] if k in by["peer"] and float(by["kleakd"][k][2]) > float(by["peer"][k][2]))
     print(f"kleakd beat the peer in {wins} of {len(by['kleakd'])} rounds (wall)")
+if "rawtp" in by and "kleakd" in by:
+    pairs = [float(by["rawtp"][k][2]) / float(r[2]) for k, r in by["kleakd"].items() if k in by["rawtp"]]
+    print(f"raw_tp over default, paired per round (wall): median {st.median(pairs):.3f}, "
+          f"{min(pairs):.3f}-{max(pairs):.3f}")
 for i, what in ((2, "wall"), (10, "CPU")):
     v = [float(r[i]) for r in base.values()]
     print(f"noise: untraced {what} rates vary by {st.pstdev(v) / st.mean(v) * 100:.1f}% (coefficient of variation)")
 print()
 print(f"{'kleakd':34} {'records/s':>13} {'drops':>8} {'late':>6} {'daemon CPU%':>12} {'records/CPU-s':>14} {'RSS MiB':>8}"
       f" {'steal ms':>9}")
-if "rawtp" in by and "kleakd" in by:
-    pairs = [float(by["rawtp"][k][2]) / float(r[2]) for k, r in by["kleakd"].items() if k in by["rawtp"]]
-    print(f"raw_tp over default, paired per round (wall): median {st.median(pairs):.3f}, "
-          f"{min(pairs):.3f}-{max(pairs):.3f}")
 for c in ["kleakd", "rawtp", "noemit"]:
     if c not in by: continue
     for k, r in sorted(by[c].items()):

@@ -175,13 +175,21 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     attach_ = choose_attach_mode(options.attach, vmlinux.get());
     std::vector<ProgramSpec> specs;
     if (const auto refusal = open_and_load(options, *vmlinux, specs)) {
-        if (options.attach != AttachMode::automatic || attach_.mode != AttachMode::tp_btf)
-            throw StartupError(*refusal);
+        // Only the traced programs have a raw_tp twin, and only auto picks.
+        if (options.attach != AttachMode::automatic || attach_.mode != AttachMode::tp_btf || !refusal->has_twin)
+            throw StartupError(refusal->message);
         // The probe passed but another program was refused: raw_tp reads
         // every argument as a number, whatever the verifier thinks of its type.
-        spdlog::warn("{}; loading the raw_tp programs instead", *refusal);
-        attach_ = {AttachMode::raw_tp, "this kernel refused a tp_btf program: " + *refusal};
-        if (const auto again = open_and_load(options, *vmlinux, specs)) throw StartupError(*again);
+        spdlog::warn("{}; loading the raw_tp programs instead", refusal->message);
+        attach_ = {AttachMode::raw_tp, "this kernel refused a tp_btf program: " + refusal->message};
+        if (const auto again = open_and_load(options, *vmlinux, specs))
+            throw StartupError(again->message + " (after tp_btf was refused too: " + refusal->message + ")");
+    }
+    if (cpu_down_.program == nullptr) {
+        spdlog::info(
+            "this kernel has no cpuhp:{} tracepoint (no btf_trace_{} in its BTF): records a CPU holds "
+            "when it goes offline reach user space only if it comes back",
+            kCpuDownTracepoint, kCpuDownTracepoint);
     }
     spdlog::info("programs attach as {}: {}", attach_mode_name(attach_.mode), attach_.reason);
 
@@ -235,7 +243,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     }
 }
 
-std::optional<std::string> BpfTracer::open_and_load(const TracerOptions& options, const ::btf& vmlinux,
+std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptions& options, const ::btf& vmlinux,
                                                     std::vector<ProgramSpec>& specs) {
     attached_.clear();
     attached_programs_.clear();
@@ -286,10 +294,6 @@ std::optional<std::string> BpfTracer::open_and_load(const TracerOptions& options
     if (!tracepoint_in_btf(&vmlinux, kCpuDownTracepoint)) {
         bpf_program__set_autoload(cpu_down_.program, false);
         cpu_down_.program = nullptr;
-        spdlog::info(
-            "this kernel has no cpuhp:{} tracepoint (no btf_trace_{} in its BTF): records a CPU holds "
-            "when it goes offline reach user space only if it comes back",
-            kCpuDownTracepoint, kCpuDownTracepoint);
     }
     if (!missing.empty()) {
         std::string list;
@@ -301,9 +305,17 @@ std::optional<std::string> BpfTracer::open_and_load(const TracerOptions& options
     VerifierLogs logs(*skel_->obj);
     err = kleak_bpf__load(skel_.get());
     if (err == 0) return std::nullopt;
-    if (const auto refused = logs.refused_program())
-        return describe_refusal(*refused, attach_mode_name(mode), kernel_release());
-    throw StartupError(describe_load_failure(err));
+    // EACCES and EINVAL are the verifier's answers; any other failure (a
+    // JIT out of memory, say) is not a refusal even when a log was written.
+    const auto refused = err == -EACCES || err == -EINVAL ? logs.refused_program() : std::nullopt;
+    if (!refused) throw StartupError(describe_load_failure(err));
+    spdlog::debug("the verifier's log of {}:\n{}", refused->program, refused->log);
+    if (locked_down_for_confidentiality())
+        throw StartupError(describe_load_failure(-EPERM) + " (the verifier refused " + refused->program + ": " +
+                           verifier_key_lines(refused->log) + ")");
+    bool has_twin = false;
+    for (const ProgramSpec& spec : specs) has_twin |= refused->program == bpf_program__name(spec.program);
+    return LoadRefusal{describe_refusal(*refused, attach_mode_name(mode), kernel_release()), has_twin};
 }
 
 BpfTracer::~BpfTracer() = default;

@@ -138,10 +138,14 @@ public:
     void detach();
 
 private:
+    struct LoadRefusal {
+        std::string message;    // describe_refusal()
+        bool has_twin = false;  // a traced program, which the other mode also has
+    };
     // Opens the skeleton, picks the programs of attach_.mode that this kernel
     // and `options` want, and loads them. Returns the refusal when the
     // verifier refused one; throws StartupError on any other failure.
-    std::optional<std::string> open_and_load(const TracerOptions& options, const ::btf& vmlinux,
+    std::optional<LoadRefusal> open_and_load(const TracerOptions& options, const ::btf& vmlinux,
                                              std::vector<ProgramSpec>& specs);
     enum class FlushScope { pending, every_cpu };
     // Runs kleak__flush on each online CPU in `scope`; 0 or the first

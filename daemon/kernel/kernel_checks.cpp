@@ -28,21 +28,19 @@ bool has_bpf_privileges() {
     return has(CAP_SYS_ADMIN) || (has(cap_bpf) && has(cap_perfmon));
 }
 
-// "[confidentiality]" in /sys/kernel/security/lockdown: BPF may not read
-// kernel memory, so every program that reads an argument's fields is refused.
-bool locked_down_for_confidentiality() {
-    std::ifstream in("/sys/kernel/security/lockdown");
-    std::string modes;
-    std::getline(in, modes);
-    return modes.find("[confidentiality]") != std::string::npos;
-}
-
 [[noreturn]] void missing(const std::string& what, const char* since) {
     throw StartupError("this kernel (Linux " + kernel_release() + ") lacks " + what + ", which kleakd needs: run " +
                        since + " or later");
 }
 
 }  // namespace
+
+bool locked_down_for_confidentiality() {
+    std::ifstream in("/sys/kernel/security/lockdown");
+    std::string modes;
+    std::getline(in, modes);
+    return modes.find("[confidentiality]") != std::string::npos;
+}
 
 void check_btf_present() {
     if (::access(kVmlinuxBtf, R_OK) != 0) {
@@ -60,10 +58,13 @@ void check_privileges() {
 }
 
 void check_kernel_features() {
-    // 1: supported; 0: not; negative: the probe itself failed, and the real
-    // creation further on reports whatever it was.
-    if (libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 0)
-        missing("BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", "Linux 5.8");
+    // Not libbpf_probe_bpf_map_type(): it says "unsupported" for any failure,
+    // a security module's EPERM or ENOMEM too. EINVAL is the kernel not
+    // knowing the map type.
+    const UniqueFd ring(bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_probe", 0, 0, 4096, nullptr));
+    if (ring.get() >= 0) return;
+    if (errno == EINVAL) missing("BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", "Linux 5.8");
+    throw StartupError(describe_errno("creating a BPF ring buffer failed", -errno));
 }
 
 void check_rings_nest(int ring_fd) {

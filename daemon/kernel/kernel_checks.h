@@ -20,6 +20,11 @@ void check_kernel_features();
 // A ring buffer as the inner map of an array of maps (5.10): one ring per CPU.
 void check_rings_nest(int ring_fd);
 
+// "[confidentiality]" in /sys/kernel/security/lockdown: BPF may not read
+// kernel memory, so the verifier refuses every program that reads through a
+// pointer (as "unknown func bpf_probe_read_kernel").
+bool locked_down_for_confidentiality();
+
 // The start-up error for a load that failed without a verifier refusal.
 // EPERM/EACCES blame privileges only when kleakd lacks them; with them, the
 // usual culprits are named (lockdown, a security module).

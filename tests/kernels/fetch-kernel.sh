@@ -28,12 +28,15 @@ if [ -z "${deb:-}" ]; then
     echo "fetch-kernel.sh: apt knows no package for series $spec: run apt-get update" >&2
     exit 1
   fi
-  deb=$(ls "$cache"/"${package}"_*.deb 2>/dev/null | head -n 1 || true)
+  # The version apt would fetch now: a newer upload under the same package
+  # name replaces a cached one.
+  version=$(apt-cache policy "$package" | awk '/Candidate:/ {print $2}' | sed 's/:/%3a/')
+  deb=$(ls "$cache"/"${package}_${version}"_*.deb 2>/dev/null | head -n 1 || true)
   if [ -z "$deb" ]; then
     # apt-get download writes to the current directory; _apt cannot always
     # write there, which is only a warning.
     (cd "$cache" && apt-get download -q "$package" 2>&1 | grep -v 'unsandboxed' >&2) || true
-    deb=$(ls "$cache"/"${package}"_*.deb 2>/dev/null | head -n 1 || true)
+    deb=$(ls "$cache"/"${package}_${version}"_*.deb 2>/dev/null | head -n 1 || true)
     if [ -z "$deb" ]; then
       echo "fetch-kernel.sh: apt-get download $package failed" >&2
       exit 1

@@ -50,6 +50,12 @@ if ! grep -a -q "KLEAK-GUEST-START $release" "$log"; then
   exit 1
 fi
 summary
+# A kernel that oopsed or warned failed, whatever the tests said.
+if grep -a -q -E 'Oops|BUG:|WARNING:|Call Trace|Kernel panic' "$log"; then
+  echo "Linux $release: the kernel logged an oops or a warning (${elapsed}s under qemu):" >&2
+  grep -a -E -A 12 'Oops|BUG:|WARNING:|Kernel panic' "$log" | head -n 60 >&2
+  exit 1
+fi
 if grep -a -q 'KLEAK-GUEST-EXIT 0' "$log"; then
   echo "Linux $release: every kernel test passed (${elapsed}s under qemu)"
   exit 0

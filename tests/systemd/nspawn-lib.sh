@@ -251,12 +251,13 @@ our_progs_left() {
     done
     echo "$left"
 }
-# kleak__ programs loaded on the host right now, as "ID NAME HOLDERS" lines,
+# kleakd's programs (kleak__*, or kleak_raw__* where they attach as raw_tp)
+# loaded on the host right now, as "ID NAME HOLDERS" lines,
 # HOLDERS being the pids (comm) with an fd on the program or on a link to it.
 kleak_progs() {
     bpftool -j prog show 2>/dev/null | "$PY" -c '
 import glob, json, os, sys
-progs = [p for p in json.load(sys.stdin) if p.get("name", "").startswith("kleak__")]
+progs = [p for p in json.load(sys.stdin) if p.get("name", "").startswith(("kleak__", "kleak_raw__"))]
 holders = {p["id"]: [] for p in progs}
 if holders:
     for info in glob.glob("/proc/[0-9]*/fdinfo/*"):

@@ -244,7 +244,7 @@ else
     fail "no final 'detached' line in the journal"
 fi
 left=$(our_progs_left)
-in_container=$(C 20 bpftool prog show | grep -c 'name kleak__')
+in_container=$(C 20 bpftool prog show | grep -c -E 'name kleak(_raw)?__')
 if [ -z "$left" ]; then
     pass "bpftool prog show: none of kleakd's programs (${OUR_PROG_IDS[*]}) is loaded any more"
 else

@@ -1,0 +1,78 @@
+#include "site_history.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace kleak::core {
+
+namespace {
+
+constexpr std::uint64_t kNsPerMs = 1'000'000;
+
+std::uint32_t saturate32(std::uint64_t v) {
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(v, std::numeric_limits<std::uint32_t>::max()));
+}
+
+}  // namespace
+
+void HistoryRing::push(const HistoryPoint& point) {
+    if (points_.empty()) base_ns_ = point.t_ns;
+    const Packed packed{saturate32((point.t_ns - std::min(point.t_ns, base_ns_)) / kNsPerMs),
+                        saturate32(point.outstanding), point.bytes};
+    if (points_.size() < capacity_) {
+        // Grown by hand so that capacity never passes capacity_ (the bound
+        // kMaxHistoryPoints states).
+        if (points_.size() == points_.capacity())
+            points_.reserve(std::min<std::size_t>(capacity_, std::max<std::size_t>(8, 2 * points_.size())));
+        points_.push_back(packed);
+        return;
+    }
+    points_[head_] = packed;
+    head_ = (head_ + 1) % capacity_;
+}
+
+HistoryPoint HistoryRing::at(std::size_t i) const {
+    const Packed& p = points_[(head_ + i) % points_.size()];
+    return {base_ns_ + std::uint64_t{p.t_ms} * kNsPerMs, p.outstanding, p.bytes};
+}
+
+std::vector<HistoryPoint> HistoryRing::points() const {
+    std::vector<HistoryPoint> out;
+    out.reserve(size());
+    for (std::size_t i = 0; i < size(); ++i) out.push_back(at(i));
+    return out;
+}
+
+void SiteHistories::sample(std::span<const SiteStats> sites, std::uint64_t now_ns) {
+    if (sites_.size() < sites.size()) sites_.resize(sites.size());
+    for (std::size_t id = 0; id < sites.size(); ++id) {
+        if (sites[id].allocs == 0) continue;  // a site that only frees has nothing to chart
+        const HistoryPoint point{now_ns, sites[id].outstanding, sites[id].outstanding_bytes};
+        auto& tiers = sites_[id].tiers;
+        tiers[0].push(point);
+        for (std::size_t t = 1; t < tiers.size(); ++t) {
+            // A coarser tier takes a sample once its period has passed since
+            // the last one it took (less half a sampling period, so that
+            // jitter does not skip one).
+            if (!tiers[t].empty() &&
+                now_ns + period_ns_ / 2 < tiers[t].at(tiers[t].size() - 1).t_ns + kHistoryTiers[t].period_ns)
+                continue;
+            tiers[t].push(point);
+        }
+    }
+    ++samples_;
+}
+
+std::vector<HistoryPoint> SiteHistories::series(SiteId site, std::size_t tier) const {
+    if (site >= sites_.size() || tier >= kHistoryTiers.size()) return {};
+    return sites_[site].tiers[tier].points();
+}
+
+std::size_t SiteHistories::memory_bytes() const {
+    std::size_t bytes = sites_.capacity() * sizeof(Site);
+    for (const Site& s : sites_)
+        for (const HistoryRing& r : s.tiers) bytes += r.memory_bytes();
+    return bytes;
+}
+
+}  // namespace kleak::core

@@ -1,0 +1,116 @@
+#include "verdict.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "trend.h"
+
+namespace kleak::core {
+
+namespace {
+
+constexpr std::array<std::string_view, 4> kNames{"young", "steady", "growing", "untracked-frees"};
+constexpr double kNsPerS = 1e9;
+constexpr double kSecondsPerHour = 3600;
+
+std::string seconds_text(std::uint64_t ns) {
+    const std::uint64_t s = ns / 1'000'000'000;
+    if (s >= 3600 && s % 3600 == 0) return std::to_string(s / 3600) + "h";
+    if (s >= 60 && s % 60 == 0) return std::to_string(s / 60) + "m";
+    return std::to_string(s) + "s";
+}
+
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, std::fabs(v) >= 100 ? "%.0f" : "%.1f", v);
+    return buf;
+}
+
+}  // namespace
+
+std::string_view verdict_name(Verdict verdict) { return kNames[static_cast<std::size_t>(verdict)]; }
+
+std::optional<Verdict> verdict_from_name(std::string_view name) {
+    for (std::size_t i = 0; i < kNames.size(); ++i)
+        if (kNames[i] == name) return static_cast<Verdict>(i);
+    return std::nullopt;
+}
+
+SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules) {
+    SiteJudgement j;
+    // The window: the newest samples spanning at most window_ns.
+    std::size_t first = history.size();
+    while (first > 0 && history.back().t_ns - history[first - 1].t_ns <= rules.window_ns) --first;
+    const std::span<const HistoryPoint> window = history.subspan(first);
+    if (!window.empty()) j.history_ns = window.back().t_ns - window.front().t_ns;
+
+    std::vector<TrendPoint> counts, bytes;
+    for (const HistoryPoint& p : window) {
+        const double t = static_cast<double>(p.t_ns - window.front().t_ns) / kNsPerS;
+        counts.push_back({t, static_cast<double>(p.outstanding)});
+        bytes.push_back({t, static_cast<double>(p.bytes)});
+    }
+    const bool flat = std::all_of(window.begin(), window.end(), [&](const HistoryPoint& p) {
+        return p.outstanding == window.front().outstanding && p.bytes == window.front().bytes;
+    });
+    if (!flat) {  // most sites, most of the time: skip the pairs
+        j.growth_per_hour = theil_sen_slope(counts) * kSecondsPerHour;
+        j.growth_bytes_per_hour = theil_sen_slope(bytes) * kSecondsPerHour;
+    }
+
+    const std::uint64_t replaced_floor = std::max<std::uint64_t>(
+        rules.untracked_min_replaced,
+        static_cast<std::uint64_t>(std::ceil(rules.untracked_min_share * static_cast<double>(stats.allocs))));
+    if (stats.replaced >= replaced_floor) {
+        j.verdict = Verdict::untracked_frees;
+        j.reason = std::to_string(stats.replaced) + " of its " + std::to_string(stats.allocs) +
+                   " allocations had their address allocated again with no free seen: its frees escape the "
+                   "tracepoints, so its outstanding count overstates what it holds";
+        return j;
+    }
+    if (window.empty() || j.history_ns < rules.min_history_ns) {
+        j.verdict = Verdict::young;
+        j.reason = "only " + seconds_text(j.history_ns) + " of history; judged after " +
+                   seconds_text(rules.min_history_ns);
+        return j;
+    }
+
+    const double window_hours = static_cast<double>(j.history_ns) / kNsPerS / kSecondsPerHour;
+    const double rise = j.growth_per_hour * window_hours;
+    // A new high within `recent`: the newest peak is above everything older.
+    std::uint64_t older_peak = 0, recent_peak = 0;
+    for (const HistoryPoint& p : window) {
+        if (window.back().t_ns - p.t_ns < rules.recent_ns)
+            recent_peak = std::max(recent_peak, p.outstanding);
+        else
+            older_peak = std::max(older_peak, p.outstanding);
+    }
+    const std::string trend = "trend " + std::string(j.growth_per_hour >= 0 ? "+" : "") +
+                              number_text(j.growth_per_hour) + "/h over " + seconds_text(j.history_ns);
+    if (rise < rules.min_rise) {
+        j.verdict = Verdict::steady;
+        j.reason = (flat ? "flat: " : "bounded: ") + trend;
+        return j;
+    }
+    const double rising = rising_share(counts);
+    if (rising < rules.min_rising_fraction) {
+        j.verdict = Verdict::steady;
+        j.reason = "noise around a level: " + trend + ", but only " + number_text(100 * rising) +
+                   "% of its changes rise";
+        return j;
+    }
+    if (recent_peak <= older_peak) {
+        j.verdict = Verdict::steady;
+        j.reason = "stopped growing: no new high in the last " + seconds_text(rules.recent_ns) + " (" + trend + ")";
+        return j;
+    }
+    j.verdict = Verdict::growing;
+    j.reason = "growing: " + trend + ", " + number_text(100 * rising) + "% of its changes rise, new high within " +
+               seconds_text(rules.recent_ns);
+    return j;
+}
+
+}  // namespace kleak::core

@@ -1,0 +1,57 @@
+// A verdict per call site, from its history (site_history.h) and its
+// counts: is it leaking? README "Verdicts" explains them to users.
+//
+//   growing          outstanding rises over the window, steadily (most pairs
+//                    of samples that differ rise, the Theil-Sen trend is at
+//                    least min_rise over the window), and reached a new high
+//                    within `recent`: the leak signature.
+//   steady           bounded: flat, or noise around a level (a cache, churn
+//                    at a constant population), or a plateau it stopped
+//                    climbing to (a one-time leak or a filled cache).
+//   untracked-frees  its allocations' addresses come back allocated again
+//                    with no free seen: frees the tracepoints do not show
+//                    (the maple tree's bulk and RCU paths). Its outstanding
+//                    count overstates what it holds; never a leak.
+//   young            less history than min_history: not judged yet.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "site_history.h"
+#include "tracker.h"
+
+namespace kleak::core {
+
+enum class Verdict { young, steady, growing, untracked_frees };
+std::string_view verdict_name(Verdict verdict);  // "young", "steady", "growing", "untracked-frees"
+std::optional<Verdict> verdict_from_name(std::string_view name);
+
+// The thresholds; the daemon's are in its config (`verdicts`).
+struct VerdictRules {
+    std::uint64_t window_ns = 15ull * 60 * 1'000'000'000;  // the trend's span (at most tier 0's)
+    std::uint64_t recent_ns = 60ull * 1'000'000'000;       // a growing site made a new high this recently
+    std::uint64_t min_history_ns = 60ull * 1'000'000'000;  // younger sites are `young`
+    double min_rise = 4;                 // allocations the trend adds over the window, at least
+    double min_rising_fraction = 0.8;    // of the sample pairs that differ, the share that rise
+    double untracked_min_share = 0.01;   // replaced / allocs from which frees count as untracked
+    std::uint64_t untracked_min_replaced = 8;
+    bool operator==(const VerdictRules&) const = default;
+};
+
+struct SiteJudgement {
+    Verdict verdict = Verdict::young;
+    std::string reason;                // in words, for people
+    double growth_per_hour = 0;        // Theil-Sen trend of outstanding over the window
+    double growth_bytes_per_hour = 0;  // ... of outstanding bytes
+    std::uint64_t history_ns = 0;      // span of the history judged
+    bool operator==(const SiteJudgement&) const = default;
+};
+
+// Judges a site from its tier-0 history (oldest first) and its counts.
+SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules);
+
+}  // namespace kleak::core

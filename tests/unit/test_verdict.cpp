@@ -1,0 +1,263 @@
+// Site histories, the Theil-Sen trend and the verdicts judged from them, on
+// synthetic histories: step, plateau, slow and fast leaks, noise, a burst,
+// churn at a constant population, missed frees, reset.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "core/site_history.h"
+#include "core/trend.h"
+#include "core/verdict.h"
+
+namespace {
+
+using namespace kleak::core;
+
+constexpr std::uint64_t kSecond = 1'000'000'000;
+constexpr std::uint64_t kPeriod = 10 * kSecond;
+
+// A tier-0 history sampled every 10 s for `seconds`, outstanding = f(t in s).
+std::vector<HistoryPoint> series(std::uint64_t seconds, const std::function<double(double)>& f) {
+    std::vector<HistoryPoint> points;
+    for (std::uint64_t t = 0; t <= seconds; t += kPeriod / kSecond) {
+        const auto n = static_cast<std::uint64_t>(std::llround(std::max(0.0, f(static_cast<double>(t)))));
+        points.push_back({1000 * kSecond + t * kSecond, n, n * 64});
+    }
+    return points;
+}
+
+SiteStats stats_with(std::uint64_t allocs, std::uint64_t replaced = 0) {
+    SiteStats s;
+    s.allocs = allocs;
+    s.replaced = replaced;
+    return s;
+}
+
+SiteJudgement judge(const std::vector<HistoryPoint>& h, SiteStats stats = stats_with(100000)) {
+    return judge_site(h, stats, VerdictRules{});
+}
+
+// --- trend -----------------------------------------------------------------------
+
+TEST(Trend, TheilSenIgnoresAMinorityOfOutliers) {
+    std::vector<TrendPoint> points;
+    for (int i = 0; i < 20; ++i) points.push_back({static_cast<double>(i), 2.0 * i + 5});
+    points[3].y = 1000;  // bursts
+    points[11].y = -500;
+    points[17].y = 4000;
+    EXPECT_NEAR(theil_sen_slope(points), 2.0, 0.15);
+}
+
+TEST(Trend, DegenerateInputsGiveZero) {
+    EXPECT_EQ(theil_sen_slope({}), 0);
+    const std::vector<TrendPoint> one{{1, 5}};
+    EXPECT_EQ(theil_sen_slope(one), 0);
+    const std::vector<TrendPoint> same_time{{1, 5}, {1, 9}};
+    EXPECT_EQ(theil_sen_slope(same_time), 0);
+}
+
+TEST(Trend, SpreadingKeepsTheSlopeOfALongLine) {
+    std::vector<TrendPoint> points;
+    for (int i = 0; i < 500; ++i) points.push_back({static_cast<double>(i), -0.5 * i});
+    EXPECT_DOUBLE_EQ(theil_sen_slope(points, 16), -0.5);
+}
+
+TEST(Trend, RisingShareIgnoresTies) {
+    const std::vector<TrendPoint> steps{{0, 1}, {1, 1}, {2, 2}, {3, 2}, {4, 3}};
+    EXPECT_DOUBLE_EQ(rising_share(steps), 1.0);
+    const std::vector<TrendPoint> flat{{0, 7}, {1, 7}, {2, 7}};
+    EXPECT_DOUBLE_EQ(rising_share(flat), 1.0);
+    const std::vector<TrendPoint> down_up{{0, 2}, {1, 1}, {2, 2}};
+    EXPECT_NEAR(rising_share(down_up), 0.5, 1e-9);  // 2>1: no; 1<2: yes; 2=2: tie
+}
+
+// --- verdicts ----------------------------------------------------------------------
+
+TEST(Verdict, ASteadyLeakIsGrowingWithItsRate) {
+    const SiteJudgement j = judge(series(600, [](double t) { return 200 + t; }));  // 1 per second
+    EXPECT_EQ(j.verdict, Verdict::growing) << j.reason;
+    EXPECT_NEAR(j.growth_per_hour, 3600, 1);
+    EXPECT_NEAR(j.growth_bytes_per_hour, 3600 * 64, 64);
+    EXPECT_NE(j.reason.find("growing: trend +3600/h over 10m"), std::string::npos) << j.reason;
+}
+
+TEST(Verdict, ALeakIsJudgedGrowingOnceItHasAMinuteOfHistory) {
+    EXPECT_EQ(judge(series(50, [](double t) { return t; })).verdict, Verdict::young);
+    EXPECT_EQ(judge(series(60, [](double t) { return t; })).verdict, Verdict::growing);
+    EXPECT_EQ(judge(series(90, [](double t) { return t; })).verdict, Verdict::growing);
+}
+
+TEST(Verdict, YoungSaysHowMuchHistoryItHas) {
+    const SiteJudgement j = judge(series(30, [](double) { return 5; }));
+    EXPECT_EQ(j.verdict, Verdict::young);
+    EXPECT_EQ(j.reason, "only 30s of history; judged after 1m");
+    EXPECT_EQ(judge({}).verdict, Verdict::young);
+}
+
+TEST(Verdict, APlateauStopsGrowingAfterTheRecentWindow) {
+    // 5,000 filled over 100 s, then held: growing while it fills, steady
+    // once flat for `recent` (60 s).
+    auto plateau = [](double t) { return std::min(t, 100.0) * 50; };
+    EXPECT_EQ(judge(series(110, plateau)).verdict, Verdict::growing);
+    EXPECT_EQ(judge(series(150, plateau)).verdict, Verdict::growing);
+    const SiteJudgement flat_for_60 = judge(series(160, plateau));
+    EXPECT_EQ(flat_for_60.verdict, Verdict::steady) << flat_for_60.reason;
+    EXPECT_NE(flat_for_60.reason.find("stopped growing: no new high in the last 1m"), std::string::npos)
+        << flat_for_60.reason;
+    EXPECT_EQ(judge(series(900, plateau)).verdict, Verdict::steady);
+}
+
+TEST(Verdict, AStepIsSteadyOnceFlat) {
+    auto step = [](double t) { return t < 300 ? 100.0 : 5000.0; };
+    EXPECT_EQ(judge(series(400, step)).verdict, Verdict::steady);
+}
+
+TEST(Verdict, ChurnAtAConstantPopulationIsNeverGrowing) {
+    std::mt19937 rng(7);
+    for (int run = 0; run < 50; ++run) {
+        std::normal_distribution<double> noise(0, 40);
+        const auto h = series(900, [&](double) { return 5000 + noise(rng); });
+        const SiteJudgement j = judge(h);
+        EXPECT_NE(j.verdict, Verdict::growing) << "run " << run << ": " << j.reason;
+    }
+}
+
+TEST(Verdict, ABurstDoesNotMakeALeak) {
+    // Flat at 300, one sample at 9,000 in the middle.
+    auto burst = [](double t) { return t == 450 ? 9000.0 : 300.0; };
+    const SiteJudgement j = judge(series(900, burst));
+    EXPECT_EQ(j.verdict, Verdict::steady) << j.reason;
+    EXPECT_EQ(j.growth_per_hour, 0);
+}
+
+TEST(Verdict, ALeakUnderNoiseIsStillGrowing) {
+    std::mt19937 rng(11);
+    std::normal_distribution<double> noise(0, 3);
+    const SiteJudgement j = judge(series(900, [&](double t) { return 1000 + t + noise(rng); }));
+    EXPECT_EQ(j.verdict, Verdict::growing) << j.reason;
+    EXPECT_NEAR(j.growth_per_hour, 3600, 200);
+}
+
+TEST(Verdict, ASlowLeakOfOneAMinuteIsGrowing) {
+    const SiteJudgement j = judge(series(900, [](double t) { return 40 + std::floor(t / 60); }));
+    EXPECT_EQ(j.verdict, Verdict::growing) << j.reason;
+    EXPECT_NEAR(j.growth_per_hour, 60, 8);
+}
+
+TEST(Verdict, TooSmallARiseIsSteady) {
+    const SiteJudgement j = judge(series(900, [](double t) { return t < 600 ? 10.0 : 12.0; }));
+    EXPECT_EQ(j.verdict, Verdict::steady) << j.reason;
+}
+
+TEST(Verdict, FlatSaysFlat) {
+    const SiteJudgement j = judge(series(300, [](double) { return 17; }));
+    EXPECT_EQ(j.verdict, Verdict::steady);
+    EXPECT_EQ(j.reason, "flat: trend +0.0/h over 5m");
+}
+
+TEST(Verdict, MissedFreesAreUntrackedAndNeverGrowing) {
+    const auto leak_shape = series(600, [](double t) { return t; });
+    const SiteJudgement j = judge(leak_shape, stats_with(10000, 2000));
+    EXPECT_EQ(j.verdict, Verdict::untracked_frees);
+    EXPECT_NE(j.reason.find("2000 of its 10000 allocations had their address allocated again"), std::string::npos);
+    // Below both floors (8 and 1 %), a few replaced ones do not decide.
+    EXPECT_EQ(judge(leak_shape, stats_with(10000, 7)).verdict, Verdict::growing);
+    EXPECT_EQ(judge(leak_shape, stats_with(100000, 999)).verdict, Verdict::growing);
+    EXPECT_EQ(judge(leak_shape, stats_with(100000, 1000)).verdict, Verdict::untracked_frees);
+}
+
+TEST(Verdict, OnlyTheWindowCounts) {
+    // A climb that ended 20 minutes ago, flat since: the 15-minute window
+    // sees only the flat part.
+    auto old_climb = [](double t) { return std::min(t, 300.0); };
+    const SiteJudgement j = judge(series(1500, old_climb));
+    EXPECT_EQ(j.verdict, Verdict::steady);
+    EXPECT_EQ(j.history_ns, 15 * 60 * kSecond);
+    EXPECT_EQ(j.reason, "flat: trend +0.0/h over 15m");
+}
+
+TEST(Verdict, NamesRoundTrip) {
+    for (Verdict v : {Verdict::young, Verdict::steady, Verdict::growing, Verdict::untracked_frees})
+        EXPECT_EQ(verdict_from_name(verdict_name(v)), v);
+    EXPECT_EQ(verdict_name(Verdict::untracked_frees), "untracked-frees");
+    EXPECT_FALSE(verdict_from_name("leaking"));
+}
+
+// --- histories ---------------------------------------------------------------------
+
+std::vector<SiteStats> sites_with(std::vector<std::uint64_t> outstanding) {
+    std::vector<SiteStats> sites;
+    for (std::uint64_t n : outstanding) {
+        SiteStats s;
+        s.allocs = n + 1;
+        s.outstanding = n;
+        s.outstanding_bytes = n * 32;
+        sites.push_back(s);
+    }
+    return sites;
+}
+
+TEST(SiteHistories, TierZeroKeepsTheNewestNinetySamples) {
+    SiteHistories h(kPeriod);
+    for (std::uint64_t i = 0; i < 200; ++i) h.sample(sites_with({i}), 5 * kSecond + i * kPeriod);
+    const auto tier0 = h.series(0, 0);
+    ASSERT_EQ(tier0.size(), 90u);
+    EXPECT_EQ(tier0.front(), (HistoryPoint{5 * kSecond + 110 * kPeriod, 110, 110 * 32}));
+    EXPECT_EQ(tier0.back(), (HistoryPoint{5 * kSecond + 199 * kPeriod, 199, 199 * 32}));
+    EXPECT_EQ(h.samples(), 200u);
+}
+
+TEST(SiteHistories, CoarserTiersTakeOneSampleAPeriod) {
+    SiteHistories h(kPeriod);
+    // 3 hours at 10 s, with 1 s of jitter either way.
+    for (std::uint64_t i = 0; i <= 1080; ++i)
+        h.sample(sites_with({i}), i * kPeriod + (i % 3) * kSecond - (i % 2) * kSecond + 10 * kSecond);
+    const auto minutes = h.series(0, 1);
+    ASSERT_EQ(minutes.size(), 120u);  // 181 minute samples, the newest 120 kept
+    for (std::size_t k = 1; k < minutes.size(); ++k) {
+        EXPECT_GE(minutes[k].t_ns - minutes[k - 1].t_ns, 55 * kSecond);
+        EXPECT_LE(minutes[k].t_ns - minutes[k - 1].t_ns, 65 * kSecond);
+    }
+    const auto ten_minutes = h.series(0, 2);
+    EXPECT_EQ(ten_minutes.size(), 19u);  // 0, 10, ..., 180 min
+    EXPECT_EQ(h.series(0, 3).size(), 2u);  // 0 and 2 h
+}
+
+TEST(SiteHistories, NewSitesStartLateAndFreeOnlySitesKeepNothing) {
+    SiteHistories h(kPeriod);
+    h.sample(sites_with({1}), kPeriod);
+    auto sites = sites_with({2, 5});
+    SiteStats free_only;  // no allocations: a site that only frees
+    sites.push_back(free_only);
+    h.sample(sites, 2 * kPeriod);
+    EXPECT_EQ(h.series(0).size(), 2u);
+    EXPECT_EQ(h.series(1).size(), 1u);
+    EXPECT_TRUE(h.series(2).empty());
+    EXPECT_TRUE(h.series(99).empty());
+    EXPECT_GT(h.memory_bytes(), 0u);
+    h.clear();
+    EXPECT_TRUE(h.series(0).empty());
+    EXPECT_EQ(h.samples(), 0u);
+}
+
+TEST(SiteHistories, CountsSaturateAndTimesSurviveThirtyDays) {
+    HistoryRing ring(4);
+    ring.push({100, 5'000'000'000ull, 1ull << 40});
+    ring.push({100 + 30ull * 86400 * kSecond, 7, 8});
+    EXPECT_EQ(ring.at(0).outstanding, 0xffffffffu);
+    EXPECT_EQ(ring.at(0).bytes, 1ull << 40);
+    EXPECT_EQ(ring.at(1).t_ns, 100 + 30ull * 86400 * kSecond);
+}
+
+TEST(SiteHistories, AtMostTheStatedBytesASite) {
+    SiteHistories h(kPeriod);
+    // 31 days at 10 s.
+    for (std::uint64_t i = 0; i < 31ull * 8640; ++i) h.sample(sites_with({i % 1000}), i * kPeriod);
+    for (std::size_t t = 0; t < kHistoryTiers.size(); ++t) EXPECT_EQ(h.series(0, t).size(), kHistoryTiers[t].capacity);
+    EXPECT_LE(h.memory_bytes(), kMaxHistoryPoints * 16 + 256);
+}
+
+}  // namespace
