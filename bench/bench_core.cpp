@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/leaks_query.h"
+#include "core/suspects_query.h"
 #include "core/pipeline.h"
 #include "core/symbolizer.h"
 #include "synthetic_stream.h"
@@ -322,6 +323,73 @@ BENCHMARK(BM_LeaksQuery1M)
     ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
     ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); })
     ->ComputeStatistics("max", [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); });
+
+// Verdicts (issue 15): the daemon samples every site and judges it again
+// every interval, and `suspects` ranks the judgements and scans the live
+// allocations for the rows' ages. 1M outstanding from 5,000 sites, each with
+// a full window of 90 samples (a third growing, the rest flat or noisy).
+struct VerdictFixture {
+    kleak::core::Tracker tracker = make_tracker_with_1m_outstanding(5000, true);
+    kleak::core::SiteVerdicts verdicts{10'000'000'000ULL, kleak::core::VerdictRules{}};
+    std::uint64_t now_ns = 0;
+
+    VerdictFixture() {
+        // The history: 90 samples of per-site counts shaped by hand, up to
+        // the tracker's own counts.
+        std::vector<kleak::core::SiteStats> sites = tracker.sites();
+        std::mt19937_64 rng(3);
+        for (int k = 0; k < 90; ++k) {
+            for (std::size_t id = 0; id < sites.size(); ++id) {
+                const std::uint64_t base = tracker.sites()[id].outstanding;
+                sites[id].outstanding = id % 3 == 0 ? base * (k + 1) / 90 : base + rng() % 8;
+                sites[id].outstanding_bytes = sites[id].outstanding * 64;
+            }
+            now_ns = 100'000'000'000ULL + static_cast<std::uint64_t>(k) * 10'000'000'000ULL;
+            verdicts.sample(sites, now_ns);
+        }
+    }
+};
+
+VerdictFixture& verdict_fixture() {
+    static VerdictFixture fixture;
+    return fixture;
+}
+
+// One sample and judgement of every site: what the daemon's loop pays every
+// interval.
+void BM_VerdictSample5000Sites(benchmark::State& state) {
+    VerdictFixture& f = verdict_fixture();
+    for (auto _ : state) {
+        f.now_ns += 10'000'000'000ULL;
+        f.verdicts.sample(f.tracker.sites(), f.now_ns);
+    }
+    state.counters["growing"] = static_cast<double>(f.verdicts.growing());
+    state.counters["history_bytes_per_site"] =
+        static_cast<double>(f.verdicts.memory_bytes()) / static_cast<double>(f.tracker.sites().size());
+}
+BENCHMARK(BM_VerdictSample5000Sites)->Unit(benchmark::kMillisecond)->Iterations(20);
+
+// One `suspects` query (top 20) per iteration; p50/p99 over 200.
+void BM_SuspectsQuery1M(benchmark::State& state) {
+    VerdictFixture& f = verdict_fixture();
+    kleak::core::FixedSymbolizer symbols({});
+    const kleak::core::SuspectsQuery query{20, f.now_ns};
+    for (auto _ : state) {
+        const auto start = std::chrono::steady_clock::now();
+        auto result = kleak::core::query_suspects(f.tracker, f.verdicts, query, symbols);
+        benchmark::DoNotOptimize(result);
+        state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    state.counters["sites"] = static_cast<double>(f.tracker.sites().size());
+}
+BENCHMARK(BM_SuspectsQuery1M)
+    ->Iterations(1)
+    ->Repetitions(200)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->ReportAggregatesOnly(true)
+    ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
+    ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); });
 
 }  // namespace
 

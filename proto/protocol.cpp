@@ -30,7 +30,7 @@ struct Named {
 constexpr std::array kOps{
     Named<Op>{Op::version, "version"}, Named<Op>{Op::stats, "stats"},       Named<Op>{Op::leaks, "leaks"},
     Named<Op>{Op::report, "report"},   Named<Op>{Op::snapshot, "snapshot"}, Named<Op>{Op::reset, "reset"},
-    Named<Op>{Op::printk, "printk"},
+    Named<Op>{Op::printk, "printk"},   Named<Op>{Op::suspects, "suspects"}, Named<Op>{Op::history, "history"},
 };
 
 // syslog level names, as dmesg --level takes them.
@@ -51,6 +51,7 @@ constexpr std::array kErrorCodes{
     Named<ErrorCode>{ErrorCode::internal, "internal"},
     Named<ErrorCode>{ErrorCode::not_permitted, "not_permitted"},
     Named<ErrorCode>{ErrorCode::lagged, "lagged"},
+    Named<ErrorCode>{ErrorCode::not_found, "not_found"},
 };
 
 template <typename Enum, std::size_t N>
@@ -193,6 +194,36 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
     return std::nullopt;
 }
 
+std::optional<std::string> decode_suspects_args(const json& given, SuspectsArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key != "top") return "unknown arg \"args." + key + "\"; op \"suspects\" takes top";
+        if (!value.is_number_unsigned() || value.get<std::uint64_t>() < 1 || value.get<std::uint64_t>() > kMaxLeaksTop)
+            return field_error("args.top", "must be an integer in 1.." + std::to_string(kMaxLeaksTop), value);
+        args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> decode_history_args(const json& given, HistoryArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key == "site") {
+            if (!value.is_string() || value.get_ref<const std::string&>().empty())
+                return field_error("args.site", "must be a non-empty string (\"func+0x1f\", a function, or 0x...)",
+                                   value);
+            args.site = value.get<std::string>();
+        } else if (key == "resolution") {
+            if (!value.is_number_unsigned() || value.get<std::uint64_t>() > kMaxHistoryResolution)
+                return field_error("args.resolution", "must be an integer in 0.." + std::to_string(kMaxHistoryResolution),
+                                   value);
+            args.resolution = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+        } else {
+            return "unknown arg \"args." + key + "\"; op \"history\" takes site, resolution";
+        }
+    }
+    if (args.site.empty()) return "op \"history\" needs \"args.site\"";
+    return std::nullopt;
+}
+
 }  // namespace
 
 std::optional<int> printk_level_from_name(std::string_view name) {
@@ -327,6 +358,7 @@ DecodedRequest decode_request(std::string_view line) {
     request.id = *out.id;
     request.op = *op;
     const auto args = doc.find("args");
+    if (*op == Op::history && args == doc.end()) return fail(ErrorCode::bad_request, "op \"history\" needs \"args.site\"");
     if (args != doc.end()) {
         if (!args->is_object()) return fail(ErrorCode::bad_request, field_error("args", "must be an object", *args));
         if (*op == Op::leaks) {
@@ -334,6 +366,12 @@ DecodedRequest decode_request(std::string_view line) {
                 return fail(ErrorCode::bad_request, std::move(*message));
         } else if (*op == Op::printk) {
             if (auto message = decode_printk_args(*args, request.printk))
+                return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::suspects) {
+            if (auto message = decode_suspects_args(*args, request.suspects))
+                return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::history) {
+            if (auto message = decode_history_args(*args, request.history))
                 return fail(ErrorCode::bad_request, std::move(*message));
         } else if (!args->empty()) {
             return fail(ErrorCode::bad_request, "op \"" + std::string(op_name(*op)) + "\" takes no args, got \"args." +
@@ -357,6 +395,9 @@ std::string encode_request(const Request& request) {
             {"sort", leak_sort_name(request.leaks.sort)},
         };
     }
+    if (request.op == Op::suspects) message["args"] = ordered_json{{"top", request.suspects.top}};
+    if (request.op == Op::history)
+        message["args"] = ordered_json{{"site", request.history.site}, {"resolution", request.history.resolution}};
     if (request.op == Op::printk) {
         message["args"] = ordered_json{
             {"after_seq", request.printk.after_seq}, {"since_ns", request.printk.since_ns},

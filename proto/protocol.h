@@ -20,7 +20,7 @@ inline constexpr int kProtocolVersion = 1;
 inline constexpr std::size_t kMaxRequestBytes = 65536;
 inline constexpr std::uint32_t kMaxLeaksTop = 100000;
 
-enum class Op { version, stats, leaks, report, snapshot, reset, printk };
+enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history };
 std::string_view op_name(Op op);
 std::optional<Op> op_from_name(std::string_view name);
 
@@ -52,12 +52,31 @@ struct PrintkArgs {
     bool operator==(const PrintkArgs&) const = default;
 };
 
-// `leaks` / `printk` are meaningful only for their op; the other ops take no args.
+// Sites ranked by how likely they leak (README "Verdicts").
+struct SuspectsArgs {
+    std::uint32_t top = 20;
+    bool operator==(const SuspectsArgs&) const = default;
+};
+
+// One site's series: `site` as reports print it ("func+0x1f"), a function
+// name, or a hex address; `resolution` 0 (the sampling interval) .. 3 (the
+// coarsest), as kleakctl's 10s/1m/10m/2h.
+inline constexpr std::uint32_t kMaxHistoryResolution = 3;
+struct HistoryArgs {
+    std::string site;
+    std::uint32_t resolution = 0;
+    bool operator==(const HistoryArgs&) const = default;
+};
+
+// `leaks` / `printk` / `suspects` / `history` are meaningful only for their
+// op; the other ops take no args.
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::version;
     LeaksArgs leaks;
     PrintkArgs printk;
+    SuspectsArgs suspects;
+    HistoryArgs history;
     bool operator==(const Request&) const = default;
 };
 
@@ -69,7 +88,8 @@ enum class ErrorCode {
     too_large,
     internal,
     not_permitted,
-    lagged,  // a follower fell too far behind and was dropped
+    lagged,     // a follower fell too far behind and was dropped
+    not_found,  // the request names something the daemon does not have (a site)
 };
 std::string_view error_code_name(ErrorCode code);
 std::optional<ErrorCode> error_code_from_name(std::string_view name);

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "core/leaks_query.h"
+#include "core/suspects_query.h"
 #include "core/printk_json.h"
 #include "core/sizes.h"
 #include "core/snapshot.h"
@@ -46,6 +47,15 @@ TracerOptions tracer_options(const config::Settings& settings) {
     return options;
 }
 
+core::VerdictRules verdict_rules(const config::VerdictSettings& v) {
+    core::VerdictRules rules;
+    rules.window_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(v.window).count());
+    rules.recent_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(v.recent).count());
+    rules.min_history_ns = rules.recent_ns;
+    rules.min_rise = v.min_rise;
+    return rules;
+}
+
 // systemd's socket (kleakd.socket), or nullopt when not socket-activated.
 std::optional<UniqueFd> activated_socket() {
     const int n = sd_listen_fds(1);  // 1: unset LISTEN_* so children do not inherit them
@@ -74,8 +84,11 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       symbolizer_(make_kallsyms_symbolizer(command.kallsyms, tracked_call_sites(), drain_while_symbolizing())),
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
+      verdicts_(static_cast<std::uint64_t>(std::chrono::nanoseconds(settings_.verdicts.interval).count()),
+                verdict_rules(settings_.verdicts)),
       snapshot_timer_(settings_.snapshots.interval),
-      status_timer_(kStatusPeriod) {
+      status_timer_(kStatusPeriod),
+      verdict_timer_(settings_.verdicts.interval) {
     // `leaks --min-age` adds up birth epochs rather than scanning every live
     // allocation (a 1M-entry table is 6-8 ms of a CPU per query).
     pipeline_.index_ages();
@@ -108,6 +121,10 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     loop_.watch(status_timer_.fd(), [this]() {
         status_timer_.take();
         update_status();
+    });
+    loop_.watch(verdict_timer_.fd(), [this]() {
+        verdict_timer_.take();
+        sample_verdicts();
     });
     if (auto interval = notifier_.watchdog_interval()) {
         watchdog_timer_.emplace(*interval);
@@ -319,6 +336,12 @@ nlohmann::json Daemon::stats() {
         // a report, snapshot or query (leaks: at most every 10 s) finds a
         // site new since the last.
         {"kallsyms_reads", symbolizer_->loads()},
+        // Site histories and verdicts (README "Verdicts").
+        {"verdicts",
+         {{"samples", verdicts_.histories().samples()},
+          {"growing", verdicts_.growing()},
+          {"interval_ns", verdicts_.period_ns()},
+          {"memory_bytes", verdicts_.memory_bytes()}}},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
@@ -376,7 +399,24 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             query.min_age_ns = request.leaks.min_age_ns;
             query.now_ns = monotonic_now_ns();
             query.sort = request.leaks.sort == proto::LeakSort::bytes ? core::LeakSort::bytes : core::LeakSort::count;
-            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_), query);
+            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, &verdicts_), query);
+        }
+        case proto::Op::suspects: {
+            name_new_call_sites(Naming::at_most_every_10s);
+            const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns()};
+            return core::suspects_to_json(core::query_suspects(pipeline_.tracker(), verdicts_, query, *symbolizer_),
+                                          verdicts_);
+        }
+        case proto::Op::history: {
+            name_new_call_sites(Naming::at_most_every_10s);
+            const auto site = core::find_site(pipeline_.tracker(), request.history.site, *symbolizer_);
+            if (!site)
+                return proto::Error{proto::ErrorCode::not_found,
+                                    "no call site " + request.history.site +
+                                        " has allocated since start-up or the last reset (give it as reports print "
+                                        "it, e.g. alloc_pipe_info+0x2d, as a function name, or as 0x...)"};
+            return core::history_to_json(pipeline_.tracker(), verdicts_, *site, request.history.resolution,
+                                         *symbolizer_);
         }
         case proto::Op::report:
             return core::report_to_json(build_report());
@@ -406,6 +446,13 @@ void Daemon::write_snapshot() {
     if (snapshot_failures_++ % 60 == 0) spdlog::warn("writing a snapshot failed: {}; still tracing", *error);
 }
 
+// Every site's outstanding count into its history, and every site judged
+// again: a few ms at 5,000 sites, once an interval (10 s by default).
+void Daemon::sample_verdicts() {
+    if (tracing_stopped_) return;
+    verdicts_.sample(pipeline_.tracker().sites(), monotonic_now_ns());
+}
+
 void Daemon::update_status() {
     const std::uint64_t now = monotonic_now_ns();
     const std::uint64_t records = pipeline_.records();
@@ -416,8 +463,9 @@ void Daemon::update_status() {
     std::uint64_t dropped = 0;
     for (const auto d : session_.drops()) dropped += d;
     const auto& totals = pipeline_.tracker().totals();
-    notifier_.status(fmt::format("{:.0f} records/s, {} outstanding ({} bytes), {} dropped", records_per_second_,
-                                 totals.outstanding, totals.outstanding_bytes, dropped));
+    notifier_.status(fmt::format("{:.0f} records/s, {} outstanding ({} bytes), {} dropped, {} sites growing",
+                                 records_per_second_, totals.outstanding, totals.outstanding_bytes, dropped,
+                                 verdicts_.growing()));
 }
 
 void Daemon::reset() {
@@ -425,6 +473,7 @@ void Daemon::reset() {
     // into the pipeline that is about to forget it, not the fresh one.
     if (!tracing_stopped_) session_.drain_rings_only();
     pipeline_.reset();  // a release in progress is discarded with the rest
+    verdicts_.clear();  // site ids start again with the tracker's
     release_wake_.lower();
     // Modules may have come and gone.
     symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms, tracked_call_sites(), drain_while_symbolizing());
@@ -470,6 +519,10 @@ void Daemon::reload() {
     if (next.tracing != settings_.tracing) {
         spdlog::warn("tracing settings changed; they take effect when kleakd restarts");
         next.tracing = settings_.tracing;
+    }
+    if (next.verdicts != settings_.verdicts) {
+        spdlog::warn("verdicts settings changed; they take effect when kleakd restarts");
+        next.verdicts = settings_.verdicts;
     }
     settings_ = std::move(next);
     configure_printk_file();

@@ -20,7 +20,8 @@
 #include <string>
 #include <variant>
 
-#include "app/event_loop.h"
+#include "core/site_verdicts.h"
+#include "kernel/event_loop.h"
 #include "app/pipeline_sink.h"
 #include "app/serve_command.h"
 #include "app/tracing_session.h"
@@ -63,6 +64,7 @@ private:
     nlohmann::json snapshot();
     nlohmann::json stats();
     void write_snapshot();
+    void sample_verdicts();
     void update_status();
     void reload();
     void reset();
@@ -88,10 +90,12 @@ private:
     std::unique_ptr<core::CachingSymbolizer> symbolizer_;
     TracingSession session_;
     service::SnapshotWriter snapshots_;
+    core::SiteVerdicts verdicts_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
     TimerFd snapshot_timer_;
     TimerFd status_timer_;
+    TimerFd verdict_timer_;
     std::optional<TimerFd> watchdog_timer_;
     WakeFd release_wake_;  // raised while a drain's release has slices left
 

@@ -12,7 +12,7 @@
 #include <optional>
 #include <vector>
 
-#include "app/event_loop.h"
+#include "kernel/event_loop.h"
 #include "core/report.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/ring_consumer.h"

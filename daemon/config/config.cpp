@@ -93,6 +93,7 @@ const std::string kAllocatorsRule = "a non-empty array of distinct names from " 
 const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
 const std::string kAttachRule = "one of " + join(kAttachModes, "\"");
+constexpr std::string_view kMinRiseRule = "an integer from 1 to 1000000";
 
 std::string join_key(std::string_view parent, std::string_view name) {
     return parent.empty() ? std::string(name) : std::string(parent) + "." + std::string(name);
@@ -254,11 +255,16 @@ struct RawPrintk {
     std::optional<Raw<std::string>> file_directory, file_max_size;
     std::optional<Raw<std::int64_t>> file_retention;
 };
+struct RawVerdicts {
+    std::optional<Raw<RawInterval>> interval, window, recent;
+    std::optional<Raw<std::int64_t>> min_rise;
+};
 struct RawConfig {
     RawSocket socket;
     RawSnapshots snapshots;
     RawTracing tracing;
     RawPrintk printk;
+    RawVerdicts verdicts;
     std::optional<Raw<std::string>> log_level;
 };
 
@@ -401,6 +407,13 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.tracing.allocators = tracing.string_array("allocators", kAllocatorsRule, kAllocatorNameRule);
     raw.tracing.attach = tracing.string("attach", kAttachRule);
     tracing.report_unknown_keys();
+
+    ObjectReader verdicts = top.section("verdicts");
+    raw.verdicts.interval = verdicts.string_or_integer("interval", kIntervalRule);
+    raw.verdicts.window = verdicts.string_or_integer("window", kIntervalRule);
+    raw.verdicts.recent = verdicts.string_or_integer("recent", kIntervalRule);
+    raw.verdicts.min_rise = verdicts.integer("min_rise", kMinRiseRule);
+    verdicts.report_unknown_keys();
 
     ObjectReader printk = top.section("printk");
     raw.printk.enabled = printk.boolean("enabled", kBooleanRule);
@@ -580,6 +593,28 @@ std::optional<std::vector<std::string>> check_allocators(const Raw<std::vector<R
     return seen;
 }
 
+std::optional<unsigned> check_min_rise(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<unsigned>(raw, errors, 1, 1000000, kMinRiseRule);
+}
+
+// The window fits in the samples kept at `interval`, and `recent` in the window.
+void check_verdict_spans(const RawVerdicts& raw, const VerdictSettings& v, Errors& errors) {
+    const auto key = [](const std::optional<Raw<RawInterval>>& r, const char* fallback) {
+        return r ? r->key : std::string(fallback);
+    };
+    if (v.window > v.interval * kVerdictWindowSamples)
+        errors.push_back({key(raw.window, "verdicts.window"),
+                          "a window of " + std::to_string(v.window.count()) + "s is more than the " +
+                              std::to_string(kVerdictWindowSamples) + " samples kept at an interval of " +
+                              std::to_string(v.interval.count()) + "s; must be at most " +
+                              std::to_string((v.interval * kVerdictWindowSamples).count()) + "s"});
+    if (v.recent < v.interval * 2 || v.recent >= v.window)
+        errors.push_back({key(raw.recent, "verdicts.recent"),
+                          std::to_string(v.recent.count()) + "s must be at least two intervals (" +
+                              std::to_string((v.interval * 2).count()) + "s) and less than the window (" +
+                              std::to_string(v.window.count()) + "s)"});
+}
+
 std::optional<std::string> check_attach(const Raw<std::string>& raw, Errors& errors) {
     if (std::find(kAttachModes.begin(), kAttachModes.end(), raw.value) != kAttachModes.end()) return raw.value;
     report_invalid(errors, raw.key, in_quotes(raw.value) + " is not an attach mode", kAttachRule,
@@ -624,6 +659,11 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     apply(raw.printk.file_directory, check_printk_directory, settings.printk.file_directory, errors);
     apply(raw.printk.file_max_size, check_printk_file_max_size, settings.printk.file_max_size, errors);
     apply(raw.printk.file_retention, check_printk_retention, settings.printk.file_retention, errors);
+    apply(raw.verdicts.interval, check_interval, settings.verdicts.interval, errors);
+    apply(raw.verdicts.window, check_interval, settings.verdicts.window, errors);
+    apply(raw.verdicts.recent, check_interval, settings.verdicts.recent, errors);
+    apply(raw.verdicts.min_rise, check_min_rise, settings.verdicts.min_rise, errors);
+    check_verdict_spans(raw.verdicts, settings.verdicts, errors);
     apply(raw.log_level, check_log_level, settings.log_level, errors);
     return settings;
 }
@@ -696,6 +736,11 @@ nlohmann::json settings_to_json(const Settings& settings) {
          {{"buffer_size", core::format_size(settings.tracing.buffer_size)},
           {"allocators", allocators},
           {"attach", settings.tracing.attach}}},
+        {"verdicts",
+         {{"interval", std::to_string(settings.verdicts.interval.count()) + "s"},
+          {"window", std::to_string(settings.verdicts.window.count()) + "s"},
+          {"recent", std::to_string(settings.verdicts.recent.count()) + "s"},
+          {"min_rise", settings.verdicts.min_rise}}},
         {"printk",
          {{"enabled", settings.printk.enabled},
           {"lines", settings.printk.lines},

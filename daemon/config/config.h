@@ -57,11 +57,28 @@ struct PrintkSettings {
     bool operator==(const PrintkSettings&) const = default;
 };
 
+// How sites are judged (core/verdict.h, README "Verdicts"): the daemon
+// samples every site each `interval` and judges it over the last `window`; a
+// growing site made a new high within `recent`, which is also the history a
+// site needs to be judged at all; its trend must add `min_rise` allocations
+// over the window.
+struct VerdictSettings {
+    std::chrono::seconds interval{10};
+    std::chrono::seconds window{15 * 60};
+    std::chrono::seconds recent{60};
+    unsigned min_rise = 4;
+
+    bool operator==(const VerdictSettings&) const = default;
+};
+// Samples tier 0 keeps (core/site_history.h): the longest window.
+inline constexpr unsigned kVerdictWindowSamples = 90;
+
 struct Settings {
     SocketSettings socket;
     SnapshotSettings snapshots;
     TracingSettings tracing;
     PrintkSettings printk;
+    VerdictSettings verdicts;
     std::string log_level = "info";  // an spdlog level name
 
     bool operator==(const Settings&) const = default;

@@ -34,7 +34,8 @@ std::vector<Candidate> from_live_allocations(const Tracker& tracker, std::uint64
 
 }  // namespace
 
-LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer) {
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer,
+                        const SiteVerdicts* verdicts) {
     std::vector<Candidate> candidates;
     if (query.min_age_ns == 0) {
         candidates = from_aggregates(tracker);
@@ -70,6 +71,7 @@ LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symboli
         row.frees = s.frees;
         row.replaced = s.replaced;
         if (c.oldest_ts) row.oldest_age_ns = query.now_ns > *c.oldest_ts ? query.now_ns - *c.oldest_ts : 0;
+        if (verdicts) row.verdict = verdicts->judgement(c.site).verdict;
         result.rows.push_back(std::move(row));
     }
     return result;
@@ -88,6 +90,7 @@ nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query)
             {"replaced", row.replaced},
         };
         if (row.oldest_age_ns) site["oldest_age_ns"] = *row.oldest_age_ns;
+        if (row.verdict) site["verdict"] = verdict_name(*row.verdict);
         sites.push_back(std::move(site));
     }
     return {

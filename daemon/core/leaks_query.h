@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "site_verdicts.h"
 #include "symbolizer.h"
 #include "tracker.h"
 
@@ -38,6 +39,7 @@ struct LeakRow {
     std::uint64_t frees = 0;
     std::uint64_t replaced = 0;
     std::optional<std::uint64_t> oldest_age_ns;  // known when the query scanned allocations
+    std::optional<Verdict> verdict;              // when the caller keeps verdicts (the daemon)
 };
 
 struct LeaksResult {
@@ -46,7 +48,8 @@ struct LeaksResult {
     std::vector<LeakRow> rows;
 };
 
-LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer);
+LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symbolizer& symbolizer,
+                        const SiteVerdicts* verdicts = nullptr);
 
 nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query);
 

@@ -38,9 +38,14 @@ HistoryPoint HistoryRing::at(std::size_t i) const {
 
 std::vector<HistoryPoint> HistoryRing::points() const {
     std::vector<HistoryPoint> out;
+    points_into(out);
+    return out;
+}
+
+void HistoryRing::points_into(std::vector<HistoryPoint>& out) const {
+    out.clear();
     out.reserve(size());
     for (std::size_t i = 0; i < size(); ++i) out.push_back(at(i));
-    return out;
 }
 
 void SiteHistories::sample(std::span<const SiteStats> sites, std::uint64_t now_ns) {
@@ -64,8 +69,14 @@ void SiteHistories::sample(std::span<const SiteStats> sites, std::uint64_t now_n
 }
 
 std::vector<HistoryPoint> SiteHistories::series(SiteId site, std::size_t tier) const {
-    if (site >= sites_.size() || tier >= kHistoryTiers.size()) return {};
-    return sites_[site].tiers[tier].points();
+    std::vector<HistoryPoint> out;
+    series_into(site, tier, out);
+    return out;
+}
+
+void SiteHistories::series_into(SiteId site, std::size_t tier, std::vector<HistoryPoint>& out) const {
+    out.clear();
+    if (site < sites_.size() && tier < kHistoryTiers.size()) sites_[site].tiers[tier].points_into(out);
 }
 
 std::size_t SiteHistories::memory_bytes() const {

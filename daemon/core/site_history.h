@@ -48,6 +48,7 @@ public:
     bool empty() const { return points_.empty(); }
     HistoryPoint at(std::size_t i) const;  // 0: the oldest kept
     std::vector<HistoryPoint> points() const;  // oldest first
+    void points_into(std::vector<HistoryPoint>& out) const;  // the same, into a reused vector
     std::size_t memory_bytes() const { return points_.capacity() * sizeof(Packed); }
 
 private:
@@ -73,6 +74,7 @@ public:
     void sample(std::span<const SiteStats> sites, std::uint64_t now_ns);
     // Tier `tier` of `site`; empty when the site has none.
     std::vector<HistoryPoint> series(SiteId site, std::size_t tier = 0) const;
+    void series_into(SiteId site, std::size_t tier, std::vector<HistoryPoint>& out) const;
     std::size_t site_count() const { return sites_.size(); }
     std::uint64_t samples() const { return samples_; }
     std::size_t memory_bytes() const;

@@ -15,6 +15,10 @@ namespace {
 constexpr std::array<std::string_view, 4> kNames{"young", "steady", "growing", "untracked-frees"};
 constexpr double kNsPerS = 1e9;
 constexpr double kSecondsPerHour = 3600;
+// Samples a trend is computed from (spread over the window): 120 pairs. The
+// daemon judges every site every interval, so this bounds its cost (about
+// 3 us a site).
+constexpr std::size_t kTrendPoints = 16;
 
 std::string seconds_text(std::uint64_t ns) {
     const std::uint64_t s = ns / 1'000'000'000;
@@ -48,6 +52,8 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
     if (!window.empty()) j.history_ns = window.back().t_ns - window.front().t_ns;
 
     std::vector<TrendPoint> counts, bytes;
+    counts.reserve(window.size());
+    bytes.reserve(window.size());
     for (const HistoryPoint& p : window) {
         const double t = static_cast<double>(p.t_ns - window.front().t_ns) / kNsPerS;
         counts.push_back({t, static_cast<double>(p.outstanding)});
@@ -57,8 +63,13 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         return p.outstanding == window.front().outstanding && p.bytes == window.front().bytes;
     });
     if (!flat) {  // most sites, most of the time: skip the pairs
-        j.growth_per_hour = theil_sen_slope(counts) * kSecondsPerHour;
-        j.growth_bytes_per_hour = theil_sen_slope(bytes) * kSecondsPerHour;
+        j.growth_per_hour = theil_sen_slope(counts, kTrendPoints) * kSecondsPerHour;
+        // Bytes follow the count at the site's mean size; only a growing
+        // site, whose bytes rank it, pays for a trend of its own (below).
+        const HistoryPoint& last = window.back();
+        if (last.outstanding > 0)
+            j.growth_bytes_per_hour =
+                j.growth_per_hour * static_cast<double>(last.bytes) / static_cast<double>(last.outstanding);
     }
 
     const std::uint64_t replaced_floor = std::max<std::uint64_t>(
@@ -95,7 +106,7 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         j.reason = (flat ? "flat: " : "bounded: ") + trend;
         return j;
     }
-    const double rising = rising_share(counts);
+    const double rising = rising_share(counts, kTrendPoints);
     if (rising < rules.min_rising_fraction) {
         j.verdict = Verdict::steady;
         j.reason = "noise around a level: " + trend + ", but only " + number_text(100 * rising) +
@@ -108,6 +119,7 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         return j;
     }
     j.verdict = Verdict::growing;
+    j.growth_bytes_per_hour = theil_sen_slope(bytes, kTrendPoints) * kSecondsPerHour;
     j.reason = "growing: " + trend + ", " + number_text(100 * rising) + "% of its changes rise, new high within " +
                seconds_text(rules.recent_ns);
     return j;

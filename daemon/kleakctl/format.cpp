@@ -30,14 +30,16 @@ std::string format_leaks(const nlohmann::json& result) {
                                   min_age ? " older than " + proto::format_duration(min_age) : std::string(),
                                   sites.size(), result.at("sort").get<std::string>());
     const bool ages = min_age > 0;
-    out += fmt::format("{:>12} {:>14} {:>10} {:>10} {:>9}{}  {}\n", "outstanding", "bytes", "allocs", "frees",
-                       "replaced", ages ? fmt::format(" {:>8}", "oldest") : "", "caller");
+    const bool verdicts = !sites.empty() && sites.front().contains("verdict");
+    out += fmt::format("{:>12} {:>14} {:>10} {:>10} {:>9}{}{}  {}\n", "outstanding", "bytes", "allocs", "frees",
+                       "replaced", ages ? fmt::format(" {:>8}", "oldest") : "",
+                       verdicts ? fmt::format(" {:<15}", "verdict") : "", "caller");
     for (const auto& s : sites) {
         out += fmt::format(
-            "{:>12} {:>14} {:>10} {:>10} {:>9}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
+            "{:>12} {:>14} {:>10} {:>10} {:>9}{}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
             u64(s, "allocs"), u64(s, "frees"), u64(s, "replaced"),
             ages && s.contains("oldest_age_ns") ? fmt::format(" {:>8}", human_age(u64(s, "oldest_age_ns"))) : "",
-            s.at("site").get<std::string>());
+            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", s.at("site").get<std::string>());
     }
     if (sites.empty()) out += "  (none)\n";
     return out;
@@ -99,12 +101,53 @@ std::string format_stats(const nlohmann::json& r) {
                            u64(rr, "unpinned") ? fmt::format("; {} not pinned to their CPU", u64(rr, "unpinned")) : "");
     }
     if (r.contains("kallsyms_reads")) out += fmt::format("kallsyms reads:    {}\n", u64(r, "kallsyms_reads"));
+    if (r.contains("verdicts")) {
+        const auto& v = r.at("verdicts");
+        out += fmt::format("verdicts:          {} sites growing; {} samples, one every {}; {} bytes of history\n",
+                           u64(v, "growing"), u64(v, "samples"), proto::format_duration(u64(v, "interval_ns")),
+                           u64(v, "memory_bytes"));
+    }
     if (r.contains("printk")) {
         const auto& p = r.at("printk");
         out += fmt::format("printk:            {} lines kept (last seq {}, {} evicted), {} followers\n",
                            u64(p, "lines"), u64(p, "last_seq"), u64(p, "evicted"), u64(p, "followers"));
     }
     out += fmt::format("config:            {}\n", r.at("config").dump());
+    return out;
+}
+
+std::string format_suspects(const nlohmann::json& r) {
+    const auto& rows = r.at("suspects");
+    std::string out = fmt::format("{} of {} call sites with outstanding allocations are growing; {} shown, most "
+                                  "likely leaks first ({} samples, one every {}):\n",
+                                  u64(r, "growing"), u64(r, "sites"), rows.size(), u64(r, "samples"),
+                                  proto::format_duration(u64(r.at("rules"), "interval_ns")));
+    out += fmt::format("{:<15} {:>11} {:>12} {:>10} {:>12} {:>7} {:>7} {:>7}  {}\n", "verdict", "outstanding", "bytes",
+                       "growth/h", "bytes/h", "p50 age", "p90 age", "oldest", "caller");
+    for (const auto& s : rows) {
+        out += fmt::format("{:<15} {:>11} {:>12} {:>10.0f} {:>12.0f} {:>7} {:>7} {:>7}  {}\n",
+                           s.at("verdict").get<std::string>(), u64(s, "outstanding"), u64(s, "outstanding_bytes"),
+                           s.at("growth_per_hour").get<double>(), s.at("growth_bytes_per_hour").get<double>(),
+                           human_age(u64(s, "age_p50_ns")), human_age(u64(s, "age_p90_ns")),
+                           human_age(u64(s, "oldest_age_ns")), s.at("site").get<std::string>());
+        for (const auto& reason : s.at("reasons")) out += fmt::format("{:<15} {}\n", "", reason.get<std::string>());
+    }
+    if (rows.empty()) out += "  (no call site has anything outstanding)\n";
+    return out;
+}
+
+std::string format_history(const nlohmann::json& r) {
+    std::string out = fmt::format("{}: {} ({}), {} outstanding, {} bytes; one sample every {}:\n",
+                                  r.at("site").get<std::string>(), r.at("verdict").get<std::string>(),
+                                  r.at("reasons").at(0).get<std::string>(), u64(r, "outstanding"),
+                                  u64(r, "outstanding_bytes"), proto::format_duration(u64(r, "interval_ns")));
+    const auto& points = r.at("points");
+    if (points.empty()) return out + "  (no samples yet)\n";
+    const std::uint64_t last = u64(points.back(), "t_ns");
+    out += fmt::format("{:>10} {:>12} {:>14}\n", "ago", "outstanding", "bytes");
+    for (const auto& p : points)
+        out += fmt::format("{:>10} {:>12} {:>14}\n", human_age(last - u64(p, "t_ns")), u64(p, "outstanding"),
+                           u64(p, "bytes"));
     return out;
 }
 

@@ -1,5 +1,6 @@
 // kleakctl: query a running kleakd over its Unix socket.
 #include <CLI/CLI.hpp>
+#include <array>
 #include <iostream>
 
 #include "core/printk_json.h"
@@ -23,7 +24,12 @@ struct Options {
     std::uint64_t after_seq = 0;
     std::string level = "debug";
     std::uint32_t limit = 0;
+    std::string site;
+    std::string resolution = "10s";
 };
+
+// kleakctl history --resolution: the history tiers (core/site_history.h).
+constexpr std::array<const char*, 4> kResolutions{"10s", "1m", "10m", "2h"};
 
 // Prints a printk result's lines as dmesg would, or as JSON lines.
 void print_printk_lines(const nlohmann::json& result, bool json) {
@@ -62,6 +68,12 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
         case Op::reset:
             std::cout << "kleakd forgot its history; a fresh baseline starts now\n";
             break;
+        case Op::suspects:
+            std::cout << kleak::ctl::format_suspects(result);
+            break;
+        case Op::history:
+            std::cout << kleak::ctl::format_history(result);
+            break;
         case Op::printk:  // printed above
         case Op::snapshot:
             break;
@@ -91,6 +103,19 @@ int main(int argc, char** argv) {
     leaks->add_option("--sort", options.sort, "Order by outstanding bytes or count")
         ->check(CLI::IsMember({"bytes", "count"}))
         ->default_str("bytes");
+    auto* suspects = app.add_subcommand(
+        "suspects",
+        "Call sites ranked by how likely they leak: growing ones first, with their verdicts, reasons, growth per "
+        "hour and the ages of their live allocations");
+    suspects->add_option("--top,-n", options.top, "How many call sites")->check(CLI::Range(1, 100000))->default_str("20");
+    auto* history = app.add_subcommand("history", "One call site's outstanding count and bytes over time");
+    history->add_option("site", options.site, "The call site as reports print it (alloc_pipe_info+0x2d), a function "
+                                              "name (its largest site), or an address (0xffffffff...)")
+        ->required();
+    history->add_option("--resolution,-r", options.resolution,
+                        "10s (the sampling interval: the last 90 samples), 1m (2 hours), 10m (a day), 2h (30 days)")
+        ->check(CLI::IsMember({"10s", "1m", "10m", "2h"}))
+        ->default_str("10s");
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");
@@ -129,6 +154,14 @@ int main(int argc, char** argv) {
             return 2;
         }
         request.leaks.min_age_ns = *age;
+    } else if (*suspects) {
+        request.op = Op::suspects;
+        request.suspects.top = options.top;
+    } else if (*history) {
+        request.op = Op::history;
+        request.history.site = options.site;
+        for (std::size_t i = 0; i < kResolutions.size(); ++i)
+            if (options.resolution == kResolutions[i]) request.history.resolution = static_cast<std::uint32_t>(i);
     } else if (*stats) {
         request.op = Op::stats;
     } else if (*report) {

@@ -15,7 +15,7 @@
 #include <unordered_map>
 #include <variant>
 
-#include "app/event_loop.h"
+#include "kernel/event_loop.h"
 #include "kernel/unique_fd.h"
 #include "proto/protocol.h"
 #include "service/peer_access.h"

@@ -11,7 +11,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the initramfs's own (RAM already): a tmpfs over it would hide
+# a build tree that lives under /tmp.
+chmod 1777 /tmp
 mount -t tmpfs tmpfs /run
 hostname kleak-guest
 echo "KLEAK-GUEST-START $(uname -r) cpus=$(nproc)"

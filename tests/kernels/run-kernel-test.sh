@@ -65,6 +65,7 @@ if ! grep -a -q 'KLEAK-GUEST-EXIT' "$log"; then
   tail -n 60 "$log" >&2
 else
   echo "Linux $release: kernel tests failed (${elapsed}s under qemu); their output:" >&2
-  grep -a -E '^\[ +FAILED|Failure|Expected|Which is|error:|  Actual|value of' "$log" | head -n 80 >&2 || true
+  grep -a -E '^\[ +FAILED|Failure|Expected|Which is|error:|  Actual|value of|KLEAK-GUEST-FAILED|not found' "$log" |
+    head -n 80 >&2 || true
 fi
 exit 1

@@ -27,10 +27,11 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array kAllOps{Op::version, Op::stats, Op::leaks, Op::report, Op::snapshot, Op::reset, Op::printk};
+constexpr std::array kAllOps{Op::version, Op::stats,  Op::leaks,    Op::report, Op::snapshot,
+                             Op::reset,   Op::printk, Op::suspects, Op::history};
 constexpr std::array kAllErrorCodes{ErrorCode::parse_error,         ErrorCode::bad_request, ErrorCode::unknown_op,
                                     ErrorCode::unsupported_version, ErrorCode::too_large,   ErrorCode::internal,
-                                    ErrorCode::not_permitted, ErrorCode::lagged};
+                                    ErrorCode::not_permitted,       ErrorCode::lagged,      ErrorCode::not_found};
 
 // --- golden files ----------------------------------------------------------------------
 
@@ -116,6 +117,14 @@ std::vector<RequestGolden> request_goldens() {
           .op = Op::printk,
           .leaks = {},
           .printk = {.after_seq = 41, .since_ns = 0, .limit = 100, .level = 4, .follow = true}}},
+        {"request_suspects.jsonl", {.id = 10, .op = Op::suspects, .leaks = {}, .printk = {}, .suspects = {.top = 5}}},
+        {"request_history.jsonl",
+         {.id = 11,
+          .op = Op::history,
+          .leaks = {},
+          .printk = {},
+          .suspects = {},
+          .history = {.site = "alloc_pipe_info+0xd7", .resolution = 1}}},
     };
 }
 
@@ -273,12 +282,55 @@ json sample_printk() {
     };
 }
 
+json sample_judgement(const char* verdict, const char* reason, double growth, double growth_bytes) {
+    return {{"verdict", verdict},
+            {"reasons", {reason}},
+            {"growth_per_hour", growth},
+            {"growth_bytes_per_hour", growth_bytes},
+            {"history_ns", 900'000'000'000ULL}};
+}
+
+json sample_suspects() {
+    json row = {{"site", "alloc_pipe_info+0xd7"},     {"function", "alloc_pipe_info"},
+                {"outstanding", 1800},                {"outstanding_bytes", 1843200},
+                {"age_p50_ns", 450'000'000'000ULL},   {"age_p90_ns", 810'000'000'000ULL},
+                {"oldest_age_ns", 900'000'000'000ULL}};
+    row.update(sample_judgement("growing",
+                                "growing: trend +7200/h over 15m, 100% of its changes rise, new high within 1m",
+                                7200.0, 7372800.0));
+    return {{"growing", 1},
+            {"sites", 64},
+            {"samples", 90},
+            {"rules",
+             {{"interval_ns", 10'000'000'000ULL},
+              {"window_ns", 900'000'000'000ULL},
+              {"recent_ns", 60'000'000'000ULL},
+              {"min_rise", 4.0},
+              {"min_rising_share", 0.8}}},
+            {"suspects", {row}}};
+}
+
+json sample_history() {
+    json h = {{"site", "alloc_pipe_info+0xd7"},
+              {"function", "alloc_pipe_info"},
+              {"interval_ns", 60'000'000'000ULL},
+              {"outstanding", 1800},
+              {"outstanding_bytes", 1843200},
+              {"points",
+               {{{"t_ns", 3000'000'000'000ULL}, {"outstanding", 1740}, {"bytes", 1781760}},
+                {{"t_ns", 3060'000'000'000ULL}, {"outstanding", 1800}, {"bytes", 1843200}}}}};
+    h.update(sample_judgement("growing", "growing: trend +3600/h over 15m, 100% of its changes rise, new high within 1m",
+                              3600.0, 3686400.0));
+    return h;
+}
+
 std::vector<ResultGolden> result_goldens() {
     return {
         {"result_version.jsonl", 1, sample_version()},   {"result_stats.jsonl", 2, sample_stats()},
         {"result_leaks.jsonl", 7, sample_leaks()},       {"result_report.jsonl", 3, sample_report()},
         {"result_snapshot.jsonl", 4, sample_snapshot()}, {"result_reset.jsonl", 5, {{"reset", true}}},
-        {"result_printk.jsonl", 9, sample_printk()},
+        {"result_printk.jsonl", 9, sample_printk()},     {"result_suspects.jsonl", 10, sample_suspects()},
+        {"result_history.jsonl", 11, sample_history()},
     };
 }
 
@@ -330,6 +382,10 @@ std::vector<ErrorGolden> error_goldens() {
          Error{ErrorCode::not_permitted, "uid 1000 may not query kleakd; allowed: root and group kleakd"}},
         {"error_lagged.jsonl", 9,
          Error{ErrorCode::lagged, "printk follower fell 4194304 bytes behind; dropped (reconnect with after_seq)"}},
+        {"error_not_found.jsonl", 11,
+         Error{ErrorCode::not_found,
+               "no call site nosuch has allocated since start-up or the last reset (give it as reports print it, "
+               "e.g. alloc_pipe_info+0x2d, as a function name, or as 0x...)"}},
     };
 }
 
@@ -487,8 +543,28 @@ TEST(ProtocolDecode, UnknownOpListsTheKnownOpsAndEchoesTheId) {
     const DecodedRequest decoded = decode_request(R"({"v":1,"id":12,"op":"leak"})");
     ASSERT_TRUE(decoded.error);
     EXPECT_EQ(decoded.error->code, ErrorCode::unknown_op);
-    EXPECT_EQ(decoded.error->message, "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset, printk");
+    EXPECT_EQ(decoded.error->message,
+              "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset, printk, suspects, "
+              "history");
     EXPECT_EQ(decoded.id, 12u);
+}
+
+TEST(ProtocolDecode, SuspectsAndHistoryArgsAreCheckedByName) {
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"suspects"})").suspects.top, 20u);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"suspects","args":{"top":0}})").message,
+              "\"args.top\" must be an integer in 1..100000, got 0");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"suspects","args":{"sort":"bytes"}})").message,
+              "unknown arg \"args.sort\"; op \"suspects\" takes top");
+    const Request h = decode_ok(R"({"v":1,"id":1,"op":"history","args":{"site":"kfree_skb"}})");
+    EXPECT_EQ(h.history.site, "kfree_skb");
+    EXPECT_EQ(h.history.resolution, 0u);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"history"})").message, "op \"history\" needs \"args.site\"");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"history","args":{}})").message, "op \"history\" needs \"args.site\"");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"history","args":{"site":""}})").code, ErrorCode::bad_request);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"history","args":{"site":"x","resolution":4}})").message,
+              "\"args.resolution\" must be an integer in 0..3, got 4");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"history","args":{"site":"x","tier":1}})").message,
+              "unknown arg \"args.tier\"; op \"history\" takes site, resolution");
 }
 
 TEST(ProtocolDecode, EchoedValuesInMessagesAreBounded) {
@@ -500,7 +576,7 @@ TEST(ProtocolDecode, EchoedValuesInMessagesAreBounded) {
 
 TEST(ProtocolDecode, EveryNoArgOpDecodesWithoutArgsOrWithEmptyArgs) {
     for (const Op op : kAllOps) {
-        if (op == Op::leaks) continue;
+        if (op == Op::leaks || op == Op::history) continue;  // history needs a site (tested above)
         const std::string name(op_name(op));
         EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":")" + name + "\"}").op, op);
         EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":")" + name + R"(","args":{}})").op, op);
@@ -509,7 +585,7 @@ TEST(ProtocolDecode, EveryNoArgOpDecodesWithoutArgsOrWithEmptyArgs) {
 
 TEST(ProtocolDecode, ArgsOnAnOpWithoutArgsAreABadRequest) {
     for (const Op op : kAllOps) {
-        if (op == Op::leaks || op == Op::printk) continue;
+        if (op == Op::leaks || op == Op::printk || op == Op::suspects || op == Op::history) continue;
         const std::string name(op_name(op));
         const Error error = decode_error(R"({"v":1,"id":1,"op":")" + name + R"(","args":{"top":5}})");
         EXPECT_EQ(error.code, ErrorCode::bad_request);

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "app/event_loop.h"
+#include "kernel/event_loop.h"
 #include "service/query_server.h"
 
 namespace kleak::service {

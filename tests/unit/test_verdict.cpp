@@ -8,7 +8,10 @@
 #include <random>
 #include <vector>
 
+#include "core/leaks_query.h"
 #include "core/site_history.h"
+#include "core/site_verdicts.h"
+#include "core/suspects_query.h"
 #include "core/trend.h"
 #include "core/verdict.h"
 
@@ -258,6 +261,150 @@ TEST(SiteHistories, AtMostTheStatedBytesASite) {
     for (std::uint64_t i = 0; i < 31ull * 8640; ++i) h.sample(sites_with({i % 1000}), i * kPeriod);
     for (std::size_t t = 0; t < kHistoryTiers.size(); ++t) EXPECT_EQ(h.series(0, t).size(), kHistoryTiers[t].capacity);
     EXPECT_LE(h.memory_bytes(), kMaxHistoryPoints * 16 + 256);
+}
+
+// --- the daemon's verdicts and the suspects query, on a real tracker ----------------------
+
+constexpr std::uint64_t kLeakSite = 0xffffffff81000100, kCacheSite = 0xffffffff81000200,
+                        kFreshSite = 0xffffffff81000300;
+
+// A tracker fed by a tiny kernel: each step of 10 s, the leak site allocates
+// one object it never frees, the cache site holds 50 objects (freeing the
+// oldest as it allocates), and from `fresh_from` on a third site starts.
+struct Scenario {
+    Tracker tracker;
+    SiteVerdicts verdicts{kPeriod, VerdictRules{}};
+    std::uint64_t next_ptr = 0xffff888000000000;
+    std::vector<std::uint64_t> cache;
+
+    void allocate(std::uint64_t site, std::uint64_t ts, std::uint64_t ptr) {
+        Event e;
+        e.kind = EventKind::kmalloc;
+        e.ts_ns = ts;
+        e.ptr = ptr;
+        e.call_site = site;
+        e.bytes_req = e.bytes_alloc = 128;
+        tracker.apply(e);
+    }
+    void free(std::uint64_t ptr, std::uint64_t ts) {
+        Event e;
+        e.kind = EventKind::kfree;
+        e.ts_ns = ts;
+        e.ptr = ptr;
+        e.call_site = 0xffffffff81999999;
+        tracker.apply(e);
+    }
+    void run(int steps, int fresh_from = 1'000'000) {
+        for (int k = 0; k < steps; ++k) {
+            const std::uint64_t ts = 1000 * kSecond + static_cast<std::uint64_t>(k) * kPeriod;
+            allocate(kLeakSite, ts, next_ptr += 64);
+            for (int i = 0; i < 5; ++i) {
+                cache.push_back(next_ptr += 64);
+                allocate(kCacheSite, ts + 1, cache.back());
+                if (cache.size() > 50) {
+                    free(cache.front(), ts + 2);
+                    cache.erase(cache.begin());
+                }
+            }
+            if (k >= fresh_from) allocate(kFreshSite, ts + 3, next_ptr += 64);
+            verdicts.sample(tracker.sites(), ts + 5);
+        }
+    }
+};
+
+FixedSymbolizer scenario_symbols() {
+    return FixedSymbolizer({{kLeakSite, {"leaky_alloc", 0x10, ""}},
+                            {kCacheSite, {"cache_alloc", 0x20, ""}},
+                            {kFreshSite, {"fresh_alloc", 0x30, ""}}});
+}
+
+TEST(SuspectsQuery, GrowingSitesRankFirstWithReasonsAndAges) {
+    Scenario sc;
+    sc.run(30, /*fresh_from=*/27);
+    FixedSymbolizer symbols = scenario_symbols();
+    const std::uint64_t now = 1000 * kSecond + 29 * kPeriod + 5;
+    const SuspectsResult r = query_suspects(sc.tracker, sc.verdicts, {20, now}, symbols);
+    ASSERT_EQ(r.rows.size(), 3u);
+    EXPECT_EQ(r.sites, 3u);
+    EXPECT_EQ(r.growing, 1u);
+    EXPECT_EQ(r.rows[0].site, "leaky_alloc+0x10");
+    EXPECT_EQ(r.rows[0].judgement.verdict, Verdict::growing);
+    EXPECT_NEAR(r.rows[0].judgement.growth_per_hour, 360, 1);  // one per 10 s
+    EXPECT_EQ(r.rows[0].outstanding, 30u);
+    // 30 allocations 10 s apart, the newest 5 ns before now: ages 0..290 s
+    // (the tracker rounds birth times up by at most 1.05 ms).
+    EXPECT_NEAR(static_cast<double>(r.rows[0].oldest_age_ns) / kSecond, 290, 0.002);
+    EXPECT_NEAR(static_cast<double>(r.rows[0].age_p50_ns) / kSecond, 145, 10);
+    EXPECT_NEAR(static_cast<double>(r.rows[0].age_p90_ns) / kSecond, 260, 10);
+    EXPECT_EQ(r.rows[1].site, "fresh_alloc+0x30");  // young ranks above steady
+    EXPECT_EQ(r.rows[1].judgement.verdict, Verdict::young);
+    EXPECT_EQ(r.rows[2].site, "cache_alloc+0x20");
+    EXPECT_EQ(r.rows[2].judgement.verdict, Verdict::steady);
+    EXPECT_EQ(r.rows[2].outstanding, 50u);
+
+    const nlohmann::json j = suspects_to_json(r, sc.verdicts);
+    EXPECT_EQ(j.at("growing"), 1);
+    EXPECT_EQ(j.at("samples"), 30);
+    EXPECT_EQ(j.at("suspects").at(0).at("verdict"), "growing");
+    EXPECT_EQ(j.at("suspects").at(0).at("reasons").size(), 1u);
+    EXPECT_EQ(j.at("rules").at("interval_ns"), kPeriod);
+
+    // top cuts the rows, not the counts.
+    const SuspectsResult one = query_suspects(sc.tracker, sc.verdicts, {1, now}, symbols);
+    EXPECT_EQ(one.rows.size(), 1u);
+    EXPECT_EQ(one.sites, 3u);
+}
+
+TEST(SuspectsQuery, LeaksRowsCarryTheVerdict) {
+    Scenario sc;
+    sc.run(30);
+    FixedSymbolizer symbols = scenario_symbols();
+    LeaksQuery q;
+    const LeaksResult with = query_leaks(sc.tracker, q, symbols, &sc.verdicts);
+    ASSERT_EQ(with.rows.size(), 2u);
+    for (const LeakRow& row : with.rows)
+        EXPECT_EQ(row.verdict, row.function == "leaky_alloc" ? Verdict::growing : Verdict::steady) << row.site;
+    EXPECT_EQ(leaks_to_json(with, q).at("sites").at(0).at("verdict"), "steady");  // the cache has more bytes
+    const LeaksResult without = query_leaks(sc.tracker, q, symbols);
+    EXPECT_FALSE(without.rows[0].verdict);
+    EXPECT_FALSE(leaks_to_json(without, q).at("sites").at(0).contains("verdict"));
+}
+
+TEST(SuspectsQuery, HistoryAndSiteLookup) {
+    Scenario sc;
+    sc.run(12);
+    FixedSymbolizer symbols = scenario_symbols();
+    const auto by_name = find_site(sc.tracker, "leaky_alloc+0x10", symbols);
+    const auto by_function = find_site(sc.tracker, "leaky_alloc", symbols);
+    const auto by_address = find_site(sc.tracker, "0xffffffff81000100", symbols);
+    ASSERT_TRUE(by_name);
+    EXPECT_EQ(by_function, by_name);
+    EXPECT_EQ(by_address, by_name);
+    EXPECT_FALSE(find_site(sc.tracker, "nosuch", symbols));
+    EXPECT_FALSE(find_site(sc.tracker, "0xffffffff8100010z", symbols));
+    // The freeing site has no allocations: not a site a user asks about by function.
+    EXPECT_FALSE(find_site(sc.tracker, "0xffffffff81999999", symbols).has_value() &&
+                 sc.tracker.sites()[*find_site(sc.tracker, "0xffffffff81999999", symbols)].allocs > 0);
+
+    const nlohmann::json h = history_to_json(sc.tracker, sc.verdicts, *by_name, 0, symbols);
+    EXPECT_EQ(h.at("site"), "leaky_alloc+0x10");
+    EXPECT_EQ(h.at("interval_ns"), kPeriod);
+    ASSERT_EQ(h.at("points").size(), 12u);
+    EXPECT_EQ(h.at("points").at(0).at("outstanding"), 1);
+    EXPECT_EQ(h.at("points").at(11).at("outstanding"), 12);
+    EXPECT_EQ(h.at("verdict"), "growing");
+    EXPECT_EQ(history_to_json(sc.tracker, sc.verdicts, *by_name, 1, symbols).at("interval_ns"), 60 * kSecond);
+}
+
+TEST(SuspectsQuery, ClearForgetsHistoriesAndJudgements) {
+    Scenario sc;
+    sc.run(12);
+    EXPECT_EQ(sc.verdicts.growing(), 2u);  // the cache filled until 20 s ago: still within `recent`
+    sc.verdicts.clear();
+    EXPECT_EQ(sc.verdicts.growing(), 0u);
+    EXPECT_EQ(sc.verdicts.judgement(0).verdict, Verdict::young);
+    EXPECT_EQ(sc.verdicts.histories().samples(), 0u);
+    EXPECT_TRUE(sc.verdicts.histories().series(0).empty());
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "app/event_loop.h"
+#include "kernel/event_loop.h"
 
 #include <signal.h>
 #include <sys/epoll.h>

@@ -1,0 +1,158 @@
+#include "suspects_query.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace kleak::core {
+
+namespace {
+
+// Leak-likeness: growing, then young (not judged yet), steady, and last
+// untracked-frees (whose counts overstate).
+int rank_of(Verdict v) {
+    switch (v) {
+        case Verdict::growing: return 0;
+        case Verdict::young: return 1;
+        case Verdict::steady: return 2;
+        case Verdict::untracked_frees: return 3;
+    }
+    return 4;
+}
+
+std::uint64_t percentile(std::vector<std::uint64_t>& values, double p) {
+    if (values.empty()) return 0;
+    const auto k = static_cast<std::size_t>(p * static_cast<double>(values.size() - 1));
+    std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(k), values.end());
+    return values[k];
+}
+
+nlohmann::json judgement_json(const SiteJudgement& j) {
+    return {{"verdict", verdict_name(j.verdict)},
+            {"reasons", nlohmann::json::array({j.reason})},
+            {"growth_per_hour", j.growth_per_hour},
+            {"growth_bytes_per_hour", j.growth_bytes_per_hour},
+            {"history_ns", j.history_ns}};
+}
+
+}  // namespace
+
+SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdicts, const SuspectsQuery& query,
+                              Symbolizer& symbolizer) {
+    struct Candidate {
+        SiteId site;
+        SiteJudgement judgement;
+    };
+    const auto& sites = tracker.sites();
+    std::vector<Candidate> candidates;
+    SuspectsResult result;
+    for (SiteId id = 0; id < sites.size(); ++id) {
+        if (sites[id].outstanding == 0) continue;
+        candidates.push_back({id, verdicts.judgement(id)});
+        result.growing += candidates.back().judgement.verdict == Verdict::growing;
+    }
+    result.sites = candidates.size();
+    const std::size_t n = std::min(query.top, candidates.size());
+    std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n), candidates.end(),
+                      [&](const Candidate& a, const Candidate& b) {
+                          const int ra = rank_of(a.judgement.verdict), rb = rank_of(b.judgement.verdict);
+                          if (ra != rb) return ra < rb;
+                          if (a.judgement.growth_bytes_per_hour != b.judgement.growth_bytes_per_hour)
+                              return a.judgement.growth_bytes_per_hour > b.judgement.growth_bytes_per_hour;
+                          if (sites[a.site].outstanding_bytes != sites[b.site].outstanding_bytes)
+                              return sites[a.site].outstanding_bytes > sites[b.site].outstanding_bytes;
+                          return a.site < b.site;
+                      });
+    candidates.resize(n);
+
+    // Birth times of the rows' live allocations, in one pass.
+    std::vector<int> row_of(sites.size(), -1);
+    for (std::size_t i = 0; i < n; ++i) row_of[candidates[i].site] = static_cast<int>(i);
+    std::vector<std::vector<std::uint64_t>> ages(n);
+    if (n > 0) {
+        tracker.for_each_outstanding([&](std::uint64_t, const OutstandingAllocation& a) {
+            if (a.site >= row_of.size() || row_of[a.site] < 0) return;
+            ages[static_cast<std::size_t>(row_of[a.site])].push_back(query.now_ns > a.ts_ns ? query.now_ns - a.ts_ns
+                                                                                             : 0);
+        });
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const SiteStats& s = sites[candidates[i].site];
+        const Symbol symbol = symbolizer.resolve(s.call_site);
+        SuspectRow row;
+        row.site = format_site(s.call_site, symbol);
+        row.function = symbol.known() ? symbol.function : row.site;
+        row.judgement = std::move(candidates[i].judgement);
+        row.outstanding = s.outstanding;
+        row.outstanding_bytes = s.outstanding_bytes;
+        row.age_p50_ns = percentile(ages[i], 0.5);
+        row.age_p90_ns = percentile(ages[i], 0.9);
+        row.oldest_age_ns = ages[i].empty() ? 0 : *std::max_element(ages[i].begin(), ages[i].end());
+        result.rows.push_back(std::move(row));
+    }
+    return result;
+}
+
+nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts& verdicts) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const SuspectRow& row : result.rows) {
+        nlohmann::json j = {{"site", row.site},
+                            {"function", row.function},
+                            {"outstanding", row.outstanding},
+                            {"outstanding_bytes", row.outstanding_bytes},
+                            {"age_p50_ns", row.age_p50_ns},
+                            {"age_p90_ns", row.age_p90_ns},
+                            {"oldest_age_ns", row.oldest_age_ns}};
+        j.update(judgement_json(row.judgement));
+        rows.push_back(std::move(j));
+    }
+    const VerdictRules& r = verdicts.rules();
+    return {{"growing", result.growing},
+            {"sites", result.sites},
+            {"samples", verdicts.histories().samples()},
+            {"rules",
+             {{"interval_ns", verdicts.period_ns()},
+              {"window_ns", r.window_ns},
+              {"recent_ns", r.recent_ns},
+              {"min_rise", r.min_rise},
+              {"min_rising_share", r.min_rising_fraction}}},
+            {"suspects", std::move(rows)}};
+}
+
+std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer) {
+    const auto& sites = tracker.sites();
+    if (name.starts_with("0x")) {
+        char* end = nullptr;
+        const std::uint64_t address = std::strtoull(name.c_str(), &end, 16);
+        for (SiteId id = 0; id < sites.size(); ++id)
+            if (end != nullptr && *end == '\0' && sites[id].call_site == address) return id;
+        return std::nullopt;
+    }
+    std::optional<SiteId> by_function;
+    for (SiteId id = 0; id < sites.size(); ++id) {
+        const Symbol symbol = symbolizer.resolve(sites[id].call_site);
+        if (format_site(sites[id].call_site, symbol) == name) return id;
+        if (symbol.function == name && sites[id].allocs > 0 &&
+            (!by_function || sites[id].outstanding_bytes > sites[*by_function].outstanding_bytes))
+            by_function = id;
+    }
+    return by_function;
+}
+
+nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,
+                               Symbolizer& symbolizer) {
+    const SiteStats& s = tracker.sites()[site];
+    const Symbol symbol = symbolizer.resolve(s.call_site);
+    nlohmann::json points = nlohmann::json::array();
+    for (const HistoryPoint& p : verdicts.histories().series(site, tier))
+        points.push_back({{"t_ns", p.t_ns}, {"outstanding", p.outstanding}, {"bytes", p.bytes}});
+    nlohmann::json j = {{"site", format_site(s.call_site, symbol)},
+                        {"function", symbol.known() ? symbol.function : format_site(s.call_site, symbol)},
+                        {"interval_ns", tier == 0 ? verdicts.period_ns() : kHistoryTiers[tier].period_ns},
+                        {"outstanding", s.outstanding},
+                        {"outstanding_bytes", s.outstanding_bytes},
+                        {"points", std::move(points)}};
+    j.update(judgement_json(verdicts.judgement(site)));
+    return j;
+}
+
+}  // namespace kleak::core

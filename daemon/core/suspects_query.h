@@ -1,0 +1,54 @@
+// The `suspects` query: call sites ranked by how likely they leak: growing
+// ones first, by bytes gained per hour, then young, steady and
+// untracked-frees ones; each with its verdict and reasons (verdict.h) and the
+// ages of its live allocations. Also `history`: one site's series.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "site_verdicts.h"
+#include "symbolizer.h"
+#include "tracker.h"
+
+namespace kleak::core {
+
+struct SuspectsQuery {
+    std::size_t top = 20;
+    std::uint64_t now_ns = 0;  // the records' clock (CLOCK_MONOTONIC)
+};
+
+struct SuspectRow {
+    std::string site;
+    std::string function;
+    SiteJudgement judgement;
+    std::uint64_t outstanding = 0;
+    std::uint64_t outstanding_bytes = 0;
+    // Ages of the live allocations (tracker resolution, rounded down).
+    std::uint64_t age_p50_ns = 0, age_p90_ns = 0, oldest_age_ns = 0;
+};
+
+struct SuspectsResult {
+    std::uint64_t growing = 0;  // sites judged growing
+    std::uint64_t sites = 0;    // sites with something outstanding
+    std::vector<SuspectRow> rows;
+};
+
+// O(sites) to rank, and one pass over the live allocations for the ages of
+// the rows shown.
+SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdicts, const SuspectsQuery& query,
+                              Symbolizer& symbolizer);
+nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts& verdicts);
+
+// The site a user names: "func+0x1f" as reports print it, a bare function
+// name (its first site by outstanding bytes), or a hex address.
+std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer);
+
+// One site's history at `tier` (0: the sampling period; kHistoryTiers).
+nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,
+                               Symbolizer& symbolizer);
+
+}  // namespace kleak::core
