@@ -283,6 +283,19 @@ double percentile(std::vector<double> v, double p) {
     return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
 }
 
+// Query benchmarks time one query per iteration, 200 of them, and report
+// the p50, p99 and max over those.
+void per_query_latency(benchmark::internal::Benchmark* b) {
+    b->Iterations(1)
+        ->Repetitions(200)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond)
+        ->ReportAggregatesOnly(true)
+        ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
+        ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); })
+        ->ComputeStatistics("max", [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); });
+}
+
 // Target 5: one `leaks` query per iteration, timed one by one; the p50/p99
 // statistics are over the repetitions (200 queries). Args: min_age in seconds
 // (0: answered from the per-site aggregates; otherwise from the age index,
@@ -315,14 +328,7 @@ BENCHMARK(BM_LeaksQuery1M)
     ->Args({30, 1, 0})
     ->Args({30, 2000, 1})
     ->Args({30, 1, 1})
-    ->Iterations(1)
-    ->Repetitions(200)
-    ->UseManualTime()
-    ->Unit(benchmark::kMillisecond)
-    ->ReportAggregatesOnly(true)
-    ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
-    ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); })
-    ->ComputeStatistics("max", [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); });
+    ->Apply(per_query_latency);
 
 // Verdicts (issue 15): the daemon samples every site and judges it again
 // every interval, and `suspects` ranks the judgements and scans the live
@@ -382,14 +388,7 @@ void BM_SuspectsQuery1M(benchmark::State& state) {
     }
     state.counters["sites"] = static_cast<double>(f.tracker.sites().size());
 }
-BENCHMARK(BM_SuspectsQuery1M)
-    ->Iterations(1)
-    ->Repetitions(200)
-    ->UseManualTime()
-    ->Unit(benchmark::kMillisecond)
-    ->ReportAggregatesOnly(true)
-    ->ComputeStatistics("p50", [](const std::vector<double>& v) { return percentile(v, 0.50); })
-    ->ComputeStatistics("p99", [](const std::vector<double>& v) { return percentile(v, 0.99); });
+BENCHMARK(BM_SuspectsQuery1M)->Apply(per_query_latency);
 
 }  // namespace
 

@@ -94,6 +94,8 @@ const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
 const std::string kAttachRule = "one of " + join(kAttachModes, "\"");
 constexpr std::string_view kMinRiseRule = "an integer from 1 to 1000000";
+constexpr std::string_view kVerdictIntervalRule =
+    "a duration from 1s to 10m: a number with a unit (\"10s\", \"1m\") or an integer of seconds";
 
 std::string join_key(std::string_view parent, std::string_view name) {
     return parent.empty() ? std::string(name) : std::string(parent) + "." + std::string(name);
@@ -409,7 +411,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     tracing.report_unknown_keys();
 
     ObjectReader verdicts = top.section("verdicts");
-    raw.verdicts.interval = verdicts.string_or_integer("interval", kIntervalRule);
+    raw.verdicts.interval = verdicts.string_or_integer("interval", kVerdictIntervalRule);
     raw.verdicts.window = verdicts.string_or_integer("window", kIntervalRule);
     raw.verdicts.recent = verdicts.string_or_integer("recent", kIntervalRule);
     raw.verdicts.min_rise = verdicts.integer("min_rise", kMinRiseRule);
@@ -597,22 +599,38 @@ std::optional<unsigned> check_min_rise(const Raw<std::int64_t>& raw, Errors& err
     return check_integer_range<unsigned>(raw, errors, 1, 1000000, kMinRiseRule);
 }
 
-// The window fits in the samples kept at `interval`, and `recent` in the window.
-void check_verdict_spans(const RawVerdicts& raw, const VerdictSettings& v, Errors& errors) {
-    const auto key = [](const std::optional<Raw<RawInterval>>& r, const char* fallback) {
-        return r ? r->key : std::string(fallback);
-    };
-    if (v.window > v.interval * kVerdictWindowSamples)
-        errors.push_back({key(raw.window, "verdicts.window"),
-                          "a window of " + std::to_string(v.window.count()) + "s is more than the " +
-                              std::to_string(kVerdictWindowSamples) + " samples kept at an interval of " +
-                              std::to_string(v.interval.count()) + "s; must be at most " +
-                              std::to_string((v.interval * kVerdictWindowSamples).count()) + "s"});
-    if (v.recent < v.interval * 2 || v.recent >= v.window)
-        errors.push_back({key(raw.recent, "verdicts.recent"),
-                          std::to_string(v.recent.count()) + "s must be at least two intervals (" +
-                              std::to_string((v.interval * 2).count()) + "s) and less than the window (" +
-                              std::to_string(v.window.count()) + "s)"});
+// verdicts.interval: 1s to 10m (core/site_history.h, kMaxHistoryIntervalNs).
+std::optional<std::chrono::seconds> check_verdict_interval(const Raw<RawInterval>& raw, Errors& errors) {
+    const auto seconds = check_interval(raw, errors);
+    if (!seconds || *seconds <= std::chrono::minutes{10}) return seconds;
+    report_invalid(errors, raw.key, std::to_string(seconds->count()) + "s is out of range", kVerdictIntervalRule);
+    return std::nullopt;
+}
+
+// The window fits in the samples kept at `interval`, and `recent` in the
+// window. What the file leaves out follows the interval: the window is 15
+// minutes or 90 intervals, whichever is shorter, but at least 6 intervals;
+// `recent` 60 s or two intervals, whichever is longer. Only values the file
+// gives can conflict.
+void settle_verdict_spans(const RawVerdicts& raw, VerdictSettings& v, Errors& errors) {
+    const auto longest_window = v.interval * kVerdictWindowSamples;
+    if (!raw.window)
+        v.window = std::max<std::chrono::seconds>(v.interval * 6, std::min<std::chrono::seconds>(v.window, longest_window));
+    if (!raw.recent) v.recent = std::max<std::chrono::seconds>(v.recent, v.interval * 2);
+    if (v.window > longest_window) {
+        errors.push_back({raw.window->key, "a window of " + std::to_string(v.window.count()) +
+                                               "s is more than the " + std::to_string(kVerdictWindowSamples) +
+                                               " intervals kept at full resolution (" +
+                                               std::to_string(longest_window.count()) + "s at an interval of " +
+                                               std::to_string(v.interval.count()) + "s)"});
+        return;
+    }
+    if (v.recent < v.interval * 2 || v.recent >= v.window) {
+        const std::string& key = raw.recent ? raw.recent->key : raw.window ? raw.window->key : raw.interval->key;
+        errors.push_back({key, "recent (" + std::to_string(v.recent.count()) + "s) must be at least two intervals (" +
+                                   std::to_string((v.interval * 2).count()) + "s) and less than the window (" +
+                                   std::to_string(v.window.count()) + "s)"});
+    }
 }
 
 std::optional<std::string> check_attach(const Raw<std::string>& raw, Errors& errors) {
@@ -659,11 +677,13 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     apply(raw.printk.file_directory, check_printk_directory, settings.printk.file_directory, errors);
     apply(raw.printk.file_max_size, check_printk_file_max_size, settings.printk.file_max_size, errors);
     apply(raw.printk.file_retention, check_printk_retention, settings.printk.file_retention, errors);
-    apply(raw.verdicts.interval, check_interval, settings.verdicts.interval, errors);
+    const std::size_t errors_before_verdicts = errors.size();
+    apply(raw.verdicts.interval, check_verdict_interval, settings.verdicts.interval, errors);
     apply(raw.verdicts.window, check_interval, settings.verdicts.window, errors);
     apply(raw.verdicts.recent, check_interval, settings.verdicts.recent, errors);
     apply(raw.verdicts.min_rise, check_min_rise, settings.verdicts.min_rise, errors);
-    check_verdict_spans(raw.verdicts, settings.verdicts, errors);
+    // Spans are compared only once each value read is valid.
+    if (errors.size() == errors_before_verdicts) settle_verdict_spans(raw.verdicts, settings.verdicts, errors);
     apply(raw.log_level, check_log_level, settings.log_level, errors);
     return settings;
 }

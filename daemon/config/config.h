@@ -58,10 +58,12 @@ struct PrintkSettings {
 };
 
 // How sites are judged (core/verdict.h, README "Verdicts"): the daemon
-// samples every site each `interval` and judges it over the last `window`; a
-// growing site made a new high within `recent`, which is also the history a
-// site needs to be judged at all; its trend must add `min_rise` allocations
-// over the window.
+// samples every site each `interval` (1s..10m) and judges it over the last
+// `window` (at most 90 intervals); a growing site made a new high within
+// `recent` (at least two intervals, less than the window), which is also the
+// history a site needs to be judged at all; its trend must add `min_rise`
+// allocations over the history judged. Left out of the file, window and
+// recent follow the interval (config.cpp, settle_verdict_spans).
 struct VerdictSettings {
     std::chrono::seconds interval{10};
     std::chrono::seconds window{15 * 60};
@@ -70,7 +72,7 @@ struct VerdictSettings {
 
     bool operator==(const VerdictSettings&) const = default;
 };
-// Samples tier 0 keeps (core/site_history.h): the longest window.
+// Intervals tier 0 spans (core/site_history.h keeps 91 samples): the longest window.
 inline constexpr unsigned kVerdictWindowSamples = 90;
 
 struct Settings {

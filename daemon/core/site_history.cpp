@@ -16,9 +16,9 @@ std::uint32_t saturate32(std::uint64_t v) {
 }  // namespace
 
 void HistoryRing::push(const HistoryPoint& point) {
-    if (points_.empty()) base_ns_ = point.t_ns;
-    const Packed packed{saturate32((point.t_ns - std::min(point.t_ns, base_ns_)) / kNsPerMs),
-                        saturate32(point.outstanding), point.bytes};
+    newest_ns_ = point.t_ns;
+    const Packed packed{static_cast<std::uint32_t>(point.t_ns / kNsPerMs), saturate32(point.outstanding),
+                        point.bytes};
     if (points_.size() < capacity_) {
         // Grown by hand so that capacity never passes capacity_ (the bound
         // kMaxHistoryPoints states).
@@ -33,7 +33,12 @@ void HistoryRing::push(const HistoryPoint& point) {
 
 HistoryPoint HistoryRing::at(std::size_t i) const {
     const Packed& p = points_[(head_ + i) % points_.size()];
-    return {base_ns_ + std::uint64_t{p.t_ms} * kNsPerMs, p.outstanding, p.bytes};
+    // How long before the newest point, in ms; unsigned arithmetic wraps the
+    // modulo away.
+    const std::uint32_t before_ms = static_cast<std::uint32_t>(newest_ns_ / kNsPerMs) - p.t_ms;
+    // The newest point's own sub-millisecond part is kept; older points get
+    // the same (times are compared and subtracted, not shown to the ns).
+    return {newest_ns_ - std::uint64_t{before_ms} * kNsPerMs, p.outstanding, p.bytes};
 }
 
 std::vector<HistoryPoint> HistoryRing::points() const {

@@ -3,11 +3,12 @@
 // (verdict.h) and `kleakctl history` shows. Pure: the caller samples the
 // tracker's aggregates with the records' clock.
 //
-// Resolutions (kHistoryTiers): a sample every period for 90 periods (15 min
-// at the default 10 s), then one a minute for 2 hours, one every 10 minutes
-// for a day, one every 2 hours for 30 days. A coarser tier keeps the first
-// sample of each of its periods. At most kMaxHistoryPoints points of 16
-// bytes a site (11.2 KiB), reached after 30 days; the rings grow as they fill.
+// Resolutions (kHistoryTiers): every sample for 90 intervals (91 samples:
+// 15 min at the default 10 s), then one a minute for 2 hours, one every 10
+// minutes for a day, one every 2 hours for 30 days. A coarser tier keeps the
+// first sample of each of its periods (of each sample, when the interval is
+// longer). At most kMaxHistoryPoints points of 16 bytes a site (11.2 KiB),
+// reached after 30 days; the rings grow as they fill.
 #pragma once
 
 #include <array>
@@ -31,15 +32,20 @@ struct HistoryTier {
     std::uint32_t capacity;   // newest points kept
 };
 inline constexpr std::array<HistoryTier, 4> kHistoryTiers{{
-    {0, 90},
+    {0, 91},
     {60'000'000'000, 120},
     {600'000'000'000, 144},
     {7'200'000'000'000, 360},
 }};
-inline constexpr std::size_t kMaxHistoryPoints = 90 + 120 + 144 + 360;
+inline constexpr std::size_t kMaxHistoryPoints = 91 + 120 + 144 + 360;
+// The longest sampling interval: every tier then spans less than 2^32 ms (a
+// point keeps its time in 32 bits).
+inline constexpr std::uint64_t kMaxHistoryIntervalNs = 600'000'000'000;
 
 // One site's series at one resolution: a ring of the newest `capacity`
-// points, each time kept as milliseconds from the ring's first (49 days fit).
+// points. A point keeps its time as milliseconds modulo 2^32, read back
+// against the newest point's full time: exact while the ring spans less than
+// 49.7 days (every tier does, the interval at most kMaxHistoryIntervalNs).
 class HistoryRing {
 public:
     explicit HistoryRing(std::uint32_t capacity) : capacity_(capacity) {}
@@ -53,13 +59,13 @@ public:
 
 private:
     struct Packed {
-        std::uint32_t t_ms;         // since base_ns_
+        std::uint32_t t_ms;         // time in ms, modulo 2^32
         std::uint32_t outstanding;  // saturating
         std::uint64_t bytes;
     };
     std::uint32_t capacity_;
-    std::uint32_t head_ = 0;  // the oldest, once full
-    std::uint64_t base_ns_ = 0;
+    std::uint32_t head_ = 0;       // the oldest, once full
+    std::uint64_t newest_ns_ = 0;  // the newest point's full time
     std::vector<Packed> points_;
 };
 

@@ -2,25 +2,40 @@
 
 namespace kleak::core {
 
+namespace {
+
+SiteJudgement no_history(const char* why) {
+    SiteJudgement j;
+    j.reason = why;
+    return j;
+}
+
+}  // namespace
+
 void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns) {
+    if (histories_.samples() == 0) first_sample_ns_ = now_ns;
     histories_.sample(sites, now_ns);
-    judgements_.resize(sites.size());
+    judgements_.resize(sites.size(), no_history("no allocations yet"));
     growing_ = 0;
     std::vector<HistoryPoint> history;  // reused: one allocation per sample, not per site
     for (SiteId id = 0; id < sites.size(); ++id) {
         if (sites[id].allocs == 0) continue;  // frees only: nothing to judge
         histories_.series_into(id, 0, history);
-        judgements_[id] = judge_site(history, sites[id], rules_);
-        growing_ += judgements_[id].verdict == Verdict::growing;
+        SiteJudgement& j = judgements_[id] = judge_site(history, sites[id], rules_);
+        // Allocations made before tracing started are invisible, so every
+        // cache fills up from empty in kleakd's first minutes: say so while
+        // the history that shows growth began with kleakd's.
+        if (j.verdict == Verdict::growing && j.history_ns < rules_.window_ns && history.front().t_ns == first_sample_ns_)
+            j.reason += "; kleakd started only " + std::to_string((now_ns - first_sample_ns_) / 1'000'000'000) +
+                        "s ago and caches also fill up from empty then: the full window tells them apart";
+        growing_ += j.verdict == Verdict::growing;
     }
     last_sample_ns_ = now_ns;
 }
 
 SiteJudgement SiteVerdicts::judgement(SiteId site) const {
     if (site < judgements_.size()) return judgements_[site];
-    SiteJudgement young;
-    young.reason = "no history yet";
-    return young;
+    return no_history("no history yet: new since the last sample");
 }
 
 std::size_t SiteVerdicts::memory_bytes() const {
@@ -32,7 +47,7 @@ std::size_t SiteVerdicts::memory_bytes() const {
 void SiteVerdicts::clear() {
     histories_.clear();
     judgements_.clear();
-    last_sample_ns_ = 0;
+    last_sample_ns_ = first_sample_ns_ = 0;
     growing_ = 0;
 }
 

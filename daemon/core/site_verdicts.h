@@ -40,6 +40,7 @@ private:
     VerdictRules rules_;
     std::vector<SiteJudgement> judgements_;  // by SiteId
     std::uint64_t last_sample_ns_ = 0;
+    std::uint64_t first_sample_ns_ = 0;  // since start-up or clear()
     std::size_t growing_ = 0;
 };
 

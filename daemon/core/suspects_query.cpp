@@ -124,14 +124,16 @@ std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name,
         char* end = nullptr;
         const std::uint64_t address = std::strtoull(name.c_str(), &end, 16);
         for (SiteId id = 0; id < sites.size(); ++id)
-            if (end != nullptr && *end == '\0' && sites[id].call_site == address) return id;
+            if (end != nullptr && *end == '\0' && sites[id].call_site == address && sites[id].allocs > 0) return id;
         return std::nullopt;
     }
+    // Only sites that allocate have a history: one that only frees is not found.
     std::optional<SiteId> by_function;
     for (SiteId id = 0; id < sites.size(); ++id) {
+        if (sites[id].allocs == 0) continue;
         const Symbol symbol = symbolizer.resolve(sites[id].call_site);
         if (format_site(sites[id].call_site, symbol) == name) return id;
-        if (symbol.function == name && sites[id].allocs > 0 &&
+        if (symbol.function == name &&
             (!by_function || sites[id].outstanding_bytes > sites[*by_function].outstanding_bytes))
             by_function = id;
     }
@@ -147,7 +149,8 @@ nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdi
         points.push_back({{"t_ns", p.t_ns}, {"outstanding", p.outstanding}, {"bytes", p.bytes}});
     nlohmann::json j = {{"site", format_site(s.call_site, symbol)},
                         {"function", symbol.known() ? symbol.function : format_site(s.call_site, symbol)},
-                        {"interval_ns", tier == 0 ? verdicts.period_ns() : kHistoryTiers[tier].period_ns},
+                        // A tier takes every sample when the interval is longer than its period.
+                        {"interval_ns", std::max(verdicts.period_ns(), kHistoryTiers[tier].period_ns)},
                         {"outstanding", s.outstanding},
                         {"outstanding_bytes", s.outstanding_bytes},
                         {"points", std::move(points)}};

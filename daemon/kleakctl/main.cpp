@@ -25,11 +25,11 @@ struct Options {
     std::string level = "debug";
     std::uint32_t limit = 0;
     std::string site;
-    std::string resolution = "10s";
+    std::string resolution = "sample";
 };
 
 // kleakctl history --resolution: the history tiers (core/site_history.h).
-constexpr std::array<const char*, 4> kResolutions{"10s", "1m", "10m", "2h"};
+constexpr std::array<const char*, 4> kResolutions{"sample", "1m", "10m", "2h"};
 
 // Prints a printk result's lines as dmesg would, or as JSON lines.
 void print_printk_lines(const nlohmann::json& result, bool json) {
@@ -113,9 +113,10 @@ int main(int argc, char** argv) {
                                               "name (its largest site), or an address (0xffffffff...)")
         ->required();
     history->add_option("--resolution,-r", options.resolution,
-                        "10s (the sampling interval: the last 90 samples), 1m (2 hours), 10m (a day), 2h (30 days)")
-        ->check(CLI::IsMember({"10s", "1m", "10m", "2h"}))
-        ->default_str("10s");
+                        "sample (every sample: the last 91, at verdicts.interval), 1m (2 hours), 10m (a day), 2h (30 "
+                        "days)")
+        ->check(CLI::IsMember({"sample", "1m", "10m", "2h"}))
+        ->default_str("sample");
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");

@@ -452,9 +452,9 @@ TEST(Verdicts, APipeLeakingEveryHalfSecondIsGrowingAndAHeldBurstIsNot) {
     EXPECT_EQ(unknown.exit_code, 1);
     EXPECT_NE(unknown.err.find("not_found: no call site no_such_function_here"), std::string::npos) << unknown.err;
 
-    // Held, not growing: 7 s after the last one (more than `recent`), it
-    // has stopped growing.
-    std::this_thread::sleep_for(7s);
+    // Held, not growing: 9 s after the last one (more than `recent` and two
+    // samples), it has stopped growing.
+    std::this_thread::sleep_for(9s);
     const json held = suspect_of(ctl_json(daemon, {"suspects", "--top", "100000"}), "alloc_pipe_info");
     ASSERT_FALSE(held.is_null());
     EXPECT_EQ(held.at("verdict"), "steady") << held.dump();
@@ -464,7 +464,7 @@ TEST(Verdicts, APipeLeakingEveryHalfSecondIsGrowingAndAHeldBurstIsNot) {
     leak.clear();
     auto burst = std::make_unique<HeldPipes>(200);
     ASSERT_EQ(burst->count(), 200);
-    std::this_thread::sleep_for(7s);
+    std::this_thread::sleep_for(9s);
     const json plateau = suspect_of(ctl_json(daemon, {"suspects", "--top", "100000"}), "alloc_pipe_info");
     ASSERT_FALSE(plateau.is_null());
     EXPECT_GE(u64(plateau, "outstanding"), 200u);
@@ -483,17 +483,28 @@ TEST(Verdicts, MapleTreeSitesAreUntrackedFreesNeverGrowing) {
     for (int i = 0; i < 20; ++i) run_to_end({"--version"});
     std::this_thread::sleep_for(3s);
     const json suspects = ctl_json(daemon, {"suspects", "--top", "100000"});
-    std::size_t mas_sites = 0, untracked = 0;
+    std::map<std::string, std::string> verdict_of;
     for (const auto& row : suspects.at("suspects")) {
-        if (row.at("function").get<std::string>().rfind("mas_", 0) != 0) continue;
-        ++mas_sites;
-        EXPECT_NE(row.at("verdict"), "growing") << row.dump();
-        untracked += row.at("verdict") == "untracked-frees";
+        verdict_of[row.at("site")] = row.at("verdict");
+        if (row.at("function").get<std::string>().rfind("mas_", 0) == 0)
+            EXPECT_NE(row.at("verdict"), "growing") << row.dump();
     }
-    if (mas_sites == 0) {
+    // The mas_* site whose addresses came back most often without a free:
+    // untracked-frees once that passed the rule's floor (8, and 1 % of its
+    // allocations).
+    json worst;
+    const json all_leaks = leaks(daemon);  // a local: the loop must not run over a temporary's member
+    for (const auto& site : all_leaks.at("sites"))
+        if (site.at("function").get<std::string>().rfind("mas_", 0) == 0 &&
+            (worst.is_null() || u64(site, "replaced") > u64(worst, "replaced")))
+            worst = site;
+    if (worst.is_null()) {
         std::cerr << "no mas_* site outstanding on this kernel: nothing to check\n";
+    } else if (u64(worst, "replaced") >= std::max<std::uint64_t>(8, (u64(worst, "allocs") + 99) / 100) + 50) {
+        // (+50: replaced goes on counting between the two queries.)
+        EXPECT_EQ(verdict_of[worst.at("site")], "untracked-frees") << worst.dump();
     } else {
-        EXPECT_GE(untracked, 1u) << suspects.dump().substr(0, 3000);
+        std::cerr << "the maple tree's busiest site missed only " << u64(worst, "replaced") << " frees so far\n";
     }
     EXPECT_CLEAN_STOP(daemon);
 }
