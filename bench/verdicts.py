@@ -119,13 +119,15 @@ def phase_leak(d, seconds, mas):
     churn.wait()
     pipe_churn.wait()
     rank_end = growing_rank(final, "alloc_pipe_info")
-    growing_sites = [r["site"] + " (" + r["verdict"] + ")" for r in final["suspects"] if r["verdict"] == "growing"]
+    growing_sites = [r["site"] for r in final["suspects"] if r["verdict"] == "growing"]
     print(f"leak: 1 pipe/s under writev and pipe churn: growing after "
           f"{'%.0f s' % first_growing if first_growing is not None else 'never (within %d s)' % seconds}"
           f" (rank {rank_then} among growing sites then), rank {rank_end} after {seconds} s; "
-          f"{len(held)} pipes held; growing at the end: {', '.join(growing_sites) or 'none'}")
+          f"{len(held)} pipes held; growing at the end: {', '.join(growing_sites) or 'none'}; "
+          f"reclaimable (growing caches) at the end: "
+          f"{', '.join(r['site'] for r in final['suspects'] if r['verdict'] == 'reclaimable') or 'none'}")
     for r in rows_of(final, "alloc_pipe_info"):
-        print(f"  {r['site']}: {r['verdict']}: {r['reasons'][0]}")
+        print(f"  {r['site']}: {r['reasons'][0]}")
     for fds in held:
         os.close(fds[0])
         os.close(fds[1])
@@ -150,8 +152,13 @@ def phase_plateau(d, seconds, mas):
             not_growing_after = time.monotonic() - flat_since
         if growing:
             not_growing_after = None
-    print(f"plateau: 3,000 pipes in ~3 s, then held: growing while it filled: {'yes' if seen_growing else 'no'}; "
-          f"not growing {('%.0f s after it went flat' % not_growing_after) if not_growing_after is not None else 'never within %d s' % seconds}")
+    if not seen_growing:
+        after = "never judged growing (it filled between two samples: a step, not a climb)"
+    elif not_growing_after is not None:
+        after = "growing while it filled; not growing %.0f s after it went flat" % not_growing_after
+    else:
+        after = "still growing %d s after it went flat" % seconds
+    print(f"plateau: 3,000 pipes in ~3 s, then held: {after}")
     for fds in held:
         os.close(fds[0])
         os.close(fds[1])

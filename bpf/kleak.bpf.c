@@ -501,6 +501,17 @@ static __always_inline int on_kmalloc_node(__u64 *ctx)
 KLEAK_TRACED(kmalloc_node, kmalloc_node)
 
 /*
+ * SLAB_RECLAIM_ACCOUNT: a #define (0x00020000) until the slab flags became
+ * an enum of bit numbers (_SLAB_RECLAIM_ACCOUNT, 6.10). CO-RE says which.
+ */
+static __always_inline __u64 slab_reclaim_account(void)
+{
+	if (bpf_core_enum_value_exists(enum _slab_flag_bits, _SLAB_RECLAIM_ACCOUNT))
+		return 1ULL << bpf_core_enum_value(enum _slab_flag_bits, _SLAB_RECLAIM_ACCOUNT);
+	return 0x00020000ULL;
+}
+
+/*
  * kmem_cache_alloc changed shape in 6.1 (commit 2c1d697fb8ba, "mm/slab_common:
  * drop kmem_alloc & avoid dereferencing fields when not using"): before it was
  * (call_site, ptr, bytes_req, bytes_alloc, gfp_flags); since it is
@@ -517,9 +528,12 @@ static __always_inline int on_kmem_cache_alloc(__u64 *ctx)
 		return 0;
 	if (bpf_core_type_exists(struct trace_event_raw_kmem_cache_alloc)) {
 		struct kmem_cache *s = (struct kmem_cache *)ctx[2];
+		__u32 gfp = (__u32)ctx[3];
 
+		if (BPF_CORE_READ(s, flags) & slab_reclaim_account())
+			gfp |= KLEAK_GFP_RECLAIMABLE;
 		return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, BPF_CORE_READ(s, object_size),
-				  BPF_CORE_READ(s, size), (__u32)ctx[3]);
+				  BPF_CORE_READ(s, size), gfp);
 	}
 	return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4]);
 }

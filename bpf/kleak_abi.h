@@ -71,6 +71,15 @@ struct kleak_free_record {
 	__u64 call_site;
 };
 
+/*
+ * __GFP_RECLAIMABLE (bit 4 since 2.6.24). In a kmem_cache_alloc record's
+ * gfp_flags it also marks a reclaimable cache (SLAB_RECLAIM_ACCOUNT: dentries,
+ * inodes, buffer heads), as the slab allocator adds it to that cache's own
+ * page allocations. Records of kernels before 6.1, and of kleakd before this
+ * flag, carry the caller's flags alone.
+ */
+#define KLEAK_GFP_RECLAIMABLE 0x10
+
 /* kmalloc / kmem_cache_alloc: 48 bytes. Slack = bytes_alloc - bytes_req. */
 struct kleak_alloc_record {
 	struct kleak_record_header hdr;
@@ -78,7 +87,7 @@ struct kleak_alloc_record {
 	__u64 call_site;
 	__u32 bytes_req;
 	__u32 bytes_alloc;
-	__u32 gfp_flags;
+	__u32 gfp_flags;  /* the caller's; see KLEAK_GFP_RECLAIMABLE */
 	__u32 tid;    /* 0: not read (see hdr.tgid) */
 };
 

@@ -162,6 +162,7 @@ private:
     std::size_t max_line_;
     std::string buffer_;
     std::size_t start_ = 0;    // first byte of buffer_ not yet consumed
+    std::size_t scanned_ = 0;  // bytes from start_ on already searched for a newline
     bool discarding_ = false;  // inside an oversized line, dropping to its newline
 };
 

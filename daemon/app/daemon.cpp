@@ -311,7 +311,9 @@ nlohmann::json Daemon::snapshot() {
     const std::uint64_t now = monotonic_now_ns();
     core::SnapshotContext context{host_name(), kernel_release(), boot_id(), kKleakdVersion, unix_time_ms(),
                                   now,         now - started_ns_};
-    return core::snapshot_document(context, build_report());
+    nlohmann::json doc = core::snapshot_document(context, build_report());
+    doc["verdicts"] = core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_);
+    return doc;
 }
 
 nlohmann::json Daemon::stats() {

@@ -114,6 +114,16 @@ RecordingMeta meta_from_json(const nlohmann::json& json) {
     meta.dropped_per_cpu = required<std::vector<std::uint64_t>>(json, "dropped_per_cpu");
     meta.peak_backlog_bytes = required<std::uint64_t>(json, "peak_backlog_bytes");
     meta.records = required<std::uint64_t>(json, "records");
+    // What a report sizes its merge by, and subtracts: checked, not trusted.
+    if (meta.cpus == 0 || meta.cpus > kMaxRecordingCpus)
+        throw std::runtime_error("meta.json: cpus " + std::to_string(meta.cpus) + " is out of range (1 to " +
+                                 std::to_string(kMaxRecordingCpus) + ")");
+    if (meta.dropped_per_cpu.size() > meta.cpus)
+        throw std::runtime_error("meta.json: dropped_per_cpu has " + std::to_string(meta.dropped_per_cpu.size()) +
+                                 " entries for " + std::to_string(meta.cpus) + " CPUs");
+    if (meta.end_ns < meta.start_ns)
+        throw std::runtime_error("meta.json: end_ns " + std::to_string(meta.end_ns) + " is before start_ns " +
+                                 std::to_string(meta.start_ns));
     const auto symbols = required<nlohmann::json>(json, "symbols");
     if (!symbols.is_object()) throw std::runtime_error("meta.json: key 'symbols' has the wrong type");
     for (const auto& [key, value] : symbols.items()) {

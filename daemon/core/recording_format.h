@@ -26,6 +26,9 @@ namespace kleak::core {
 
 inline constexpr char kRecordingMagic[8] = {'K', 'L', 'E', 'A', 'K', 'R', 'E', 'C'};
 inline constexpr std::uint32_t kRecordingFormatVersion = 1;
+// The most CPUs a recording may claim: Linux's NR_CPUS limit (CONFIG_NR_CPUS
+// tops out at 8192); a larger meta.json `cpus` is refused, not allocated for.
+inline constexpr unsigned kMaxRecordingCpus = 8192;
 inline constexpr std::size_t kRecordingHeaderSize = 32;
 
 struct RecordingFileHeader {

@@ -25,7 +25,9 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
         // Allocations made before tracing started are invisible, so every
         // cache fills up from empty in kleakd's first minutes: say so while
         // the history that shows growth began with kleakd's.
-        if (j.verdict == Verdict::growing && j.history_ns < rules_.window_ns && history.front().t_ns == first_sample_ns_)
+        // (History times are kept to the millisecond.)
+        if (j.verdict == Verdict::growing && j.history_ns < rules_.window_ns &&
+            history.front().t_ns < first_sample_ns_ + 1'000'000)
             j.reason += "; kleakd started only " + std::to_string((now_ns - first_sample_ns_) / 1'000'000'000) +
                         "s ago and caches also fill up from empty then: the full window tells them apart";
         growing_ += j.verdict == Verdict::growing;

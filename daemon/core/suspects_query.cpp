@@ -1,5 +1,7 @@
 #include "suspects_query.h"
 
+#include <absl/container/flat_hash_map.h>
+
 #include <algorithm>
 #include <cstdlib>
 
@@ -7,16 +9,17 @@ namespace kleak::core {
 
 namespace {
 
-// Leak-likeness: growing, then young (not judged yet), steady, and last
-// untracked-frees (whose counts overstate).
+// Leak-likeness: growing, then young (not judged yet), reclaimable (growing
+// caches), steady, and last untracked-frees (whose counts overstate).
 int rank_of(Verdict v) {
     switch (v) {
         case Verdict::growing: return 0;
         case Verdict::young: return 1;
-        case Verdict::steady: return 2;
-        case Verdict::untracked_frees: return 3;
+        case Verdict::reclaimable: return 2;
+        case Verdict::steady: return 3;
+        case Verdict::untracked_frees: return 4;
     }
-    return 4;
+    return 5;
 }
 
 std::uint64_t percentile(std::vector<std::uint64_t>& values, double p) {
@@ -24,6 +27,15 @@ std::uint64_t percentile(std::vector<std::uint64_t>& values, double p) {
     const auto k = static_cast<std::size_t>(p * static_cast<double>(values.size() - 1));
     std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(k), values.end());
     return values[k];
+}
+
+nlohmann::json rules_json(const SiteVerdicts& verdicts) {
+    const VerdictRules& r = verdicts.rules();
+    return {{"interval_ns", verdicts.period_ns()},
+            {"window_ns", r.window_ns},
+            {"recent_ns", r.recent_ns},
+            {"min_rise", r.min_rise},
+            {"min_rising_share", r.min_rising_fraction}};
 }
 
 nlohmann::json judgement_json(const SiteJudgement& j) {
@@ -105,17 +117,29 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
         j.update(judgement_json(row.judgement));
         rows.push_back(std::move(j));
     }
-    const VerdictRules& r = verdicts.rules();
     return {{"growing", result.growing},
             {"sites", result.sites},
             {"samples", verdicts.histories().samples()},
-            {"rules",
-             {{"interval_ns", verdicts.period_ns()},
-              {"window_ns", r.window_ns},
-              {"recent_ns", r.recent_ns},
-              {"min_rise", r.min_rise},
-              {"min_rising_share", r.min_rising_fraction}}},
+            {"rules", rules_json(verdicts)},
             {"suspects", std::move(rows)}};
+}
+
+nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts) {
+    absl::flat_hash_map<std::uint64_t, SiteId> by_address;
+    for (SiteId id = 0; id < tracker.sites().size(); ++id) by_address.emplace(tracker.sites()[id].call_site, id);
+    std::uint64_t growing = 0;
+    for (nlohmann::json& row : sites) {
+        const auto address = row.find("address");
+        if (address == row.end() || !address->is_string()) continue;
+        const auto it = by_address.find(std::strtoull(address->get_ref<const std::string&>().c_str(), nullptr, 16));
+        if (it == by_address.end() || tracker.sites()[it->second].allocs == 0) continue;
+        const SiteJudgement j = verdicts.judgement(it->second);
+        row["verdict"] = verdict_name(j.verdict);
+        row["growth_per_hour"] = j.growth_per_hour;
+        row["growth_bytes_per_hour"] = j.growth_bytes_per_hour;
+        growing += j.verdict == Verdict::growing;
+    }
+    return {{"samples", verdicts.histories().samples()}, {"growing", growing}, {"rules", rules_json(verdicts)}};
 }
 
 std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer) {

@@ -47,6 +47,11 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
 // name (its first site by outstanding bytes), or a hex address.
 std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer);
 
+// Adds each site's verdict to a report's or snapshot's `sites` rows (matched
+// by their "address"): verdict, growth_per_hour, growth_bytes_per_hour; and
+// returns the verdicts' summary for the document: samples, growing, rules.
+nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts);
+
 // One site's history at `tier` (0: the sampling period; kHistoryTiers).
 nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,
                                Symbolizer& symbolizer);

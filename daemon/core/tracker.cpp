@@ -1,5 +1,7 @@
 #include "tracker.h"
 
+#include "kleak_abi.h"
+
 #include <algorithm>
 
 namespace kleak::core {
@@ -45,6 +47,7 @@ void Tracker::apply(std::span<const Event> events) {
 void Tracker::allocated(const Event& event, SiteId here) {
     SiteStats& site = sites_[here];
     ++site.allocs;
+    site.reclaimable |= (event.gfp_flags & KLEAK_GFP_RECLAIMABLE) != 0;
     site.bytes_alloc += event.bytes_alloc;
     site.bytes_req += event.bytes_req;
     ++site.outstanding;

@@ -57,6 +57,7 @@ struct SiteStats {
     std::uint64_t outstanding_bytes = 0;
     std::uint64_t free_calls = 0;         // matched frees issued from this site
     std::uint64_t unmatched_frees = 0;    // frees issued here of pointers never seen
+    bool reclaimable = false;             // an allocation here was reclaimable memory (KLEAK_GFP_RECLAIMABLE)
 };
 
 struct Totals {

@@ -12,7 +12,7 @@ namespace kleak::core {
 
 namespace {
 
-constexpr std::array<std::string_view, 4> kNames{"young", "steady", "growing", "untracked-frees"};
+constexpr std::array<std::string_view, 5> kNames{"young", "steady", "growing", "untracked-frees", "reclaimable"};
 constexpr double kNsPerS = 1e9;
 constexpr double kSecondsPerHour = 3600;
 // Samples a trend is computed from (spread over the window): 120 pairs. The
@@ -82,7 +82,9 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
                    "tracepoints, so its outstanding count overstates what it holds";
         return j;
     }
-    if (window.empty() || j.history_ns < rules.min_history_ns) {
+    // Samples come on a timer: allow a history 5 % short of the minimum
+    // (six 10 s intervals measure 59.99 s as often as 60.01 s).
+    if (window.empty() || j.history_ns + rules.min_history_ns / 20 < rules.min_history_ns) {
         j.verdict = Verdict::young;
         j.reason = "only " + seconds_text(j.history_ns) + " of history; judged after " +
                    seconds_text(rules.min_history_ns);
@@ -118,8 +120,15 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         j.reason = "stopped growing: no new high in the last " + seconds_text(rules.recent_ns) + " (" + trend + ")";
         return j;
     }
-    j.verdict = Verdict::growing;
     j.growth_bytes_per_hour = theil_sen_slope(bytes, kTrendPoints) * kSecondsPerHour;
+    if (stats.reclaimable) {
+        j.verdict = Verdict::reclaimable;
+        j.reason = "growing, but in reclaimable memory (a cache the kernel shrinks under memory pressure: dentries, "
+                   "inodes, buffer heads): " +
+                   trend;
+        return j;
+    }
+    j.verdict = Verdict::growing;
     j.reason = "growing: " + trend + ", " + number_text(100 * rising) + "% of its changes rise, new high within " +
                seconds_text(rules.recent_ns);
     return j;

@@ -8,6 +8,10 @@
 //   steady           bounded: flat, or noise around a level (a cache, churn
 //                    at a constant population), or a plateau it stopped
 //                    climbing to (a one-time leak or a filled cache).
+//   reclaimable      would be growing, but it allocates reclaimable memory (a
+//                    SLAB_RECLAIM_ACCOUNT cache: dentries, inodes, buffer
+//                    heads, or __GFP_RECLAIMABLE): a cache the kernel shrinks
+//                    under memory pressure, filling as the host works.
 //   untracked-frees  its allocations' addresses come back allocated again
 //                    with no free seen: frees the tracepoints do not show
 //                    (the maple tree's bulk and RCU paths). Its outstanding
@@ -26,8 +30,9 @@
 
 namespace kleak::core {
 
-enum class Verdict { young, steady, growing, untracked_frees };
-std::string_view verdict_name(Verdict verdict);  // "young", "steady", "growing", "untracked-frees"
+enum class Verdict { young, steady, growing, untracked_frees, reclaimable };
+// "young", "steady", "growing", "untracked-frees", "reclaimable"
+std::string_view verdict_name(Verdict verdict);
 std::optional<Verdict> verdict_from_name(std::string_view name);
 
 // The thresholds; the daemon's are in its config (`verdicts`).

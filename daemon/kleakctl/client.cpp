@@ -1,6 +1,7 @@
 #include "kleakctl/client.h"
 
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -51,12 +52,32 @@ Client::~Client() {
     if (fd_ >= 0) ::close(fd_);
 }
 
+void Client::set_timeout(std::chrono::milliseconds timeout) {
+    timeout_ = timeout;
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+namespace {
+
+[[noreturn]] void timed_out(const std::filesystem::path& socket, std::chrono::milliseconds timeout) {
+    throw ClientError("kleakd did not answer on " + socket.string() + " within " +
+                      std::to_string(timeout.count() / 1000.0).substr(0, 5) +
+                      " s (is it stuck? `systemctl status kleakd`; --timeout 0 waits forever)");
+}
+
+}  // namespace
+
 proto::Response Client::call(const proto::Request& request) {
     const std::string line = proto::encode_request(request);
     for (std::size_t sent = 0; sent < line.size();) {
         const ssize_t n = ::send(fd_, line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) timed_out(socket_, timeout_);
             // The daemon refuses a peer by replying and closing: read that reply.
             if (errno == EPIPE || errno == ECONNRESET) break;
             throw ClientError("sending to " + socket_.string() + " failed: " + std::strerror(errno));
@@ -72,6 +93,7 @@ proto::Response Client::next(std::uint64_t id) {
     while (reader_.next(reply) != proto::LineReader::Status::line) {
         const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
         if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out(socket_, timeout_);
         if (n <= 0) throw ClientError("kleakd closed the connection without replying (did it stop?)");
         reader_.feed({buf, static_cast<std::size_t>(n)});
     }

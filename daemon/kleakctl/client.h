@@ -3,6 +3,7 @@
 // what to do about it.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,10 @@ public:
     Client(const Client&) = delete;
     Client& operator=(const Client&) = delete;
 
+    // How long call() and next() wait for kleakd before giving up with a
+    // ClientError; 0 waits forever (a quiet stream, printk --follow).
+    void set_timeout(std::chrono::milliseconds timeout);
+
     // Sends `request` and waits for its reply (any id mismatch is an error).
     proto::Response call(const proto::Request& request);
     // The next reply of a stream (printk --follow) for request `id`.
@@ -36,6 +41,7 @@ public:
 private:
     std::filesystem::path socket_;
     int fd_ = -1;
+    std::chrono::milliseconds timeout_{0};
     proto::LineReader reader_;
 };
 

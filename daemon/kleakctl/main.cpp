@@ -1,11 +1,16 @@
 // kleakctl: query a running kleakd over its Unix socket.
 #include <CLI/CLI.hpp>
 #include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <iostream>
+#include <stdexcept>
 
 #include "core/printk_json.h"
 #include "kleakctl/client.h"
 #include "kleakctl/format.h"
+#include "kleakctl/snapshot_diff.h"
 #include "version.h"
 
 namespace {
@@ -26,7 +31,35 @@ struct Options {
     std::uint32_t limit = 0;
     std::string site;
     std::string resolution = "sample";
+    std::vector<std::string> snapshots;  // diff: OLD NEW
+    double timeout_seconds = 60;
 };
+
+nlohmann::json read_json_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read " + path + ": " + std::strerror(errno));
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+        throw std::runtime_error(path + " is not JSON (the parser stopped at byte " + std::to_string(e.byte) + ")");
+    }
+}
+
+// `diff` reads two files and needs no daemon.
+int run_diff(const Options& options) {
+    try {
+        const auto diff = kleak::ctl::diff_snapshots(read_json_file(options.snapshots.at(0)),
+                                                     read_json_file(options.snapshots.at(1)));
+        if (options.json)
+            std::cout << kleak::ctl::diff_to_json(diff, options.top).dump(2) << '\n';
+        else
+            std::cout << kleak::ctl::format_diff(diff, options.top);
+        return 0;
+    } catch (const std::exception& e) {
+        std::cerr << "kleakctl: diff: " << e.what() << '\n';
+        return 1;
+    }
+}
 
 // kleakctl history --resolution: the history tiers (core/site_history.h).
 constexpr std::array<const char*, 4> kResolutions{"sample", "1m", "10m", "2h"};
@@ -92,6 +125,11 @@ int main(int argc, char** argv) {
     app.add_option("--socket,-s", options.socket,
                    "kleakd's socket (default: $KLEAKD_SOCKET, else /run/kleakd/kleakd.sock)");
     app.add_flag("--json,-j", options.json, "Print the daemon's raw JSON result");
+    app.add_option("--timeout,-t", options.timeout_seconds,
+                   "Seconds to wait for kleakd's answer before giving up (0: forever; a followed stream waits "
+                   "forever after its first reply)")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->default_str("60");
     app.footer("Exit status: 0 on success, 1 if kleakd cannot be reached or answers with an error, 2 on usage errors.");
 
     auto* leaks = app.add_subcommand("leaks", "Top call sites by outstanding (never freed) memory");
@@ -117,6 +155,11 @@ int main(int argc, char** argv) {
                         "days)")
         ->check(CLI::IsMember({"sample", "1m", "10m", "2h"}))
         ->default_str("sample");
+    auto* diff = app.add_subcommand(
+        "diff", "What grew between two snapshot files (as kleakd writes them, or `kleakctl snapshot` prints them), "
+                "site by site, most bytes gained first; needs no daemon");
+    diff->add_option("snapshots", options.snapshots, "OLD.json NEW.json")->required()->expected(2)->check(CLI::ExistingFile);
+    diff->add_option("--top,-n", options.top, "How many call sites (0: all)")->check(CLI::Range(0, 100000))->default_str("20");
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");
@@ -141,6 +184,8 @@ int main(int argc, char** argv) {
         const int code = app.exit(e);
         return code == 0 ? 0 : 2;
     }
+
+    if (*diff) return run_diff(options);
 
     kleak::proto::Request request;
     request.id = 1;
@@ -184,7 +229,9 @@ int main(int argc, char** argv) {
 
     try {
         kleak::ctl::Client client(kleak::ctl::socket_path(options.socket));
+        client.set_timeout(std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_seconds * 1000)));
         const kleak::proto::Response response = client.call(request);
+        if (request.op == Op::printk && request.printk.follow) client.set_timeout(std::chrono::milliseconds(0));
         if (!response.ok) {
             std::cerr << "kleakctl: kleakd refused: " << kleak::proto::error_code_name(response.error->code) << ": "
                       << response.error->message << '\n';

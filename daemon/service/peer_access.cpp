@@ -12,12 +12,18 @@
 namespace kleak::service {
 
 std::optional<gid_t> lookup_group(const std::string& group) {
-    std::vector<char> buf(16384);
-    struct group entry {};
-    struct group* found = nullptr;
-    if (::getgrnam_r(group.c_str(), &entry, buf.data(), buf.size(), &found) != 0 || found == nullptr)
-        return std::nullopt;
-    return found->gr_gid;
+    // A group with many members needs more than any fixed buffer: ERANGE
+    // asks for a larger one (it is not "no such group").
+    for (std::size_t size = 16384; size <= (64u << 20); size *= 4) {
+        std::vector<char> buf(size);
+        struct group entry {};
+        struct group* found = nullptr;
+        const int err = ::getgrnam_r(group.c_str(), &entry, buf.data(), buf.size(), &found);
+        if (err == ERANGE) continue;
+        if (err != 0 || found == nullptr) return std::nullopt;
+        return found->gr_gid;
+    }
+    return std::nullopt;
 }
 
 PeerVerdict check_peer(int fd, const AccessPolicy& policy) {

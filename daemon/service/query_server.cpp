@@ -180,7 +180,18 @@ void QueryServer::answer(Client& client, const std::string& line) {
         client.unsent += proto::encode_error(decoded.id, *decoded.error);
         return;
     }
-    auto outcome = handler_.handle(*decoded.request);
+    // A query that fails (a bad_alloc building a large report, a bug) is
+    // that client's error, never the daemon's end.
+    std::variant<nlohmann::json, proto::Error, Subscribe> outcome;
+    try {
+        outcome = handler_.handle(*decoded.request);
+    } catch (const std::bad_alloc&) {
+        outcome = proto::Error{proto::ErrorCode::internal, "out of memory while answering " +
+                                                               std::string(proto::op_name(decoded.request->op))};
+    } catch (const std::exception& e) {
+        outcome = proto::Error{proto::ErrorCode::internal,
+                               std::string(proto::op_name(decoded.request->op)) + " failed: " + e.what()};
+    }
     if (auto* error = std::get_if<proto::Error>(&outcome)) {
         ++counters_.errors;
         client.unsent += proto::encode_error(decoded.request->id, *error);

@@ -9,7 +9,9 @@
 # when closed (record and report, trace, the daemon's leaks), the
 # trace/record/report round trip, printk capture, no drops at a moderate load
 # (50 clients while allocating), the attach mode and its error, per-CPU
-# batches and CPU hotplug, the BPF knobs, detach leaving nothing.
+# batches and CPU hotplug, the BPF knobs, detach leaving nothing, verdicts
+# (a leak growing, a plateau not, caches reclaimable, the maple tree's
+# untracked frees).
 b=${kleak_build:?kleak_build= missing from the kernel command line}
 [ -n "${kleak_expect_attach:-}" ] && export KLEAKD_EXPECT_ATTACH=$kleak_expect_attach
 failed=0
@@ -18,7 +20,7 @@ run() {
   "$@" --gtest_color=no || { failed=1; echo "KLEAK-GUEST-FAILED $1"; }
 }
 run "$b/tests/kernel/test_kernel"
-run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Printk.*'
+run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Printk.*:Verdicts.*'
 run "$b/tests/kernel/test_batching"
 run "$b/tests/kernel/test_bpf_knobs"
 exit $failed

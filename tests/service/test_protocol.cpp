@@ -854,6 +854,25 @@ TEST(ProtocolLineReader, SeveralLinesInOneFeedAndAPartialTail) {
     EXPECT_EQ(reader.buffered(), 0u);
 }
 
+// kleakctl's reader takes replies of any size in 64 KiB pieces; each piece
+// is searched once (the reader keeps how far it looked), and the lines come
+// out whole whatever the split.
+TEST(ProtocolLineReader, ALongReplyInManyPiecesComesOutWholeWithTheLineAfterIt) {
+    LineReader reader(std::numeric_limits<std::size_t>::max());
+    const std::string big(3'000'000, 'x');
+    const std::string stream = big + "\nnext\n" + big.substr(0, 70'000) + "\r\n";
+    std::vector<std::string> lines;
+    for (std::size_t at = 0; at < stream.size(); at += 65536) {
+        reader.feed(std::string_view(stream).substr(at, 65536));
+        for (const auto& l : drain(reader)) lines.push_back(l);
+    }
+    ASSERT_EQ(lines.size(), 3u);
+    EXPECT_EQ(lines[0], big);
+    EXPECT_EQ(lines[1], "next");
+    EXPECT_EQ(lines[2], big.substr(0, 70'000));
+    EXPECT_EQ(reader.buffered(), 0u);
+}
+
 TEST(ProtocolLineReader, CrLfEndingsAreStrippedButInnerCrIsKept) {
     LineReader reader;
     reader.feed("one\r\ntwo\n\r\nx\ry\r\n");

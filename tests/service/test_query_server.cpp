@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <new>
+#include <stdexcept>
 #include <thread>
 
 #include "kernel/event_loop.h"
@@ -14,12 +16,15 @@
 namespace kleak::service {
 namespace {
 
-// Answers `version`, subscribes `printk` with the request's follow flag.
+// Answers `version`, subscribes `printk` with the request's follow flag,
+// fails `report` with bad_alloc and `snapshot` with another exception.
 class StubHandler final : public QueryHandler {
 public:
     std::variant<nlohmann::json, proto::Error, Subscribe> handle(const proto::Request& request) override {
         if (request.op == proto::Op::printk && request.printk.follow)
             return Subscribe{{{"lines", nlohmann::json::array()}}};
+        if (request.op == proto::Op::report) throw std::bad_alloc();
+        if (request.op == proto::Op::snapshot) throw std::runtime_error("the disk caught fire");
         return nlohmann::json{{"op", proto::op_name(request.op)}};
     }
 };
@@ -100,6 +105,29 @@ TEST_F(QueryServerTest, ASubscriberGetsEveryPublishedBatchWithItsId) {
     const std::string out = drain(client.get());
     EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 4) << out;  // the backlog reply + 3 batches
     EXPECT_NE(out.find(R"("id":7,"ok":true,"result":{"batch":2})"), std::string::npos) << out;
+}
+
+TEST_F(QueryServerTest, AQueryThatThrowsIsThatClientsInternalErrorAndTheServerGoesOn) {
+    UniqueFd client = connect_client();
+    proto::Request r;
+    r.id = 3;
+    r.op = proto::Op::report;
+    send_line(client.get(), proto::encode_request(r));
+    r.id = 4;
+    r.op = proto::Op::snapshot;
+    send_line(client.get(), proto::encode_request(r));
+    r.id = 5;
+    r.op = proto::Op::version;
+    send_line(client.get(), proto::encode_request(r));
+    pump();
+    const std::string out = drain(client.get());
+    EXPECT_NE(out.find(R"("id":3,"ok":false,"error":{"code":"internal","message":"out of memory while answering report"})"),
+              std::string::npos)
+        << out;
+    EXPECT_NE(out.find(R"("id":4,"ok":false,"error":{"code":"internal","message":"snapshot failed: the disk caught fire"})"),
+              std::string::npos)
+        << out;
+    EXPECT_NE(out.find(R"("id":5,"ok":true,"result":{"op":"version"})"), std::string::npos) << out;
 }
 
 TEST_F(QueryServerTest, AFollowerThatStopsReadingIsDroppedWithLaggedAndOthersAreServed) {

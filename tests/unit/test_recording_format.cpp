@@ -330,5 +330,25 @@ TEST(Meta, NegativeAndFractionalNumbersAreWrongTypesNotConverted) {
     expect_meta_error(json, "meta.json: key 'dropped_per_cpu' has the wrong type");
 }
 
+// What a report allocates by or subtracts is checked, not trusted: a huge
+// `cpus` was a bad_alloc, end before start an underflow.
+TEST(Meta, RejectsCpuCountsAndTimesAReportCannotUse) {
+    nlohmann::json json = meta_to_json(sample_meta());
+    json["cpus"] = 0;
+    expect_meta_error(json, "meta.json: cpus 0 is out of range (1 to 8192)");
+    json["cpus"] = 4000000000u;
+    expect_meta_error(json, "meta.json: cpus 4000000000 is out of range (1 to 8192)");
+
+    json = meta_to_json(sample_meta());
+    json["cpus"] = 1;
+    json["dropped_per_cpu"] = {0, 0, 0};
+    expect_meta_error(json, "meta.json: dropped_per_cpu has 3 entries for 1 CPUs");
+
+    json = meta_to_json(sample_meta());
+    json["start_ns"] = 20;
+    json["end_ns"] = 10;
+    expect_meta_error(json, "meta.json: end_ns 10 is before start_ns 20");
+}
+
 }  // namespace
 }  // namespace kleak::core

@@ -45,6 +45,20 @@ TEST(Tracker, MatchedFreeRetiresTheAllocation) {
     EXPECT_EQ(test::totals_fields(tracker.totals()), test::totals_fields(expected));
 }
 
+TEST(Tracker, ASiteIsReclaimableOnceAnAllocationThereIs) {
+    Tracker tracker;
+    Event plain = alloc_event({.ts = 1, .ptr = kP1, .site = kAllocA, .req = 50, .alloc = 64});
+    plain.gfp_flags = 0xcc0;  // GFP_KERNEL
+    tracker.apply(plain);
+    EXPECT_FALSE(site_of(tracker, kAllocA).reclaimable);
+    Event reclaimable = alloc_event({.ts = 2, .ptr = kP2, .site = kAllocA, .req = 50, .alloc = 64});
+    reclaimable.gfp_flags = 0xcc0 | 0x10;  // from a SLAB_RECLAIM_ACCOUNT cache (kleak_abi.h)
+    tracker.apply(reclaimable);
+    EXPECT_TRUE(site_of(tracker, kAllocA).reclaimable);
+    tracker.apply(plain);  // sticky
+    EXPECT_TRUE(site_of(tracker, kAllocA).reclaimable);
+}
+
 TEST(Tracker, UnmatchedFreesAreCountedPerFreeingSite) {
     Tracker tracker;
     tracker.apply(free_event({.ts = 1, .ptr = kNeverAllocated, .site = kFreeF}));

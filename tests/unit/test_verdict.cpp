@@ -93,6 +93,14 @@ TEST(Verdict, ALeakIsJudgedGrowingOnceItHasAMinuteOfHistory) {
     EXPECT_EQ(judge(series(90, [](double t) { return t; })).verdict, Verdict::growing);
 }
 
+TEST(Verdict, AHistoryAHairShortOfAMinuteIsJudged) {
+    auto h = series(60, [](double t) { return t; });
+    h.back().t_ns -= 10'000'000;  // the timer fired 10 ms early
+    EXPECT_EQ(judge(h).verdict, Verdict::growing);
+    h.back().t_ns -= 5 * kSecond;  // 55 s: young
+    EXPECT_EQ(judge(h).verdict, Verdict::young);
+}
+
 TEST(Verdict, YoungSaysHowMuchHistoryItHas) {
     const SiteJudgement j = judge(series(30, [](double) { return 5; }));
     EXPECT_EQ(j.verdict, Verdict::young);
@@ -182,8 +190,20 @@ TEST(Verdict, OnlyTheWindowCounts) {
     EXPECT_EQ(j.reason, "flat: trend +0.0/h over 15m");
 }
 
+TEST(Verdict, AGrowingReclaimableCacheIsReclaimableNotALeak) {
+    SiteStats cache = stats_with(100000);
+    cache.reclaimable = true;
+    const auto climb = series(600, [](double t) { return 200 + t; });
+    const SiteJudgement j = judge_site(climb, cache, VerdictRules{});
+    EXPECT_EQ(j.verdict, Verdict::reclaimable);
+    EXPECT_NE(j.reason.find("growing, but in reclaimable memory"), std::string::npos) << j.reason;
+    EXPECT_NEAR(j.growth_per_hour, 3600, 1);
+    // Flat, it is steady like any other site.
+    EXPECT_EQ(judge_site(series(600, [](double) { return 50; }), cache, VerdictRules{}).verdict, Verdict::steady);
+}
+
 TEST(Verdict, NamesRoundTrip) {
-    for (Verdict v : {Verdict::young, Verdict::steady, Verdict::growing, Verdict::untracked_frees})
+    for (Verdict v : {Verdict::young, Verdict::steady, Verdict::growing, Verdict::untracked_frees, Verdict::reclaimable})
         EXPECT_EQ(verdict_from_name(verdict_name(v)), v);
     EXPECT_EQ(verdict_name(Verdict::untracked_frees), "untracked-frees");
     EXPECT_FALSE(verdict_from_name("leaking"));
