@@ -49,21 +49,20 @@ SnapshotDiff diff_snapshots(const nlohmann::json& older, const nlohmann::json& n
     // Sites are matched by name (function+offset [module]): addresses move
     // between boots, names move only with the kernel.
     std::map<std::string, SiteDelta> by_site;
-    for (const auto& row : old_sites) {
-        SiteDelta& d = by_site[text_of(row, "site")];
-        d.site = text_of(row, "site");
-        d.function = text_of(row, "function");
-        d.old_outstanding = count_of(row, "outstanding");
-        d.old_bytes = count_of(row, "outstanding_bytes");
-    }
-    for (const auto& row : new_sites) {
-        SiteDelta& d = by_site[text_of(row, "site")];
-        d.site = text_of(row, "site");
-        d.function = text_of(row, "function");
-        d.new_outstanding = count_of(row, "outstanding");
-        d.new_bytes = count_of(row, "outstanding_bytes");
-        d.verdict = text_of(row, "verdict");
-    }
+    const auto take = [&by_site](const nlohmann::json& rows, std::uint64_t SiteDelta::*outstanding,
+                                 std::uint64_t SiteDelta::*bytes) {
+        for (const auto& row : rows) {
+            SiteDelta& d = by_site[text_of(row, "site")];
+            d.site = text_of(row, "site");
+            d.function = text_of(row, "function");
+            d.*outstanding = count_of(row, "outstanding");
+            d.*bytes = count_of(row, "outstanding_bytes");
+            d.verdict = text_of(row, "verdict");  // the newer's wins: it is read last
+        }
+    };
+    take(old_sites, &SiteDelta::old_outstanding, &SiteDelta::old_bytes);
+    for (auto& [name, d] : by_site) d.verdict.clear();  // a verdict from the older alone is stale
+    take(new_sites, &SiteDelta::new_outstanding, &SiteDelta::new_bytes);
     for (auto& [name, d] : by_site)
         if (d.old_outstanding != 0 || d.new_outstanding != 0) diff.sites.push_back(std::move(d));
     std::sort(diff.sites.begin(), diff.sites.end(), [](const SiteDelta& a, const SiteDelta& b) {

@@ -1004,6 +1004,16 @@ TEST(Daemon, OnlyRootAndGroupMembersMayQuery) {
 
 // --- 6. kleakctl's errors -----------------------------------------------------------
 
+// A Unix stream socket bound at `path` (not listening); -1 on failure.
+int bound_unix_socket(const fs::path& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+    return fd;
+}
+
 TEST(Daemon, KleakctlExplainsWhyItCannotConnect) {
     REQUIRE_KERNEL();
     TempDir dir;
@@ -1023,14 +1033,7 @@ TEST(Daemon, KleakctlExplainsWhyItCannotConnect) {
 
     // A socket file nothing listens on: its daemon died.
     const fs::path stale = dir / "stale.sock";
-    {
-        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        std::strncpy(addr.sun_path, stale.c_str(), sizeof addr.sun_path - 1);
-        ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
-        ::close(fd);
-    }
+    ::close(bound_unix_socket(stale));
     ASSERT_TRUE(fs::is_socket(stale));
     const Result dead = ctl({"--socket", stale.string(), "leaks"});
     EXPECT_EQ(dead.exit_code, 1);
@@ -1041,11 +1044,7 @@ TEST(Daemon, KleakctlExplainsWhyItCannotConnect) {
     // gives up after --timeout and says so, rather than waiting forever.
     const fs::path stuck = dir / "stuck.sock";
     {
-        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        std::strncpy(addr.sun_path, stuck.c_str(), sizeof addr.sun_path - 1);
-        ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+        const int fd = bound_unix_socket(stuck);
         ASSERT_EQ(::listen(fd, 4), 0);  // the backlog takes the connection; nobody reads it
         const auto start = std::chrono::steady_clock::now();
         const Result silent = ctl({"--socket", stuck.string(), "--timeout", "0.5", "stats"});
