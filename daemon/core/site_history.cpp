@@ -41,12 +41,6 @@ HistoryPoint HistoryRing::at(std::size_t i) const {
     return {newest_ns_ - std::uint64_t{before_ms} * kNsPerMs, p.outstanding, p.bytes};
 }
 
-std::vector<HistoryPoint> HistoryRing::points() const {
-    std::vector<HistoryPoint> out;
-    points_into(out);
-    return out;
-}
-
 void HistoryRing::points_into(std::vector<HistoryPoint>& out) const {
     out.clear();
     out.reserve(size());

@@ -53,8 +53,7 @@ public:
     std::size_t size() const { return points_.size(); }
     bool empty() const { return points_.empty(); }
     HistoryPoint at(std::size_t i) const;  // 0: the oldest kept
-    std::vector<HistoryPoint> points() const;  // oldest first
-    void points_into(std::vector<HistoryPoint>& out) const;  // the same, into a reused vector
+    void points_into(std::vector<HistoryPoint>& out) const;  // oldest first, into a reused vector
     std::size_t memory_bytes() const { return points_.capacity() * sizeof(Packed); }
 
 private:

@@ -32,7 +32,6 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
                         "s ago and caches also fill up from empty then: the full window tells them apart";
         growing_ += j.verdict == Verdict::growing;
     }
-    last_sample_ns_ = now_ns;
 }
 
 SiteJudgement SiteVerdicts::judgement(SiteId site) const {
@@ -49,7 +48,7 @@ std::size_t SiteVerdicts::memory_bytes() const {
 void SiteVerdicts::clear() {
     histories_.clear();
     judgements_.clear();
-    last_sample_ns_ = first_sample_ns_ = 0;
+    first_sample_ns_ = 0;
     growing_ = 0;
 }
 

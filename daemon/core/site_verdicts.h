@@ -27,7 +27,6 @@ public:
     void sample(std::span<const SiteStats> sites, std::uint64_t now_ns);
     // The last judgement of `site`: young, with no history, before its first.
     SiteJudgement judgement(SiteId site) const;
-    std::uint64_t last_sample_ns() const { return last_sample_ns_; }
     // Sites judged growing at the last sample.
     std::size_t growing() const { return growing_; }
     std::size_t memory_bytes() const;
@@ -39,7 +38,6 @@ private:
     SiteHistories histories_;
     VerdictRules rules_;
     std::vector<SiteJudgement> judgements_;  // by SiteId
-    std::uint64_t last_sample_ns_ = 0;
     std::uint64_t first_sample_ns_ = 0;  // since start-up or clear()
     std::size_t growing_ = 0;
 };

@@ -277,7 +277,7 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
     const AttachMode mode = attach_.mode;
     specs = program_specs(*skel_, mode, options);
     auto& skel = *skel_;
-    free_primary_ = mode == AttachMode::raw_tp ? skel.progs.kleak_raw__kmem_cache_free : skel.progs.kleak__kmem_cache_free;
+    free_primary_ = ProgramVariant{KLEAK_VARIANT(skel, mode, kmem_cache_free)}.program;
     free_nested_ = {KLEAK_VARIANT(skel, mode, kmem_cache_free_nested)};
     cpu_down_ = {KLEAK_VARIANT(skel, mode, cpu_down)};
     std::vector<std::string> missing;
