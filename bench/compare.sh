@@ -10,6 +10,8 @@
 #        Debian 12's 6.1 and 6.12; left out with --no-raw-tp)
 #      C `kleakd trace --no-emit` (programs attached, nothing written: the floor)
 #      D bench/peer-memleak.bt under bpftrace (the peer)
+#      O `kleakd trace` of another build (--baseline DIR: an older commit's
+#        build directory, to measure a change against it in the same run)
 #    Medians, and paired ratios: each traced run over the untraced run of its
 #    own round, so slow drifts of a shared machine cancel out. Two rates per
 #    run: wall (iterations per second of the run) and CPU (iterations per
@@ -28,6 +30,9 @@
 #    (restored afterwards): ns per program run for kleakd, the floor, the peer.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--no-raw-tp] [--quick]
+#                         [--baseline BUILD_DIR] [--loop writev|pipe]
+#   --loop pipe: section 1 loops pipe()+close() instead of writev (slab
+#   caches: kmem_cache_alloc/free of files, inodes, dentries, RCU frees).
 #   BUILD_DIR (default build) holds kleakd and bench/kleakd-loadgen.
 # Needs root and a BTF kernel; bpftrace for the peer (scripts/install-deps.sh).
 # About 3 minutes with the defaults (5 rounds of 3 s).
@@ -39,6 +44,8 @@ duration=3
 peer=1
 raw_tp=1
 quick=0
+baseline_build=
+loop_mode=writev
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -46,6 +53,8 @@ while [ $# -gt 0 ]; do
     --no-peer) peer=0; shift ;;
     --no-raw-tp) raw_tp=0; shift ;;
     --quick) quick=1; rounds=2; duration=2; shift ;;
+    --baseline) baseline_build=$2; shift 2 ;;
+    --loop) loop_mode=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -57,6 +66,11 @@ loadgen=$build/bench/kleakd-loadgen
 peer_script=bench/peer-memleak.bt
 [ "$(id -u)" -eq 0 ] || { echo "compare.sh: run as root (BPF)" >&2; exit 1; }
 [ -x "$kleakd" ] || { echo "compare.sh: no $kleakd (scripts/build.sh, or set BUILD_DIR)" >&2; exit 1; }
+if [ -n "$baseline_build" ]; then
+  baseline_kleakd=$baseline_build/kleakd
+  [ -x "$baseline_kleakd" ] || { echo "compare.sh: no $baseline_kleakd (--baseline)" >&2; exit 1; }
+fi
+case "$loop_mode" in writev|pipe) ;; *) echo "compare.sh: --loop writev|pipe" >&2; exit 2 ;; esac
 tmp=$(mktemp -d /tmp/kleakd-compare-XXXXXX)
 if [ ! -x "$loadgen" ]; then
   loadgen=$tmp/loadgen
@@ -118,6 +132,8 @@ measure() {
   case "$config" in
     untraced) ;;
     peer) start_tracer 'peer-memleak: tracing' "$tmp/peer.out" "$tmp/peer.err" bpftrace "$peer_script"; pid=$tracer_pid ;;
+    baseline) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$baseline_kleakd" trace --json --interval 3600 "$@"
+              pid=$tracer_pid ;;
     *) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$kleakd" trace --json --interval 3600 "$@"; pid=$tracer_pid ;;
   esac
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
@@ -152,8 +168,11 @@ measure() {
 echo "kleakd compare: $(date -u '+%Y-%m-%d %H:%M UTC'), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs, kernel $(uname -r)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "== 1. writev loop, 1 thread, $rounds rounds of ${duration}s, interleaved =="
+echo "== 1. $loop_mode loop, 1 thread, $rounds rounds of ${duration}s, interleaved =="
+[ -n "$baseline_build" ] && echo "baseline: $baseline_kleakd ($("$baseline_kleakd" --version 2> /dev/null | head -1))"
+mode=$loop_mode
 configs=(untraced kleakd)
+[ -n "$baseline_build" ] && configs+=(baseline)
 [ "$raw_tp" = 1 ] && configs+=(rawtp)
 configs+=(noemit)
 [ "$peer" = 1 ] && configs+=(peer)
@@ -167,6 +186,7 @@ for round in $(seq 1 "$rounds"); do
   done
   printf '  round %s done\n' "$round"
 done
+mode=writev
 
 python3 - "$results" << 'EOF'
 import statistics as st, sys
@@ -175,6 +195,7 @@ by = {}
 for r in rows:
     by.setdefault(r[1], {})[int(r[0])] = r
 names = {"untraced": "untraced", "kleakd": "kleakd trace", "rawtp": "kleakd trace --attach raw_tp",
+         "baseline": "baseline build's kleakd trace",
          "noemit": "kleakd trace --no-emit (floor)",
          "peer": "bpftrace peer-memleak.bt"}
 base = by["untraced"]
@@ -186,7 +207,7 @@ print()
 print(f"{'':34} {'--- wall: iterations/s of the run ---':^52}   {'--- CPU: iterations/s of loader CPU ---':^40}")
 print(f"{'configuration':34} {'median':>11} {'min':>11} {'max':>11} {'ratio':>7} {'min-max':>11}   "
       f"{'median':>11} {'ratio':>7} {'min-max':>11}")
-for c in ["untraced", "kleakd", "rawtp", "noemit", "peer"]:
+for c in ["untraced", "kleakd", "baseline", "rawtp", "noemit", "peer"]:
     if c not in by: continue
     wall, wall_ratio = column(c, 2)
     cpu, cpu_ratio = column(c, 10)
@@ -196,6 +217,11 @@ for c in ["untraced", "kleakd", "rawtp", "noemit", "peer"]:
 if "peer" in by and "kleakd" in by:
     wins = sum(1 for k in by["kleakd"] if k in by["peer"] and float(by["kleakd"][k][2]) > float(by["peer"][k][2]))
     print(f"kleakd beat the peer in {wins} of {len(by['kleakd'])} rounds (wall)")
+if "baseline" in by and "kleakd" in by:
+    for i, what in ((2, "wall"), (10, "CPU")):
+        pairs = [float(r[i]) / float(by["baseline"][k][i]) for k, r in by["kleakd"].items() if k in by["baseline"]]
+        print(f"this build over the baseline, paired per round ({what}): median {st.median(pairs):.3f}, "
+              f"{min(pairs):.3f}-{max(pairs):.3f}")
 if "rawtp" in by and "kleakd" in by:
     pairs = [float(by["rawtp"][k][2]) / float(r[2]) for k, r in by["kleakd"].items() if k in by["rawtp"]]
     print(f"raw_tp over default, paired per round (wall): median {st.median(pairs):.3f}, "
@@ -206,7 +232,7 @@ for i, what in ((2, "wall"), (10, "CPU")):
 print()
 print(f"{'kleakd':34} {'records/s':>13} {'drops':>8} {'late':>6} {'daemon CPU%':>12} {'records/CPU-s':>14} {'RSS MiB':>8}"
       f" {'steal ms':>9}")
-for c in ["kleakd", "rawtp", "noemit"]:
+for c in ["kleakd", "baseline", "rawtp", "noemit"]:
     if c not in by: continue
     for k, r in sorted(by[c].items()):
         rec, drops, late, cpu, secs, rss = int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), int(r[8])
@@ -299,15 +325,19 @@ print(f"{label:34} " + (", ".join(parts) if parts else "no runs counted"))
 EOF
 }
 cost_configs=(kleakd)
+[ -n "$baseline_build" ] && cost_configs+=(baseline)
 [ "$raw_tp" = 1 ] && cost_configs+=(rawtp)
 cost_configs+=(noemit)
 for config in "${cost_configs[@]}"; do
   args=()
   label="kleakd trace"
+  binary=$kleakd
   if [ "$config" = noemit ]; then args=(--no-emit); label="kleakd trace --no-emit (floor)"; fi
   if [ "$config" = rawtp ]; then args=(--attach raw_tp); label="kleakd trace --attach raw_tp"; fi
-  start_tracer 'tracing' "$tmp/c.json" "$tmp/c.err" "$kleakd" trace --json --interval 3600 "${args[@]}"
+  if [ "$config" = baseline ]; then binary=$baseline_kleakd; label="baseline build's kleakd trace"; fi
+  start_tracer 'tracing' "$tmp/c.json" "$tmp/c.err" "$binary" trace --json --interval 3600 "${args[@]}"
   "$loadgen" writev --duration 2 > /dev/null
+  "$loadgen" pipe --duration 1 > /dev/null  # kmem_cache_alloc/free too
   stop_tracer "$tracer_pid" "$tmp/c.err"
   ns_per_run "$tmp/c.json" "$label" kleakd
 done

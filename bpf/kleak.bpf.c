@@ -343,7 +343,9 @@ static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 no
 	b->len += size;
 	b->records += 1;
 	/* `now` may be a free's lower bound: the age check then errs late, never early. */
-	if (b->len > BATCH_RECORD_BYTES - sizeof(struct kleak_alloc_record) || now - b->oldest_ts > BATCH_MAX_AGE_NS)
+	/* Flushed when the largest record would not fit. */
+	if (b->len > BATCH_RECORD_BYTES - sizeof(struct kleak_cache_alloc_record) ||
+	    now - b->oldest_ts > BATCH_MAX_AGE_NS)
 		flush(b, true);
 	barrier(); /* data[] is complete before busy clears */
 	b->busy = 0;
@@ -378,8 +380,13 @@ static __always_inline void *reserve_direct(void **ring, __u64 size)
 	return rec;
 }
 
+/*
+ * cache: the kmem_cache of a KLEAK_CACHE_ALLOC_FROM record (written only for
+ * that kind, whose record is 8 bytes longer).
+ */
 static __always_inline void fill_alloc(struct kleak_alloc_record *rec, __u64 now, __u16 kind, unsigned long call_site,
-				       const void *ptr, __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags)
+				       const void *ptr, __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags,
+				       __u64 cache)
 {
 	fill_header(&rec->hdr, now, kind);
 	rec->ptr = (__u64)ptr;
@@ -389,6 +396,8 @@ static __always_inline void fill_alloc(struct kleak_alloc_record *rec, __u64 now
 	rec->bytes_alloc = bytes_alloc > 0xffffffffULL ? 0xffffffffU : (__u32)bytes_alloc;
 	rec->gfp_flags = gfp_flags;
 	rec->tid = 0;
+	if (kind == KLEAK_CACHE_ALLOC_FROM)
+		((struct kleak_cache_alloc_record *)rec)->cache = cache;
 }
 
 static __always_inline void fill_free(struct kleak_free_record *rec, __u64 now, __u16 kind, unsigned long call_site,
@@ -400,9 +409,10 @@ static __always_inline void fill_free(struct kleak_free_record *rec, __u64 now, 
 }
 
 static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const void *ptr, __u64 bytes_req,
-				      __u64 bytes_alloc, __u32 gfp_flags)
+				      __u64 bytes_alloc, __u32 gfp_flags, __u64 cache)
 {
-	const __u32 size = sizeof(struct kleak_alloc_record);
+	const __u32 size = kind == KLEAK_CACHE_ALLOC_FROM ? sizeof(struct kleak_cache_alloc_record)
+							  : sizeof(struct kleak_alloc_record);
 	struct kleak_alloc_record *rec;
 	struct batch *b;
 	__u16 flags;
@@ -417,7 +427,7 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	rec = reserve_batched(b, size);
 	if (rec) {
 		now = stamp(b, false, &flags);
-		fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
+		fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
 		commit_batched(b, size, now);
 		return 0;
 	}
@@ -425,7 +435,7 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	if (!rec)
 		return 0;
 	now = bpf_ktime_get_ns();
-	fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags);
+	fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
 	bpf_ringbuf_submit(rec, submit_flags(ring));
 	return 0;
 }
@@ -490,7 +500,7 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
  */
 static __always_inline int on_kmalloc(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_KMALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4]);
+	return emit_alloc(KLEAK_KMALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmalloc, kmalloc)
 
@@ -532,16 +542,16 @@ static __always_inline int on_kmem_cache_alloc(__u64 *ctx)
 
 		if (BPF_CORE_READ(s, flags) & slab_reclaim_account())
 			gfp |= KLEAK_GFP_RECLAIMABLE;
-		return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, BPF_CORE_READ(s, object_size),
-				  BPF_CORE_READ(s, size), gfp);
+		return emit_alloc(KLEAK_CACHE_ALLOC_FROM, call_site, ptr, BPF_CORE_READ(s, object_size),
+				  BPF_CORE_READ(s, size), gfp, (__u64)s);
 	}
-	return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4]);
+	return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmem_cache_alloc, kmem_cache_alloc)
 
 static __always_inline int on_kmem_cache_alloc_node(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_CACHE_ALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4]);
+	return emit_alloc(KLEAK_CACHE_ALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmem_cache_alloc_node, kmem_cache_alloc_node)
 
@@ -665,6 +675,32 @@ int kleak__reset_freed(void *ctx)
 
 	if (b)
 		b->freed_depth = 0;
+	return 0;
+}
+
+/* Filled by kleak__cache_info (kleak_abi.h). */
+struct kleak_cache_info cache_info;
+
+/*
+ * Names one slab cache: its one argument is a `struct kmem_cache *` from a
+ * KLEAK_CACHE_ALLOC_FROM record. Not attached: user space runs it
+ * (BPF_PROG_TEST_RUN) once per cache it meets, so events never pay for names.
+ * A pointer to a cache destroyed since reads whatever is there now, or
+ * nothing (found stays 0): probe reads fault safely.
+ */
+SEC("raw_tp")
+int kleak__cache_info(__u64 *ctx)
+{
+	struct kmem_cache *s = (struct kmem_cache *)ctx[0];
+	const char *name = BPF_CORE_READ(s, name);
+
+	cache_info.found = 0;
+	if (!name || bpf_probe_read_kernel_str(cache_info.name, sizeof(cache_info.name), name) <= 0)
+		return 0;
+	cache_info.object_size = BPF_CORE_READ(s, object_size);
+	cache_info.size = BPF_CORE_READ(s, size);
+	cache_info.reclaimable = (BPF_CORE_READ(s, flags) & slab_reclaim_account()) != 0;
+	cache_info.found = 1;
 	return 0;
 }
 

@@ -17,9 +17,10 @@
 #include <linux/types.h>
 #endif
 
-#define KLEAK_ABI_VERSION 2
-/* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK; a version 1
- * stream is a version 2 stream that uses neither, so both are readable. */
+#define KLEAK_ABI_VERSION 3
+/* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK, version 3
+ * KLEAK_CACHE_ALLOC_FROM; an older stream is a newer one that uses none of
+ * them, so all are readable. */
 #define KLEAK_ABI_OLDEST_READABLE 1
 
 /* What a record describes.  Values are part of the ABI. */
@@ -30,6 +31,7 @@ enum kleak_record_kind {
 	KLEAK_CACHE_FREE = 4,       /* kmem:kmem_cache_free */
 	KLEAK_PRINTK = 5,           /* printk:console (variable length) */
 	KLEAK_TIME_MARK = 6,        /* a clock reading closing a batch (header only) */
+	KLEAK_CACHE_ALLOC_FROM = 7, /* kmem:kmem_cache_alloc with its cache (6.1+) */
 };
 /* Adding a kind keeps the ABI version: readers count unknown kinds as
  * undecodable and go on. Changing a layout bumps it. */
@@ -89,6 +91,31 @@ struct kleak_alloc_record {
 	__u32 bytes_alloc;
 	__u32 gfp_flags;  /* the caller's; see KLEAK_GFP_RECLAIMABLE */
 	__u32 tid;    /* 0: not read (see hdr.tgid) */
+};
+
+/*
+ * kmem_cache_alloc on kernels whose event carries the cache (6.1+): 56 bytes,
+ * an allocation record and the `struct kmem_cache *`, which user space names
+ * once per cache (struct kleak_cache_info), not per event.
+ */
+struct kleak_cache_alloc_record {
+	struct kleak_alloc_record alloc;
+	__u64 cache;
+};
+
+/*
+ * What kleak__cache_info reads of one `struct kmem_cache` into the object's
+ * .bss: user space runs it (BPF_PROG_TEST_RUN, the pointer as its argument)
+ * when a record names a cache it has not named yet. Not in any ring, so a
+ * change to it does not bump KLEAK_ABI_VERSION.
+ */
+#define KLEAK_CACHE_NAME_MAX 64
+struct kleak_cache_info {
+	char name[KLEAK_CACHE_NAME_MAX]; /* NUL-terminated, cut to fit */
+	__u32 object_size;
+	__u32 size;                      /* per object, with metadata */
+	__u32 reclaimable;               /* SLAB_RECLAIM_ACCOUNT */
+	__u32 found;                     /* 1: the fields above were read */
 };
 
 /* Most bytes of one printk message kept; longer ones are cut and flagged. */

@@ -31,6 +31,7 @@ constexpr std::array kOps{
     Named<Op>{Op::version, "version"}, Named<Op>{Op::stats, "stats"},       Named<Op>{Op::leaks, "leaks"},
     Named<Op>{Op::report, "report"},   Named<Op>{Op::snapshot, "snapshot"}, Named<Op>{Op::reset, "reset"},
     Named<Op>{Op::printk, "printk"},   Named<Op>{Op::suspects, "suspects"}, Named<Op>{Op::history, "history"},
+    Named<Op>{Op::caches, "caches"},
 };
 
 // syslog level names, as dmesg --level takes them.
@@ -199,6 +200,17 @@ std::optional<std::string> decode_suspects_args(const json& given, SuspectsArgs&
         if (key != "top") return "unknown arg \"args." + key + "\"; op \"suspects\" takes top";
         if (!value.is_number_unsigned() || value.get<std::uint64_t>() < 1 || value.get<std::uint64_t>() > kMaxLeaksTop)
             return field_error("args.top", "must be an integer in 1.." + std::to_string(kMaxLeaksTop), value);
+        args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> decode_caches_args(const json& given, CachesArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key != "top") return "unknown arg \"args." + key + "\"; op \"caches\" takes top";
+        if (!value.is_number_unsigned() || value.get<std::uint64_t>() > kMaxLeaksTop)
+            return field_error("args.top", "must be an integer in 0.." + std::to_string(kMaxLeaksTop) + " (0: all)",
+                               value);
         args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
     }
     return std::nullopt;
@@ -373,6 +385,9 @@ DecodedRequest decode_request(std::string_view line) {
         } else if (*op == Op::history) {
             if (auto message = decode_history_args(*args, request.history))
                 return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::caches) {
+            if (auto message = decode_caches_args(*args, request.caches))
+                return fail(ErrorCode::bad_request, std::move(*message));
         } else if (!args->empty()) {
             return fail(ErrorCode::bad_request, "op \"" + std::string(op_name(*op)) + "\" takes no args, got \"args." +
                                                     args->begin().key() + "\"");
@@ -396,6 +411,7 @@ std::string encode_request(const Request& request) {
         };
     }
     if (request.op == Op::suspects) message["args"] = ordered_json{{"top", request.suspects.top}};
+    if (request.op == Op::caches) message["args"] = ordered_json{{"top", request.caches.top}};
     if (request.op == Op::history)
         message["args"] = ordered_json{{"site", request.history.site}, {"resolution", request.history.resolution}};
     if (request.op == Op::printk) {

@@ -20,7 +20,7 @@ inline constexpr int kProtocolVersion = 1;
 inline constexpr std::size_t kMaxRequestBytes = 65536;
 inline constexpr std::uint32_t kMaxLeaksTop = 100000;
 
-enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history };
+enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history, caches };
 std::string_view op_name(Op op);
 std::optional<Op> op_from_name(std::string_view name);
 
@@ -68,8 +68,15 @@ struct HistoryArgs {
     bool operator==(const HistoryArgs&) const = default;
 };
 
-// `leaks` / `printk` / `suspects` / `history` are meaningful only for their
-// op; the other ops take no args.
+// Slab caches: kleakd's live objects against /proc/slabinfo's, most live
+// first; `top` 0: every cache.
+struct CachesArgs {
+    std::uint32_t top = 0;
+    bool operator==(const CachesArgs&) const = default;
+};
+
+// `leaks` / `printk` / `suspects` / `history` / `caches` are meaningful only
+// for their op; the other ops take no args.
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::version;
@@ -77,6 +84,7 @@ struct Request {
     PrintkArgs printk;
     SuspectsArgs suspects;
     HistoryArgs history;
+    CachesArgs caches;
     bool operator==(const Request&) const = default;
 };
 

@@ -86,6 +86,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       verdicts_(static_cast<std::uint64_t>(std::chrono::nanoseconds(settings_.verdicts.interval).count()),
                 verdict_rules(settings_.verdicts)),
+      slabs_(session_.tracer()),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
       verdict_timer_(settings_.verdicts.interval) {
@@ -312,7 +313,9 @@ nlohmann::json Daemon::snapshot() {
     core::SnapshotContext context{host_name(), kernel_release(), boot_id(), kKleakdVersion, unix_time_ms(),
                                   now,         now - started_ns_};
     nlohmann::json doc = core::snapshot_document(context, build_report());
-    doc["verdicts"] = core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_);
+    doc["verdicts"] =
+        core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
+    doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
     return doc;
 }
 
@@ -344,6 +347,8 @@ nlohmann::json Daemon::stats() {
           {"growing", verdicts_.growing()},
           {"interval_ns", verdicts_.period_ns()},
           {"memory_bytes", verdicts_.memory_bytes()}}},
+        // Slab caches named and /proc/slabinfo reads (README "Slab caches").
+        {"caches", slabs_.stats()},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
@@ -401,11 +406,14 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             query.min_age_ns = request.leaks.min_age_ns;
             query.now_ns = monotonic_now_ns();
             query.sort = request.leaks.sort == proto::LeakSort::bytes ? core::LeakSort::bytes : core::LeakSort::count;
+            const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
+            query.site_caches = caches;
             return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, &verdicts_), query);
         }
         case proto::Op::suspects: {
             name_new_call_sites(Naming::at_most_every_10s);
-            const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns()};
+            const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
+            const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns(), caches};
             return core::suspects_to_json(core::query_suspects(pipeline_.tracker(), verdicts_, query, *symbolizer_),
                                           verdicts_);
         }
@@ -420,6 +428,8 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             return core::history_to_json(pipeline_.tracker(), verdicts_, *site, request.history.resolution,
                                          *symbolizer_);
         }
+        case proto::Op::caches:
+            return core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), request.caches.top);
         case proto::Op::report:
             return core::report_to_json(build_report());
         case proto::Op::snapshot:
@@ -452,7 +462,8 @@ void Daemon::write_snapshot() {
 // again: a few ms at 5,000 sites, once an interval (10 s by default).
 void Daemon::sample_verdicts() {
     if (tracing_stopped_) return;
-    verdicts_.sample(pipeline_.tracker().sites(), monotonic_now_ns());
+    const core::Reconciliation caches = slabs_.reconcile(pipeline_.tracker());
+    verdicts_.sample(pipeline_.tracker().sites(), monotonic_now_ns(), caches.sites);
 }
 
 void Daemon::update_status() {

@@ -24,6 +24,7 @@
 #include "kernel/event_loop.h"
 #include "app/pipeline_sink.h"
 #include "app/serve_command.h"
+#include "app/slab_reconciler.h"
 #include "app/tracing_session.h"
 #include "config/config.h"
 #include "core/pipeline.h"
@@ -91,6 +92,7 @@ private:
     TracingSession session_;
     service::SnapshotWriter snapshots_;
     core::SiteVerdicts verdicts_;
+    SlabReconciler slabs_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
     TimerFd snapshot_timer_;

@@ -66,21 +66,24 @@ struct AllocationClass {
     std::uint32_t bytes_alloc;
 };
 
-// Interns (site, bytes_alloc) pairs as dense class ids, up to a limit.
+// Interns (site, bytes_alloc) pairs as dense class ids, up to a limit. Each
+// class also keeps the slab cache key (slab_caches.h) of its first allocation:
+// a site that allocates one size from two caches is counted in the first.
 class ClassTable {
 public:
     explicit ClassTable(std::uint32_t limit = kMaxClasses) : limit_(std::min(limit, kMaxClasses)) {}
 
     // The pair's class, interned on first sight; kOverflowClass once `limit`
     // classes exist and this pair is not one of them.
-    ClassId intern(SiteId site, std::uint32_t bytes_alloc) {
+    ClassId intern(SiteId site, std::uint32_t bytes_alloc, std::uint64_t cache_key = 0) {
         const std::uint64_t key = (std::uint64_t{site} << 32) | bytes_alloc;
         CacheSlot& slot = cache_[(key * 0x9E3779B97F4A7C15ULL) >> (64 - kCacheBits)];
         if (slot.id_plus_one != 0 && slot.key == key) return slot.id_plus_one - 1;
-        return intern_slow(key, slot);
+        return intern_slow(key, slot, cache_key);
     }
 
     const AllocationClass& operator[](ClassId id) const { return classes_[id]; }
+    std::uint64_t cache_key(ClassId id) const { return cache_keys_[id]; }
     std::size_t size() const { return classes_.size(); }
     std::size_t memory_bytes() const;
     void clear();
@@ -95,11 +98,12 @@ private:
         std::uint64_t key = 0;
         std::uint32_t id_plus_one = 0;
     };
-    ClassId intern_slow(std::uint64_t key, CacheSlot& slot);
+    ClassId intern_slow(std::uint64_t key, CacheSlot& slot, std::uint64_t cache_key);
 
     std::array<CacheSlot, std::size_t{1} << kCacheBits> cache_{};
     absl::flat_hash_map<std::uint64_t, ClassId> ids_;
     std::vector<AllocationClass> classes_;
+    std::vector<std::uint64_t> cache_keys_;  // parallel to classes_
     std::uint32_t limit_;
 };
 

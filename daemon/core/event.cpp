@@ -7,7 +7,7 @@
 
 namespace kleak::core {
 
-static_assert(KLEAK_ABI_VERSION == 2, "update the static_asserts below with the ABI");
+static_assert(KLEAK_ABI_VERSION == 3, "update the static_asserts below with the ABI");
 static_assert(sizeof(kleak_record_header) == 16);
 static_assert(offsetof(kleak_record_header, ts_ns) == 0);
 static_assert(offsetof(kleak_record_header, kind) == 8);
@@ -22,6 +22,8 @@ static_assert(offsetof(kleak_alloc_record, bytes_req) == 32);
 static_assert(offsetof(kleak_alloc_record, bytes_alloc) == 36);
 static_assert(offsetof(kleak_alloc_record, gfp_flags) == 40);
 static_assert(offsetof(kleak_alloc_record, tid) == 44);
+static_assert(sizeof(kleak_cache_alloc_record) == 56);
+static_assert(offsetof(kleak_cache_alloc_record, cache) == 48);
 static_assert(static_cast<int>(EventKind::kmalloc) == KLEAK_KMALLOC);
 static_assert(static_cast<int>(EventKind::kfree) == KLEAK_KFREE);
 static_assert(static_cast<int>(EventKind::cache_alloc) == KLEAK_CACHE_ALLOC);
@@ -51,6 +53,21 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_alloc = rec.bytes_alloc;
         out.gfp_flags = rec.gfp_flags;
         out.tid = rec.tid;
+        out.cache = 0;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_CACHE_ALLOC_FROM: {
+        kleak_cache_alloc_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = EventKind::cache_alloc;
+        out.ptr = rec.alloc.ptr;
+        out.call_site = rec.alloc.call_site;
+        out.bytes_req = rec.alloc.bytes_req;
+        out.bytes_alloc = rec.alloc.bytes_alloc;
+        out.gfp_flags = rec.alloc.gfp_flags;
+        out.tid = rec.alloc.tid;
+        out.cache = rec.cache;
         return DecodeStatus::ok;
     }
     case KLEAK_KFREE:
@@ -63,11 +80,12 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.call_site = rec.call_site;
         out.bytes_req = out.bytes_alloc = out.tid = 0;
         out.gfp_flags = hdr.flags;
+        out.cache = 0;
         return DecodeStatus::ok;
     }
     case KLEAK_TIME_MARK:
         out.kind = EventKind::time_mark;
-        out.ptr = out.call_site = 0;
+        out.ptr = out.call_site = out.cache = 0;
         out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
         return DecodeStatus::ok;
     case KLEAK_PRINTK: {
@@ -76,8 +94,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         std::uint32_t tid = 0;
         std::memcpy(&tid, bytes.data() + offsetof(kleak_printk_record, tid), sizeof tid);
         out.kind = EventKind::printk;
-        out.ptr = 0;
-        out.call_site = 0;
+        out.ptr = out.call_site = out.cache = 0;
         out.bytes_req = static_cast<std::uint32_t>(text->size());
         out.bytes_alloc = 0;
         out.gfp_flags = hdr.flags;

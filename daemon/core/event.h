@@ -42,6 +42,9 @@ struct Event {
     std::uint32_t tid = 0;          // allocations only
     EventKind kind = EventKind::kmalloc;
     std::uint16_t cpu = 0;          // the ring the record came from
+    // cache_alloc from a KLEAK_CACHE_ALLOC_FROM record: its `struct kmem_cache *`
+    // (a kernel address, named by the daemon: cache_names.h); 0 otherwise.
+    std::uint64_t cache = 0;
 };
 
 // A window too long for bytes_req: the free may have happened any time before ts_ns.

@@ -5,6 +5,7 @@
 // that).
 #pragma once
 
+#include <cstddef>
 #include <cstring>
 #include <span>
 
@@ -24,16 +25,27 @@ inline void copy_shared_fields(const Record& rec, std::uint16_t cpu, Event& out)
     out.cpu = cpu;
 }
 
+inline void copy_alloc_fields(const kleak_alloc_record& rec, std::uint16_t cpu, Event& out) {
+    copy_shared_fields(rec, cpu, out);
+    out.bytes_req = rec.bytes_req;
+    out.bytes_alloc = rec.bytes_alloc;
+    out.gfp_flags = rec.gfp_flags;
+    out.tid = rec.tid;
+}
+
 inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     if (bytes.size() >= sizeof(kleak_alloc_record)) {
         kleak_alloc_record rec;
         std::memcpy(&rec, bytes.data(), sizeof rec);
         if (rec.hdr.kind == KLEAK_KMALLOC || rec.hdr.kind == KLEAK_CACHE_ALLOC) {
-            copy_shared_fields(rec, cpu, out);
-            out.bytes_req = rec.bytes_req;
-            out.bytes_alloc = rec.bytes_alloc;
-            out.gfp_flags = rec.gfp_flags;
-            out.tid = rec.tid;
+            copy_alloc_fields(rec, cpu, out);
+            out.cache = 0;
+            return DecodeStatus::ok;
+        }
+        if (rec.hdr.kind == KLEAK_CACHE_ALLOC_FROM && bytes.size() >= sizeof(kleak_cache_alloc_record)) {
+            copy_alloc_fields(rec, cpu, out);
+            out.kind = EventKind::cache_alloc;
+            std::memcpy(&out.cache, bytes.data() + offsetof(kleak_cache_alloc_record, cache), sizeof out.cache);
             return DecodeStatus::ok;
         }
     }
@@ -44,6 +56,7 @@ inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::ui
             copy_shared_fields(rec, cpu, out);
             out.bytes_req = out.bytes_alloc = out.tid = 0;
             out.gfp_flags = rec.hdr.flags;
+            out.cache = 0;
             return DecodeStatus::ok;
         }
     }

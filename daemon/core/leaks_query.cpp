@@ -72,6 +72,7 @@ LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symboli
         row.replaced = s.replaced;
         if (c.oldest_ts) row.oldest_age_ns = query.now_ns > *c.oldest_ts ? query.now_ns - *c.oldest_ts : 0;
         if (verdicts) row.verdict = verdicts->judgement(c.site).verdict;
+        if (c.site < query.site_caches.size()) row.cache = query.site_caches[c.site];
         result.rows.push_back(std::move(row));
     }
     return result;
@@ -91,6 +92,7 @@ nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query)
         };
         if (row.oldest_age_ns) site["oldest_age_ns"] = *row.oldest_age_ns;
         if (row.verdict) site["verdict"] = verdict_name(*row.verdict);
+        if (row.cache) site["cache"] = *row.cache;
         sites.push_back(std::move(site));
     }
     return {

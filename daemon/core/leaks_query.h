@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@ struct LeaksQuery {
     std::uint64_t min_age_ns = 0;  // only allocations surely at least this old count
     std::uint64_t now_ns = 0;      // the records' clock (CLOCK_MONOTONIC), from the caller
     LeakSort sort = LeakSort::bytes;
+    std::span<const std::string> site_caches;  // by SiteId (site_cache_names()); empty: rows carry no cache
 };
 
 struct LeakRow {
@@ -40,6 +42,7 @@ struct LeakRow {
     std::uint64_t replaced = 0;
     std::optional<std::uint64_t> oldest_age_ns;  // known when the query scanned allocations
     std::optional<Verdict> verdict;              // when the caller keeps verdicts (the daemon)
+    std::optional<std::string> cache;            // when the query brings site_caches
 };
 
 struct LeaksResult {

@@ -29,6 +29,8 @@ std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_si
     case KLEAK_KMALLOC:
     case KLEAK_CACHE_ALLOC:
         return if_present(sizeof(kleak_alloc_record), rest_size);
+    case KLEAK_CACHE_ALLOC_FROM:
+        return if_present(sizeof(kleak_cache_alloc_record), rest_size);
     case KLEAK_KFREE:
     case KLEAK_CACHE_FREE:
         return if_present(sizeof(kleak_free_record), rest_size);

@@ -28,7 +28,7 @@ Losses make_losses(std::vector<std::uint64_t> dropped_per_cpu, std::uint64_t lat
     losses.buffer_size = buffer_size;
     losses.programs = std::move(programs);
     // The largest record plus its 8-byte ring header: advice errs large.
-    constexpr std::uint64_t bytes_per_record = sizeof(kleak_alloc_record) + 8;
+    constexpr std::uint64_t bytes_per_record = sizeof(kleak_cache_alloc_record) + 8;
     losses.suggested_buffer_size =
         suggest_buffer_size(buffer_size, peak_backlog_bytes, losses.dropped(), bytes_per_record);
     return losses;

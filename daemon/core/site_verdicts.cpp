@@ -12,7 +12,8 @@ SiteJudgement no_history(const char* why) {
 
 }  // namespace
 
-void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns) {
+void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns,
+                          std::span<const std::optional<UntrackedShare>> untracked) {
     if (histories_.samples() == 0) first_sample_ns_ = now_ns;
     histories_.sample(sites, now_ns);
     judgements_.resize(sites.size(), no_history("no allocations yet"));
@@ -21,7 +22,8 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
     for (SiteId id = 0; id < sites.size(); ++id) {
         if (sites[id].allocs == 0) continue;  // frees only: nothing to judge
         histories_.series_into(id, 0, history);
-        SiteJudgement& j = judgements_[id] = judge_site(history, sites[id], rules_);
+        const UntrackedShare* share = id < untracked.size() && untracked[id] ? &*untracked[id] : nullptr;
+        SiteJudgement& j = judgements_[id] = judge_site(history, sites[id], rules_, share);
         // Allocations made before tracing started are invisible, so every
         // cache fills up from empty in kleakd's first minutes: say so while
         // the history that shows growth began with kleakd's.

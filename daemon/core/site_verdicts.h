@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -23,8 +24,11 @@ public:
     const SiteHistories& histories() const { return histories_; }
 
     // Samples every site at now_ns and judges each again: `sites` are the
-    // tracker's aggregates (Tracker::sites()), indexed by SiteId.
-    void sample(std::span<const SiteStats> sites, std::uint64_t now_ns);
+    // tracker's aggregates (Tracker::sites()), indexed by SiteId, and
+    // `untracked` their shares of their caches' excess (Reconciliation::sites;
+    // may be shorter, or empty when the kernel's counts are unknown).
+    void sample(std::span<const SiteStats> sites, std::uint64_t now_ns,
+                std::span<const std::optional<UntrackedShare>> untracked = {});
     // The last judgement of `site`: young, with no history, before its first.
     SiteJudgement judgement(SiteId site) const;
     // Sites judged growing at the last sample.

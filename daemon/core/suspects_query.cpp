@@ -39,11 +39,17 @@ nlohmann::json rules_json(const SiteVerdicts& verdicts) {
 }
 
 nlohmann::json judgement_json(const SiteJudgement& j) {
-    return {{"verdict", verdict_name(j.verdict)},
-            {"reasons", nlohmann::json::array({j.reason})},
-            {"growth_per_hour", j.growth_per_hour},
-            {"growth_bytes_per_hour", j.growth_bytes_per_hour},
-            {"history_ns", j.history_ns}};
+    nlohmann::json out = {{"verdict", verdict_name(j.verdict)},
+                          {"reasons", nlohmann::json::array({j.reason})},
+                          {"growth_per_hour", j.growth_per_hour},
+                          {"growth_bytes_per_hour", j.growth_bytes_per_hour},
+                          {"history_ns", j.history_ns}};
+    if (j.untracked_estimate > 0) out["untracked_estimate"] = j.untracked_estimate;
+    return out;
+}
+
+std::string cache_of(std::span<const std::string> site_caches, SiteId site) {
+    return site < site_caches.size() ? site_caches[site] : std::string();
 }
 
 }  // namespace
@@ -93,6 +99,7 @@ SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdic
         SuspectRow row;
         row.site = format_site(s.call_site, symbol);
         row.function = symbol.known() ? symbol.function : row.site;
+        row.cache = cache_of(query.site_caches, candidates[i].site);
         row.judgement = std::move(candidates[i].judgement);
         row.outstanding = s.outstanding;
         row.outstanding_bytes = s.outstanding_bytes;
@@ -109,6 +116,7 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
     for (const SuspectRow& row : result.rows) {
         nlohmann::json j = {{"site", row.site},
                             {"function", row.function},
+                            {"cache", row.cache},
                             {"outstanding", row.outstanding},
                             {"outstanding_bytes", row.outstanding_bytes},
                             {"age_p50_ns", row.age_p50_ns},
@@ -124,7 +132,8 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
             {"suspects", std::move(rows)}};
 }
 
-nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts) {
+nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts,
+                                 std::span<const std::string> site_caches) {
     absl::flat_hash_map<std::uint64_t, SiteId> by_address;
     for (SiteId id = 0; id < tracker.sites().size(); ++id) by_address.emplace(tracker.sites()[id].call_site, id);
     std::uint64_t growing = 0;
@@ -133,6 +142,7 @@ nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, 
         if (address == row.end() || !address->is_string()) continue;
         const auto it = by_address.find(std::strtoull(address->get_ref<const std::string&>().c_str(), nullptr, 16));
         if (it == by_address.end() || tracker.sites()[it->second].allocs == 0) continue;
+        if (!site_caches.empty()) row["cache"] = cache_of(site_caches, it->second);
         const SiteJudgement j = verdicts.judgement(it->second);
         row["verdict"] = verdict_name(j.verdict);
         row["growth_per_hour"] = j.growth_per_hour;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,13 @@ namespace kleak::core {
 struct SuspectsQuery {
     std::size_t top = 20;
     std::uint64_t now_ns = 0;  // the records' clock (CLOCK_MONOTONIC)
+    std::span<const std::string> site_caches;  // by SiteId (site_cache_names()); may be empty
 };
 
 struct SuspectRow {
     std::string site;
     std::string function;
+    std::string cache;  // "" when unknown
     SiteJudgement judgement;
     std::uint64_t outstanding = 0;
     std::uint64_t outstanding_bytes = 0;
@@ -50,7 +53,9 @@ std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name,
 // Adds each site's verdict to a report's or snapshot's `sites` rows (matched
 // by their "address"): verdict, growth_per_hour, growth_bytes_per_hour; and
 // returns the verdicts' summary for the document: samples, growing, rules.
-nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts);
+// With site_caches (by SiteId), each row's "cache" too.
+nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts,
+                                 std::span<const std::string> site_caches = {});
 
 // One site's history at `tier` (0: the sampling period; kHistoryTiers).
 nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,

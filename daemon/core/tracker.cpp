@@ -1,6 +1,7 @@
 #include "tracker.h"
 
 #include "kleak_abi.h"
+#include "slab_caches.h"
 
 #include <algorithm>
 
@@ -56,7 +57,13 @@ void Tracker::allocated(const Event& event, SiteId here) {
     totals_.bytes_alloc += event.bytes_alloc;
     totals_.bytes_req += event.bytes_req;
 
-    const ClassId cls = classes_.intern(here, event.bytes_alloc);
+    const ClassId cls = classes_.intern(
+        here, event.bytes_alloc,
+        event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache);
+    if (cls != kOverflowClass) [[likely]] {
+        if (cls >= class_live_.size()) class_live_.resize(cls + 1);
+        ++class_live_[cls];
+    }
     const std::uint64_t unit = birth_unit(event.ts_ns);
     const std::uint64_t packed = pack_allocation(cls, unit);
     if (ages_indexed()) {
@@ -92,10 +99,11 @@ void Tracker::freed(const Event& event, SiteId here) {
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
     if (class_of(packed) == kOverflowClass) overflow_.erase(event.ptr);
     unindex(class_of(packed), unit_of(packed));
-    credit_free(origin_class, here);
+    credit_free(origin_class, class_of(packed), here);
 }
 
-void Tracker::credit_free(const AllocationClass& origin_class, SiteId here) {
+void Tracker::credit_free(const AllocationClass& origin_class, ClassId origin_id, SiteId here) {
+    if (origin_id != kOverflowClass) --class_live_[origin_id];
     SiteStats& origin = sites_[origin_class.site];
     ++origin.frees;
     origin.bytes_freed += origin_class.bytes_alloc;
@@ -108,7 +116,8 @@ void Tracker::credit_free(const AllocationClass& origin_class, SiteId here) {
     totals_.outstanding_bytes -= origin_class.bytes_alloc;
 }
 
-void Tracker::count_replaced(const AllocationClass& prior) {
+void Tracker::count_replaced(const AllocationClass& prior, ClassId prior_id) {
+    if (prior_id != kOverflowClass) --class_live_[prior_id];
     SiteStats& old = sites_[prior.site];
     ++old.replaced;
     old.replaced_bytes += prior.bytes_alloc;
@@ -139,7 +148,7 @@ bool Tracker::freed_displaced(const Event& event, SiteId here) {
     const auto claimed =
         std::find_if(list.begin(), list.end(), [earliest](const Displaced& d) { return earliest < d.displaced_at_ns; });
     if (claimed == list.end()) return false;
-    credit_free(claimed->cls, here);
+    credit_free(claimed->cls, claimed->class_id, here);
     unindex(claimed->class_id, claimed->birth_unit);
     ++totals_.reordered_frees;
     forget_displaced(it, claimed);
@@ -162,7 +171,7 @@ void Tracker::expire_displaced(std::uint64_t now_ns) {
         const auto entry = std::find_if(it->second.begin(), it->second.end(),
                                         [&due](const Displaced& d) { return d.displaced_at_ns == due.at_ns; });
         if (entry == it->second.end()) continue;
-        count_replaced(entry->cls);
+        count_replaced(entry->cls, entry->class_id);
         unindex(entry->class_id, entry->birth_unit);
         forget_displaced(it, entry);
     }
@@ -176,7 +185,7 @@ std::size_t Tracker::memory_bytes() const {
     const std::size_t side_maps = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
                                   displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
                                   displacements_.size() * sizeof(Displacement);
-    return live_.memory_bytes() + classes_.memory_bytes() + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
+    return live_.memory_bytes() + classes_.memory_bytes() + class_live_.capacity() * sizeof(std::uint64_t) + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
            sizeof(site_cache_) + ages_.memory_bytes();
 }
 
@@ -184,6 +193,7 @@ void Tracker::reset() {
     live_.clear();
     ages_.clear();
     classes_.clear();
+    class_live_.clear();
     overflow_.clear();
     displaced_.clear();
     displaced_entries_ = 0;

@@ -152,6 +152,14 @@ public:
 
     // Distinct (site, bytes_alloc) classes interned so far.
     std::size_t class_count() const { return classes_.size(); }
+    // Calls fn(const AllocationClass&, cache_key, live) for every class: its
+    // slab cache (slab_caches.h) and its outstanding allocations (displaced
+    // ones included; overflow-class ones are in no class). O(classes).
+    template <class Fn>
+    void for_each_class(Fn&& fn) const {
+        for (ClassId id = 0; id < classes_.size(); ++id)
+            fn(classes_[id], classes_.cache_key(id), id < class_live_.size() ? class_live_[id] : 0);
+    }
     // Allocations made after the class table filled up with a class not in it.
     // They are tracked exactly all the same, in a side map (overflow_count()
     // of them are live now); a non-zero figure means memory per allocation is
@@ -177,8 +185,8 @@ private:
     bool freed_displaced(const Event& event, SiteId here);
     void expire_displaced(std::uint64_t now_ns);
     // The accounting of a matched free, and of a missed one.
-    void credit_free(const AllocationClass& origin, SiteId here);
-    void count_replaced(const AllocationClass& prior);
+    void credit_free(const AllocationClass& origin, ClassId origin_id, SiteId here);
+    void count_replaced(const AllocationClass& prior, ClassId prior_id);
     // An allocation stops being outstanding: out of the age index.
     void unindex(ClassId cls, std::uint64_t unit) {
         if (ages_indexed()) ages_.remove(cls, unit);
@@ -191,6 +199,7 @@ private:
     // ptr -> pack_allocation(class, birth unit)
     PointerTable live_;
     ClassTable classes_;
+    std::vector<std::uint64_t> class_live_;  // by ClassId: outstanding allocations of the class
     // ptr -> class, for live entries whose class is kOverflowClass.
     absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
     std::uint64_t class_overflows_ = 0;

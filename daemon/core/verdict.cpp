@@ -43,7 +43,8 @@ std::optional<Verdict> verdict_from_name(std::string_view name) {
     return std::nullopt;
 }
 
-SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules) {
+SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules,
+                         const UntrackedShare* cache_share) {
     SiteJudgement j;
     // The window: the newest samples spanning at most window_ns.
     std::size_t first = history.size();
@@ -80,6 +81,15 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         j.reason = std::to_string(stats.replaced) + " of its " + std::to_string(stats.allocs) +
                    " allocations had their address allocated again with no free seen: its frees escape the "
                    "tracepoints, so its outstanding count overstates what it holds";
+        return j;
+    }
+    if (cache_share && cache_share->estimate > 0) {
+        j.verdict = Verdict::untracked_frees;
+        j.untracked_estimate = cache_share->estimate;
+        j.reason = "its cache " + cache_share->cache + " has " + std::to_string(cache_share->kernel_active) +
+                   " active objects in /proc/slabinfo, but kleakd counts " + std::to_string(cache_share->cache_live) +
+                   " live: frees escape the tracepoints, about " + std::to_string(cache_share->estimate) + " of its " +
+                   std::to_string(stats.outstanding) + " outstanding";
         return j;
     }
     // Samples come on a timer: allow a history 5 % short of the minimum

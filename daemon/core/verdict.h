@@ -13,9 +13,11 @@
 //                    heads, or __GFP_RECLAIMABLE): a cache the kernel shrinks
 //                    under memory pressure, filling as the host works.
 //   untracked-frees  its allocations' addresses come back allocated again
-//                    with no free seen: frees the tracepoints do not show
-//                    (the maple tree's bulk and RCU paths). Its outstanding
-//                    count overstates what it holds; never a leak.
+//                    with no free seen, or its slab cache has fewer active
+//                    objects in /proc/slabinfo than kleakd counts live
+//                    (cache_reconciliation.h): frees the tracepoints do not
+//                    show (the maple tree's bulk and RCU paths). Its
+//                    outstanding count overstates what it holds; never a leak.
 //   young            less history than min_history: not judged yet.
 #pragma once
 
@@ -25,6 +27,7 @@
 #include <string>
 #include <string_view>
 
+#include "cache_reconciliation.h"
 #include "site_history.h"
 #include "tracker.h"
 
@@ -53,10 +56,15 @@ struct SiteJudgement {
     double growth_per_hour = 0;        // Theil-Sen trend of outstanding over the window
     double growth_bytes_per_hour = 0;  // ... of outstanding bytes
     std::uint64_t history_ns = 0;      // span of the history judged
+    // untracked-frees by its cache's excess: of its outstanding, how many are
+    // estimated freed unseen (0 otherwise).
+    std::uint64_t untracked_estimate = 0;
     bool operator==(const SiteJudgement&) const = default;
 };
 
-// Judges a site from its tier-0 history (oldest first) and its counts.
-SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules);
+// Judges a site from its tier-0 history (oldest first), its counts and, when
+// its cache holds fewer objects in the kernel than kleakd counts, its share.
+SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules,
+                         const UntrackedShare* cache_share = nullptr);
 
 }  // namespace kleak::core

@@ -20,8 +20,8 @@
 #include "kernel/kernel_checks.h"
 #include "kernel/startup_error.h"
 #include "kernel/verifier_log.h"
+#include "kleak_abi.h"  // before the skeleton, whose .bss holds a struct it defines
 #include "kleak.skel.h"
-#include "kleak_abi.h"
 
 namespace kleak {
 
@@ -361,6 +361,20 @@ std::vector<std::uint64_t> BpfTracer::read_per_cpu_counter(const bpf_map* map) c
 }
 
 std::vector<std::uint64_t> BpfTracer::read_drops() const { return read_per_cpu_counter(skel_->maps.drops); }
+
+std::optional<core::CacheInfo> BpfTracer::cache_info(std::uint64_t cache) const {
+    if (!skel_ || !skel_->bss) return std::nullopt;
+    std::uint64_t args[1] = {cache};
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = args, .ctx_size_in = sizeof args);
+    if (bpf_prog_test_run_opts(bpf_program__fd(skel_->progs.kleak__cache_info), &opts) != 0) return std::nullopt;
+    const ::kleak_cache_info& info = skel_->bss->cache_info;
+    if (!info.found) return std::nullopt;
+    core::CacheInfo out;
+    out.name.assign(info.name, ::strnlen(info.name, sizeof info.name));
+    out.object_size = info.object_size;
+    out.reclaimable = info.reclaimable != 0;
+    return out;
+}
 
 std::uint64_t BpfTracer::read_recovered() const {
     std::uint64_t total = 0;

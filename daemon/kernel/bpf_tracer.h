@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/slab_caches.h"
 #include "kernel/attach_mode.h"
 #include "kernel/unique_fd.h"
 
@@ -133,6 +134,11 @@ public:
     // counted), and CPUs flush_batches() passed over because their flag read 0.
     std::uint64_t flushed_cpus() const { return flushed_cpus_; }
     std::uint64_t skipped_cpus() const { return skipped_cpus_; }
+
+    // What the kernel says about the slab cache at `cache`, a kmem_cache
+    // address from a record (kleak__cache_info, one BPF_PROG_TEST_RUN, a few
+    // us): nullopt when it cannot be read. Works after detach() too.
+    std::optional<core::CacheInfo> cache_info(std::uint64_t cache) const;
 
     // Stops new records; the rings stay readable so the tail can be drained.
     void detach();

@@ -5,7 +5,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 
 namespace kleak {
 
@@ -35,6 +38,17 @@ std::uint64_t monotonic_now_ns() {
 unsigned possible_cpus() {
     const int n = libbpf_num_possible_cpus();
     return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+std::optional<std::string> read_slabinfo(std::string& error) {
+    std::ifstream in("/proc/slabinfo");
+    if (!in) {
+        error = std::string("cannot read /proc/slabinfo: ") + std::strerror(errno);
+        return std::nullopt;
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return std::move(text).str();
 }
 
 }  // namespace kleak

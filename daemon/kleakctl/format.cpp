@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/report.h"
 #include "proto/protocol.h"
 
@@ -18,6 +20,12 @@ std::string human_age(std::uint64_t ns) {
     if (s < 3600) return fmt::format("{:.1f}m", s / 60);
     if (s < 86400) return fmt::format("{:.1f}h", s / 3600);
     return fmt::format("{:.1f}d", s / 86400);
+}
+
+// "alloc_pipe_info+0xd7 [kmalloc-cg-192]" when the row names its cache.
+std::string site_with_cache(const nlohmann::json& row) {
+    const std::string cache = row.value("cache", "");
+    return row.at("site").get<std::string>() + (cache.empty() ? "" : " [" + cache + "]");
 }
 
 }  // namespace
@@ -39,7 +47,7 @@ std::string format_leaks(const nlohmann::json& result) {
             "{:>12} {:>14} {:>10} {:>10} {:>9}{}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
             u64(s, "allocs"), u64(s, "frees"), u64(s, "replaced"),
             ages && s.contains("oldest_age_ns") ? fmt::format(" {:>8}", human_age(u64(s, "oldest_age_ns"))) : "",
-            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", s.at("site").get<std::string>());
+            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", site_with_cache(s));
     }
     if (sites.empty()) out += "  (none)\n";
     return out;
@@ -129,10 +137,40 @@ std::string format_suspects(const nlohmann::json& r) {
                            s.at("verdict").get<std::string>(), u64(s, "outstanding"), u64(s, "outstanding_bytes"),
                            s.at("growth_per_hour").get<double>(), s.at("growth_bytes_per_hour").get<double>(),
                            human_age(u64(s, "age_p50_ns")), human_age(u64(s, "age_p90_ns")),
-                           human_age(u64(s, "oldest_age_ns")), s.at("site").get<std::string>());
+                           human_age(u64(s, "oldest_age_ns")), site_with_cache(s));
         for (const auto& reason : s.at("reasons")) out += fmt::format("{:<15} {}\n", "", reason.get<std::string>());
     }
     if (rows.empty()) out += "  (no call site has anything outstanding)\n";
+    return out;
+}
+
+std::string format_caches(const nlohmann::json& r) {
+    const auto& rows = r.at("caches");
+    std::string out = fmt::format("{} slab caches hold kleakd's live allocations; {} of them have fewer active objects "
+                                  "in /proc/slabinfo than kleakd counts (frees it cannot see){}:\n",
+                                  u64(r, "caches_total"), u64(r, "caches_with_excess"),
+                                  r.at("slabinfo").get<bool>() ? "" : " (/proc/slabinfo unreadable: kleakd's side only)");
+    out += fmt::format("{:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>9} {:>5}\n", "cache", "live", "live bytes",
+                       "kernel", "kernel all", "coverage", "excess", "sites");
+    const auto number_or_dash = [](const nlohmann::json& v) {
+        return v.is_null() ? std::string("-") : std::to_string(v.get<std::uint64_t>());
+    };
+    for (const auto& c : rows) {
+        const auto& coverage = c.at("coverage");
+        std::string note;
+        if (u64(c, "excess") > 0) note = "  untracked frees";
+        else if (c.at("reclaimable").get<bool>()) note = "  reclaimable";
+        out += fmt::format("{:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>9} {:>5}{}\n", c.at("cache").get<std::string>(),
+                           u64(c, "live"), u64(c, "live_bytes"), number_or_dash(c.at("kernel_active")),
+                           number_or_dash(c.at("kernel_total")),
+                           coverage.is_null() ? std::string("-") : fmt::format("{:.2f}", coverage.get<double>()),
+                           u64(c, "excess"), u64(c, "sites"), note);
+    }
+    if (rows.empty()) out += "  (no live allocations in a known cache)\n";
+    const bool pooled = std::any_of(rows.begin(), rows.end(), [](const auto& c) { return c.contains("kernel_pool_active"); });
+    if (pooled)
+        out += "kmalloc-N rows: coverage and excess count every kmalloc cache of size N together (all types, and "
+               "kmem_buckets such as msg_msg-N), as a kmalloc's size and flags do not say which one it went to\n";
     return out;
 }
 

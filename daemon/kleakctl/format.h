@@ -10,6 +10,7 @@ std::string format_leaks(const nlohmann::json& result);
 std::string format_stats(const nlohmann::json& result);
 std::string format_suspects(const nlohmann::json& result);
 std::string format_history(const nlohmann::json& result);
+std::string format_caches(const nlohmann::json& result);
 std::string format_report(const nlohmann::json& result, std::size_t top);
 std::string format_version(const nlohmann::json& result, const char* client_version);
 

@@ -123,11 +123,11 @@ missing=""
 for f in /usr/sbin/kleakd /usr/bin/kleakctl /lib/systemd/system/kleakd.service /lib/systemd/system/kleakd.socket \
     /usr/lib/sysusers.d/kleakd.conf /etc/kleakd/kleakd.conf /usr/share/man/man8/kleakd.8.gz \
     /usr/share/man/man1/kleakctl.1.gz /usr/share/man/man5/kleakd.conf.5.gz /usr/share/doc/kleakd/README.md \
-    /usr/share/doc/kleakd/copyright /usr/share/doc/kleakd/changelog.gz; do
+    /usr/share/doc/kleakd/docs/ARCHITECTURE.md /usr/share/doc/kleakd/copyright /usr/share/doc/kleakd/changelog.gz; do
     grep -qxF "$f" <<<"$contents" || missing+="$f "
 done
 if [ -z "$missing" ]; then
-    pass "the .deb holds kleakd, kleakctl, both units, the sysusers.d file, the config, 3 man pages, README.md, copyright, changelog"
+    pass "the .deb holds kleakd, kleakctl, both units, the sysusers.d file, the config, 3 man pages, README.md, docs/ARCHITECTURE.md, copyright, changelog"
 else
     fail "missing from the .deb: $missing"
     dpkg-deb -c "$DEB" | indent

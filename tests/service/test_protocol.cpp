@@ -27,8 +27,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array kAllOps{Op::version, Op::stats,  Op::leaks,    Op::report, Op::snapshot,
-                             Op::reset,   Op::printk, Op::suspects, Op::history};
+constexpr std::array kAllOps{Op::version, Op::stats,  Op::leaks,    Op::report,  Op::snapshot,
+                             Op::reset,   Op::printk, Op::suspects, Op::history, Op::caches};
 constexpr std::array kAllErrorCodes{ErrorCode::parse_error,         ErrorCode::bad_request, ErrorCode::unknown_op,
                                     ErrorCode::unsupported_version, ErrorCode::too_large,   ErrorCode::internal,
                                     ErrorCode::not_permitted,       ErrorCode::lagged,      ErrorCode::not_found};
@@ -125,6 +125,8 @@ std::vector<RequestGolden> request_goldens() {
           .printk = {},
           .suspects = {},
           .history = {.site = "alloc_pipe_info+0xd7", .resolution = 1}}},
+        {"request_caches.jsonl",
+         {.id = 12, .op = Op::caches, .leaks = {}, .printk = {}, .suspects = {}, .history = {}, .caches = {.top = 10}}},
     };
 }
 
@@ -167,7 +169,9 @@ json sample_leaks() {
               {"allocs", 4100},
               {"frees", 2986},
               {"replaced", 194},
-              {"oldest_age_ns", 91'000'000'000ULL}},
+              {"oldest_age_ns", 91'000'000'000ULL},
+              {"verdict", "untracked-frees"},
+              {"cache", "maple_node"}},
              {{"site", "alloc_pipe_info+0xd7"},
               {"function", "alloc_pipe_info"},
               {"outstanding", 100},
@@ -175,7 +179,9 @@ json sample_leaks() {
               {"allocs", 100},
               {"frees", 0},
               {"replaced", 0},
-              {"oldest_age_ns", 62'500'000'000ULL}},
+              {"oldest_age_ns", 62'500'000'000ULL},
+              {"verdict", "growing"},
+              {"cache", "kmalloc-cg-1k"}},
          }},
     };
 }
@@ -239,6 +245,8 @@ json sample_stats() {
         {"clients", 1},
         {"suggested_buffer_size", 33554432},
         {"queries", {{"requests", 12}, {"errors", 1}, {"refused", 0}, {"dropped_slow", 0}}},
+        {"caches",
+         {{"named", 41}, {"unnamed", 0}, {"slabinfo_reads", 360}, {"slabinfo_errors", 0}, {"last_error", ""}}},
     };
 }
 
@@ -292,7 +300,8 @@ json sample_judgement(const char* verdict, const char* reason, double growth, do
 
 json sample_suspects() {
     json row = {{"site", "alloc_pipe_info+0xd7"},     {"function", "alloc_pipe_info"},
-                {"outstanding", 1800},                {"outstanding_bytes", 1843200},
+                {"cache", "kmalloc-cg-1k"},           {"outstanding", 1800},
+                {"outstanding_bytes", 1843200},
                 {"age_p50_ns", 450'000'000'000ULL},   {"age_p90_ns", 810'000'000'000ULL},
                 {"oldest_age_ns", 900'000'000'000ULL}};
     row.update(sample_judgement("growing",
@@ -324,13 +333,40 @@ json sample_history() {
     return h;
 }
 
+// As PROTOCOL.md shows it: the maple tree's nodes, whose bulk and RCU frees
+// kleakd does not see, and a cache it sees whole.
+json sample_caches() {
+    return {{"slabinfo", true},
+            {"caches_total", 37},
+            {"caches_with_excess", 1},
+            {"caches",
+             {{{"cache", "maple_node"},
+               {"live", 1002},
+               {"live_bytes", 256512},
+               {"kernel_active", 667},
+               {"kernel_total", 1072},
+               {"coverage", 1.5},
+               {"excess", 335},
+               {"reclaimable", false},
+               {"sites", 8}},
+              {{"cache", "kmalloc-large"},
+               {"live", 3},
+               {"live_bytes", 49152},
+               {"kernel_active", nullptr},
+               {"kernel_total", nullptr},
+               {"coverage", nullptr},
+               {"excess", 0},
+               {"reclaimable", false},
+               {"sites", 2}}}}};
+}
+
 std::vector<ResultGolden> result_goldens() {
     return {
         {"result_version.jsonl", 1, sample_version()},   {"result_stats.jsonl", 2, sample_stats()},
         {"result_leaks.jsonl", 7, sample_leaks()},       {"result_report.jsonl", 3, sample_report()},
         {"result_snapshot.jsonl", 4, sample_snapshot()}, {"result_reset.jsonl", 5, {{"reset", true}}},
         {"result_printk.jsonl", 9, sample_printk()},     {"result_suspects.jsonl", 10, sample_suspects()},
-        {"result_history.jsonl", 11, sample_history()},
+        {"result_history.jsonl", 11, sample_history()},   {"result_caches.jsonl", 12, sample_caches()},
     };
 }
 
@@ -545,7 +581,7 @@ TEST(ProtocolDecode, UnknownOpListsTheKnownOpsAndEchoesTheId) {
     EXPECT_EQ(decoded.error->code, ErrorCode::unknown_op);
     EXPECT_EQ(decoded.error->message,
               "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset, printk, suspects, "
-              "history");
+              "history, caches");
     EXPECT_EQ(decoded.id, 12u);
 }
 
@@ -567,6 +603,57 @@ TEST(ProtocolDecode, SuspectsAndHistoryArgsAreCheckedByName) {
               "unknown arg \"args.tier\"; op \"history\" takes site, resolution");
 }
 
+TEST(ProtocolDecode, CachesTakesTopFromZeroMeaningAll) {
+    // Absent or empty args: every cache.
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches"})").caches, CachesArgs{});
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches"})").caches.top, 0u);
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches","args":{}})").caches.top, 0u);
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches","args":{"top":0}})").caches.top, 0u);
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches","args":{"top":1}})").caches.top, 1u);
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"caches","args":{"top":100000}})").caches.top, 100000u);
+    // Other ops' args stay at their defaults.
+    const Request r = decode_ok(R"({"v":1,"id":1,"op":"caches","args":{"top":7}})");
+    EXPECT_EQ(r.op, Op::caches);
+    EXPECT_EQ(r.leaks, LeaksArgs{});
+    EXPECT_EQ(r.suspects, SuspectsArgs{});
+}
+
+TEST(ProtocolDecode, CachesTopOutOfRangeOrMistypedIsABadRequestNamingIt) {
+    for (const std::string_view top : {"100001", "-1", "1.5", "\"5\"", "true", "null", "[]", "18446744073709551616"}) {
+        SCOPED_TRACE(top);
+        const Error error = decode_error(R"({"v":1,"id":1,"op":"caches","args":{"top":)" + std::string(top) + "}}");
+        EXPECT_EQ(error.code, ErrorCode::bad_request);
+        EXPECT_TRUE(error.message.starts_with("\"args.top\" must be an integer in 0..100000 (0: all), got "))
+            << error.message;
+    }
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"caches","args":{"top":100001}})").message,
+              "\"args.top\" must be an integer in 0..100000 (0: all), got 100001");
+}
+
+TEST(ProtocolDecode, CachesUnknownArgIsABadRequestNamingIt) {
+    const Error error = decode_error(R"({"v":1,"id":4,"op":"caches","args":{"sort":"live"}})");
+    EXPECT_EQ(error.code, ErrorCode::bad_request);
+    EXPECT_EQ(error.message, "unknown arg \"args.sort\"; op \"caches\" takes top");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":4,"op":"caches","args":{"top":5,"min_age":"1s"}})").message,
+              "unknown arg \"args.min_age\"; op \"caches\" takes top");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":4,"op":"caches","args":5})").code, ErrorCode::bad_request);
+}
+
+TEST(ProtocolEncode, CachesRequestsAlwaysCarryTheirTop) {
+    for (const std::uint32_t top : {0u, 1u, 100000u}) {
+        const Request request{.id = 3,
+                              .op = Op::caches,
+                              .leaks = {},
+                              .printk = {},
+                              .suspects = {},
+                              .history = {},
+                              .caches = {.top = top}};
+        const std::string line = encode_request(request);
+        EXPECT_EQ(line, "{\"v\":1,\"id\":3,\"op\":\"caches\",\"args\":{\"top\":" + std::to_string(top) + "}}\n");
+        EXPECT_EQ(decode_ok(line.substr(0, line.size() - 1)), request);
+    }
+}
+
 TEST(ProtocolDecode, EchoedValuesInMessagesAreBounded) {
     const std::string huge_op(10000, 'x');
     const Error error = decode_error(R"({"v":1,"id":1,"op":")" + huge_op + "\"}");
@@ -585,7 +672,8 @@ TEST(ProtocolDecode, EveryNoArgOpDecodesWithoutArgsOrWithEmptyArgs) {
 
 TEST(ProtocolDecode, ArgsOnAnOpWithoutArgsAreABadRequest) {
     for (const Op op : kAllOps) {
-        if (op == Op::leaks || op == Op::printk || op == Op::suspects || op == Op::history) continue;
+        if (op == Op::leaks || op == Op::printk || op == Op::suspects || op == Op::history || op == Op::caches)
+            continue;
         const std::string name(op_name(op));
         const Error error = decode_error(R"({"v":1,"id":1,"op":")" + name + R"(","args":{"top":5}})");
         EXPECT_EQ(error.code, ErrorCode::bad_request);

@@ -43,6 +43,80 @@ TEST(DecodeRecord, CacheAllocAllFields) {
     EXPECT_EQ(event_fields(got), event_fields(expected));
 }
 
+// ABI 3: kmem_cache_alloc on 6.1+ names its cache: 56 bytes, an allocation
+// record and the `struct kmem_cache *`, decoded as a cache_alloc.
+constexpr std::uint64_t kCache = 0xffff888100001000;
+
+TEST(DecodeRecord, CacheAllocFromAllFieldsAndItsCache) {
+    const Event sent = alloc_event({.ts = 77, .ptr = kPtr, .site = kSite, .req = 232, .alloc = 256,
+                                    .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 9, .tid = 10,
+                                    .cache = kCache});
+    const std::vector<std::byte> bytes = encode_event(sent);
+    ASSERT_EQ(bytes.size(), 56u);
+    ASSERT_EQ(sizeof(kleak_cache_alloc_record), 56u);
+    kleak_record_header hdr;
+    std::memcpy(&hdr, bytes.data(), sizeof hdr);
+    ASSERT_EQ(hdr.kind, KLEAK_CACHE_ALLOC_FROM);
+    ASSERT_EQ(KLEAK_CACHE_ALLOC_FROM, 7);
+    // The cache is the last 8 bytes.
+    std::uint64_t tail = 0;
+    std::memcpy(&tail, bytes.data() + 48, sizeof tail);
+    EXPECT_EQ(tail, kCache);
+
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(bytes, 6, got), DecodeStatus::ok);
+    Event expected = sent;
+    expected.cpu = 6;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+    EXPECT_EQ(got.kind, EventKind::cache_alloc);
+    EXPECT_EQ(got.cache, kCache);
+}
+
+TEST(DecodeRecord, EveryOtherKindLeavesNoCacheBehind) {
+    // A decode into a reused Event: only a KLEAK_CACHE_ALLOC_FROM sets `cache`.
+    const std::vector<std::vector<std::byte>> records = {
+        encode_event(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8})),
+        encode_event(alloc_event({.ts = 2, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8,
+                                  .kind = EventKind::cache_alloc})),
+        encode_event(free_event({.ts = 3, .ptr = kPtr, .site = kSite})),
+        encode_event(free_event({.ts = 4, .ptr = kPtr, .site = kSite, .kind = EventKind::cache_free})),
+        test::time_mark_record(5),
+        test::printk_record({.ts = 6, .text = "x"}),
+    };
+    for (const auto& record : records) {
+        Event got = stale_event();
+        ASSERT_EQ(decode_record(record, 0, got), DecodeStatus::ok);
+        EXPECT_EQ(got.cache, 0u) << "kind " << static_cast<int>(got.kind);
+    }
+}
+
+TEST(DecodeRecord, TooShortCacheAllocFrom) {
+    const std::vector<std::byte> full = encode_event(alloc_event(
+        {.ts = 1, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8, .kind = EventKind::cache_alloc, .cache = kCache}));
+    ASSERT_EQ(full.size(), 56u);
+    Event got;
+    // Every cut short of 56 bytes, an ABI 2 allocation's 48 among them.
+    for (std::size_t len = 0; len < full.size(); ++len)
+        EXPECT_EQ(decode_record(std::span(full).first(len), 0, got), DecodeStatus::too_short) << len << " bytes";
+    EXPECT_EQ(decode_record(full, 0, got), DecodeStatus::ok);
+}
+
+TEST(DecodeRecord, CacheAllocFromUnaligned) {
+    const Event sent = alloc_event({.ts = 0x0102030405060708, .ptr = kPtr, .site = kSite, .req = 33, .alloc = 64,
+                                    .kind = EventKind::cache_alloc, .gfp = 0x10, .tgid = 3, .tid = 4,
+                                    .cache = 0xffff888123456789});
+    const std::vector<std::byte> bytes = encode_event(sent);
+    for (std::size_t offset : {1u, 3u, 5u, 7u}) {
+        alignas(16) std::array<std::byte, 128> storage{};
+        std::memcpy(storage.data() + offset, bytes.data(), bytes.size());
+        Event got = stale_event();
+        ASSERT_EQ(decode_record(std::span(storage).subspan(offset, bytes.size()), 1, got), DecodeStatus::ok);
+        Event expected = sent;
+        expected.cpu = 1;
+        EXPECT_EQ(event_fields(got), event_fields(expected)) << "offset " << offset;
+    }
+}
+
 TEST(DecodeRecord, KfreeClearsAllocationOnlyFields) {
     const Event sent = free_event({.ts = 99, .ptr = kPtr, .site = kSite, .kind = EventKind::kfree, .tgid = 77});
     Event got = stale_event();
@@ -136,8 +210,9 @@ TEST(DecodeRecord, TooShortFreeBody) {
 }
 
 TEST(DecodeRecord, UnknownKind) {
-    // 6 is KLEAK_TIME_MARK since ABI 2; 7 is the first number no kind uses.
-    for (std::uint16_t kind : {0, 7, 0x100, 0xffff}) {
+    // 6 is KLEAK_TIME_MARK since ABI 2, 7 KLEAK_CACHE_ALLOC_FROM since ABI 3;
+    // 8 is the first number no kind uses.
+    for (std::uint16_t kind : {0, 8, 0x100, 0xffff}) {
         kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
         rec.hdr.kind = kind;
         Event got;

@@ -42,6 +42,10 @@ std::vector<std::vector<std::byte>> sample_records() {
         encode_event(free_event({.ts = 77, .ptr = 0xffff888012345678, .site = 9, .kind = EventKind::kfree,
                                  .flags = KLEAK_TS_LOWER_BOUND})),
         test::time_mark_record(0x0102030405060708),
+        // ABI 3: a kmem_cache_alloc that names its cache (56 bytes).
+        encode_event(alloc_event({.ts = 31, .ptr = 0xffff888012345678, .site = 0xffffffff81234567, .req = 232,
+                                  .alloc = 256, .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 5,
+                                  .tid = 6, .cache = 0xffff888100001000})),
     };
 }
 
@@ -64,6 +68,42 @@ TEST(FastDecode, SameAsDecodeRecordForLongerFramesAndEveryKindNumber) {
     for (std::uint16_t kind = 0; kind < 300; ++kind) {
         std::memcpy(bytes.data() + offsetof(kleak_record_header, kind), &kind, sizeof kind);
         expect_same_decode(bytes, 0, "kind number");
+    }
+    // The same in a 56-byte record, long enough for every fixed-size kind.
+    std::vector<std::byte> longest = sample_records()[7];
+    for (std::uint16_t kind = 0; kind < 300; ++kind) {
+        std::memcpy(longest.data() + offsetof(kleak_record_header, kind), &kind, sizeof kind);
+        expect_same_decode(longest, 0, "kind number, 56 bytes");
+    }
+}
+
+TEST(FastDecode, CacheAllocFromCarriesItsCacheLikeTheReference) {
+    const auto record = sample_records()[7];
+    ASSERT_EQ(record.size(), sizeof(kleak_cache_alloc_record));
+    Event got = stale_event();
+    ASSERT_EQ(decode_record_fast(record, 4, got), DecodeStatus::ok);
+    EXPECT_EQ(got.kind, EventKind::cache_alloc);
+    EXPECT_EQ(got.cache, 0xffff888100001000u);
+    EXPECT_EQ(got.bytes_req, 232u);
+    EXPECT_EQ(got.bytes_alloc, 256u);
+    EXPECT_EQ(got.gfp_flags, 0x400cc0u);
+    EXPECT_EQ(got.tid, 6u);
+    EXPECT_EQ(got.cpu, 4u);
+    // One byte short of its cache: too short, as an ABI 2 allocation's length is too.
+    EXPECT_EQ(decode_record_fast(std::span(record).first(record.size() - 1), 4, got), DecodeStatus::too_short);
+    EXPECT_EQ(decode_record_fast(std::span(record).first(sizeof(kleak_alloc_record)), 4, got),
+              DecodeStatus::too_short);
+}
+
+TEST(FastDecode, AllocationsWithoutACacheClearAStaleOne) {
+    // The fast path reuses Events: a kmalloc or ABI 2 cache_alloc after a
+    // KLEAK_CACHE_ALLOC_FROM must not keep its cache.
+    for (const std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+        Event got = stale_event();
+        ASSERT_EQ(decode_record_fast(sample_records()[7], 0, got), DecodeStatus::ok);
+        ASSERT_NE(got.cache, 0u);
+        ASSERT_EQ(decode_record_fast(sample_records()[i], 0, got), DecodeStatus::ok);
+        EXPECT_EQ(got.cache, 0u) << "record " << i;
     }
 }
 

@@ -64,6 +64,7 @@ struct AllocSpec {
     std::uint32_t gfp = 0;
     std::uint32_t tgid = 0;
     std::uint32_t tid = 0;
+    std::uint64_t cache = 0;  // cache_alloc: its kmem_cache (encoded as KLEAK_CACHE_ALLOC_FROM when set)
 };
 
 struct FreeSpec {
@@ -91,6 +92,7 @@ inline Event alloc_event(const AllocSpec& s) {
     e.tgid = s.tgid;
     e.tid = s.tid;
     e.kind = s.kind;
+    e.cache = s.cache;
     return e;
 }
 
@@ -101,6 +103,7 @@ inline Event stale_event() {
     e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = 0xdeadbeef;
     e.kind = EventKind::cache_alloc;
     e.cpu = 0xdead;
+    e.cache = 0xdeadbeefdeadbeef;
     return e;
 }
 
@@ -140,6 +143,16 @@ inline kleak_alloc_record alloc_record(const Event& e) {
     return rec;
 }
 
+// A KLEAK_CACHE_ALLOC_FROM record (ABI 3, kernels 6.1+): an allocation
+// record and the `struct kmem_cache *` it came from, 56 bytes.
+inline kleak_cache_alloc_record cache_alloc_from_record(const Event& e) {
+    kleak_cache_alloc_record rec{};
+    rec.alloc = alloc_record(e);
+    rec.alloc.hdr.kind = KLEAK_CACHE_ALLOC_FROM;
+    rec.cache = e.cache;
+    return rec;
+}
+
 // A free's window (bytes_req) is worked out by the reader, never written.
 inline kleak_free_record free_record(const Event& e) {
     kleak_free_record rec{};
@@ -153,8 +166,10 @@ inline kleak_free_record free_record(const Event& e) {
 }
 
 // The bytes the BPF program would have put in the ring for `e` (its cpu is
-// implied by which ring it goes to, so it is not encoded).
+// implied by which ring it goes to, so it is not encoded). A cache_alloc
+// that names its cache is a KLEAK_CACHE_ALLOC_FROM record.
 inline std::vector<std::byte> encode_event(const Event& e) {
+    if (e.kind == EventKind::cache_alloc && e.cache != 0) return record_bytes(cache_alloc_from_record(e));
     return core::is_alloc(e.kind) ? record_bytes(alloc_record(e)) : record_bytes(free_record(e));
 }
 
@@ -195,7 +210,7 @@ inline std::vector<std::byte> printk_record(const PrintkSpec& s) {
 // Every field of an Event, for exact comparisons with readable failures.
 inline auto event_fields(const Event& e) {
     return std::make_tuple(e.ts_ns, e.cpu, static_cast<int>(e.kind), e.ptr, e.call_site, e.bytes_req, e.bytes_alloc,
-                           e.gfp_flags, e.tgid, e.tid);
+                           e.gfp_flags, e.tgid, e.tid, e.cache);
 }
 
 // --- tracker aggregates -----------------------------------------------------------

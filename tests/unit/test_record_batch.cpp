@@ -30,6 +30,11 @@ Bytes cache_alloc_bytes(std::uint64_t ts) {
     return encode_event(
         alloc_event({.ts = ts, .ptr = kPtr + ts, .site = kSite, .req = 64, .alloc = 64, .kind = EventKind::cache_alloc}));
 }
+// ABI 3: a kmem_cache_alloc naming its cache, 56 bytes.
+Bytes cache_alloc_from_bytes(std::uint64_t ts) {
+    return encode_event(alloc_event({.ts = ts, .ptr = kPtr + ts, .site = kSite, .req = 232, .alloc = 256,
+                                     .kind = EventKind::cache_alloc, .cache = 0xffff888100001000}));
+}
 Bytes kfree_bytes(std::uint64_t ts) { return encode_event(free_event({.ts = ts, .ptr = kPtr + ts, .site = kSite})); }
 Bytes cache_free_bytes(std::uint64_t ts) {
     return encode_event(free_event({.ts = ts, .ptr = kPtr + ts, .site = kSite, .kind = EventKind::cache_free}));
@@ -69,9 +74,9 @@ std::vector<std::uint64_t> decoded_ts(const std::vector<Bytes>& records) {
 // --- one record per sample: what BPF writes today -------------------------
 
 TEST(RecordBatch, EachKindAloneIsOneWholeRecord) {
-    for (const Bytes& sample : {kmalloc_bytes(1), cache_alloc_bytes(2), kfree_bytes(3), cache_free_bytes(4),
-                                printk_record({.ts = 5, .text = "hello"}), printk_record({.ts = 6, .text = "12345678"}),
-                                printk_record({.ts = 7, .text = ""})}) {
+    for (const Bytes& sample : {kmalloc_bytes(1), cache_alloc_bytes(2), cache_alloc_from_bytes(8), kfree_bytes(3),
+                                cache_free_bytes(4), printk_record({.ts = 5, .text = "hello"}),
+                                printk_record({.ts = 6, .text = "12345678"}), printk_record({.ts = 7, .text = ""})}) {
         const auto records = split(sample);
         ASSERT_EQ(records.size(), 1u);
         EXPECT_EQ(records[0], sample);
@@ -81,6 +86,7 @@ TEST(RecordBatch, EachKindAloneIsOneWholeRecord) {
 TEST(RecordBatch, SizesFollowTheKind) {
     EXPECT_EQ(next_record_size(kmalloc_bytes(1)), 48u);
     EXPECT_EQ(next_record_size(cache_alloc_bytes(1)), 48u);
+    EXPECT_EQ(next_record_size(cache_alloc_from_bytes(1)), 56u);
     EXPECT_EQ(next_record_size(kfree_bytes(1)), 32u);
     EXPECT_EQ(next_record_size(cache_free_bytes(1)), 32u);
     EXPECT_EQ(next_record_size(printk_record({.ts = 1, .text = "abc"})), 27u);  // lone: unpadded
@@ -107,6 +113,46 @@ TEST(RecordBatch, MixedBatchSplitsInOrder) {
     ASSERT_EQ(records.size(), 6u);
     EXPECT_EQ(decoded_ts(records), (std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6}));
     EXPECT_EQ(records[4].size(), 32u);  // 24 + 3, padded to 8
+}
+
+TEST(RecordBatch, CacheAllocFromIsSizedFiftySixWhenAllOfItIsThere) {
+    const Bytes record = cache_alloc_from_bytes(1);
+    ASSERT_EQ(record.size(), 56u);
+    EXPECT_EQ(record_size_at(record, 56), 56u);
+    EXPECT_EQ(record_size_at(record, 200), 56u);  // more of the sample follows
+    // Fewer bytes left than it needs, an ABI 2 allocation's 48 among them: unsizable.
+    EXPECT_EQ(record_size_at(record, 55), 0u);
+    EXPECT_EQ(record_size_at(record, 48), 0u);
+    // The header alone tells the size.
+    EXPECT_EQ(record_size_at(std::span(record).first(kRecordSizeProbeBytes), 56), 56u);
+}
+
+TEST(RecordBatch, BatchWithCacheAllocFromRecordsSplitsInOrder) {
+    // What an ABI 3 batch holds on 6.1+: 48-, 56- and 32-byte records mixed.
+    const Bytes batch = concat({kmalloc_bytes(1), cache_alloc_from_bytes(2), kfree_bytes(3), cache_alloc_from_bytes(4),
+                                cache_free_bytes(5), padded(printk_record({.ts = 6, .text = "odd"})),
+                                cache_alloc_from_bytes(7), test::time_mark_record(8)});
+    const auto records = split(batch);
+    ASSERT_EQ(records.size(), 8u);
+    EXPECT_EQ(decoded_ts(records), (std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+    EXPECT_EQ(records[1], cache_alloc_from_bytes(2));
+    EXPECT_EQ(records[6], cache_alloc_from_bytes(7));
+    Event e;
+    ASSERT_EQ(decode_record(records[3], 0, e), DecodeStatus::ok);
+    EXPECT_EQ(e.kind, EventKind::cache_alloc);
+    EXPECT_EQ(e.cache, 0xffff888100001000u);
+    EXPECT_FALSE(is_time_mark(records[1]));
+}
+
+TEST(RecordBatch, TruncatedCacheAllocFromTailIsHandedOnUndecodable) {
+    // Cut where an ABI 2 allocation would end: the rest is one undecodable record.
+    const Bytes record = cache_alloc_from_bytes(2);
+    const Bytes cut(record.begin(), record.begin() + 48);
+    const auto records = split(concat({kfree_bytes(1), cut}));
+    ASSERT_EQ(records.size(), 2u);
+    EXPECT_EQ(records[1], cut);
+    Event e;
+    EXPECT_EQ(decode_record(records[1], 0, e), DecodeStatus::too_short);
 }
 
 // A free that read no clock: its header carries KLEAK_TS_LOWER_BOUND.
@@ -257,9 +303,11 @@ std::vector<Bytes> split_wrapped(const Bytes& sample, std::size_t cut, std::size
 
 TEST(RecordBatchWrapped, EveryCutGivesTheSameRecordsAsContiguous) {
     const Bytes batch = concat({kmalloc_bytes(1), padded(printk_record({.ts = 2, .text = "wrap me around"})),
-                                kfree_bytes(3), cache_alloc_bytes(4), printk_record({.ts = 5, .text = "end"})});
+                                kfree_bytes(3), cache_alloc_bytes(4), cache_alloc_from_bytes(5),
+                                printk_record({.ts = 6, .text = "end"})});
     const auto whole = split(batch);
-    ASSERT_EQ(whole.size(), 5u);
+    ASSERT_EQ(whole.size(), 6u);
+    EXPECT_EQ(whole[4], cache_alloc_from_bytes(5));
     for (std::size_t cut = 0; cut <= batch.size(); ++cut) {
         std::size_t copied = 0;
         EXPECT_EQ(split_wrapped(batch, cut, &copied), whole) << "cut at " << cut;

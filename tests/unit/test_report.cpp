@@ -248,7 +248,7 @@ TEST(Report, NoDropsNoWarning) {
 }
 
 TEST(MakeLosses, AdviceSizedForTheLargestRecordWithItsRingHeader) {
-    // 3 drops * (48-byte alloc record + 8-byte ring header) on top of an 8M
+    // 3 drops * (56-byte kmem_cache_alloc record + 8-byte ring header) on top of an 8M
     // backlog, doubled: 32M.
     const Losses losses = make_losses({0, 3}, 2, 1, 8u << 20, 8u << 20);
     EXPECT_EQ(losses.dropped_per_cpu, (std::vector<std::uint64_t>{0, 3}));
@@ -258,8 +258,8 @@ TEST(MakeLosses, AdviceSizedForTheLargestRecordWithItsRingHeader) {
     EXPECT_EQ(losses.buffer_size, 8u << 20);
     EXPECT_EQ(losses.suggested_buffer_size, 32u << 20);
 
-    // 4K ring, 1000 drops: 4096 + 56000 = 60096, doubled 120192 -> 128K.
-    EXPECT_EQ(make_losses({1000}, 0, 0, 4096, 0).suggested_buffer_size, 128u << 10);
+    // 4K ring, 1000 drops: 4096 + 64000 = 68096, doubled 136192 -> 256K.
+    EXPECT_EQ(make_losses({1000}, 0, 0, 4096, 0).suggested_buffer_size, 256u << 10);
 }
 
 TEST(MakeLosses, NoDropsNoAdvice) {
