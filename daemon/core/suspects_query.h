@@ -52,7 +52,8 @@ std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name,
 // returns the verdicts' summary for the document: samples, growing, rules.
 nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts);
 
-// One site's history at `tier` (0: the sampling period; kHistoryTiers).
+// One site's history at `tier` (0: the sampling period; kHistoryTiers), with
+// "restart_ns" when it holds points an earlier daemon sampled.
 nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,
                                Symbolizer& symbolizer);
 
