@@ -8,11 +8,13 @@
 
 #include <chrono>
 
+#include "app/history_restore.h"
+#include "core/history_section.h"
 #include "core/leaks_query.h"
-#include "core/suspects_query.h"
 #include "core/printk_json.h"
 #include "core/sizes.h"
 #include "core/snapshot.h"
+#include "core/suspects_query.h"
 #include "kernel/host_info.h"
 #include "kernel/kallsyms_file.h"
 #include "kernel/startup_error.h"
@@ -56,6 +58,15 @@ core::VerdictRules verdict_rules(const config::VerdictSettings& v) {
     return rules;
 }
 
+// With the histories the last snapshot carried, when they are this boot's.
+core::SiteVerdicts restored_verdicts(const config::Settings& settings) {
+    core::SiteVerdicts verdicts(
+        static_cast<std::uint64_t>(std::chrono::nanoseconds(settings.verdicts.interval).count()),
+        verdict_rules(settings.verdicts));
+    restore_site_histories(verdicts, settings.snapshots.directory);
+    return verdicts;
+}
+
 // systemd's socket (kleakd.socket), or nullopt when not socket-activated.
 std::optional<UniqueFd> activated_socket() {
     const int n = sd_listen_fds(1);  // 1: unset LISTEN_* so children do not inherit them
@@ -82,10 +93,9 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       printk_log_(settings_.printk.lines),
       sink_(pipeline_),
       symbolizer_(make_kallsyms_symbolizer(command.kallsyms, tracked_call_sites(), drain_while_symbolizing())),
+      verdicts_(restored_verdicts(settings_)),
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
-      verdicts_(static_cast<std::uint64_t>(std::chrono::nanoseconds(settings_.verdicts.interval).count()),
-                verdict_rules(settings_.verdicts)),
       slabs_(session_.tracer()),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
@@ -448,7 +458,19 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
 }
 
 void Daemon::write_snapshot() {
-    const auto error = snapshots_.write(snapshot(), std::chrono::system_clock::now());
+    std::optional<std::string> error;
+    try {
+        const nlohmann::json doc = snapshot();
+        // Files carry every site's history too, for a restarted daemon to
+        // read back (app/history_restore.h); the `snapshot` query leaves it out.
+        const core::HistoryOrigin here{doc.at("boot_id").get<std::string>(),
+                                       doc.at("kernel_release").get<std::string>(), verdicts_.period_ns()};
+        error = snapshots_.write_text(
+            core::snapshot_file_text(doc, core::history_section_text(verdicts_, pipeline_.tracker().sites(), here)),
+            std::chrono::system_clock::now());
+    } catch (const std::exception& e) {  // allocation failure: still tracing, the next snapshot may fit
+        error = std::string("cannot build the snapshot: ") + e.what();
+    }
     if (!error) {
         if (snapshot_failures_ > 0) spdlog::info("snapshots are written again ({} failed before)", snapshot_failures_);
         snapshot_failures_ = 0;

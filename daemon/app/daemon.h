@@ -89,9 +89,12 @@ private:
     std::uint64_t printk_file_failures_ = 0;
     PipelineSink sink_;
     std::unique_ptr<core::CachingSymbolizer> symbolizer_;
+    // Before session_: its histories are read back from the last snapshot
+    // before tracing starts, so the rings do not fill while a large file is
+    // parsed.
+    core::SiteVerdicts verdicts_;
     TracingSession session_;
     service::SnapshotWriter snapshots_;
-    core::SiteVerdicts verdicts_;
     SlabReconciler slabs_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it

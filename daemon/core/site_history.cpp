@@ -16,6 +16,7 @@ std::uint32_t saturate32(std::uint64_t v) {
 }  // namespace
 
 void HistoryRing::push(const HistoryPoint& point) {
+    while (!points_.empty() && point.t_ns >= at(0).t_ns + kMaxHistorySpanNs) drop_oldest();
     newest_ns_ = point.t_ns;
     const Packed packed{static_cast<std::uint32_t>(point.t_ns / kNsPerMs), saturate32(point.outstanding),
                         point.bytes};
@@ -29,6 +30,14 @@ void HistoryRing::push(const HistoryPoint& point) {
     }
     points_[head_] = packed;
     head_ = (head_ + 1) % capacity_;
+}
+
+// Rare (a history adopted across a gap of weeks): a full ring is unrolled
+// so that it fills again from the end.
+void HistoryRing::drop_oldest() {
+    std::rotate(points_.begin(), points_.begin() + head_, points_.end());
+    points_.erase(points_.begin());
+    head_ = 0;
 }
 
 HistoryPoint HistoryRing::at(std::size_t i) const {
@@ -76,6 +85,18 @@ std::vector<HistoryPoint> SiteHistories::series(SiteId site, std::size_t tier) c
 void SiteHistories::series_into(SiteId site, std::size_t tier, std::vector<HistoryPoint>& out) const {
     out.clear();
     if (site < sites_.size() && tier < kHistoryTiers.size()) sites_[site].tiers[tier].points_into(out);
+}
+
+bool SiteHistories::has_history(SiteId site) const {
+    if (site >= sites_.size()) return false;
+    return std::any_of(sites_[site].tiers.begin(), sites_[site].tiers.end(),
+                       [](const HistoryRing& r) { return !r.empty(); });
+}
+
+void SiteHistories::adopt(SiteId site, const HistoryTiers& tiers) {
+    if (sites_.size() <= site) sites_.resize(site + 1);
+    for (std::size_t t = 0; t < tiers.size(); ++t)
+        for (const HistoryPoint& p : tiers[t]) sites_[site].tiers[t].push(p);
 }
 
 std::size_t SiteHistories::memory_bytes() const {

@@ -8,7 +8,8 @@
 // minutes for a day, one every 2 hours for 30 days. A coarser tier keeps the
 // first sample of each of its periods (of each sample, when the interval is
 // longer). At most kMaxHistoryPoints points of 16 bytes a site (11.2 KiB),
-// reached after 30 days; the rings grow as they fill.
+// reached after 30 days; the rings grow as they fill. A restarted daemon
+// adopts the histories its last snapshot carried (history_section.h).
 #pragma once
 
 #include <array>
@@ -41,14 +42,24 @@ inline constexpr std::size_t kMaxHistoryPoints = 91 + 120 + 144 + 360;
 // The longest sampling interval: every tier then spans less than 2^32 ms (a
 // point keeps its time in 32 bits).
 inline constexpr std::uint64_t kMaxHistoryIntervalNs = 600'000'000'000;
+// How far a ring's oldest point may lie before its newest: times are kept
+// modulo 2^32 ms (49.7 days). Sampling alone never reaches it (the coarsest
+// tier spans 30 days); a history adopted across a long gap can.
+inline constexpr std::uint64_t kMaxHistorySpanNs = 49ull * 86400 * 1'000'000'000;
+
+// A site's points at every resolution, oldest first: what a snapshot saves
+// and a restarted daemon adopts.
+using HistoryTiers = std::array<std::vector<HistoryPoint>, kHistoryTiers.size()>;
 
 // One site's series at one resolution: a ring of the newest `capacity`
 // points. A point keeps its time as milliseconds modulo 2^32, read back
 // against the newest point's full time: exact while the ring spans less than
-// 49.7 days (every tier does, the interval at most kMaxHistoryIntervalNs).
+// 49.7 days, which push() keeps (kMaxHistorySpanNs).
 class HistoryRing {
 public:
     explicit HistoryRing(std::uint32_t capacity) : capacity_(capacity) {}
+    // Times must not go back. Drops the points kMaxHistorySpanNs or more
+    // older than `point`.
     void push(const HistoryPoint& point);
     std::size_t size() const { return points_.size(); }
     bool empty() const { return points_.empty(); }
@@ -57,6 +68,8 @@ public:
     std::size_t memory_bytes() const { return points_.capacity() * sizeof(Packed); }
 
 private:
+    void drop_oldest();
+
     struct Packed {
         std::uint32_t t_ms;         // time in ms, modulo 2^32
         std::uint32_t outstanding;  // saturating
@@ -80,6 +93,10 @@ public:
     // Tier `tier` of `site`; empty when the site has none.
     std::vector<HistoryPoint> series(SiteId site, std::size_t tier = 0) const;
     void series_into(SiteId site, std::size_t tier, std::vector<HistoryPoint>& out) const;
+    bool has_history(SiteId site) const;
+    // Gives `site`, which has no history yet, the points `tiers` holds (each
+    // oldest first, times rising, at most its tier's capacity).
+    void adopt(SiteId site, const HistoryTiers& tiers);
     std::size_t site_count() const { return sites_.size(); }
     std::uint64_t samples() const { return samples_; }
     std::size_t memory_bytes() const;

@@ -31,4 +31,17 @@ nlohmann::json snapshot_document(const SnapshotContext& context, const Report& r
     return doc;
 }
 
+std::string snapshot_file_text(const nlohmann::json& document, std::string_view history_section) {
+    std::string text = "{";
+    if (!document.empty()) {
+        text = document.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
+        text.resize(text.size() - 2);  // "\n}": the section goes before it
+        text += ',';
+    }
+    text += "\n  \"history\": ";
+    text += history_section;
+    text += "\n}\n";
+    return text;
+}
+
 }  // namespace kleak::core

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "report.h"
 
@@ -23,6 +24,12 @@ struct SnapshotContext {
 };
 
 nlohmann::json snapshot_document(const SnapshotContext& context, const Report& report);
+
+// A snapshot file's text: `document` (an object without "history")
+// pretty-printed, invalid UTF-8 from the kernel's names replaced rather than
+// fatal, with the "history" section (history_section_text) last, and a
+// newline.
+std::string snapshot_file_text(const nlohmann::json& document, std::string_view history_section);
 
 // "2026-11-26T10:35:21.123Z"
 std::string iso8601_utc(std::int64_t unix_time_ms);

@@ -178,8 +178,9 @@ nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdi
                                Symbolizer& symbolizer) {
     const SiteStats& s = tracker.sites()[site];
     const Symbol symbol = symbolizer.resolve(s.call_site);
+    const std::vector<HistoryPoint> series = verdicts.histories().series(site, tier);
     nlohmann::json points = nlohmann::json::array();
-    for (const HistoryPoint& p : verdicts.histories().series(site, tier))
+    for (const HistoryPoint& p : series)
         points.push_back({{"t_ns", p.t_ns}, {"outstanding", p.outstanding}, {"bytes", p.bytes}});
     nlohmann::json j = {{"site", format_site(s.call_site, symbol)},
                         {"function", symbol.known() ? symbol.function : format_site(s.call_site, symbol)},
@@ -188,6 +189,8 @@ nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdi
                         {"outstanding", s.outstanding},
                         {"outstanding_bytes", s.outstanding_bytes},
                         {"points", std::move(points)}};
+    // Points from before a restart: shown, but not judged (site_verdicts.h).
+    if (!series.empty() && series.front().t_ns < verdicts.restart_ns()) j["restart_ns"] = verdicts.restart_ns();
     j.update(judgement_json(verdicts.judgement(site)));
     return j;
 }

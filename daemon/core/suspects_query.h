@@ -57,7 +57,8 @@ std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name,
 nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts,
                                  std::span<const std::string> site_caches = {});
 
-// One site's history at `tier` (0: the sampling period; kHistoryTiers).
+// One site's history at `tier` (0: the sampling period; kHistoryTiers), with
+// "restart_ns" when it holds points an earlier daemon sampled.
 nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdicts, SiteId site, std::size_t tier,
                                Symbolizer& symbolizer);
 

@@ -182,10 +182,23 @@ std::string format_history(const nlohmann::json& r) {
     const auto& points = r.at("points");
     if (points.empty()) return out + "  (no samples yet)\n";
     const std::uint64_t last = u64(points.back(), "t_ns");
+    // Points older than restart_ns were sampled by an earlier kleakd: shown, not judged.
+    const std::uint64_t restart = r.value("restart_ns", std::uint64_t{0});
+    bool marked = restart == 0;
+    const std::string restart_line = fmt::format(
+        "{:>10} kleakd restarted: the points above are the earlier kleakd's, "
+        "not judged (it saw allocations this one cannot)\n",
+        "--");
     out += fmt::format("{:>10} {:>12} {:>14}\n", "ago", "outstanding", "bytes");
-    for (const auto& p : points)
+    for (const auto& p : points) {
+        if (!marked && u64(p, "t_ns") >= restart) {
+            out += restart_line;
+            marked = true;
+        }
         out += fmt::format("{:>10} {:>12} {:>14}\n", human_age(last - u64(p, "t_ns")), u64(p, "outstanding"),
                            u64(p, "bytes"));
+    }
+    if (!marked) out += restart_line;
     return out;
 }
 

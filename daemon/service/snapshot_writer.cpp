@@ -1,4 +1,3 @@
-#include "service/file_io.h"
 #include "service/snapshot_writer.h"
 
 #include <fcntl.h>
@@ -13,6 +12,7 @@
 #include <utility>
 
 #include "kernel/unique_fd.h"
+#include "service/file_io.h"
 
 namespace kleak::service {
 
@@ -187,6 +187,8 @@ std::optional<SnapshotName> parse_snapshot_file_name(std::string_view name) {
     return parsed;
 }
 
+std::filesystem::path latest_snapshot_path(const std::filesystem::path& directory) { return directory / kLatestName; }
+
 bool is_temp_file_name(std::string_view name) {
     return name.size() > kTempPrefix.size() + kTempSuffix.size() && name.starts_with(kTempPrefix) &&
            name.ends_with(kTempSuffix);
@@ -221,19 +223,26 @@ void SnapshotWriter::reconfigure(std::filesystem::path directory, unsigned reten
 std::optional<std::string> SnapshotWriter::write(const nlohmann::json& document,
                                                  std::chrono::system_clock::time_point now) noexcept {
     try {
-        return write_or_throw(document, now);
+        // Strings the kernel handed us (symbol or module names) are not
+        // guaranteed UTF-8; replace bad bytes rather than lose the snapshot.
+        return write_or_throw(
+            document.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n", now);
     } catch (const std::exception& e) {  // allocation failure: the daemon keeps running and retries next time
         return "cannot write a snapshot in " + directory_.string() + ": " + e.what();
     }
 }
 
-std::optional<std::string> SnapshotWriter::write_or_throw(const nlohmann::json& document,
-                                                          std::chrono::system_clock::time_point now) {
-    // Strings the kernel handed us (symbol or module names) are not
-    // guaranteed UTF-8; replace bad bytes rather than lose the snapshot.
-    const std::string content =
-        document.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
+std::optional<std::string> SnapshotWriter::write_text(std::string_view content,
+                                                      std::chrono::system_clock::time_point now) noexcept {
+    try {
+        return write_or_throw(content, now);
+    } catch (const std::exception& e) {
+        return "cannot write a snapshot in " + directory_.string() + ": " + e.what();
+    }
+}
 
+std::optional<std::string> SnapshotWriter::write_or_throw(std::string_view content,
+                                                          std::chrono::system_clock::time_point now) {
     if (auto error = make_directories(directory_)) return error;
     UniqueFd fd(::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd) return failure("cannot open directory", directory_, errno);

@@ -31,6 +31,10 @@ struct SnapshotName {
 };
 std::optional<SnapshotName> parse_snapshot_file_name(std::string_view name);
 
+// <directory>/latest.json: a copy of the newest snapshot, the one a
+// restarted daemon reads its site histories back from.
+std::filesystem::path latest_snapshot_path(const std::filesystem::path& directory);
+
 // Whether `name` is one of the writer's temporary files (left behind only if
 // the process died mid-write).
 bool is_temp_file_name(std::string_view name);
@@ -60,12 +64,14 @@ public:
     // the path and the reason; leaves no temporary file behind.
     std::optional<std::string> write(const nlohmann::json& document,
                                      std::chrono::system_clock::time_point now) noexcept;
+    // The same for a document already in text (core::snapshot_file_text: its
+    // history section is written straight as text).
+    std::optional<std::string> write_text(std::string_view content, std::chrono::system_clock::time_point now) noexcept;
 
     const std::filesystem::path& directory() const { return directory_; }
 
 private:
-    std::optional<std::string> write_or_throw(const nlohmann::json& document,
-                                              std::chrono::system_clock::time_point now);
+    std::optional<std::string> write_or_throw(std::string_view content, std::chrono::system_clock::time_point now);
 
     std::filesystem::path directory_;
     unsigned retention_;

@@ -893,6 +893,81 @@ TEST(Caches, ObjectsHeldInAKmemBucketAreNotCountedAgainstAnotherCache) {
     EXPECT_CLEAN_STOP(daemon);
 }
 
+std::uint64_t monotonic_ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+TEST(Verdicts, ARestartedDaemonKeepsItsSiteHistories) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    daemon.config.verdicts = kFastVerdicts;
+    ASSERT_TRUE(daemon.start());
+    std::vector<std::unique_ptr<HeldPipes>> leak;
+    for (int i = 0; i < 10; ++i) {
+        leak.push_back(std::make_unique<HeldPipes>(1));
+        std::this_thread::sleep_for(500ms);
+    }
+    EXPECT_CLEAN_STOP(daemon);  // the final snapshot carries every site's history
+
+    // The pipe's largest site, by address, and its saved history.
+    const json saved = json::parse(read_file(daemon.config.snapshots / "latest.json"));
+    json pipe;
+    for (const auto& row : saved.at("sites"))
+        if (row.at("function") == "alloc_pipe_info" &&
+            (pipe.is_null() || u64(row, "outstanding") > u64(pipe, "outstanding")))
+            pipe = row;
+    ASSERT_FALSE(pipe.is_null()) << saved.dump().substr(0, 3000);
+    const std::string address = pipe.at("address");
+    const json& history = saved.at("history");
+    EXPECT_EQ(history.at("boot_id"), saved.at("boot_id"));
+    EXPECT_EQ(u64(history, "interval_ns"), 1'000'000'000u);
+    std::size_t saved_points = 0;
+    for (const auto& site : history.at("sites"))
+        if (site.at("site_address") == address) saved_points = site.at("tiers").at(0).size();
+    EXPECT_GE(saved_points, 4u) << history.dump().substr(0, 3000);
+
+    // Started again on the same snapshot directory: the history is back, the
+    // restart marked, and the verdict judges only the new daemon's points
+    // (it cannot see the pipes allocated before it started).
+    const std::uint64_t second_start = monotonic_ns();
+    ASSERT_TRUE(daemon.start());
+    EXPECT_TRUE(daemon.wait_for_log("site histories of ")) << daemon.log();
+    EXPECT_NE(daemon.log().find("restored from " + (daemon.config.snapshots / "latest.json").string()),
+              std::string::npos)
+        << daemon.log();
+    leak.push_back(std::make_unique<HeldPipes>(1));  // the site allocates again: the new tracker has it
+    std::this_thread::sleep_for(3s);
+    const json after = ctl_json(daemon, {"history", address});
+    const auto& points = after.at("points");
+    ASSERT_TRUE(after.contains("restart_ns")) << after.dump();
+    EXPECT_GE(u64(after, "restart_ns"), second_start);
+    std::size_t before_restart = 0, since_restart = 0;
+    for (const auto& p : points) {
+        if (u64(p, "t_ns") < second_start) ++before_restart;
+        if (u64(p, "t_ns") >= u64(after, "restart_ns")) ++since_restart;
+    }
+    EXPECT_EQ(before_restart, saved_points) << after.dump();
+    EXPECT_GE(since_restart, 2u) << after.dump();
+    EXPECT_EQ(before_restart + since_restart, points.size()) << after.dump();
+    EXPECT_EQ(after.at("verdict"), "young") << after.dump();  // 5 s of its own history needed (recent)
+    EXPECT_LT(u64(after, "history_ns"), 5'000'000'000u) << after.dump();
+    const Result text = ctl({"--socket", daemon.socket().string(), "history", address});
+    EXPECT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_NE(text.out.find("kleakd restarted: the points above are the earlier kleakd's"), std::string::npos)
+        << text.out;
+    EXPECT_CLEAN_STOP(daemon);
+
+    // Another sampling interval: the old points would not line up. One line
+    // says so and the histories start afresh.
+    daemon.config.verdicts = json{{"interval", "2s"}, {"window", "60s"}, {"recent", "6s"}};
+    ASSERT_TRUE(daemon.start());
+    EXPECT_EQ(count_occurrences(daemon.log(), "site histories start afresh"), 1u) << daemon.log();
+    EXPECT_NE(daemon.log().find("sampled every 1s and verdicts.interval is now 2s"), std::string::npos) << daemon.log();
+    EXPECT_CLEAN_STOP(daemon);
+}
+
 // --- 2. --min-age -----------------------------------------------------------------
 
 TEST(Daemon, MinAgeCountsOnlyOldAllocations) {

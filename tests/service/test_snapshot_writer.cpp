@@ -152,6 +152,17 @@ TEST_F(SnapshotWriterTest, WritesTheDocumentUnderItsTimestampName) {
     EXPECT_EQ(writer.directory(), directory);
 }
 
+TEST_F(SnapshotWriterTest, WritesATextDocumentAsGiven) {
+    // The daemon's snapshots: text whose history section was written as text.
+    const fs::path directory = root_ / "snapshots";
+    SnapshotWriter writer(directory, 10);
+    const std::string text = "{\n  \"n\": 1,\n  \"history\": {\"sites\": [\n      {\"tiers\": [[[1,2,3]]]}\n  ]}\n}\n";
+    ASSERT_EQ(writer.write_text(text, kTime), std::nullopt);
+    EXPECT_EQ(read_text(directory / kTimeName), text);
+    EXPECT_EQ(read_text(directory / "latest.json"), text);
+    EXPECT_EQ(latest_snapshot_path(directory), directory / "latest.json");
+}
+
 TEST_F(SnapshotWriterTest, CreatesMissingDirectoriesPrivateAndFilesReadable) {
     const mode_t old_umask = ::umask(022);
     const fs::path directory = root_ / "a" / "b";
