@@ -409,6 +409,18 @@ void BM_SuspectsQuery1M(benchmark::State& state) {
 }
 BENCHMARK(BM_SuspectsQuery1M)->Apply(per_query_latency);
 
+// Of that: every site's cache name (site_cache_names), which the daemon adds.
+void BM_SiteCacheNames5000Sites(benchmark::State& state) {
+    VerdictFixture& f = verdict_fixture();
+    const kleak::core::CacheNames names;
+    for (auto _ : state) {
+        auto caches = kleak::core::site_cache_names(f.tracker, names);
+        benchmark::DoNotOptimize(caches);
+    }
+    state.counters["classes"] = static_cast<double>(f.tracker.class_count());
+}
+BENCHMARK(BM_SiteCacheNames5000Sites)->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -190,27 +190,31 @@ Reconciliation reconcile_caches(const Tracker& tracker, const CacheNames& names,
 }
 
 std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNames& names) {
-    // Live objects per (site, cache): kmalloc-large's sizes are one cache, several classes.
-    absl::flat_hash_map<std::pair<SiteId, std::uint64_t>, std::uint64_t> live_in;
-    std::vector<std::uint64_t> first_key(tracker.sites().size(), 0);
+    // One pass, no hashing (a suspects query pays this): a cache is one class
+    // per site, but for kmalloc-large, whose sizes are one cache and several
+    // classes, so those add up apart.
+    struct Best {
+        std::uint64_t key = 0, live = 0, first = 0, large_live = 0;
+    };
+    const std::uint64_t large = kmalloc_cache_key(0, kKmallocMaxCacheSize + 1);
+    std::vector<Best> best(tracker.sites().size());
     tracker.for_each_class([&](const AllocationClass& c, std::uint64_t key, std::uint64_t live) {
         if (key == 0) return;
-        if (first_key[c.site] == 0) first_key[c.site] = key;
-        live_in[{c.site, key}] += live;
+        Best& b = best[c.site];
+        if (b.first == 0) b.first = key;
+        if (key == large) {
+            b.large_live += live;
+        } else if (live > b.live) {
+            b.key = key;
+            b.live = live;
+        }
     });
-    struct Best {
-        std::uint64_t key = 0;
-        std::uint64_t live = 0;
-    };
-    std::vector<Best> best(tracker.sites().size());
-    for (const auto& [site_key, live] : live_in) {
-        Best& b = best[site_key.first];
-        if (live > b.live || (live == b.live && live > 0 && site_key.second < b.key)) b = {site_key.second, live};
-    }
     std::vector<std::string> out(best.size());
     absl::flat_hash_map<std::uint64_t, std::string> memo;
     for (std::size_t i = 0; i < best.size(); ++i) {
-        const std::uint64_t key = best[i].live > 0 ? best[i].key : first_key[i];  // none live: its first cache
+        const Best& b = best[i];
+        std::uint64_t key = b.large_live > b.live ? large : b.key;
+        if (b.large_live == 0 && b.live == 0) key = b.first;  // none live: its first cache
         if (key == 0) continue;
         auto [it, fresh] = memo.try_emplace(key);
         if (fresh) it->second = cache_name(key, names);
