@@ -383,7 +383,7 @@ void BM_VerdictSample5000Sites(benchmark::State& state) {
     for (auto _ : state) {
         f.now_ns += 10'000'000'000ULL;
         const auto caches = kleak::core::reconcile_caches(f.tracker, names, slabinfo);
-        f.verdicts.sample(f.tracker.sites(), f.now_ns, caches.sites);
+        f.verdicts.sample(f.tracker.sites(), f.now_ns, {caches.sites});
     }
     state.counters["growing"] = static_cast<double>(f.verdicts.growing());
     state.counters["history_bytes_per_site"] =

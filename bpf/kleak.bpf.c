@@ -400,12 +400,20 @@ static __always_inline void fill_alloc(struct kleak_alloc_record *rec, __u64 now
 		((struct kleak_cache_alloc_record *)rec)->cache = cache;
 }
 
+/* cache: as for fill_alloc, written only for KLEAK_CACHE_FREE_FROM. */
 static __always_inline void fill_free(struct kleak_free_record *rec, __u64 now, __u16 kind, unsigned long call_site,
-				      const void *ptr)
+				      const void *ptr, __u64 cache)
 {
 	fill_header(&rec->hdr, now, kind);
 	rec->ptr = (__u64)ptr;
 	rec->call_site = call_site;
+	if (kind == KLEAK_CACHE_FREE_FROM)
+		((struct kleak_cache_free_record *)rec)->cache = cache;
+}
+
+static __always_inline __u32 free_record_size(__u16 kind)
+{
+	return kind == KLEAK_CACHE_FREE_FROM ? sizeof(struct kleak_cache_free_record) : sizeof(struct kleak_free_record);
 }
 
 static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const void *ptr, __u64 bytes_req,
@@ -440,22 +448,23 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	return 0;
 }
 
-static __always_inline int emit_free_direct(__u16 kind, unsigned long call_site, const void *ptr, __u64 now)
+static __always_inline int emit_free_direct(__u16 kind, unsigned long call_site, const void *ptr, __u64 now,
+					    __u64 cache)
 {
 	struct kleak_free_record *rec;
 	void *ring;
 
-	rec = reserve_direct(&ring, sizeof(*rec));
+	rec = reserve_direct(&ring, free_record_size(kind));
 	if (!rec)
 		return 0;
-	fill_free(rec, now, kind, call_site, ptr);
+	fill_free(rec, now, kind, call_site, ptr, cache);
 	bpf_ringbuf_submit(rec, submit_flags(ring));
 	return 0;
 }
 
-static __always_inline int emit_free(__u16 kind, unsigned long call_site, const void *ptr)
+static __always_inline int emit_free(__u16 kind, unsigned long call_site, const void *ptr, __u64 cache)
 {
-	const __u32 size = sizeof(struct kleak_free_record);
+	const __u32 size = free_record_size(kind);
 	struct kleak_free_record *rec;
 	struct batch *b;
 	__u16 flags;
@@ -468,9 +477,9 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 		return 0;
 	rec = reserve_batched(b, size);
 	if (!rec)
-		return emit_free_direct(kind, call_site, ptr, bpf_ktime_get_ns());
+		return emit_free_direct(kind, call_site, ptr, bpf_ktime_get_ns(), cache);
 	now = stamp(b, true, &flags);
-	fill_free(rec, now, kind, call_site, ptr);
+	fill_free(rec, now, kind, call_site, ptr, cache);
 	rec->hdr.flags = flags;
 	commit_batched(b, size, now);
 	return 0;
@@ -558,7 +567,7 @@ KLEAK_TRACED(kmem_cache_alloc_node, kmem_cache_alloc_node)
 /* kfree(call_site, ptr): unchanged since the event exists. */
 static __always_inline int on_kfree(__u64 *ctx)
 {
-	return emit_free(KLEAK_KFREE, ctx[0], (const void *)ctx[1]);
+	return emit_free(KLEAK_KFREE, ctx[0], (const void *)ctx[1], 0);
 }
 KLEAK_TRACED(kfree, kfree)
 
@@ -629,15 +638,32 @@ static __always_inline bool forget_freed(struct batch *b, const void *ptr)
 	return false;
 }
 
-/* kmem_cache_free(call_site, ptr, ...): the third argument changed (name, then cache); unused here. */
+/*
+ * kmem_cache_free(call_site, ptr, x): x was the cache's name until the 6.1
+ * commit that reshaped kmem_cache_alloc (see above), the cache since. Only
+ * the pointer is read, never the cache.
+ */
+static __always_inline __u16 cache_free_kind(__u64 *ctx, __u64 *cache)
+{
+	if (bpf_core_type_exists(struct trace_event_raw_kmem_cache_alloc)) {
+		*cache = ctx[2];
+		return KLEAK_CACHE_FREE_FROM;
+	}
+	*cache = 0;
+	return KLEAK_CACHE_FREE;
+}
+
 static __always_inline int on_kmem_cache_free(__u64 *ctx)
 {
 	const void *ptr = (const void *)ctx[1];
 	struct batch *b = this_cpu_batch();
+	__u64 cache;
+	__u16 kind;
 
 	if (!b)
 		return 0;
-	emit_free(KLEAK_CACHE_FREE, ctx[0], ptr);
+	kind = cache_free_kind(ctx, &cache);
+	emit_free(kind, ctx[0], ptr, cache);
 	barrier();
 	remember_freed(b, ptr);
 	return 0;
@@ -649,7 +675,8 @@ static __always_inline int on_kmem_cache_free_nested(__u64 *ctx)
 	const void *ptr = (const void *)ctx[1];
 	struct batch *b = this_cpu_batch();
 	__u32 key = 0;
-	__u64 *n;
+	__u64 *n, cache;
+	__u16 kind;
 
 	if (!b || forget_freed(b, ptr))
 		return 0;
@@ -657,8 +684,9 @@ static __always_inline int on_kmem_cache_free_nested(__u64 *ctx)
 	n = bpf_map_lookup_elem(&recovered, &key);
 	if (n)
 		*n += 1;
+	kind = cache_free_kind(ctx, &cache);
 	if (!skip(ptr))
-		emit_free_direct(KLEAK_CACHE_FREE, ctx[0], ptr, bpf_ktime_get_ns());
+		emit_free_direct(kind, ctx[0], ptr, bpf_ktime_get_ns(), cache);
 	return 0;
 }
 KLEAK_TRACED(kmem_cache_free, kmem_cache_free_nested)

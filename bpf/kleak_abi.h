@@ -32,6 +32,7 @@ enum kleak_record_kind {
 	KLEAK_PRINTK = 5,           /* printk:console (variable length) */
 	KLEAK_TIME_MARK = 6,        /* a clock reading closing a batch (header only) */
 	KLEAK_CACHE_ALLOC_FROM = 7, /* kmem:kmem_cache_alloc with its cache (6.1+) */
+	KLEAK_CACHE_FREE_FROM = 8,  /* kmem:kmem_cache_free with its cache (6.1+) */
 };
 /* Adding a kind keeps the ABI version: readers count unknown kinds as
  * undecodable and go on. Changing a layout bumps it. */
@@ -100,6 +101,17 @@ struct kleak_alloc_record {
  */
 struct kleak_cache_alloc_record {
 	struct kleak_alloc_record alloc;
+	__u64 cache;
+};
+
+/*
+ * kmem_cache_free on kernels whose event carries the cache (6.1+): 40 bytes.
+ * A free of an object kleakd never saw allocated (made before tracing
+ * started) tells which cache still holds such objects: a site filling that
+ * cache from empty is replacing them, not leaking (verdict.h).
+ */
+struct kleak_cache_free_record {
+	struct kleak_free_record free;
 	__u64 cache;
 };
 

@@ -329,6 +329,17 @@ nlohmann::json Daemon::snapshot() {
     return doc;
 }
 
+// Slab caches named, /proc/slabinfo reads, and frees of objects allocated
+// before tracing (those with a cache: 6.1+), which mark caches still filling up.
+nlohmann::json Daemon::caches_stats() const {
+    nlohmann::json out = slabs_.stats();
+    std::uint64_t unseen = 0;
+    for (const auto& [cache, count] : pipeline_.tracker().unseen_frees_by_cache()) unseen += count;
+    out["unseen_frees"] = unseen;
+    out["caches_with_unseen_frees"] = pipeline_.tracker().unseen_frees_by_cache().size();
+    return out;
+}
+
 nlohmann::json Daemon::stats() {
     const auto& totals = pipeline_.tracker().totals();
     const core::Losses loss = losses();
@@ -358,7 +369,7 @@ nlohmann::json Daemon::stats() {
           {"interval_ns", verdicts_.period_ns()},
           {"memory_bytes", verdicts_.memory_bytes()}}},
         // Slab caches named and /proc/slabinfo reads (README "Slab caches").
-        {"caches", slabs_.stats()},
+        {"caches", caches_stats()},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
@@ -484,8 +495,10 @@ void Daemon::write_snapshot() {
 // again: a few ms at 5,000 sites, once an interval (10 s by default).
 void Daemon::sample_verdicts() {
     if (tracing_stopped_) return;
-    const core::Reconciliation caches = slabs_.reconcile(pipeline_.tracker());
-    verdicts_.sample(pipeline_.tracker().sites(), monotonic_now_ns(), caches.sites);
+    const core::Tracker& tracker = pipeline_.tracker();
+    const core::Reconciliation caches = slabs_.reconcile(tracker);
+    const std::vector<std::uint64_t> site_caches = core::site_cache_keys(tracker);
+    verdicts_.sample(tracker.sites(), monotonic_now_ns(), {caches.sites, site_caches, &tracker.unseen_frees_by_cache()});
 }
 
 void Daemon::update_status() {

@@ -63,6 +63,7 @@ private:
     enum class Naming { whenever_new, at_most_every_10s };
     void name_new_call_sites(Naming naming);
     nlohmann::json snapshot();
+    nlohmann::json caches_stats() const;
     nlohmann::json stats();
     void write_snapshot();
     void sample_verdicts();

@@ -189,7 +189,7 @@ Reconciliation reconcile_caches(const Tracker& tracker, const CacheNames& names,
     return result;
 }
 
-std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNames& names) {
+std::vector<std::uint64_t> site_cache_keys(const Tracker& tracker) {
     // One pass, no hashing (a suspects query pays this): a cache is one class
     // per site, but for kmalloc-large, whose sizes are one cache and several
     // classes, so those add up apart.
@@ -209,15 +209,23 @@ std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNam
             b.live = live;
         }
     });
-    std::vector<std::string> out(best.size());
-    absl::flat_hash_map<std::uint64_t, std::string> memo;
+    std::vector<std::uint64_t> out(best.size());
     for (std::size_t i = 0; i < best.size(); ++i) {
         const Best& b = best[i];
-        std::uint64_t key = b.large_live > b.live ? large : b.key;
-        if (b.large_live == 0 && b.live == 0) key = b.first;  // none live: its first cache
-        if (key == 0) continue;
-        auto [it, fresh] = memo.try_emplace(key);
-        if (fresh) it->second = cache_name(key, names);
+        out[i] = b.large_live == 0 && b.live == 0 ? b.first  // none live: its first cache
+                 : b.large_live > b.live          ? large
+                                                  : b.key;
+    }
+    return out;
+}
+
+std::vector<std::string> site_cache_names(std::span<const std::uint64_t> keys, const CacheNames& names) {
+    std::vector<std::string> out(keys.size());
+    absl::flat_hash_map<std::uint64_t, std::string> memo;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        if (keys[i] == 0) continue;
+        auto [it, fresh] = memo.try_emplace(keys[i]);
+        if (fresh) it->second = cache_name(keys[i], names);
         out[i] = it->second;
     }
     return out;

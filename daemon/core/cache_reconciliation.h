@@ -84,8 +84,13 @@ Reconciliation reconcile_caches(const Tracker& tracker, const CacheNames& names,
                                 std::span<const SlabinfoRow> slabinfo, const ReconcileRules& rules = {});
 
 // Every site's main cache (the one most of its live objects are in; its first
-// when none is live), by SiteId: "" when unknown.
-std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNames& names);
+// when none is live), by SiteId: its key (slab_caches.h), 0 when unknown.
+std::vector<std::uint64_t> site_cache_keys(const Tracker& tracker);
+// Their names: "" for 0.
+std::vector<std::string> site_cache_names(std::span<const std::uint64_t> keys, const CacheNames& names);
+inline std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNames& names) {
+    return site_cache_names(site_cache_keys(tracker), names);
+}
 
 // Kernel cache addresses the tracker has met that `names` lacks.
 std::vector<std::uint64_t> unnamed_caches(const Tracker& tracker, const CacheNames& names);

@@ -24,6 +24,8 @@ static_assert(offsetof(kleak_alloc_record, gfp_flags) == 40);
 static_assert(offsetof(kleak_alloc_record, tid) == 44);
 static_assert(sizeof(kleak_cache_alloc_record) == 56);
 static_assert(offsetof(kleak_cache_alloc_record, cache) == 48);
+static_assert(sizeof(kleak_cache_free_record) == 40);
+static_assert(offsetof(kleak_cache_free_record, cache) == 32);
 static_assert(static_cast<int>(EventKind::kmalloc) == KLEAK_KMALLOC);
 static_assert(static_cast<int>(EventKind::kfree) == KLEAK_KFREE);
 static_assert(static_cast<int>(EventKind::cache_alloc) == KLEAK_CACHE_ALLOC);
@@ -81,6 +83,18 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_req = out.bytes_alloc = out.tid = 0;
         out.gfp_flags = hdr.flags;
         out.cache = 0;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_CACHE_FREE_FROM: {
+        kleak_cache_free_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = EventKind::cache_free;
+        out.ptr = rec.free.ptr;
+        out.call_site = rec.free.call_site;
+        out.bytes_req = out.bytes_alloc = out.tid = 0;
+        out.gfp_flags = hdr.flags;
+        out.cache = rec.cache;
         return DecodeStatus::ok;
     }
     case KLEAK_TIME_MARK:

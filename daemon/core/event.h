@@ -42,8 +42,9 @@ struct Event {
     std::uint32_t tid = 0;          // allocations only
     EventKind kind = EventKind::kmalloc;
     std::uint16_t cpu = 0;          // the ring the record came from
-    // cache_alloc from a KLEAK_CACHE_ALLOC_FROM record: its `struct kmem_cache *`
-    // (a kernel address, named by the daemon: cache_names.h); 0 otherwise.
+    // cache_alloc/cache_free from a KLEAK_CACHE_ALLOC_FROM/_FREE_FROM record:
+    // its `struct kmem_cache *` (a kernel address, named by the daemon:
+    // slab_caches.h); 0 otherwise.
     std::uint64_t cache = 0;
 };
 

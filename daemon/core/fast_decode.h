@@ -52,11 +52,17 @@ inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::ui
     if (bytes.size() >= sizeof(kleak_free_record)) {
         kleak_free_record rec;
         std::memcpy(&rec, bytes.data(), sizeof rec);
-        if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE) {
+        const bool with_cache =
+            rec.hdr.kind == KLEAK_CACHE_FREE_FROM && bytes.size() >= sizeof(kleak_cache_free_record);
+        if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE || with_cache) {
             copy_shared_fields(rec, cpu, out);
             out.bytes_req = out.bytes_alloc = out.tid = 0;
             out.gfp_flags = rec.hdr.flags;
             out.cache = 0;
+            if (with_cache) {
+                out.kind = EventKind::cache_free;
+                std::memcpy(&out.cache, bytes.data() + offsetof(kleak_cache_free_record, cache), sizeof out.cache);
+            }
             return DecodeStatus::ok;
         }
     }

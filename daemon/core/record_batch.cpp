@@ -34,6 +34,8 @@ std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_si
     case KLEAK_KFREE:
     case KLEAK_CACHE_FREE:
         return if_present(sizeof(kleak_free_record), rest_size);
+    case KLEAK_CACHE_FREE_FROM:
+        return if_present(sizeof(kleak_cache_free_record), rest_size);
     case KLEAK_TIME_MARK:
         return if_present(sizeof(kleak_time_mark), rest_size);
     case KLEAK_PRINTK: {

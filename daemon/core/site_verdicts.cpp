@@ -1,5 +1,7 @@
 #include "site_verdicts.h"
 
+#include <absl/container/flat_hash_map.h>
+
 #include <algorithm>
 
 namespace kleak::core {
@@ -36,37 +38,73 @@ void SiteVerdicts::adopt_pending(std::span<const SiteStats> sites) {
     }
 }
 
-void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns,
-                          std::span<const std::optional<UntrackedShare>> untracked) {
+void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns, const CacheEvidence& caches) {
     if (histories_.samples() == 0) {
         first_sample_ns_ = now_ns;
         if (restored_) restart_ns_ = now_ns - now_ns % 1'000'000;
     }
     if (!pending_.empty()) adopt_pending(sites);
     histories_.sample(sites, now_ns);
+    if (caches.unseen_frees) turnover_.sample(now_ns, *caches.unseen_frees);
     judgements_.resize(sites.size(), no_history("no allocations yet"));
     growing_ = 0;
     std::vector<HistoryPoint> history;  // reused: one allocation per sample, not per site
     for (SiteId id = 0; id < sites.size(); ++id) {
         if (sites[id].allocs == 0) continue;  // frees only: nothing to judge
         histories_.series_into(id, 0, history);
-        // Restored points counted allocations this daemon cannot see: not judged.
-        if (!history.empty() && history.front().t_ns < restart_ns_)
-            history.erase(history.begin(),
-                          std::lower_bound(history.begin(), history.end(), restart_ns_,
-                                           [](const HistoryPoint& p, std::uint64_t t) { return p.t_ns < t; }));
-        const UntrackedShare* share = id < untracked.size() && untracked[id] ? &*untracked[id] : nullptr;
-        SiteJudgement& j = judgements_[id] = judge_site(history, sites[id], rules_, share);
+        trim_restored(history);
+        const UntrackedShare* share =
+            id < caches.untracked.size() && caches.untracked[id] ? &*caches.untracked[id] : nullptr;
+        judgements_[id] = judge_site(history, sites[id], rules_, share);
+    }
+    if (caches.unseen_frees) weigh_turnover(sites, caches.site_caches);
+    for (SiteId id = 0; id < sites.size(); ++id) {
+        SiteJudgement& j = judgements_[id];
         // Allocations made before tracing started are invisible, so every
         // cache fills up from empty in kleakd's first minutes: say so while
         // the history that shows growth began with kleakd's.
         // (History times are kept to the millisecond.)
         if (j.verdict == Verdict::growing && j.history_ns < rules_.window_ns &&
-            history.front().t_ns < first_sample_ns_ + 1'000'000)
+            j.window_start_ns < first_sample_ns_ + 1'000'000)
             j.reason += "; kleakd started only " + std::to_string((now_ns - first_sample_ns_) / 1'000'000'000) +
                         "s ago and caches also fill up from empty then: the full window tells them apart";
         growing_ += j.verdict == Verdict::growing;
     }
+}
+
+// A second look at the sites judged growing in a cache
+// whose objects from before tracing are being freed: the cache's rise over
+// the window is theirs and its other rising sites', and the frees of unseen
+// objects account for it in proportion.
+void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<const std::uint64_t> site_caches) {
+    const auto rise = [&](SiteId id) { return static_cast<double>(std::max<std::int64_t>(0, judgements_[id].window_rise)); };
+    absl::flat_hash_map<std::uint64_t, double> cache_rise;
+    bool any = false;
+    for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
+        if (site_caches[id] == 0 || sites[id].allocs == 0) continue;
+        cache_rise[site_caches[id]] += rise(id);
+        any = any || judgements_[id].verdict == Verdict::growing;
+    }
+    if (!any) return;
+    std::vector<HistoryPoint> history;
+    for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
+        if (site_caches[id] == 0 || judgements_[id].verdict != Verdict::growing) continue;
+        const std::uint64_t unseen = turnover_.since(site_caches[id], judgements_[id].window_start_ns);
+        const double total = cache_rise[site_caches[id]];
+        if (unseen == 0 || total <= 0) continue;
+        const TurnoverShare share{static_cast<double>(unseen) * rise(id) / total, unseen};
+        histories_.series_into(id, 0, history);
+        trim_restored(history);
+        judgements_[id] = judge_site(history, sites[id], rules_, nullptr, share);
+    }
+}
+
+void SiteVerdicts::trim_restored(std::vector<HistoryPoint>& history) const {
+    // Restored points counted allocations this daemon cannot see: not judged.
+    if (!history.empty() && history.front().t_ns < restart_ns_)
+        history.erase(history.begin(),
+                      std::lower_bound(history.begin(), history.end(), restart_ns_,
+                                       [](const HistoryPoint& p, std::uint64_t t) { return p.t_ns < t; }));
 }
 
 SiteJudgement SiteVerdicts::judgement(SiteId site) const {
@@ -77,7 +115,7 @@ SiteJudgement SiteVerdicts::judgement(SiteId site) const {
 std::size_t SiteVerdicts::memory_bytes() const {
     std::size_t bytes = histories_.memory_bytes() + judgements_.capacity() * sizeof(SiteJudgement);
     for (const SiteJudgement& j : judgements_) bytes += j.reason.capacity();
-    bytes += pending_.capacity() * sizeof(SavedSites::value_type);
+    bytes += pending_.capacity() * sizeof(SavedSites::value_type) + turnover_.memory_bytes();
     for (const auto& [address, tiers] : pending_)
         for (const auto& points : tiers) bytes += points.capacity() * sizeof(HistoryPoint);
     return bytes;
@@ -85,6 +123,7 @@ std::size_t SiteVerdicts::memory_bytes() const {
 
 void SiteVerdicts::clear() {
     histories_.clear();
+    turnover_.clear();
     judgements_.clear();
     pending_.clear();
     restored_ = false;

@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "cache_turnover.h"
 #include "history_section.h"
 #include "site_history.h"
 #include "tracker.h"
@@ -23,9 +24,20 @@
 
 namespace kleak::core {
 
+// What the caches say of the sites, each part may be empty (unknown).
+struct CacheEvidence {
+    // By SiteId: its share of its cache's excess (Reconciliation::sites).
+    std::span<const std::optional<UntrackedShare>> untracked;
+    // By SiteId: its main cache's key (site_cache_keys()).
+    std::span<const std::uint64_t> site_caches;
+    // Tracker::unseen_frees_by_cache(); null: none known.
+    const absl::flat_hash_map<std::uint64_t, std::uint64_t>* unseen_frees = nullptr;
+};
+
 class SiteVerdicts {
 public:
-    SiteVerdicts(std::uint64_t period_ns, const VerdictRules& rules) : histories_(period_ns), rules_(rules) {}
+    SiteVerdicts(std::uint64_t period_ns, const VerdictRules& rules)
+        : histories_(period_ns), rules_(rules), turnover_(rules.window_ns + period_ns) {}
 
     std::uint64_t period_ns() const { return histories_.period_ns(); }
     const VerdictRules& rules() const { return rules_; }
@@ -43,11 +55,8 @@ public:
     std::uint64_t restart_ns() const { return restart_ns_; }
 
     // Samples every site at now_ns and judges each again: `sites` are the
-    // tracker's aggregates (Tracker::sites()), indexed by SiteId, and
-    // `untracked` their shares of their caches' excess (Reconciliation::sites;
-    // may be shorter, or empty when the kernel's counts are unknown).
-    void sample(std::span<const SiteStats> sites, std::uint64_t now_ns,
-                std::span<const std::optional<UntrackedShare>> untracked = {});
+    // tracker's aggregates (Tracker::sites()), indexed by SiteId.
+    void sample(std::span<const SiteStats> sites, std::uint64_t now_ns, const CacheEvidence& caches = {});
     // The last judgement of `site`: young, with no history, before its first.
     SiteJudgement judgement(SiteId site) const;
     // Sites judged growing at the last sample.
@@ -60,9 +69,12 @@ public:
 
 private:
     void adopt_pending(std::span<const SiteStats> sites);
+    void weigh_turnover(std::span<const SiteStats> sites, std::span<const std::uint64_t> site_caches);
+    void trim_restored(std::vector<HistoryPoint>& history) const;
 
     SiteHistories histories_;
     VerdictRules rules_;
+    CacheTurnover turnover_;
     std::vector<SiteJudgement> judgements_;  // by SiteId
     std::uint64_t first_sample_ns_ = 0;  // since start-up or clear()
     SavedSites pending_;                 // restored, not yet taken by a site

@@ -94,6 +94,7 @@ void Tracker::freed(const Event& event, SiteId here) {
     if (!live_.erase(event.ptr, &packed)) {
         ++sites_[here].unmatched_frees;
         ++totals_.unmatched_frees;
+        if (event.cache != 0) ++unseen_frees_by_cache_[event.cache];
         return;
     }
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
@@ -184,7 +185,8 @@ std::size_t Tracker::memory_bytes() const {
     const std::size_t ids = site_ids_.capacity() * (sizeof(std::pair<std::uint64_t, SiteId>) + 1);
     const std::size_t side_maps = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
                                   displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
-                                  displacements_.size() * sizeof(Displacement);
+                                  displacements_.size() * sizeof(Displacement) +
+                                  unseen_frees_by_cache_.capacity() * (2 * sizeof(std::uint64_t) + 1);
     return live_.memory_bytes() + classes_.memory_bytes() + class_live_.capacity() * sizeof(std::uint64_t) + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
            sizeof(site_cache_) + ages_.memory_bytes();
 }
@@ -195,6 +197,7 @@ void Tracker::reset() {
     classes_.clear();
     class_live_.clear();
     overflow_.clear();
+    unseen_frees_by_cache_.clear();
     displaced_.clear();
     displaced_entries_ = 0;
     displacements_.clear();

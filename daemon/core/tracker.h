@@ -150,6 +150,14 @@ public:
     // oldest epoch's last nanosecond, never older than the allocation.
     std::vector<SiteAge> outstanding_born_by_epochs(std::uint64_t born_before_ns) const;
 
+    // Frees of objects never seen allocated (made before tracing started, or
+    // their record lost), per kmem_cache address, from records that name
+    // their cache (6.1+): cumulative since reset(). A cache that has them is
+    // still replacing objects kleakd cannot see (verdict.h, "filling up").
+    const absl::flat_hash_map<std::uint64_t, std::uint64_t>& unseen_frees_by_cache() const {
+        return unseen_frees_by_cache_;
+    }
+
     // Distinct (site, bytes_alloc) classes interned so far.
     std::size_t class_count() const { return classes_.size(); }
     // Calls fn(const AllocationClass&, cache_key, live) for every class: its
@@ -203,6 +211,7 @@ private:
     // ptr -> class, for live entries whose class is kOverflowClass.
     absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
     std::uint64_t class_overflows_ = 0;
+    absl::flat_hash_map<std::uint64_t, std::uint64_t> unseen_frees_by_cache_;
     struct Displaced {
         AllocationClass cls;
         ClassId class_id;  // its id in classes_ (kOverflowClass: not interned)

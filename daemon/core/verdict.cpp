@@ -44,13 +44,18 @@ std::optional<Verdict> verdict_from_name(std::string_view name) {
 }
 
 SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules,
-                         const UntrackedShare* cache_share) {
+                         const UntrackedShare* cache_share, const TurnoverShare& turnover) {
     SiteJudgement j;
     // The window: the newest samples spanning at most window_ns.
     std::size_t first = history.size();
     while (first > 0 && history.back().t_ns - history[first - 1].t_ns <= rules.window_ns) --first;
     const std::span<const HistoryPoint> window = history.subspan(first);
-    if (!window.empty()) j.history_ns = window.back().t_ns - window.front().t_ns;
+    if (!window.empty()) {
+        j.history_ns = window.back().t_ns - window.front().t_ns;
+        j.window_start_ns = window.front().t_ns;
+        j.window_rise = static_cast<std::int64_t>(window.back().outstanding) -
+                        static_cast<std::int64_t>(window.front().outstanding);
+    }
 
     std::vector<TrendPoint> counts, bytes;
     counts.reserve(window.size());
@@ -136,6 +141,17 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         j.reason = "growing, but in reclaimable memory (a cache the kernel shrinks under memory pressure: dentries, "
                    "inodes, buffer heads): " +
                    trend;
+        return j;
+    }
+    // Old objects freed while new ones rise: that much of the rise is
+    // kleakd's view filling up. (The rise as counted, not the trend's: the
+    // frees are counted over the same samples.)
+    if (turnover.cache_unseen_frees > 0 && static_cast<double>(j.window_rise) - turnover.share < rules.min_rise) {
+        j.verdict = Verdict::steady;
+        j.reason = "filling up, not leaking: " + trend + ", but its cache freed " +
+                   std::to_string(turnover.cache_unseen_frees) +
+                   " objects allocated before kleakd saw them in that time (this site's share: " +
+                   number_text(turnover.share) + "): new objects took the places of old ones kleakd cannot count";
         return j;
     }
     j.verdict = Verdict::growing;

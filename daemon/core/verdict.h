@@ -7,7 +7,9 @@
 //                    within `recent`: the leak signature.
 //   steady           bounded: flat, or noise around a level (a cache, churn
 //                    at a constant population), or a plateau it stopped
-//                    climbing to (a one-time leak or a filled cache).
+//                    climbing to (a one-time leak or a filled cache), or
+//                    filling up: a rise its cache's frees of objects kleakd
+//                    never saw allocated account for (cache_turnover.h).
 //   reclaimable      would be growing, but it allocates reclaimable memory (a
 //                    SLAB_RECLAIM_ACCOUNT cache: dentries, inodes, buffer
 //                    heads, or __GFP_RECLAIMABLE): a cache the kernel shrinks
@@ -56,15 +58,26 @@ struct SiteJudgement {
     double growth_per_hour = 0;        // Theil-Sen trend of outstanding over the window
     double growth_bytes_per_hour = 0;  // ... of outstanding bytes
     std::uint64_t history_ns = 0;      // span of the history judged
+    std::uint64_t window_start_ns = 0; // its first sample
+    std::int64_t window_rise = 0;      // outstanding at its newest sample minus at its first
     // untracked-frees by its cache's excess: of its outstanding, how many are
     // estimated freed unseen (0 otherwise).
     std::uint64_t untracked_estimate = 0;
     bool operator==(const SiteJudgement&) const = default;
 };
 
-// Judges a site from its tier-0 history (oldest first), its counts and, when
-// its cache holds fewer objects in the kernel than kleakd counts, its share.
+// Of a site's rise over its window (window_rise), the part its cache's frees
+// of objects kleakd never saw allocated account for (cache_turnover.h): the
+// cache's count shared among its rising sites by their rises.
+struct TurnoverShare {
+    double share = 0;
+    std::uint64_t cache_unseen_frees = 0;
+};
+
+// Judges a site from its tier-0 history (oldest first), its counts, when its
+// cache holds fewer objects in the kernel than kleakd counts its share, and
+// its share of its cache's turnover.
 SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats& stats, const VerdictRules& rules,
-                         const UntrackedShare* cache_share = nullptr);
+                         const UntrackedShare* cache_share = nullptr, const TurnoverShare& turnover = {});
 
 }  // namespace kleak::core

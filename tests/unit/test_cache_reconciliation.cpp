@@ -882,7 +882,7 @@ struct VerdictScenario {
                 held.erase(held.begin());
             }
             const Reconciliation r = reconcile_caches(f.tracker, cache_names(), maple_active(100));
-            verdicts.sample(f.tracker.sites(), f.ts + 5, r.sites);
+            verdicts.sample(f.tracker.sites(), f.ts + 5, {r.sites});
             blind.sample(f.tracker.sites(), f.ts + 5);
         }
     }
@@ -915,7 +915,7 @@ TEST(CacheVerdicts, SampledSharesJudgeTheShortCachesSitesUntrackedFrees) {
     // A share list shorter than the sites is fine (sites new since the reconciliation).
     SiteVerdicts shorter{kPeriod, VerdictRules{}};
     const std::vector<std::optional<UntrackedShare>> one{std::nullopt};
-    shorter.sample(sc.f.tracker.sites(), sc.f.ts + 6, one);
+    shorter.sample(sc.f.tracker.sites(), sc.f.ts + 6, {one});
     EXPECT_EQ(shorter.judgement(sc.site(kMapleSite)).verdict, Verdict::young);
 }
 

@@ -72,6 +72,31 @@ TEST(DecodeRecord, CacheAllocFromAllFieldsAndItsCache) {
     EXPECT_EQ(got.cache, kCache);
 }
 
+TEST(DecodeRecord, CacheFreeFromAllFieldsAndItsCache) {
+    const Event sent = free_event({.ts = 78, .ptr = kPtr, .site = kSite, .kind = EventKind::cache_free,
+                                   .flags = KLEAK_TS_LOWER_BOUND, .cache = kCache});
+    const std::vector<std::byte> bytes = encode_event(sent);
+    ASSERT_EQ(bytes.size(), 40u);
+    kleak_record_header hdr;
+    std::memcpy(&hdr, bytes.data(), sizeof hdr);
+    ASSERT_EQ(hdr.kind, KLEAK_CACHE_FREE_FROM);
+    ASSERT_EQ(KLEAK_CACHE_FREE_FROM, 8);
+    std::uint64_t tail = 0;
+    std::memcpy(&tail, bytes.data() + 32, sizeof tail);
+    EXPECT_EQ(tail, kCache);
+
+    Event got = stale_event();
+    ASSERT_EQ(decode_record(bytes, 6, got), DecodeStatus::ok);
+    Event expected = sent;
+    expected.cpu = 6;
+    EXPECT_EQ(event_fields(got), event_fields(expected));
+    EXPECT_EQ(got.kind, EventKind::cache_free);
+    EXPECT_EQ(got.cache, kCache);
+    EXPECT_EQ(got.gfp_flags, KLEAK_TS_LOWER_BOUND);
+    // One byte short: too short, not a plain 32-byte free.
+    EXPECT_EQ(decode_record(std::span(bytes).first(39), 6, got), DecodeStatus::too_short);
+}
+
 TEST(DecodeRecord, EveryOtherKindLeavesNoCacheBehind) {
     // A decode into a reused Event: only a KLEAK_CACHE_ALLOC_FROM sets `cache`.
     const std::vector<std::vector<std::byte>> records = {
@@ -210,9 +235,9 @@ TEST(DecodeRecord, TooShortFreeBody) {
 }
 
 TEST(DecodeRecord, UnknownKind) {
-    // 6 is KLEAK_TIME_MARK since ABI 2, 7 KLEAK_CACHE_ALLOC_FROM since ABI 3;
-    // 8 is the first number no kind uses.
-    for (std::uint16_t kind : {0, 8, 0x100, 0xffff}) {
+    // 6 is KLEAK_TIME_MARK since ABI 2, 7 KLEAK_CACHE_ALLOC_FROM since ABI 3,
+    // 8 KLEAK_CACHE_FREE_FROM; 0x7f is no kind.
+    for (std::uint16_t kind : {0, 0x7f, 0x100, 0xffff}) {
         kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
         rec.hdr.kind = kind;
         Event got;
@@ -224,7 +249,7 @@ TEST(DecodeRecord, UnknownKindInABareHeader) {
     // A header of an unknown kind is reported as unknown, not too short: the
     // kind says nothing about how long the record should be.
     kleak_record_header hdr{};
-    hdr.kind = 9;
+    hdr.kind = 0x7f;
     Event got;
     EXPECT_EQ(decode_record(test::record_bytes(hdr), 0, got), DecodeStatus::unknown_kind);
 }

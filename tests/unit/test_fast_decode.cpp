@@ -46,6 +46,12 @@ std::vector<std::vector<std::byte>> sample_records() {
         encode_event(alloc_event({.ts = 31, .ptr = 0xffff888012345678, .site = 0xffffffff81234567, .req = 232,
                                   .alloc = 256, .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 5,
                                   .tid = 6, .cache = 0xffff888100001000})),
+        // A kmem_cache_free that names its cache (40 bytes), stamped and not.
+        encode_event(free_event({.ts = 32, .ptr = 0xffff888012345678, .site = 0xffffffff81234568,
+                                 .kind = EventKind::cache_free, .tgid = 0, .cache = 0xffff888100001000})),
+        encode_event(free_event({.ts = 33, .ptr = 0xffff888012345679, .site = 0xffffffff81234569,
+                                 .kind = EventKind::cache_free, .flags = KLEAK_TS_LOWER_BOUND,
+                                 .cache = 0xffff888100002000})),
     };
 }
 

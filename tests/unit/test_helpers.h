@@ -76,6 +76,7 @@ struct FreeSpec {
     std::uint32_t tgid = 0;
     std::uint16_t flags = 0;   // the record's header flags: KLEAK_TS_LOWER_BOUND
     std::uint32_t window = 0;  // a stamped free's window (Event::bytes_req); not on the wire
+    std::uint64_t cache = 0;   // cache_free: its kmem_cache (encoded as KLEAK_CACHE_FREE_FROM when set)
 };
 
 // Designated initializers keep call sites readable:
@@ -117,6 +118,7 @@ inline Event free_event(const FreeSpec& s) {
     e.kind = s.kind;
     e.gfp_flags = s.flags;  // a free's Event carries its record's flags
     e.bytes_req = s.window;
+    e.cache = s.cache;
     return e;
 }
 
@@ -165,11 +167,23 @@ inline kleak_free_record free_record(const Event& e) {
     return rec;
 }
 
+// A KLEAK_CACHE_FREE_FROM record (kernels 6.1+): a free record and the
+// `struct kmem_cache *` the object goes back to, 40 bytes.
+inline kleak_cache_free_record cache_free_from_record(const Event& e) {
+    kleak_cache_free_record rec{};
+    rec.free = free_record(e);
+    rec.free.hdr.kind = KLEAK_CACHE_FREE_FROM;
+    rec.cache = e.cache;
+    return rec;
+}
+
 // The bytes the BPF program would have put in the ring for `e` (its cpu is
-// implied by which ring it goes to, so it is not encoded). A cache_alloc
-// that names its cache is a KLEAK_CACHE_ALLOC_FROM record.
+// implied by which ring it goes to, so it is not encoded). A cache_alloc or
+// cache_free that names its cache is a KLEAK_CACHE_ALLOC_FROM or
+// KLEAK_CACHE_FREE_FROM record.
 inline std::vector<std::byte> encode_event(const Event& e) {
     if (e.kind == EventKind::cache_alloc && e.cache != 0) return record_bytes(cache_alloc_from_record(e));
+    if (e.kind == EventKind::cache_free && e.cache != 0) return record_bytes(cache_free_from_record(e));
     return core::is_alloc(e.kind) ? record_bytes(alloc_record(e)) : record_bytes(free_record(e));
 }
 

@@ -39,6 +39,10 @@ Bytes kfree_bytes(std::uint64_t ts) { return encode_event(free_event({.ts = ts, 
 Bytes cache_free_bytes(std::uint64_t ts) {
     return encode_event(free_event({.ts = ts, .ptr = kPtr + ts, .site = kSite, .kind = EventKind::cache_free}));
 }
+Bytes cache_free_from_bytes(std::uint64_t ts) {
+    return encode_event(free_event({.ts = ts, .ptr = kPtr + ts, .site = kSite, .kind = EventKind::cache_free,
+                                    .cache = 0xffff888100001000}));
+}
 
 // A printk record as the BPF batch writes it: padded to 8 bytes.
 Bytes padded(Bytes record) {
@@ -125,6 +129,22 @@ TEST(RecordBatch, CacheAllocFromIsSizedFiftySixWhenAllOfItIsThere) {
     EXPECT_EQ(record_size_at(record, 48), 0u);
     // The header alone tells the size.
     EXPECT_EQ(record_size_at(std::span(record).first(kRecordSizeProbeBytes), 56), 56u);
+}
+
+TEST(RecordBatch, CacheFreeFromIsSizedFortyAndSplitsAmongOthers) {
+    const Bytes record = cache_free_from_bytes(1);
+    ASSERT_EQ(record.size(), 40u);
+    EXPECT_EQ(record_size_at(record, 40), 40u);
+    EXPECT_EQ(record_size_at(record, 39), 0u);
+    EXPECT_EQ(record_size_at(record, 32), 0u);  // a plain free's 32 bytes are not enough
+    const auto records = split(concat({cache_free_from_bytes(2), kfree_bytes(3), cache_free_from_bytes(4),
+                                       cache_alloc_from_bytes(5), test::time_mark_record(6)}));
+    ASSERT_EQ(records.size(), 5u);
+    EXPECT_EQ(decoded_ts(records), (std::vector<std::uint64_t>{2, 3, 4, 5, 6}));
+    Event e;
+    ASSERT_EQ(decode_record(records[2], 0, e), DecodeStatus::ok);
+    EXPECT_EQ(e.kind, EventKind::cache_free);
+    EXPECT_EQ(e.cache, 0xffff888100001000u);
 }
 
 TEST(RecordBatch, BatchWithCacheAllocFromRecordsSplitsInOrder) {
