@@ -82,8 +82,8 @@ constexpr std::string_view kModeRule =
 const std::string kAdminGroupRule = "\"\" (root only) or " + kGroupRule;
 const std::string kMaxClientsRule =
     "an integer from " + std::to_string(kMinClients) + " to " + std::to_string(kMaxClients);
-const std::string kMaxUnreadRule = "a size string from " + core::format_size(kMinUnread) + " to " +
-                                   core::format_size(kMaxUnread) + ", e.g. \"64M\"";
+const std::string kMaxUnreadRule =
+    "a size string from " + core::format_size(kMinUnread) + " to " + core::format_size(kMaxUnread) + ", e.g. \"64M\"";
 constexpr std::string_view kSnapshotDirectoryRule = "an absolute directory path, e.g. \"/var/lib/kleakd/snapshots\"";
 constexpr std::string_view kIntervalRule =  // kMinInterval to kMaxInterval
     "a duration from 1s to 24h: a number with a unit (\"30s\", \"5m\", \"1h\") or an integer of seconds";

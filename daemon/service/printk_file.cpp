@@ -1,4 +1,3 @@
-#include "service/file_io.h"
 #include "service/printk_file.h"
 
 #include <fcntl.h>
@@ -14,12 +13,13 @@
 #include <utility>
 #include <vector>
 
+#include "service/file_io.h"
+
 namespace kleak::service {
 
 namespace {
 
 constexpr mode_t kFileMode = 0640;  // kernel messages can carry addresses and other sensitive detail
-
 
 std::string rotated_name(unsigned n) { return std::string(kPrintkFileName) + "." + std::to_string(n); }
 
@@ -111,8 +111,8 @@ std::optional<std::string> PrintkFile::open_file(std::uint64_t& size) {
     if (auto error = open_directory(directory_, directory_fd_)) return error;
     const std::filesystem::path file = path();
     const std::string name(kPrintkFileName);
-    UniqueFd fd(::openat(directory_fd_.get(), name.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
-                         kFileMode));
+    UniqueFd fd(
+        ::openat(directory_fd_.get(), name.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, kFileMode));
     if (!fd) return open_failure("open", directory_fd_.get(), name, file, errno);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return failure("cannot stat", file, errno);
@@ -163,7 +163,8 @@ std::optional<std::string> PrintkFile::rotate(std::optional<std::string>& prune_
         const std::string to = rotated_name(n + 1);
         if (::renameat(dir, from.c_str(), dir, to.c_str()) != 0) {
             const int err = errno;
-            if (err != ENOENT) return failure("cannot rename " + (directory_ / from).string() + " to", directory_ / to, err);
+            if (err != ENOENT)
+                return failure("cannot rename " + (directory_ / from).string() + " to", directory_ / to, err);
         }
     }
     const std::string current(kPrintkFileName);

@@ -36,7 +36,8 @@ bool someone_listens(const sockaddr_un& addr) {
 
 }  // namespace
 
-std::optional<std::string> set_socket_access(const std::filesystem::path& path, unsigned mode, std::optional<gid_t> gid) {
+std::optional<std::string> set_socket_access(const std::filesystem::path& path, unsigned mode,
+                                             std::optional<gid_t> gid) {
     // AT_SYMLINK_NOFOLLOW: a link swapped in for the socket is refused, not
     // chmod-ed through (chmod(2) would change its target).
     if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
@@ -58,8 +59,7 @@ UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::opti
     // this check cannot move the socket elsewhere.
     UniqueFd dir;
     // 0755 when created: the socket's group must reach it (its mode guards it).
-    if (auto error = open_directory(directory, dir, 0755))
-        throw StartupError("the socket directory: " + *error);
+    if (auto error = open_directory(directory, dir, 0755)) throw StartupError("the socket directory: " + *error);
     const std::string via_fd = "/proc/self/fd/" + std::to_string(dir.get()) + "/" + name;
     std::optional<sockaddr_un> addr;
     if (::access("/proc/self/fd", X_OK) == 0) addr = unix_address(via_fd);
@@ -154,14 +154,15 @@ void QueryServer::accept_clients() {
         std::string refusal;
         // The last slot is an administrator's: whoever holds the others,
         // root can still connect to see what is going on.
-        const std::size_t slots =
-            verdict.role == PeerRole::admin ? limits_.max_clients : limits_.max_clients - std::min<std::size_t>(limits_.max_clients, 1);
+        const std::size_t slots = verdict.role == PeerRole::admin
+                                      ? limits_.max_clients
+                                      : limits_.max_clients - std::min<std::size_t>(limits_.max_clients, 1);
         if (!verdict.allowed()) {
             refusal = verdict.reason;
         } else if (clients_.size() >= slots) {
-            refusal = "too many clients (" + std::to_string(clients_.size()) + " connected; socket.max_clients = " +
-                      std::to_string(limits_.max_clients) + ", the last kept for root and socket.admin_group); " +
-                      "try again later";
+            refusal = "too many clients (" + std::to_string(clients_.size()) +
+                      " connected; socket.max_clients = " + std::to_string(limits_.max_clients) +
+                      ", the last kept for root and socket.admin_group); try again later";
         }
         if (!refusal.empty()) {
             ++counters_.refused;
@@ -261,8 +262,8 @@ void QueryServer::answer(Client& client, const std::string& line) {
             if (log_budget_++ % 100 == 0)
                 spdlog::warn("refused op {} from {}: not root or socket.admin_group", proto::op_name(op), client.peer);
             client.unsent += proto::encode_error(
-                decoded.request->id, {proto::ErrorCode::forbidden,
-                                      admin_only_message(op, policy_, "uid " + std::to_string(client.uid))});
+                decoded.request->id,
+                {proto::ErrorCode::forbidden, admin_only_message(op, policy_, "uid " + std::to_string(client.uid))});
             return;
         }
         spdlog::info("{} sent op {}", client.peer, proto::op_name(op));  // who reset the history, for the journal
@@ -273,8 +274,8 @@ void QueryServer::answer(Client& client, const std::string& line) {
     try {
         outcome = handler_.handle(*decoded.request);
     } catch (const std::bad_alloc&) {
-        outcome = proto::Error{proto::ErrorCode::internal, "out of memory while answering " +
-                                                               std::string(proto::op_name(decoded.request->op))};
+        outcome = proto::Error{proto::ErrorCode::internal,
+                               "out of memory while answering " + std::string(proto::op_name(decoded.request->op))};
     } catch (const std::exception& e) {
         outcome = proto::Error{proto::ErrorCode::internal,
                                std::string(proto::op_name(decoded.request->op)) + " failed: " + e.what()};
@@ -285,8 +286,8 @@ void QueryServer::answer(Client& client, const std::string& line) {
         return;
     }
     auto* subscribe = std::get_if<Subscribe>(&outcome);
-    std::string reply = proto::encode_result(decoded.request->id,
-                                             subscribe ? subscribe->first : std::get<nlohmann::json>(outcome));
+    std::string reply =
+        proto::encode_result(decoded.request->id, subscribe ? subscribe->first : std::get<nlohmann::json>(outcome));
     if (reply.size() > limits_.max_unsent_bytes) {
         // Held whole until read, it would be more than a client may pin: say
         // so instead of sending part of it and closing.
@@ -337,8 +338,9 @@ void QueryServer::flush(Client& client) {
     if (client.unsent.size() - client.sent > limits_.max_unsent_bytes) {
         ++counters_.dropped_slow;
         if (log_budget_++ % 100 == 0)
-            spdlog::warn("dropped query client {}: it does not read its replies ({} bytes unread, socket.max_unread {})",
-                         client.peer, client.unsent.size() - client.sent, limits_.max_unsent_bytes);
+            spdlog::warn(
+                "dropped query client {}: it does not read its replies ({} bytes unread, socket.max_unread {})",
+                client.peer, client.unsent.size() - client.sent, limits_.max_unsent_bytes);
         close_client(fd);
         return;
     }

@@ -58,7 +58,7 @@ struct ServerCounters {
     std::uint64_t accepted = 0;
     std::uint64_t refused = 0;  // credentials or too many clients
     std::uint64_t requests = 0;
-    std::uint64_t errors = 0;  // error replies sent
+    std::uint64_t errors = 0;     // error replies sent
     std::uint64_t forbidden = 0;  // state-changing ops refused to a reader
     std::uint64_t dropped_slow = 0;
     std::uint64_t closed_idle = 0;
@@ -74,7 +74,8 @@ UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::opti
 
 // chmod and chgrp of the socket file at `path`, refusing a symbolic link
 // there. nullopt, or what failed.
-std::optional<std::string> set_socket_access(const std::filesystem::path& path, unsigned mode, std::optional<gid_t> gid);
+std::optional<std::string> set_socket_access(const std::filesystem::path& path, unsigned mode,
+                                             std::optional<gid_t> gid);
 
 class QueryServer {
 public:
@@ -137,7 +138,7 @@ private:
     ServerCounters counters_;
     std::unordered_map<int, std::unique_ptr<Client>> clients_;
     std::optional<TimerFd> idle_timer_;  // sweeps for idle clients; none when idle_timeout is 0
-    std::uint64_t log_budget_ = 0;  // for rate-limited warnings
+    std::uint64_t log_budget_ = 0;       // for rate-limited warnings
 };
 
 }  // namespace kleak::service
