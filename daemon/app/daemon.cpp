@@ -419,6 +419,8 @@ nlohmann::json Daemon::stats() {
          {{"requests", server.requests},
           {"errors", server.errors},
           {"refused", server.refused},
+          {"forbidden", server.forbidden},
+          {"closed_idle", server.closed_idle},
           {"dropped_slow", server.dropped_slow}}},
     };
 }
