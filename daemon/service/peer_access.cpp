@@ -70,10 +70,10 @@ PeerVerdict check_peer(int fd, const AccessPolicy& policy) {
     } else if (in_group(cred, groups, policy.group)) {
         verdict.role = PeerRole::reader;
     } else if (policy.group) {
-        verdict.reason = "only root and members of group " + policy.group_name + " may query kleakd";
+        verdict.reason = "only root and members of the socket's group " + policy.group_name + " may query kleakd";
     } else {
         verdict.reason =
-            "only root may query kleakd (the socket group " + policy.group_name + " does not exist on this host)";
+            "only root may query kleakd (the socket's group " + policy.group_name + " does not exist on this host)";
     }
     return verdict;
 }

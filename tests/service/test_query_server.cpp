@@ -368,7 +368,7 @@ TEST_F(QueryServerTest, ReadersMayQueryButOnlyRootAndTheAdminGroupMayReset) {
     const std::string stranger = run_as(Identity{.groups = {kStrangers}}, version_then_reset, 2);
     EXPECT_EQ(
         stranger,
-        R"({"v":1,"id":null,"ok":false,"error":{"code":"not_permitted","message":"only root and members of group kleakd-test may query kleakd"}})"
+        R"({"v":1,"id":null,"ok":false,"error":{"code":"not_permitted","message":"only root and members of the socket's group kleakd-test may query kleakd"}})"
         "\n");
     EXPECT_EQ(handler_.resets, 1);
 
