@@ -137,8 +137,7 @@ void QueryServer::close_idle_clients() {
         const bool reply_unread = client->unsent.size() > client->sent || client->lines_waiting;
         if (client->subscription && !reply_unread) continue;  // a quiet stream waits for lines, it is not idle
         if (now - client->last_progress < limits_.idle_timeout) continue;
-        ++counters_.closed_idle;
-        if (log_budget_++ % 100 == 0)
+        if (counters_.closed_idle++ % 100 == 0)
             spdlog::info("closed query client {}: {} for {} ms (socket.idle_timeout)", client->peer,
                          reply_unread ? "it read none of its reply" : "no request", limits_.idle_timeout.count());
         idle.push_back(fd);
@@ -259,7 +258,8 @@ void QueryServer::answer(Client& client, const std::string& line) {
         if (client.role != PeerRole::admin) {
             ++counters_.errors;
             ++counters_.forbidden;
-            if (log_budget_++ % 100 == 0)
+            // Rate-limited by its own count: the first is always logged.
+            if (counters_.forbidden % 100 == 1)
                 spdlog::warn("refused op {} from {}: not root or socket.admin_group", proto::op_name(op), client.peer);
             client.unsent += proto::encode_error(
                 decoded.request->id,
