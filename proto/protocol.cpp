@@ -53,6 +53,7 @@ constexpr std::array kErrorCodes{
     Named<ErrorCode>{ErrorCode::not_permitted, "not_permitted"},
     Named<ErrorCode>{ErrorCode::lagged, "lagged"},
     Named<ErrorCode>{ErrorCode::not_found, "not_found"},
+    Named<ErrorCode>{ErrorCode::forbidden, "forbidden"},
 };
 
 template <typename Enum, std::size_t N>
@@ -294,6 +295,24 @@ std::string to_line(const ordered_json& message) { return dump_line_safe(message
 
 std::string_view op_name(Op op) { return name_of(kOps, op); }
 std::optional<Op> op_from_name(std::string_view name) { return value_of(kOps, name); }
+
+bool op_changes_state(Op op) {
+    switch (op) {
+        case Op::reset:
+            return true;
+        case Op::version:
+        case Op::stats:
+        case Op::leaks:
+        case Op::report:
+        case Op::snapshot:
+        case Op::printk:
+        case Op::suspects:
+        case Op::history:
+        case Op::caches:
+            return false;
+    }
+    return true;  // an op added without a decision here: admin only until someone decides
+}
 std::string_view leak_sort_name(LeakSort sort) { return name_of(kLeakSorts, sort); }
 std::string_view error_code_name(ErrorCode code) { return name_of(kErrorCodes, code); }
 std::optional<ErrorCode> error_code_from_name(std::string_view name) { return value_of(kErrorCodes, name); }

@@ -23,6 +23,11 @@ inline constexpr std::uint32_t kMaxLeaksTop = 100000;
 enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history, caches };
 std::string_view op_name(Op op);
 std::optional<Op> op_from_name(std::string_view name);
+// Whether `op` changes the daemon's state (today only `reset`, which wipes
+// every history): the daemon takes those only from root or its admin group
+// (socket.admin_group), the rest from any peer it lets in (PROTOCOL.md,
+// "Who may call what").
+bool op_changes_state(Op op);
 
 enum class LeakSort { bytes, count };
 std::string_view leak_sort_name(LeakSort sort);
@@ -98,6 +103,7 @@ enum class ErrorCode {
     not_permitted,
     lagged,     // a follower fell too far behind and was dropped
     not_found,  // the request names something the daemon does not have (a site)
+    forbidden,  // the peer may query, but not send this op (it changes state)
 };
 std::string_view error_code_name(ErrorCode code);
 std::optional<ErrorCode> error_code_from_name(std::string_view name);

@@ -78,6 +78,30 @@ std::optional<UniqueFd> activated_socket() {
     return UniqueFd(fd);
 }
 
+// Who may query and who may reset, from the config; a group that does not
+// exist on this host is logged and left out (root still may).
+service::AccessPolicy access_policy(const config::SocketSettings& socket) {
+    service::AccessPolicy policy;
+    policy.group_name = socket.group;
+    policy.group = service::lookup_group(socket.group);
+    if (!policy.group) spdlog::info("group '{}' does not exist: only root may query the socket", socket.group);
+    policy.admin_group_name = socket.admin_group;
+    if (!socket.admin_group.empty()) {
+        policy.admin_group = service::lookup_group(socket.admin_group);
+        if (!policy.admin_group)
+            spdlog::warn("socket.admin_group '{}' does not exist: only root may reset", socket.admin_group);
+    }
+    return policy;
+}
+
+service::ServerLimits server_limits(const config::SocketSettings& socket) {
+    service::ServerLimits limits;
+    limits.max_clients = socket.max_clients;
+    limits.max_unsent_bytes = socket.max_unread;
+    limits.idle_timeout = socket.idle_timeout;
+    return limits;
+}
+
 std::int64_t unix_time_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
@@ -103,9 +127,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     // `leaks --min-age` adds up birth epochs rather than scanning every live
     // allocation (a 1M-entry table is 6-8 ms of a CPU per query).
     pipeline_.index_ages();
-    const service::AccessPolicy policy{service::lookup_group(settings_.socket.group)};
-    if (!policy.group)
-        spdlog::info("group '{}' does not exist: only root may query the socket", settings_.socket.group);
+    service::AccessPolicy policy = access_policy(settings_.socket);
     UniqueFd listener;
     if (auto activated = activated_socket()) {
         listener = std::move(*activated);
@@ -114,7 +136,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
         listener = service::listen_unix(settings_.socket.path, settings_.socket.mode, policy.group);
         owned_socket_ = settings_.socket.path;
     }
-    server_.emplace(loop_, std::move(listener), policy, *this);
+    server_.emplace(loop_, std::move(listener), std::move(policy), *this, server_limits(settings_.socket));
 
     if (settings_.printk.enabled) {
         pipeline_.set_printk_sink(
@@ -408,6 +430,8 @@ nlohmann::json Daemon::stats() {
          {{"requests", server.requests},
           {"errors", server.errors},
           {"refused", server.refused},
+          {"forbidden", server.forbidden},
+          {"closed_idle", server.closed_idle},
           {"dropped_slow", server.dropped_slow}}},
     };
 }
@@ -546,15 +570,16 @@ void Daemon::reload() {
         snapshots_.reconfigure(next.snapshots.directory, next.snapshots.retention);
         snapshot_timer_.rearm(next.snapshots.interval);
     }
-    if (next.socket.group != settings_.socket.group || next.socket.mode != settings_.socket.mode) {
-        const service::AccessPolicy policy{service::lookup_group(next.socket.group)};
-        server_->set_policy(policy);
+    if (next.socket.group != settings_.socket.group || next.socket.mode != settings_.socket.mode ||
+        next.socket.admin_group != settings_.socket.admin_group) {
+        service::AccessPolicy policy = access_policy(next.socket);
         if (!owned_socket_.empty()) {
-            if (::chmod(owned_socket_.c_str(), next.socket.mode) != 0 ||
-                (policy.group && ::chown(owned_socket_.c_str(), static_cast<uid_t>(-1), *policy.group) != 0))
-                spdlog::warn("could not apply the new socket mode/group to {}", owned_socket_.string());
+            if (auto error = service::set_socket_access(owned_socket_, next.socket.mode, policy.group))
+                spdlog::warn("could not apply the new socket mode/group: {}", *error);
         }
+        server_->set_policy(std::move(policy));
     }
+    server_->set_limits(server_limits(next.socket));
     if (next.socket.path != settings_.socket.path) {
         spdlog::warn("socket.path changed to {}; it takes effect when kleakd restarts", next.socket.path.string());
         next.socket.path = settings_.socket.path;

@@ -30,15 +30,17 @@ constexpr std::size_t kFlushThreshold = 1 << 20;  // write when a CPU buffer pas
 }  // namespace
 
 RecordingWriter::RecordingWriter(std::filesystem::path dir, unsigned cpu_count) : dir_(std::move(dir)) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir_, ec);
-    if (ec) throw StartupError("cannot create output directory " + dir_.string() + ": " + ec.message());
+    // Under the directory's fd and without following links (service/file_io.h):
+    // `kleakd record` runs as root, and O_TRUNC through a planted link would
+    // empty whatever it points at.
+    if (auto error = service::open_directory(dir_, dir_fd_, 0755)) throw StartupError("output directory: " + *error);
     for (unsigned cpu = 0; cpu < cpu_count; ++cpu) {
-        const std::filesystem::path path = dir_ / core::cpu_file_name(cpu);
+        const std::string name = core::cpu_file_name(cpu);
+        const std::filesystem::path path = dir_ / name;
         CpuFile file;
-        file.fd.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-        if (!file.fd)
-            throw StartupError(describe_errno("output directory not writable: cannot create " + path.string(), -errno));
+        file.fd.reset(
+            ::openat(dir_fd_.get(), name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+        if (!file.fd) throw StartupError(service::open_failure("create", dir_fd_.get(), name, path, errno));
         const auto header = core::encode_file_header({core::kRecordingFormatVersion, KLEAK_ABI_VERSION, cpu});
         if (const int err = -service::write_all(file.fd.get(), as_chars(header)); err != 0)
             throw StartupError(describe_errno("cannot write " + path.string(), err));
@@ -94,20 +96,22 @@ bool RecordingWriter::finish(core::RecordingMeta meta, core::Symbolizer& symboli
     for (const std::uint64_t site : sites_) meta.symbols[site] = symbolizer.resolve(site);
     meta.records = records_;
 
-    const std::filesystem::path tmp = dir_ / "meta.json.tmp";
+    constexpr const char* kTemp = "meta.json.tmp";
+    const std::filesystem::path tmp = dir_ / kTemp;
     {
-        std::ofstream out(tmp);
-        out << core::meta_to_json(meta).dump(1) << '\n';
-        out.flush();
+        const UniqueFd out(::openat(dir_fd_.get(), kTemp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
         if (!out) {
-            spdlog::error("cannot write {}", tmp.string());
+            spdlog::error("{}", service::open_failure("create", dir_fd_.get(), kTemp, tmp, errno));
+            return false;
+        }
+        if (const int err = service::write_all(out.get(), core::meta_to_json(meta).dump(1) + "\n")) {
+            spdlog::error("{}", service::failure("cannot write", tmp, err));
             return false;
         }
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, dir_ / "meta.json", ec);
-    if (ec) {
-        spdlog::error("cannot rename {} into place: {}", tmp.string(), ec.message());
+    // renameat replaces a link named meta.json, never its target.
+    if (::renameat(dir_fd_.get(), kTemp, dir_fd_.get(), "meta.json") != 0) {
+        spdlog::error("{}", service::failure("cannot rename into place", tmp, errno));
         return false;
     }
     return records_lost_ == 0;

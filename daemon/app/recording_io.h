@@ -22,7 +22,8 @@ namespace kleak {
 class RecordingWriter final : public RecordSink {
 public:
     // Creates `dir` if needed and the per-CPU files in it (truncating old
-    // ones). Throws StartupError naming the path when it is not writable.
+    // ones). Throws StartupError naming the path when it is not writable, or
+    // when `dir` or one of the files is a symbolic link (never followed).
     RecordingWriter(std::filesystem::path dir, unsigned cpu_count);
 
     void on_record(unsigned cpu, std::span<const std::byte> record) override;
@@ -48,6 +49,7 @@ private:
     void collect_sites(const std::vector<std::byte>& buffer);
 
     std::filesystem::path dir_;
+    UniqueFd dir_fd_;  // every file is created under it, never through a link
     std::vector<CpuFile> files_;
     absl::flat_hash_set<std::uint64_t> sites_;
     std::uint64_t records_ = 0;

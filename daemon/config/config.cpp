@@ -36,6 +36,10 @@ constexpr std::int64_t kMinPrintkLines = 1;
 constexpr std::int64_t kMaxPrintkLines = 1000000;
 constexpr std::uint64_t kMinPrintkFileSize = std::uint64_t{64} << 10;
 constexpr std::uint64_t kMaxPrintkFileSize = std::uint64_t{1} << 30;
+constexpr std::int64_t kMinClients = 2;  // one for readers, one kept for an administrator
+constexpr std::int64_t kMaxClients = 4096;
+constexpr std::uint64_t kMinUnread = std::uint64_t{256} << 10;
+constexpr std::uint64_t kMaxUnread = std::uint64_t{4} << 30;
 constexpr std::int64_t kMinPrintkRetention = 1;
 constexpr std::int64_t kMaxPrintkRetention = 1000;
 // A config file is a few hundred bytes; this stops `--config /dev/zero`.
@@ -75,6 +79,11 @@ const std::string kGroupRule =
 constexpr std::string_view kModeRule =
     "an octal string from \"0600\" to \"0777\" that gives the owner read and write and others no write, "
     "e.g. \"0660\"";
+const std::string kAdminGroupRule = "\"\" (root only) or " + kGroupRule;
+const std::string kMaxClientsRule =
+    "an integer from " + std::to_string(kMinClients) + " to " + std::to_string(kMaxClients);
+const std::string kMaxUnreadRule =
+    "a size string from " + core::format_size(kMinUnread) + " to " + core::format_size(kMaxUnread) + ", e.g. \"64M\"";
 constexpr std::string_view kSnapshotDirectoryRule = "an absolute directory path, e.g. \"/var/lib/kleakd/snapshots\"";
 constexpr std::string_view kIntervalRule =  // kMinInterval to kMaxInterval
     "a duration from 1s to 24h: a number with a unit (\"30s\", \"5m\", \"1h\") or an integer of seconds";
@@ -238,7 +247,9 @@ struct Raw {
 using RawInterval = std::variant<std::string, std::int64_t>;
 
 struct RawSocket {
-    std::optional<Raw<std::string>> path, group, mode;
+    std::optional<Raw<std::string>> path, group, mode, admin_group, max_unread;
+    std::optional<Raw<std::int64_t>> max_clients;
+    std::optional<Raw<RawInterval>> idle_timeout;
 };
 struct RawSnapshots {
     std::optional<Raw<std::string>> directory;
@@ -396,6 +407,10 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.socket.path = socket.string("path", kSocketPathRule);
     raw.socket.group = socket.string("group", kGroupRule);
     raw.socket.mode = socket.string("mode", kModeRule);
+    raw.socket.admin_group = socket.string("admin_group", kAdminGroupRule);
+    raw.socket.max_clients = socket.integer("max_clients", kMaxClientsRule);
+    raw.socket.idle_timeout = socket.string_or_integer("idle_timeout", kIntervalRule);
+    raw.socket.max_unread = socket.string("max_unread", kMaxUnreadRule);
     socket.report_unknown_keys();
 
     ObjectReader snapshots = top.section("snapshots");
@@ -464,6 +479,21 @@ std::optional<std::string> check_group(const Raw<std::string>& raw, Errors& erro
     if (valid) return name;
     report_invalid(errors, raw.key, in_quotes(name) + " is not a valid group name", kGroupRule);
     return std::nullopt;
+}
+
+std::optional<std::string> check_admin_group(const Raw<std::string>& raw, Errors& errors) {
+    if (raw.value.empty()) return raw.value;  // none: only root may change state
+    const std::size_t before = errors.size();
+    if (auto name = check_group(raw, errors)) return name;
+    errors.resize(before);
+    report_invalid(errors, raw.key, in_quotes(raw.value) + " is not a valid group name", kAdminGroupRule);
+    return std::nullopt;
+}
+
+std::optional<std::uint64_t> check_max_unread(const Raw<std::string>& raw, Errors& errors) {
+    core::SizeParse parsed = core::parse_byte_size(raw.value, kMinUnread, kMaxUnread);
+    if (!parsed.bytes) errors.push_back({raw.key, std::move(parsed.error)});
+    return parsed.bytes;
 }
 
 std::optional<unsigned> check_mode(const Raw<std::string>& raw, Errors& errors) {
@@ -547,6 +577,10 @@ std::optional<T> check_integer_range(const Raw<std::int64_t>& raw, Errors& error
     if (raw.value >= min && raw.value <= max) return static_cast<T>(raw.value);
     report_invalid(errors, raw.key, std::to_string(raw.value) + " is out of range", rule);
     return std::nullopt;
+}
+
+std::optional<std::size_t> check_max_clients(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<std::size_t>(raw, errors, kMinClients, kMaxClients, kMaxClientsRule);
 }
 
 std::optional<unsigned> check_retention(const Raw<std::int64_t>& raw, Errors& errors) {
@@ -659,6 +693,10 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     apply(raw.socket.path, check_socket_path, settings.socket.path, errors);
     apply(raw.socket.group, check_group, settings.socket.group, errors);
     apply(raw.socket.mode, check_mode, settings.socket.mode, errors);
+    apply(raw.socket.admin_group, check_admin_group, settings.socket.admin_group, errors);
+    apply(raw.socket.max_clients, check_max_clients, settings.socket.max_clients, errors);
+    apply(raw.socket.idle_timeout, check_interval, settings.socket.idle_timeout, errors);
+    apply(raw.socket.max_unread, check_max_unread, settings.socket.max_unread, errors);
     apply(raw.snapshots.directory, check_snapshot_directory, settings.snapshots.directory, errors);
     apply(raw.snapshots.interval, check_interval, settings.snapshots.interval, errors);
     apply(raw.snapshots.retention, check_retention, settings.snapshots.retention, errors);
@@ -747,7 +785,11 @@ nlohmann::json settings_to_json(const Settings& settings) {
         {"socket",
          {{"path", settings.socket.path.string()},
           {"group", settings.socket.group},
-          {"mode", format_mode(settings.socket.mode)}}},
+          {"mode", format_mode(settings.socket.mode)},
+          {"admin_group", settings.socket.admin_group},
+          {"max_clients", settings.socket.max_clients},
+          {"idle_timeout", std::to_string(settings.socket.idle_timeout.count()) + "s"},
+          {"max_unread", core::format_size(settings.socket.max_unread)}}},
         {"snapshots",
          {{"directory", settings.snapshots.directory.string()},
           {"interval", std::to_string(settings.snapshots.interval.count()) + "s"},

@@ -21,8 +21,12 @@ namespace kleak::config {
 
 struct SocketSettings {
     std::filesystem::path path = "/run/kleakd/kleakd.sock";
-    std::string group = "kleakd";
+    std::string group = "kleakd";  // may query (read-only ops)
     unsigned mode = 0660;
+    std::string admin_group;  // may also change state (reset); "" = root only
+    std::size_t max_clients = 64;  // connections at once, the last kept for root and admin_group
+    std::chrono::seconds idle_timeout{60};  // closes a client that neither sends a request nor reads a reply
+    std::uint64_t max_unread = std::uint64_t{64} << 20;  // reply bytes held for one client
 
     bool operator==(const SocketSettings&) const = default;
 };

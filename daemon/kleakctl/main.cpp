@@ -174,7 +174,8 @@ int main(int argc, char** argv) {
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");
     auto* snapshot = app.add_subcommand("snapshot", "A full JSON snapshot, as written to the snapshot directory");
-    auto* reset = app.add_subcommand("reset", "Forget all history and start a fresh baseline");
+    auto* reset = app.add_subcommand(
+        "reset", "Forget all history and start a fresh baseline (root or socket.admin_group only; it changes state)");
     auto* version = app.add_subcommand("version", "kleakctl's and kleakd's versions");
     auto* printk = app.add_subcommand("printk", "The kernel log kleakd captured, merged across CPUs in time order");
     printk->add_flag("--follow,-f", options.follow, "Keep printing new lines until interrupted");

@@ -1,4 +1,3 @@
-#include "service/file_io.h"
 #include "service/printk_file.h"
 
 #include <fcntl.h>
@@ -14,12 +13,13 @@
 #include <utility>
 #include <vector>
 
+#include "service/file_io.h"
+
 namespace kleak::service {
 
 namespace {
 
 constexpr mode_t kFileMode = 0640;  // kernel messages can carry addresses and other sensitive detail
-
 
 std::string rotated_name(unsigned n) { return std::string(kPrintkFileName) + "." + std::to_string(n); }
 
@@ -105,12 +105,15 @@ std::optional<std::string> PrintkFile::append_or_throw(std::string_view line) {
     return prune_error;
 }
 
-// Opens (creating) printk.log and records which file it is and its size.
+// Opens the directory and, under it, printk.log (creating both), and records
+// which file it is and its size. Neither may be a symbolic link (file_io.h).
 std::optional<std::string> PrintkFile::open_file(std::uint64_t& size) {
-    if (auto error = make_directories(directory_)) return error;
+    if (auto error = open_directory(directory_, directory_fd_)) return error;
     const std::filesystem::path file = path();
-    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, kFileMode));
-    if (!fd) return failure("cannot open", file, errno);
+    const std::string name(kPrintkFileName);
+    UniqueFd fd(
+        ::openat(directory_fd_.get(), name.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, kFileMode));
+    if (!fd) return open_failure("open", directory_fd_.get(), name, file, errno);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return failure("cannot stat", file, errno);
     device_ = st.st_dev;
@@ -125,7 +128,8 @@ std::optional<std::string> PrintkFile::open_file(std::uint64_t& size) {
 // outside truncation (logrotate's copytruncate).
 bool PrintkFile::still_open_at_path(std::uint64_t& size) const {
     struct stat st {};
-    if (::stat(path().c_str(), &st) != 0) return false;
+    const std::string name(kPrintkFileName);
+    if (::fstatat(directory_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
     if (st.st_dev != device_ || st.st_ino != inode_) return false;
     size = static_cast<std::uint64_t>(st.st_size);
     return true;
@@ -134,42 +138,47 @@ bool PrintkFile::still_open_at_path(std::uint64_t& size) const {
 // Shifts the rotated files up by one and printk.log to printk.log.1. Only
 // names of the form printk.log.N are touched.
 std::optional<std::string> PrintkFile::rotate(std::optional<std::string>& prune_error) const {
+    // Names only, under the directory's fd: renameat and unlinkat move or
+    // delete a link planted here, never what it points to.
+    const int dir = directory_fd_.get();
+    std::vector<std::string> names;
+    if (auto error = list_directory(dir, directory_, names)) return error;
     std::vector<unsigned> rotated;  // the numbers that stay, to shift up
-    std::error_code ec;
-    for (std::filesystem::directory_iterator it(directory_, ec), end; !ec && it != end; it.increment(ec)) {
-        const auto n = parse_rotated_printk_name(it->path().filename().native());
+    for (const std::string& name : names) {
+        const auto n = parse_rotated_printk_name(name);
         if (!n) continue;
         if (*n < retention_) {
             rotated.push_back(*n);
-        } else if (::unlink(it->path().c_str()) != 0) {
+        } else if (::unlinkat(dir, name.c_str(), 0) != 0) {
             // Past retention once shifted. A failure here loses nothing, so
             // the rotation goes on and only reports it.
             const int err = errno;
-            if (err != ENOENT && !prune_error) prune_error = failure("cannot delete", it->path(), err);
+            if (err != ENOENT && !prune_error) prune_error = failure("cannot delete", directory_ / name, err);
         }
     }
-    if (ec) return "cannot list " + directory_.string() + ": " + ec.message();
 
     std::sort(rotated.begin(), rotated.end(), std::greater<>());
     for (const unsigned n : rotated) {
-        const std::filesystem::path from = directory_ / rotated_name(n);
-        const std::filesystem::path to = directory_ / rotated_name(n + 1);
-        if (::rename(from.c_str(), to.c_str()) != 0) {
+        const std::string from = rotated_name(n);
+        const std::string to = rotated_name(n + 1);
+        if (::renameat(dir, from.c_str(), dir, to.c_str()) != 0) {
             const int err = errno;
-            if (err != ENOENT) return failure("cannot rename " + from.string() + " to", to, err);
+            if (err != ENOENT)
+                return failure("cannot rename " + (directory_ / from).string() + " to", directory_ / to, err);
         }
     }
-    const std::filesystem::path current = path();
-    const std::filesystem::path first = directory_ / rotated_name(1);
-    if (::rename(current.c_str(), first.c_str()) != 0) {
+    const std::string current(kPrintkFileName);
+    const std::string first = rotated_name(1);
+    if (::renameat(dir, current.c_str(), dir, first.c_str()) != 0) {
         const int err = errno;
-        if (err != ENOENT) return failure("cannot rename " + current.string() + " to", first, err);
+        if (err != ENOENT) return failure("cannot rename " + path().string() + " to", directory_ / first, err);
     }
     return std::nullopt;
 }
 
 void PrintkFile::close_file() {
     fd_.reset();
+    directory_fd_.reset();
     device_ = 0;
     inode_ = 0;
 }

@@ -39,7 +39,8 @@ public:
     void reconfigure(std::filesystem::path directory, std::uint64_t max_size, unsigned retention);
 
     // Writes `line` plus '\n' with one write() to <directory>/printk.log,
-    // creating the directory (0750) and the file (0640) when missing; the
+    // creating the directory (0750) and the file (0640) when missing (neither
+    // may be a symbolic link: file_io.h); the
     // file stays open (O_APPEND) between calls. Before a line that would take
     // the file past max_size it rotates: printk.log.(N-1) -> printk.log.N ...
     // printk.log -> printk.log.1, deleting rotated files numbered N or more
@@ -69,6 +70,7 @@ private:
     std::filesystem::path directory_;
     std::uint64_t max_size_;
     unsigned retention_;
+    UniqueFd directory_fd_;  // open with fd_: the directory its names are under
     UniqueFd fd_;
     dev_t device_ = 0;  // identity of the open file, to notice it was replaced
     ino_t inode_ = 0;

@@ -8,27 +8,27 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "kernel/startup_error.h"
+#include "service/file_io.h"
 
 namespace kleak::service {
 
 namespace {
 
-sockaddr_un unix_address(const std::filesystem::path& path) {
+std::optional<sockaddr_un> unix_address(const std::string& text) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    const std::string text = path.string();
-    if (text.size() >= sizeof addr.sun_path)
-        throw StartupError("socket path " + text + " is too long (at most " + std::to_string(sizeof addr.sun_path - 1) +
-                           " bytes)");
+    if (text.size() >= sizeof addr.sun_path) return std::nullopt;
     std::memcpy(addr.sun_path, text.c_str(), text.size() + 1);
     return addr;
 }
 
-// True if something accepts connections at `path`.
+// True if something accepts connections at `addr`.
 bool someone_listens(const sockaddr_un& addr) {
     UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     return probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
@@ -36,19 +36,42 @@ bool someone_listens(const sockaddr_un& addr) {
 
 }  // namespace
 
+std::optional<std::string> set_socket_access(const std::filesystem::path& path, unsigned mode,
+                                             std::optional<gid_t> gid) {
+    // AT_SYMLINK_NOFOLLOW: a link swapped in for the socket is refused, not
+    // chmod-ed through (chmod(2) would change its target).
+    if (::fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == EOPNOTSUPP ? symlink_refusal("chmod", path) : failure("cannot chmod", path, errno);
+    if (gid && ::fchownat(AT_FDCWD, path.c_str(), static_cast<uid_t>(-1), *gid, AT_SYMLINK_NOFOLLOW) != 0)
+        return failure("cannot chown", path, errno);
+    return std::nullopt;
+}
+
 UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::optional<gid_t> gid) {
-    const sockaddr_un addr = unix_address(path);
-    std::error_code ec;
-    std::filesystem::create_directories(path.parent_path(), ec);
-    if (ec)
-        throw StartupError("cannot create the socket directory " + path.parent_path().string() + ": " + ec.message());
+    const std::filesystem::path directory = path.parent_path();
+    const std::string name = path.filename().string();
+    if (!unix_address(path.string()))
+        throw StartupError("socket path " + path.string() + " is too long (at most " +
+                           std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes)");
+    // The directory, opened without following a link in its place; the
+    // socket is then looked at, removed and bound under it, through
+    // /proc/self/fd/N/<name>, so a link swapped in for the directory after
+    // this check cannot move the socket elsewhere.
+    UniqueFd dir;
+    // 0755 when created: the socket's group must reach it (its mode guards it).
+    if (auto error = open_directory(directory, dir, 0755)) throw StartupError("the socket directory: " + *error);
+    const std::string via_fd = "/proc/self/fd/" + std::to_string(dir.get()) + "/" + name;
+    std::optional<sockaddr_un> addr;
+    if (::access("/proc/self/fd", X_OK) == 0) addr = unix_address(via_fd);
+    if (!addr) addr = unix_address(path.string());  // no /proc, or a name too long for the detour
 
     struct stat st {};
-    if (::lstat(path.c_str(), &st) == 0) {
+    if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (S_ISLNK(st.st_mode)) throw StartupError(symlink_refusal("bind the query socket at", path));
         if (!S_ISSOCK(st.st_mode))
             throw StartupError(path.string() + " exists and is not a socket; remove it or set socket.path");
-        if (someone_listens(addr)) throw StartupError("another kleakd already serves " + path.string());
-        ::unlink(path.c_str());  // stale: its daemon died without cleaning up
+        if (someone_listens(*addr)) throw StartupError("another kleakd already serves " + path.string());
+        ::unlinkat(dir.get(), name.c_str(), 0);  // stale: its daemon died without cleaning up
     }
 
     UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -56,15 +79,12 @@ UniqueFd listen_unix(const std::filesystem::path& path, unsigned mode, std::opti
     // Bind with a umask that leaves no window where the socket is more open
     // than `mode`.
     const mode_t old_umask = ::umask(0777 & ~mode);
-    const int rc = ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    const int rc = ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr);
     const int bind_errno = errno;
     ::umask(old_umask);
     if (rc != 0)
         throw StartupError(describe_errno("binding the query socket " + path.string() + " failed", -bind_errno));
-    if (::chmod(path.c_str(), mode) != 0)
-        throw StartupError(describe_errno("chmod of " + path.string() + " failed", -errno));
-    if (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)
-        throw StartupError(describe_errno("chown of " + path.string() + " to its group failed", -errno));
+    if (auto error = set_socket_access(path, mode, gid)) throw StartupError(*error);
     if (::listen(fd.get(), 64) != 0)
         throw StartupError(describe_errno("listen on " + path.string() + " failed", -errno));
     return fd;
@@ -77,11 +97,52 @@ QueryServer::QueryServer(EventLoop& loop, UniqueFd listener, AccessPolicy policy
     const int flags = ::fcntl(listener_.get(), F_GETFL);
     if (flags >= 0) ::fcntl(listener_.get(), F_SETFL, flags | O_NONBLOCK);
     loop_.watch(listener_.get(), [this]() { accept_clients(); });
+    arm_idle_timer();
 }
 
 QueryServer::~QueryServer() {
     while (!clients_.empty()) close_client(clients_.begin()->first);
+    if (idle_timer_) loop_.unwatch(idle_timer_->fd());
     loop_.unwatch(listener_.get());
+}
+
+void QueryServer::set_limits(ServerLimits limits) {
+    limits_ = limits;
+    arm_idle_timer();
+}
+
+// One timer sweeps every client a few times per timeout rather than one
+// timer per client: at most max_clients to look at, and a client is closed
+// between idle_timeout and 1.25 x idle_timeout (at most 5 s more) after its
+// last progress.
+void QueryServer::arm_idle_timer() {
+    if (idle_timer_) {
+        loop_.unwatch(idle_timer_->fd());
+        idle_timer_.reset();
+    }
+    if (limits_.idle_timeout <= std::chrono::milliseconds::zero()) return;
+    const auto period = std::clamp<std::chrono::milliseconds>(limits_.idle_timeout / 4, std::chrono::milliseconds(10),
+                                                              std::chrono::milliseconds(5000));
+    idle_timer_.emplace(period);
+    loop_.watch(idle_timer_->fd(), [this]() {
+        idle_timer_->take();
+        close_idle_clients();
+    });
+}
+
+void QueryServer::close_idle_clients() {
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<int> idle;
+    for (const auto& [fd, client] : clients_) {
+        const bool reply_unread = client->unsent.size() > client->sent || client->lines_waiting;
+        if (client->subscription && !reply_unread) continue;  // a quiet stream waits for lines, it is not idle
+        if (now - client->last_progress < limits_.idle_timeout) continue;
+        if (counters_.closed_idle++ % 100 == 0)
+            spdlog::info("closed query client {}: {} for {} ms (socket.idle_timeout)", client->peer,
+                         reply_unread ? "it read none of its reply" : "no request", limits_.idle_timeout.count());
+        idle.push_back(fd);
+    }
+    for (const int fd : idle) close_client(fd);
 }
 
 void QueryServer::accept_clients() {
@@ -90,10 +151,17 @@ void QueryServer::accept_clients() {
         if (!fd) return;  // EAGAIN, or an aborted connection
         const PeerVerdict verdict = check_peer(fd.get(), policy_);
         std::string refusal;
-        if (!verdict.allowed) {
+        // The last slot is an administrator's: whoever holds the others,
+        // root can still connect to see what is going on.
+        const std::size_t slots = verdict.role == PeerRole::admin
+                                      ? limits_.max_clients
+                                      : limits_.max_clients - std::min<std::size_t>(limits_.max_clients, 1);
+        if (!verdict.allowed()) {
             refusal = verdict.reason;
-        } else if (clients_.size() >= limits_.max_clients) {
-            refusal = "too many clients (" + std::to_string(limits_.max_clients) + "); try again later";
+        } else if (clients_.size() >= slots) {
+            refusal = "too many clients (" + std::to_string(clients_.size()) +
+                      " connected; socket.max_clients = " + std::to_string(limits_.max_clients) +
+                      ", the last kept for root and socket.admin_group); try again later";
         }
         if (!refusal.empty()) {
             ++counters_.refused;
@@ -106,6 +174,10 @@ void QueryServer::accept_clients() {
         const int raw = fd.get();
         auto client = std::make_unique<Client>();
         client->fd = std::move(fd);
+        client->role = verdict.role;
+        client->uid = verdict.uid;
+        client->peer = verdict.peer;
+        client->last_progress = std::chrono::steady_clock::now();
         clients_.emplace(raw, std::move(client));
         loop_.watch_events(raw, EPOLLIN | EPOLLRDHUP, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
@@ -162,6 +234,7 @@ void QueryServer::serve(Client& client) {
         }
         const auto status = client.reader.next(line);
         if (status == proto::LineReader::Status::need_more) return;
+        client.last_progress = std::chrono::steady_clock::now();
         if (status == proto::LineReader::Status::too_large) {
             ++counters_.errors;
             client.unsent += proto::encode_error(std::nullopt, proto::line_too_large_error());
@@ -180,14 +253,29 @@ void QueryServer::answer(Client& client, const std::string& line) {
         client.unsent += proto::encode_error(decoded.id, *decoded.error);
         return;
     }
+    const proto::Op op = decoded.request->op;
+    if (proto::op_changes_state(op)) {
+        if (client.role != PeerRole::admin) {
+            ++counters_.errors;
+            ++counters_.forbidden;
+            // Rate-limited by its own count: the first is always logged.
+            if (counters_.forbidden % 100 == 1)
+                spdlog::warn("refused op {} from {}: not root or socket.admin_group", proto::op_name(op), client.peer);
+            client.unsent += proto::encode_error(
+                decoded.request->id,
+                {proto::ErrorCode::forbidden, admin_only_message(op, policy_, "uid " + std::to_string(client.uid))});
+            return;
+        }
+        spdlog::info("{} sent op {}", client.peer, proto::op_name(op));  // who reset the history, for the journal
+    }
     // A query that fails (a bad_alloc building a large report, a bug) is
     // that client's error, never the daemon's end.
     std::variant<nlohmann::json, proto::Error, Subscribe> outcome;
     try {
         outcome = handler_.handle(*decoded.request);
     } catch (const std::bad_alloc&) {
-        outcome = proto::Error{proto::ErrorCode::internal, "out of memory while answering " +
-                                                               std::string(proto::op_name(decoded.request->op))};
+        outcome = proto::Error{proto::ErrorCode::internal,
+                               "out of memory while answering " + std::string(proto::op_name(decoded.request->op))};
     } catch (const std::exception& e) {
         outcome = proto::Error{proto::ErrorCode::internal,
                                std::string(proto::op_name(decoded.request->op)) + " failed: " + e.what()};
@@ -195,12 +283,32 @@ void QueryServer::answer(Client& client, const std::string& line) {
     if (auto* error = std::get_if<proto::Error>(&outcome)) {
         ++counters_.errors;
         client.unsent += proto::encode_error(decoded.request->id, *error);
-    } else if (auto* subscribe = std::get_if<Subscribe>(&outcome)) {
-        client.unsent += proto::encode_result(decoded.request->id, subscribe->first);
-        client.subscription = *decoded.request;
-    } else {
-        client.unsent += proto::encode_result(decoded.request->id, std::get<nlohmann::json>(outcome));
+        return;
     }
+    auto* subscribe = std::get_if<Subscribe>(&outcome);
+    std::string reply =
+        proto::encode_result(decoded.request->id, subscribe ? subscribe->first : std::get<nlohmann::json>(outcome));
+    if (reply.size() > limits_.max_unsent_bytes) {
+        // Held whole until read, it would be more than a client may pin: say
+        // so instead of sending part of it and closing.
+        ++counters_.errors;
+        client.unsent += proto::encode_error(
+            decoded.request->id,
+            {proto::ErrorCode::too_large, "the " + std::string(proto::op_name(op)) + " reply is " +
+                                              std::to_string(reply.size()) + " bytes, more than socket.max_unread (" +
+                                              std::to_string(limits_.max_unsent_bytes) +
+                                              ") lets kleakd hold for one client; raise socket.max_unread"});
+        return;
+    }
+    queue(client, std::move(reply));
+    if (subscribe) client.subscription = *decoded.request;
+}
+
+void QueryServer::queue(Client& client, std::string&& line) {
+    if (client.unsent.empty())
+        client.unsent = std::move(line);  // a large reply is not copied
+    else
+        client.unsent += line;
 }
 
 void QueryServer::flush(Client& client) {
@@ -214,6 +322,7 @@ void QueryServer::flush(Client& client) {
             return;
         }
         client.sent += static_cast<std::size_t>(n);
+        client.last_progress = std::chrono::steady_clock::now();
     }
     if (client.sent == client.unsent.size()) {
         client.unsent.clear();
@@ -229,8 +338,9 @@ void QueryServer::flush(Client& client) {
     if (client.unsent.size() - client.sent > limits_.max_unsent_bytes) {
         ++counters_.dropped_slow;
         if (log_budget_++ % 100 == 0)
-            spdlog::warn("dropped a query client that does not read its replies ({} bytes unread)",
-                         client.unsent.size() - client.sent);
+            spdlog::warn(
+                "dropped query client {}: it does not read its replies ({} bytes unread, socket.max_unread {})",
+                client.peer, client.unsent.size() - client.sent, limits_.max_unsent_bytes);
         close_client(fd);
         return;
     }

@@ -76,7 +76,7 @@ public:
             TempFile file(fd_.get(), std::string(kTempPrefix) + std::to_string(::getpid()) + "-" +
                                          std::to_string(counter++) + std::string(kTempSuffix));
             const UniqueFd out(
-                ::openat(fd_.get(), file.name().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kFileMode));
+                ::openat(fd_.get(), file.name().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, kFileMode));
             if (!out) {
                 const int err = errno;
                 file.forget();  // never created: the name may be someone else's
@@ -141,10 +141,7 @@ public:
 
     std::vector<std::string> list(std::string& error) const {
         std::vector<std::string> names;
-        std::error_code ec;
-        for (std::filesystem::directory_iterator it(path_, ec), end; !ec && it != end; it.increment(ec))
-            names.push_back(it->path().filename().string());
-        if (ec) error = "cannot list " + path_.string() + ": " + ec.message();
+        if (auto list_error = list_directory(fd_.get(), path_, names)) error = std::move(*list_error);
         return names;
     }
 
@@ -243,9 +240,8 @@ std::optional<std::string> SnapshotWriter::write_text(std::string_view content,
 
 std::optional<std::string> SnapshotWriter::write_or_throw(std::string_view content,
                                                           std::chrono::system_clock::time_point now) {
-    if (auto error = make_directories(directory_)) return error;
-    UniqueFd fd(::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd) return failure("cannot open directory", directory_, errno);
+    UniqueFd fd;
+    if (auto error = open_directory(directory_, fd)) return error;
     const SnapshotDirectory directory(directory_, std::move(fd));
     std::string error;
 

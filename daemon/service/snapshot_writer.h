@@ -60,8 +60,11 @@ public:
     // with a copy, then prunes. Every file is written under a temporary name,
     // fsynced and moved into place, and the directory fsynced, so a crash
     // leaves either the old file or the new one. Creates the directory (mode
-    // 0750) when missing. Returns nothing on success, else a message naming
-    // the path and the reason; leaves no temporary file behind.
+    // 0750) when missing. The directory must not be a symbolic link, and a
+    // link planted in it under a snapshot's or latest.json's name is
+    // replaced or passed over, never written through (file_io.h). Returns
+    // nothing on success, else a message naming the path and the reason;
+    // leaves no temporary file behind.
     std::optional<std::string> write(const nlohmann::json& document,
                                      std::chrono::system_clock::time_point now) noexcept;
     // The same for a document already in text (core::snapshot_file_text: its

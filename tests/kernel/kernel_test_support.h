@@ -22,6 +22,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -284,6 +285,24 @@ inline std::map<__u32, std::string> kleakd_programs_by_id() {
         ::close(fd);
     }
     return programs;
+}
+
+// The BPF programs process `pid` holds open (from /proc/PID/fdinfo): one
+// kleakd's own programs, whatever other kleakd runs beside it.
+inline std::set<__u32> programs_held_by(pid_t pid) {
+    std::set<__u32> ids;
+    std::error_code ec;
+    const std::filesystem::path fdinfo = "/proc/" + std::to_string(pid) + "/fdinfo";
+    for (std::filesystem::directory_iterator it(fdinfo, ec), end; !ec && it != end; it.increment(ec)) {
+        std::ifstream in(it->path());
+        std::string key;
+        while (in >> key) {
+            if (key != "prog_id:") continue;
+            __u32 id = 0;
+            if (in >> id) ids.insert(id);
+        }
+    }
+    return ids;
 }
 
 // Names of the loaded BPF programs that are kleakd's, whichever kleakd loaded them.

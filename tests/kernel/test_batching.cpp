@@ -112,25 +112,34 @@ TEST(KernelBatching, FlushDeliversEverythingACpuHolds) {
     const unsigned cpu = tracer.cpu_count() - 1;
     PinnedToCpu pinned(cpu);
     ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU " << cpu;
-    ASSERT_TRUE(t.start_empty());
-
-    constexpr int kFew = 3;  // a few records: far from filling a 4 KiB batch
-    HeldPipes pipes(kFew);
-    ASSERT_EQ(pipes.count(), kFew);
-    ASSERT_GE(consumer.drain(), 0);
-    const int before_flush = t.pipe_allocations_on(cpu);
-    ASSERT_EQ(tracer.flush_batches(), 0);
-    ASSERT_GE(consumer.drain(), 0);
-    const auto after_flush = pipe_allocations(sink, *symbols);
 
     // Two allocations per pipe in alloc_pipe_info (pipe_inode_info and its
-    // buffers), all on the pinned CPU, all out after one flush and drain.
-    EXPECT_EQ(after_flush.size(), 1u);
-    EXPECT_EQ(after_flush.count(cpu) ? after_flush.at(cpu) : 0, 2 * kFew)
-        << "seen before the flush: " << before_flush;
+    // buffers), all on the pinned CPU, all out after one flush and drain:
+    // exactly that, and nothing on another CPU. Records carry no pid, so
+    // another process making pipes meanwhile (a build, another kleakd's
+    // clients) adds to the count: up to three tries, each from an empty
+    // start. A record the flush misses is missed on every try.
+    constexpr int kFew = 3;  // a few records: far from filling a 4 KiB batch
+    const std::map<unsigned, int> expected{{cpu, 2 * kFew}};
+    std::string tries;
+    bool exact = false;
+    for (int attempt = 0; attempt < 3 && !exact; ++attempt) {
+        ASSERT_TRUE(t.start_empty());
+        HeldPipes pipes(kFew);
+        ASSERT_EQ(pipes.count(), kFew);
+        ASSERT_GE(consumer.drain(), 0);
+        const int before_flush = t.pipe_allocations_on(cpu);
+        ASSERT_EQ(tracer.flush_batches(), 0);
+        ASSERT_GE(consumer.drain(), 0);
+        const auto after_flush = pipe_allocations(sink, *symbols);
+        exact = after_flush == expected;
+        tries += " [" + ::testing::PrintToString(after_flush) + ", " + std::to_string(before_flush) +
+                 " before the flush]";
+    }
+    EXPECT_TRUE(exact) << "pipe allocations per CPU after the flush, expected {" << cpu << ": " << 2 * kFew
+                       << "}:" << tries;
     EXPECT_EQ(sink.undecodable, 0u);
-    std::cerr << "pipe allocations already in the ring before the flush: " << before_flush << " of " << 2 * kFew
-              << "\n";
+    std::cerr << "tries (pipe allocations per CPU after the flush, and before it):" << tries << "\n";
 }
 
 // kleak.bpf.c's `pending` flag, read through the daemon's mapping: set while

@@ -1503,9 +1503,20 @@ TEST(Daemon, OnlyRootAndGroupMembersMayQuery) {
     EXPECT_EQ(primary_ctl.exit_code, 0) << primary_ctl.err;
     EXPECT_NE(primary_ctl.out.find("protocol 1"), std::string::npos) << primary_ctl.out;
 
+    // Members may look, not reset: with no socket.admin_group, root only.
+    const Result member_reset = ctl({"--socket", daemon.socket().string(), "reset"}, member);
+    EXPECT_EQ(member_reset.exit_code, 1) << member_reset.out;
+    EXPECT_NE(member_reset.err.find("forbidden: op \"reset\" changes the daemon's state: only root may send it"),
+              std::string::npos)
+        << member_reset.err;
+    EXPECT_TRUE(member_reset.out.empty()) << member_reset.out;
+
     const json s = stats(daemon);
     EXPECT_EQ(u64(s.at("queries"), "refused"), 2u) << s.at("queries").dump();
+    EXPECT_EQ(u64(s.at("queries"), "forbidden"), 1u) << s.at("queries").dump();
     EXPECT_NE(daemon.log().find("refused a query from uid 65534"), std::string::npos) << daemon.log();
+    EXPECT_NE(daemon.log().find("refused op reset from uid 65534"), std::string::npos) << daemon.log();
+    EXPECT_EQ(daemon.log().find("history forgotten"), std::string::npos) << "a member's reset went through";
     EXPECT_CLEAN_STOP(daemon);
 }
 

@@ -92,6 +92,10 @@ TEST(Config, DefaultsAreTheDocumentedValues) {
     EXPECT_EQ(defaults.socket.path, "/run/kleakd/kleakd.sock");
     EXPECT_EQ(defaults.socket.group, "kleakd");
     EXPECT_EQ(defaults.socket.mode, 0660u);
+    EXPECT_EQ(defaults.socket.admin_group, "");
+    EXPECT_EQ(defaults.socket.max_clients, 64u);
+    EXPECT_EQ(defaults.socket.idle_timeout, std::chrono::seconds(60));
+    EXPECT_EQ(defaults.socket.max_unread, std::uint64_t{64} << 20);
     EXPECT_EQ(defaults.snapshots.directory, "/var/lib/kleakd/snapshots");
     EXPECT_EQ(defaults.snapshots.interval, std::chrono::seconds{60});
     EXPECT_EQ(defaults.snapshots.retention, 60u);
@@ -121,7 +125,8 @@ TEST(Config, AcceptsCommentsOfBothKinds) {
 
 TEST(Config, EveryKeySetToANonDefaultValue) {
     const Settings settings = parse_valid(R"({
-        "socket": {"path": "/run/leaks.sock", "group": "_leak-watchers9", "mode": "600"},
+        "socket": {"path": "/run/leaks.sock", "group": "_leak-watchers9", "mode": "600", "admin_group": "wheel",
+                   "max_clients": 8, "idle_timeout": "2m", "max_unread": "1M"},
         "snapshots": {"directory": "/srv/leaks", "interval": "5m", "retention": 7},
         "tracing": {"buffer_size": "64K", "allocators": ["kmem_cache"]},
         "printk": {"enabled": false, "lines": 500,
@@ -129,7 +134,7 @@ TEST(Config, EveryKeySetToANonDefaultValue) {
         "log_level": "warn"
     })");
     Settings expected;
-    expected.socket = {"/run/leaks.sock", "_leak-watchers9", 0600};
+    expected.socket = {"/run/leaks.sock", "_leak-watchers9", 0600, "wheel", 8, std::chrono::minutes{2}, 1 << 20};
     expected.snapshots = {"/srv/leaks", std::chrono::minutes{5}, 7};
     expected.tracing = {64 << 10, /*kmalloc=*/false, /*kmem_cache=*/true};
     expected.printk = {/*enabled=*/false, /*lines=*/500, /*file_enabled=*/true, "/srv/kmsg", 1 << 20, 3};
@@ -178,6 +183,17 @@ INSTANTIATE_TEST_SUITE_P(
         Accepted{"mode_0777_minus_world_write", R"({"socket": {"mode": "0775"}})",
                  with([](Settings& s) { s.socket.mode = 0775; })},
         Accepted{"mode_0664", R"({"socket": {"mode": "0664"}})", with([](Settings& s) { s.socket.mode = 0664; })},
+        Accepted{"admin_group", R"({"socket": {"admin_group": "kleakd-admin"}})",
+                 with([](Settings& s) { s.socket.admin_group = "kleakd-admin"; })},
+        Accepted{"admin_group_none", R"({"socket": {"admin_group": ""}})", with([](Settings&) {})},
+        Accepted{"max_clients_2", R"({"socket": {"max_clients": 2}})",
+                 with([](Settings& s) { s.socket.max_clients = 2; })},
+        Accepted{"idle_timeout_5m", R"({"socket": {"idle_timeout": "5m"}})",
+                 with([](Settings& s) { s.socket.idle_timeout = std::chrono::minutes(5); })},
+        Accepted{"idle_timeout_seconds", R"({"socket": {"idle_timeout": 10}})",
+                 with([](Settings& s) { s.socket.idle_timeout = std::chrono::seconds(10); })},
+        Accepted{"max_unread_256k", R"({"socket": {"max_unread": "256K"}})",
+                 with([](Settings& s) { s.socket.max_unread = 256u << 10; })},
         Accepted{"group_32_chars", R"({"socket": {"group": "abcdefghijklmnopqrstuvwxyz012345"}})",
                  with([](Settings& s) { s.socket.group = "abcdefghijklmnopqrstuvwxyz012345"; })},
         Accepted{"socket_path_107_bytes", R"({"socket": {"path": "/)" + std::string(106, 's') + R"("}})",
@@ -290,6 +306,20 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"group_33_chars", R"({"socket": {"group": "abcdefghijklmnopqrstuvwxyz0123456"}})", "socket.group",
                  "at most 32 characters"},
         Rejected{"group_type", R"({"socket": {"group": true}})", "socket.group", "is a boolean"},
+        // socket.admin_group, max_clients, idle_timeout, max_unread
+        Rejected{"admin_group_invalid", R"({"socket": {"admin_group": "Root"}})", "socket.admin_group",
+                 "'Root' is not a valid group name; must be \"\" (root only) or a group name"},
+        Rejected{"admin_group_type", R"({"socket": {"admin_group": 0}})", "socket.admin_group", "is an integer"},
+        Rejected{"max_clients_1", R"({"socket": {"max_clients": 1}})", "socket.max_clients",
+                 "1 is out of range; must be an integer from 2 to 4096"},
+        Rejected{"max_clients_huge", R"({"socket": {"max_clients": 100000}})", "socket.max_clients", "out of range"},
+        Rejected{"idle_timeout_zero", R"({"socket": {"idle_timeout": "0s"}})", "socket.idle_timeout",
+                 "out of range; must be a duration from 1s to 24h"},
+        Rejected{"idle_timeout_word", R"({"socket": {"idle_timeout": "never"}})", "socket.idle_timeout",
+                 "is not a duration"},
+        Rejected{"max_unread_small", R"({"socket": {"max_unread": "4K"}})", "socket.max_unread", "256K"},
+        Rejected{"max_unread_type", R"({"socket": {"max_unread": 1048576}})", "socket.max_unread",
+                 "is an integer; must be a size string"},
         // socket.mode
         Rejected{"mode_number", R"({"socket": {"mode": 660}})", "socket.mode",
                  "is an integer; must be an octal string"},
@@ -556,7 +586,8 @@ TEST(Config, BrokenFileReportIsStable) {
 
 TEST(Config, InForceUsesTheFileFormat) {
     EXPECT_EQ(settings_to_json(Settings{}), nlohmann::json::parse(R"({
-        "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660"},
+        "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660", "admin_group": "",
+                   "max_clients": 64, "idle_timeout": "60s", "max_unread": "64M"},
         "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
         "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"], "attach": "auto"},
         "verdicts": {"interval": "10s", "window": "900s", "recent": "60s", "min_rise": 4},

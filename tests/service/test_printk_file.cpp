@@ -380,5 +380,70 @@ TEST_F(PrintkFileTest, FlushSyncsTheOpenFile) {
     EXPECT_EQ(read_text(dir_ / "printk.log"), "one\ntwo\n");
 }
 
+// --- planted symbolic links (file_io.h) ------------------------------------------------
+
+TEST_F(PrintkFileTest, ALinkPlantedForTheFileIsRefusedAndItsTargetUntouched) {
+    fs::create_directories(dir_);
+    const fs::path target = root_ / "shadow";
+    touch(target, "keep\n");
+    fs::create_symlink(target, dir_ / "printk.log");
+    PrintkFile file(dir_, 1 << 20, 3);
+    const auto error = file.append("planted");
+    ASSERT_TRUE(error.has_value());
+    EXPECT_NE(error->find("refusing to open " + (dir_ / "printk.log").string() + ": it is a symbolic link"),
+              std::string::npos)
+        << *error;
+    EXPECT_EQ(read_text(target), "keep\n");
+    EXPECT_TRUE(fs::is_symlink(dir_ / "printk.log"));
+
+    // Once the link is gone the file is created and written as usual.
+    fs::remove(dir_ / "printk.log");
+    EXPECT_EQ(file.append("after"), std::nullopt);
+    EXPECT_EQ(read_text(dir_ / "printk.log"), "after\n");
+    EXPECT_EQ(read_text(target), "keep\n");
+}
+
+TEST_F(PrintkFileTest, ALinkInPlaceOfTheDirectoryIsRefused) {
+    const fs::path elsewhere = root_ / "elsewhere";
+    fs::create_directories(elsewhere);
+    fs::create_symlink(elsewhere, dir_);
+    PrintkFile file(dir_, 1 << 20, 3);
+    const auto error = file.append("planted");
+    ASSERT_TRUE(error.has_value());
+    EXPECT_NE(error->find("refusing to open directory " + dir_.string() + ": it is a symbolic link"), std::string::npos)
+        << *error;
+    EXPECT_TRUE(names_in(elsewhere).empty());
+}
+
+TEST_F(PrintkFileTest, ALinkSwappedInForTheOpenFileIsNotWrittenThrough) {
+    PrintkFile file(dir_, 1 << 20, 3);
+    ASSERT_EQ(file.append("one"), std::nullopt);
+    // Someone replaces printk.log by a link while the daemon holds it open.
+    const fs::path target = root_ / "shadow";
+    touch(target, "keep\n");
+    fs::rename(dir_ / "printk.log", root_ / "moved.log");
+    fs::create_symlink(target, dir_ / "printk.log");
+    const auto error = file.append("two");
+    ASSERT_TRUE(error.has_value());
+    EXPECT_NE(error->find("symbolic link"), std::string::npos) << *error;
+    EXPECT_EQ(read_text(target), "keep\n");
+    EXPECT_EQ(read_text(root_ / "moved.log"), "one\n");
+}
+
+TEST_F(PrintkFileTest, RotationMovesAndDeletesLinksNotTheirTargets) {
+    fs::create_directories(dir_);
+    const fs::path target = root_ / "shadow";
+    touch(target, "keep\n");
+    fs::create_symlink(target, dir_ / "printk.log.1");  // shifted up to .2 by the rotation
+    fs::create_symlink(target, dir_ / "printk.log.2");  // past retention: deleted
+    PrintkFile file(dir_, 64, 2);
+    append_all(file, {line_of(40, 'a'), line_of(40, 'b')});
+    EXPECT_EQ(read_text(target), "keep\n");
+    EXPECT_EQ(read_text(dir_ / "printk.log"), line_of(40, 'b') + "\n");
+    EXPECT_EQ(read_text(dir_ / "printk.log.1"), line_of(40, 'a') + "\n");
+    EXPECT_TRUE(fs::is_symlink(dir_ / "printk.log.2"));  // the old .1 link, moved, never followed
+    EXPECT_EQ(names_in(dir_), (std::set<std::string>{"printk.log", "printk.log.1", "printk.log.2"}));
+}
+
 }  // namespace
 }  // namespace kleak::service

@@ -31,7 +31,8 @@ constexpr std::array kAllOps{Op::version, Op::stats,  Op::leaks,    Op::report, 
                              Op::reset,   Op::printk, Op::suspects, Op::history, Op::caches};
 constexpr std::array kAllErrorCodes{ErrorCode::parse_error,         ErrorCode::bad_request, ErrorCode::unknown_op,
                                     ErrorCode::unsupported_version, ErrorCode::too_large,   ErrorCode::internal,
-                                    ErrorCode::not_permitted,       ErrorCode::lagged,      ErrorCode::not_found};
+                                    ErrorCode::not_permitted,       ErrorCode::lagged,      ErrorCode::not_found,
+                                    ErrorCode::forbidden};
 
 // --- golden files ----------------------------------------------------------------------
 
@@ -422,6 +423,10 @@ std::vector<ErrorGolden> error_goldens() {
          Error{ErrorCode::not_found,
                "no call site nosuch has allocated since start-up or the last reset (give it as reports print it, "
                "e.g. alloc_pipe_info+0x2d, as a function name, or as 0x...)"}},
+        {"error_forbidden.jsonl", 15,
+         Error{ErrorCode::forbidden,
+               "op \"reset\" changes the daemon's state: only root and members of group kleakd-admin "
+               "(socket.admin_group) may send it; uid 1000 is neither"}},
     };
 }
 
@@ -462,6 +467,10 @@ TEST(ProtocolNames, RoundTripAndRejectUnknown) {
     EXPECT_FALSE(op_from_name("Version"));
     EXPECT_FALSE(op_from_name(""));
     EXPECT_FALSE(error_code_from_name("oops"));
+}
+
+TEST(ProtocolOps, OnlyResetChangesState) {
+    for (const Op op : kAllOps) EXPECT_EQ(op_changes_state(op), op == Op::reset) << op_name(op);
 }
 
 // --- decoding requests: envelope -------------------------------------------------------------

@@ -382,5 +382,37 @@ TEST_F(SnapshotWriterTest, AConcurrentReaderOnlyEverSeesCompleteLatest) {
     EXPECT_GT(reads, 0);
 }
 
+// --- planted symbolic links (file_io.h) ------------------------------------------------
+
+TEST_F(SnapshotWriterTest, ALinkInPlaceOfTheDirectoryIsRefused) {
+    const fs::path elsewhere = root_ / "elsewhere";
+    fs::create_directories(elsewhere);
+    const fs::path directory = root_ / "snapshots";
+    fs::create_symlink(elsewhere, directory);
+    SnapshotWriter writer(directory, 10);
+    const auto error = writer.write(document(1), kTime);
+    ASSERT_TRUE(error.has_value());
+    EXPECT_EQ(*error, "refusing to open directory " + directory.string() +
+                          ": it is a symbolic link (kleakd does not follow links where it writes; use the real path)");
+    EXPECT_TRUE(names_in(elsewhere).empty());
+}
+
+TEST_F(SnapshotWriterTest, LinksPlantedUnderItsNamesAreReplacedOrPassedOverNeverFollowed) {
+    const fs::path directory = root_ / "snapshots";
+    fs::create_directories(directory);
+    const fs::path target = root_ / "shadow";
+    touch(target, "keep\n");
+    fs::create_symlink(target, directory / "latest.json");
+    fs::create_symlink(target, directory / kTimeName);
+    SnapshotWriter writer(directory, 10);
+    ASSERT_EQ(writer.write(document(1), kTime), std::nullopt);
+    EXPECT_EQ(read_text(target), "keep\n");
+    // latest.json is now a file of its own; the snapshot took the next free name.
+    EXPECT_FALSE(fs::is_symlink(directory / "latest.json"));
+    EXPECT_EQ(read_json(directory / "latest.json"), document(1));
+    EXPECT_TRUE(fs::is_symlink(directory / kTimeName));
+    EXPECT_EQ(read_json(directory / snapshot_file_name(kTime, 1)), document(1));
+}
+
 }  // namespace
 }  // namespace kleak::service

@@ -291,5 +291,34 @@ TEST(ThreadedReplayFixture, FinishIsIdempotentAndTheDestructorFinishes) {
     expect_same(outcome(pipeline, meta, 0), reference);
 }
 
+// `kleakd record` runs as root: a link planted in its output directory must
+// not let O_TRUNC empty the file it points at (service/file_io.h).
+TEST(RecordingWriterFiles, APlantedLinkIsRefusedAndItsTargetUntouched) {
+    const std::filesystem::path root = std::filesystem::temp_directory_path() /
+                                       ("kleakd-recording-links-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(root);
+    const std::filesystem::path dir = root / "out";
+    std::filesystem::create_directories(dir);
+    const std::filesystem::path target = root / "shadow";
+    std::ofstream(target) << "keep\n";
+    std::filesystem::create_symlink(target, dir / core::cpu_file_name(1));
+    try {
+        RecordingWriter writer(dir, 2);
+        ADD_FAILURE() << "a planted link was followed";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("refusing to create " + (dir / core::cpu_file_name(1)).string() +
+                                             ": it is a symbolic link"),
+                  std::string::npos)
+            << e.what();
+    }
+    std::ifstream in(target);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "keep\n");
+
+    // A link in place of the directory itself.
+    std::filesystem::create_symlink(root / "out", root / "linked");
+    EXPECT_THROW(RecordingWriter(root / "linked", 1), std::exception);
+    std::filesystem::remove_all(root);
+}
+
 }  // namespace
 }  // namespace kleak
