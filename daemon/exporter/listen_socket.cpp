@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace kleak::exporter {
 
@@ -33,26 +34,34 @@ ListenSocket bind_listen_socket(const std::string& address) {
     addrinfo* found = nullptr;
     if (const int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0)
         throw ListenError("--listen \"" + address + "\": " + ::gai_strerror(rc));
-    // With no host, prefer the IPv6 wildcard: it takes IPv4 too (dual stack).
-    const addrinfo* chosen = found;
-    for (const addrinfo* a = found; a && host.empty(); a = a->ai_next)
-        if (a->ai_family == AF_INET6) chosen = a;
+    // With no host, the IPv6 wildcard first: it takes IPv4 too (dual stack);
+    // the next address if this host has no IPv6.
+    std::vector<const addrinfo*> candidates;
+    for (const addrinfo* a = found; a; a = a->ai_next)
+        if (a->ai_family == AF_INET6) candidates.push_back(a);
+    for (const addrinfo* a = found; a; a = a->ai_next)
+        if (a->ai_family != AF_INET6) candidates.push_back(a);
     std::string error;
-    const int fd = ::socket(chosen->ai_family, chosen->ai_socktype | SOCK_CLOEXEC, chosen->ai_protocol);
-    if (fd < 0) {
-        error = std::strerror(errno);
-    } else {
+    int fd = -1;
+    for (const addrinfo* a : candidates) {
+        fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            error = std::strerror(errno);
+            continue;
+        }
         const int one = 1, zero = 0;
         ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (chosen->ai_family == AF_INET6 && host.empty())
-            ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-        if (::bind(fd, chosen->ai_addr, chosen->ai_addrlen) != 0 || ::listen(fd, 64) != 0) {
-            error = std::strerror(errno);
-            ::close(fd);
+        if (a->ai_family == AF_INET6 && host.empty()) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 64) == 0) {
+            error.clear();
+            break;
         }
+        error = std::strerror(errno);
+        ::close(fd);
+        fd = -1;
     }
     ::freeaddrinfo(found);
-    if (!error.empty()) throw ListenError("cannot listen on " + address + ": " + error);
+    if (fd < 0) throw ListenError("cannot listen on " + address + ": " + error);
     return {fd, false, address};
 }
 
