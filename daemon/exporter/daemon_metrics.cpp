@@ -85,9 +85,16 @@ void add_sites(std::vector<MetricFamily>& out, const json& suspects, const Metri
     const json& rows = field(suspects, "suspects", "suspects");
     if (!rows.is_array()) throw ReplyError("kleakd's reply: suspects.suspects is not an array");
 
-    std::vector<SiteRow> shown;
+    // The daemon sums the sites past `top` (= max_sites) into `rest`; rows
+    // past max_sites, should a reply carry more, are added to it.
+    const json& rest = field(suspects, "suspects", "rest");
     SiteRow other;
     other.labels = {{"site", "other"}, {"function", ""}, {"family", "slab"}, {"cache", ""}, {"verdict", ""}};
+    other.outstanding = number(rest, "suspects.rest", "outstanding");
+    other.bytes = number(rest, "suspects.rest", "outstanding_bytes");
+    other.growth_per_hour = number(rest, "suspects.rest", "growth_per_hour");
+    other.growth_bytes_per_hour = number(rest, "suspects.rest", "growth_bytes_per_hour");
+    std::vector<SiteRow> shown;
     for (const json& row : rows) {
         SiteRow r = site_row(row);
         if (shown.size() < options.max_sites) {

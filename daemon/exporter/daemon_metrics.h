@@ -23,7 +23,8 @@ inline constexpr std::size_t kDefaultMaxSites = 50;
 inline constexpr std::size_t kMaxMaxSites = 10000;
 
 // One scrape's replies: the `result` objects of `version`, `stats` and
-// `suspects` (asked for every site, so `other` is an exact sum).
+// `suspects` (asked for `max_sites` rows; its `rest` sums the others into
+// `other`).
 struct DaemonReplies {
     nlohmann::json version;
     nlohmann::json stats;

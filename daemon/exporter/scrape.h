@@ -1,6 +1,6 @@
 // One scrape: a fresh connection to kleakd's query socket (client/client.h,
-// the client kleakctl uses), `version`, `stats` and `suspects` (every site)
-// asked in turn, and the exposition built from their replies. Scrapes run
+// the client kleakctl uses), `version`, `stats` and `suspects` (top
+// max_sites, the rest summed by the daemon) asked in turn, and the exposition built from their replies. Scrapes run
 // one at a time: concurrent scrapers wait rather than load the daemon twice.
 // When the daemon cannot be reached or answers what the exporter cannot
 // read, the scrape still succeeds, with kleakd_up 0, and the reason is

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +40,15 @@ bool has_line(const std::string& text, const std::string& line) {
     for (std::string l; std::getline(in, l);)
         if (l == line) return true;
     return false;
+}
+
+// The value of the sample whose name and labels are `series`; NaN if none.
+double value_of(const std::string& text, const std::string& series) {
+    std::istringstream in(text);
+    for (std::string l; std::getline(in, l);)
+        if (l.size() > series.size() && l.compare(0, series.size(), series) == 0 && l[series.size()] == ' ')
+            return std::stod(l.substr(series.size() + 1));
+    return std::nan("");
 }
 
 std::filesystem::path temp_dir() {
@@ -84,7 +94,10 @@ private:
                     const auto decoded = proto::decode_request(line);
                     ASSERT_TRUE(decoded.request);
                     const std::string op(proto::op_name(decoded.request->op));
-                    if (op == "suspects") EXPECT_EQ(decoded.request->suspects.top, proto::kMaxLeaksTop);
+                    // The exporter asks for its --max-sites rows (default 50).
+                    if (op == "suspects") {
+                        EXPECT_EQ(decoded.request->suspects.top, kDefaultMaxSites);
+                    }
                     const std::string reply =
                         replies_.contains(op)
                             ? proto::encode_result(decoded.request->id, replies_.at(op))
@@ -141,23 +154,41 @@ TEST(ExporterMetrics, LabelValuesAreEscaped) {
     EXPECT_TRUE(has_line(om, "kleakd_site_outstanding_allocations" + odd + " 700")) << om;
 }
 
-TEST(ExporterMetrics, SitesPastTheCapAreSummedIntoOther) {
+TEST(ExporterMetrics, TheDaemonsRestIsTheOtherSeries) {
+    // The reply's `rest`: the sites the daemon did not send, summed.
+    const std::string text = serialize(daemon_metrics(replies_from(canned()), {}), Format::prometheus_text);
+    const std::string other = "{site=\"other\",function=\"\",family=\"slab\",cache=\"\",verdict=\"\"}";
+    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_allocations" + other + " 1000")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_bytes" + other + " 50000")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_site_growth_allocations_per_second" + other + " 1")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_site_growth_bytes_per_second" + other + " 10")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_sites 14")) << text;
+    // A reply without `rest` is one the exporter does not understand.
+    nlohmann::json j = canned();
+    j["suspects"].erase("rest");
+    EXPECT_THROW(daemon_metrics(replies_from(j), {}), ReplyError);
+}
+
+TEST(ExporterMetrics, RowsPastTheCapAreAddedToOther) {
     const std::string text = serialize(daemon_metrics(replies_from(canned()), {.max_sites = 2}), Format::prometheus_text);
     const std::string other = "{site=\"other\",function=\"\",family=\"slab\",cache=\"\",verdict=\"\"}";
-    // The 3rd and 4th rows: 400 + 200 allocations, 76000 + 16000 bytes,
-    // (-36 + 72)/h = 0.01/s, (-6840 + 5760)/h = -0.3/s.
-    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_allocations" + other + " 600")) << text;
-    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_bytes" + other + " 92000")) << text;
-    EXPECT_TRUE(has_line(text, "kleakd_site_growth_allocations_per_second" + other + " 0.01")) << text;
-    EXPECT_TRUE(has_line(text, "kleakd_site_growth_bytes_per_second" + other + " -0.3")) << text;
+    // `rest` plus the 3rd and 4th rows: 1000 + 400 + 200 allocations,
+    // 50000 + 76000 + 16000 bytes, (3600 - 36 + 72)/h = 1.01/s,
+    // (36000 - 6840 + 5760)/h = 9.7/s.
+    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_allocations" + other + " 1600")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_bytes" + other + " 142000")) << text;
+    EXPECT_TRUE(has_line(text, "kleakd_site_growth_allocations_per_second" + other + " 1.01")) << text;
+    EXPECT_NEAR(value_of(text, "kleakd_site_growth_bytes_per_second" + other), 9.7, 1e-9) << text;
     EXPECT_EQ(text.find("proc_alloc_inode"), std::string::npos) << text;
     EXPECT_NE(text.find("alloc_pipe_info+0xd7"), std::string::npos) << text;
     // 2 sites + other, for each of the 4 per-site families.
     std::size_t series = 0;
     for (std::size_t at = 0; (at = text.find("\nkleakd_site_", at)) != std::string::npos; ++at) ++series;
     EXPECT_EQ(series, 12u) << text;
-    // With every site shown, `other` is still there, at 0.
-    const std::string all = serialize(daemon_metrics(replies_from(canned()), {}), Format::prometheus_text);
+    // With nothing left over, `other` is still there, at 0.
+    nlohmann::json j = canned();
+    for (auto& [key, value] : j["suspects"]["rest"].items()) value = 0;
+    const std::string all = serialize(daemon_metrics(replies_from(j), {}), Format::prometheus_text);
     EXPECT_TRUE(has_line(all, "kleakd_site_outstanding_allocations" + other + " 0")) << all;
 }
 
