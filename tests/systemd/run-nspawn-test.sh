@@ -200,7 +200,7 @@ fi
 check "kleakd-exporter.service is not running before the first scrape" is_state kleakd-exporter.service inactive
 scrape=$(http_get http://127.0.0.1:9785/metrics)
 head_line=$(head -n 1 <<<"$scrape")
-C 10 sh -c 'cat > /tmp/scrape.prom' <<<"$(tail -n +2 <<<"$scrape")"
+body=$(tail -n +2 <<<"$scrape")
 if [ "$head_line" = $'200\ttext/plain; version=0.0.4; charset=utf-8' ] && grep -qx 'kleakd_up 1' <<<"$scrape"; then
     pass "GET /metrics on :9785 started kleakd-exporter.service: 200, text format 0.0.4, kleakd_up 1"
 else
@@ -228,8 +228,10 @@ if [ -n "$exporter_user" ] && [ "${exporter_user%% *}" != root ] && grep -qw kle
 else
     fail "kleakd-exporter runs as '$exporter_user', want a dynamic user in group kleakd"
 fi
-if out=$(C 20 sh -c 'promtool check metrics < /tmp/scrape.prom' 2>&1) && [ -z "$out" ]; then
-    pass "promtool check metrics: nothing wrong with the scrape ($(grep -vc '^#' <<<"$scrape") samples)"
+# C runs commands with stdin from /dev/null: the text goes as an argument.
+if grep -qx 'kleakd_up 1' <<<"$body" &&
+    out=$(C 20 sh -c 'printf "%s\n" "$1" | promtool check metrics' sh "$body" 2>&1) && [ -z "$out" ]; then
+    pass "promtool check metrics: nothing wrong with the scrape ($(grep -vc '^#' <<<"$body") samples)"
 else
     echo "$out" | head -n 20 | indent
     fail "promtool check metrics complains about the scrape"
@@ -244,9 +246,7 @@ fi
 status=$(http_get http://127.0.0.1:9785/ | head -n 1)
 if [ "${status%%$'\t'*}" = 404 ]; then pass "GET / is a 404"; else fail "GET / answered '$status', want 404"; fi
 
-C 10 mkdir -p /tmp/prom
-C 10 sh -c 'cat > /tmp/prom/prometheus.yml' <<'PROM'
-global:
+prometheus_yml='global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files:
@@ -254,8 +254,9 @@ rule_files:
 scrape_configs:
   - job_name: kleakd
     static_configs:
-      - targets: ["127.0.0.1:9785"]
-PROM
+      - targets: ["127.0.0.1:9785"]'
+C 10 mkdir -p /tmp/prom
+C 10 sh -c 'printf "%s\n" "$1" > /tmp/prom/prometheus.yml' sh "$prometheus_yml"
 if C 30 systemd-run --quiet --collect --unit=kleakd-test-prometheus -p RuntimeMaxSec=300 \
     prometheus --config.file=/tmp/prom/prometheus.yml --storage.tsdb.path=/tmp/prom/data \
     --web.listen-address=127.0.0.1:9090; then
@@ -301,7 +302,7 @@ fi
 C 20 systemctl stop kleakd-test-prometheus.service
 C 20 systemctl stop kleakd-test-pipes.service
 
-# --- 4: reload ----------------------------------------------------------------
+# --- 5: reload ----------------------------------------------------------------
 step 5 "systemctl reload kleakd"
 pid_before=$(unit_prop kleakd.service MainPID)
 if C 30 systemctl reload kleakd.service; then
@@ -322,7 +323,7 @@ else
     fail "the main pid changed across the reload: $pid_before -> $pid_after"
 fi
 
-# --- 5: snapshots -------------------------------------------------------------
+# --- 6: snapshots -------------------------------------------------------------
 step 6 "snapshots every 2s after a reload"
 # Only the snapshots' interval (60s); verdicts.interval (10s) stays as shipped.
 C 10 sed -i -E 's/"interval":[[:space:]]*"60s"/"interval": "2s"/' /etc/kleakd/kleakd.conf
@@ -351,7 +352,7 @@ else
     fail "no periodic snapshots (latest.json and >= 2 snapshot files within 15s of the reload)"
 fi
 
-# --- 6: stop ------------------------------------------------------------------
+# --- 7: stop ------------------------------------------------------------------
 step 7 "watchdog, then systemctl stop kleakd"
 if [ "$watchdog_usec" = 0 ] || [ -z "$watchdog_usec" ]; then
     fail "WatchdogUSec is '$watchdog_usec': the unit's WatchdogSec is not in force"
@@ -366,18 +367,6 @@ else
 fi
 if C 60 systemctl stop kleakd.service; then pass "systemctl stop kleakd returned success"; else fail "systemctl stop kleakd failed"; fi
 check "kleakd.service is inactive" is_state kleakd.service inactive
-# The exporter keeps serving: a scrape succeeds with kleakd_up 0, and it logs why.
-scrape=$(http_get http://127.0.0.1:9785/metrics)
-if [ "$(head -n 1 <<<"$scrape" | cut -f1)" = 200 ] && grep -qx 'kleakd_up 0' <<<"$scrape" &&
-    ! grep -q '^kleakd_records_total' <<<"$scrape"; then
-    pass "with kleakd stopped a scrape still succeeds: 200, kleakd_up 0, no stale kleakd series"
-else
-    echo "$scrape" | head -n 10 | indent
-    fail "with kleakd stopped the scrape is not 200 with kleakd_up 0 alone"
-fi
-why=$(C 20 journalctl --no-pager -o cat -u kleakd-exporter.service | grep 'kleakd_up 0: ' | tail -n 1)
-if [ -n "$why" ]; then pass "the exporter logs why: '$why'"; else fail "no 'kleakd_up 0: ...' line from kleakd-exporter"; fi
-C 30 systemctl stop kleakd-exporter.socket kleakd-exporter.service
 if line=$(wait_journal "detached" 10); then
     pass "journal: '${line#*$'\t'}'"
 else
@@ -395,7 +384,26 @@ if [ "$in_container" -gt 0 ]; then
     kleak_progs | indent
 fi
 
-# --- 7: socket activation -----------------------------------------------------
+# kleakd down, its socket too (a connection to kleakd.socket would start it
+# again): the exporter keeps serving; a scrape succeeds with kleakd_up 0,
+# and the exporter logs why.
+C 30 systemctl stop kleakd.socket
+scrape=$(http_get http://127.0.0.1:9785/metrics)
+if [ "$(head -n 1 <<<"$scrape" | cut -f1)" = 200 ] && grep -qx 'kleakd_up 0' <<<"$scrape" &&
+    ! grep -q '^kleakd_records_total' <<<"$scrape"; then
+    pass "with kleakd stopped a scrape still succeeds: 200, kleakd_up 0, no stale kleakd series"
+else
+    echo "$scrape" | head -n 10 | indent
+    fail "with kleakd stopped the scrape is not 200 with kleakd_up 0 alone"
+fi
+exporter_logged() {
+    why=$(C 20 journalctl --no-pager -o cat -u kleakd-exporter.service | grep 'kleakd_up 0: ' | tail -n 1)
+    [ -n "$why" ]
+}
+if wait_for 5 exporter_logged; then pass "the exporter logs why: '$why'"; else fail "no 'kleakd_up 0: ...' line from kleakd-exporter"; fi
+C 30 systemctl stop kleakd-exporter.socket kleakd-exporter.service
+
+# --- 8: socket activation -----------------------------------------------------
 step 8 "socket activation through kleakd.socket"
 if C 30 systemctl start kleakd.socket; then pass "systemctl start kleakd.socket"; else fail "systemctl start kleakd.socket failed"; fi
 check "kleakd.socket is active" is_state kleakd.socket active
@@ -430,7 +438,7 @@ check "kleakd.service is inactive" is_state kleakd.service inactive
 left=$(our_progs_left)
 if [ -z "$left" ]; then pass "the socket-activated kleakd detached its programs (ids $LAST_IDS)"; else fail "programs $left are still loaded"; fi
 
-# --- 8: a start that cannot attach ---------------------------------------------
+# --- 9: a start that cannot attach ---------------------------------------------
 step 9 "a kleakd without CAP_BPF/CAP_PERFMON ends failed"
 # CapabilityBoundingSet= lines are OR-ed together: the empty assignment first
 # resets the unit's set, or CAP_CHOWN would just be added to it.
@@ -467,7 +475,7 @@ else
     fail "after removing the drop-in CapabilityBoundingSet is '$caps'"
 fi
 
-# --- 9: systemd-analyze security ------------------------------------------------
+# --- 10: systemd-analyze security ------------------------------------------------
 step 10 "systemd-analyze security kleakd.service"
 if out=$(C 60 systemd-analyze security --no-pager kleakd.service 2>&1); then
     score=$(grep 'Overall exposure level' <<<"$out")
