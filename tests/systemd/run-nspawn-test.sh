@@ -476,16 +476,18 @@ else
 fi
 
 # --- 10: systemd-analyze security ------------------------------------------------
-step 10 "systemd-analyze security kleakd.service"
-if out=$(C 60 systemd-analyze security --no-pager kleakd.service 2>&1); then
-    score=$(grep 'Overall exposure level' <<<"$out")
-    pass "systemd-analyze security: ${score#→ }"
-    echo "    still exposed:"
-    grep '✗' <<<"$out" | awk '{printf "%s (%s)  ", $2, $NF} END {print ""}' | fold -s -w 100 | indent
-else
-    echo "$out" | tail -n 5 | indent
-    fail "systemd-analyze security failed"
-fi
+step 10 "systemd-analyze security kleakd.service kleakd-exporter.service"
+for unit in kleakd.service kleakd-exporter.service; do
+    if out=$(C 60 systemd-analyze security --no-pager "$unit" 2>&1); then
+        score=$(grep 'Overall exposure level' <<<"$out")
+        pass "systemd-analyze security: ${score#→ }"
+        echo "    still exposed:"
+        grep '✗' <<<"$out" | awk '{printf "%s (%s)  ", $2, $NF} END {print ""}' | fold -s -w 100 | indent
+    else
+        echo "$out" | tail -n 5 | indent
+        fail "systemd-analyze security $unit failed"
+    fi
+done
 
 end_step
 finish
