@@ -300,6 +300,18 @@ else
     fail "Prometheus's rules: '$rules', want the 4 of kleakd-rules.yml, healthy"
 fi
 C 20 systemctl stop kleakd-test-prometheus.service
+# The textfile unit, as on a host with Debian's prometheus-node-exporter: its
+# directory, owned by user prometheus (the prometheus package made the user).
+C 10 install -d -o prometheus -g prometheus /var/lib/prometheus/node-exporter
+if C 60 systemctl start kleakd-exporter-textfile.service &&
+    prom=$(C 10 cat /var/lib/prometheus/node-exporter/kleakd.prom) && grep -qx 'kleakd_up 1' <<<"$prom" &&
+    [ "$(C 10 stat -c '%a %U' /var/lib/prometheus/node-exporter/kleakd.prom)" = "644 prometheus" ] &&
+    [ "$(C 10 ls -A /var/lib/prometheus/node-exporter)" = kleakd.prom ]; then
+    pass "kleakd-exporter-textfile.service wrote kleakd.prom (kleakd_up 1, mode 644, owner prometheus, no temporary file left)"
+else
+    C 20 journalctl --no-pager -n 10 -u kleakd-exporter-textfile.service | indent
+    fail "kleakd-exporter-textfile.service did not write /var/lib/prometheus/node-exporter/kleakd.prom with kleakd_up 1"
+fi
 C 20 systemctl stop kleakd-test-pipes.service
 
 # --- 5: reload ----------------------------------------------------------------
