@@ -9,6 +9,8 @@ packages=(
   bpftool libbpf-dev libelf-dev zlib1g-dev
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libabsl-dev
   libsystemd-dev
+  prometheus-cpp-dev libcpp-httplib-dev   # kleakd-exporter: exposition format, HTTP
+  prometheus                      # promtool (rules tests, metrics check); the nspawn test's Prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-jsonschema bc
   bpftrace                        # the peer in bench/compare.sh
@@ -22,5 +24,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Debian's prometheus package enables and starts a Prometheus server on :9090.
+# The tests only need its binaries: keep a server this script installed off
+# (one the machine already had is left alone).
+had_prometheus=$(dpkg-query -W -f='${db:Status-Status}' prometheus 2>/dev/null || true)
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${packages[@]}"
+if [ "$had_prometheus" != installed ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

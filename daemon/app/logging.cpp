@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 namespace kleak {
 
@@ -37,15 +38,15 @@ bool stderr_is_journal() {
     return ::fstat(2, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
-void setup_logging() {
-    auto logger = spdlog::stderr_color_mt("kleakd");
+void setup_logging(const char* program) {
+    auto logger = spdlog::stderr_color_mt(program);
     spdlog::set_default_logger(logger);
     if (stderr_is_journal()) {
         auto formatter = std::make_unique<spdlog::pattern_formatter>();
         formatter->add_flag<SyslogPriorityFlag>('*').set_pattern("%*%v");
         spdlog::set_formatter(std::move(formatter));
     } else {
-        spdlog::set_pattern("kleakd: %^%l%$: %v");
+        spdlog::set_pattern(std::string(program) + ": %^%l%$: %v");
     }
 }
 

@@ -80,6 +80,14 @@ SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdic
                               return sites[a.site].outstanding_bytes > sites[b.site].outstanding_bytes;
                           return a.site < b.site;
                       });
+    for (std::size_t i = n; i < candidates.size(); ++i) {
+        const SiteStats& s = sites[candidates[i].site];
+        result.rest.sites += 1;
+        result.rest.outstanding += s.outstanding;
+        result.rest.outstanding_bytes += s.outstanding_bytes;
+        result.rest.growth_per_hour += candidates[i].judgement.growth_per_hour;
+        result.rest.growth_bytes_per_hour += candidates[i].judgement.growth_bytes_per_hour;
+    }
     candidates.resize(n);
 
     // Birth times of the rows' live allocations, in one pass.
@@ -129,7 +137,13 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
             {"sites", result.sites},
             {"samples", verdicts.histories().samples()},
             {"rules", rules_json(verdicts)},
-            {"suspects", std::move(rows)}};
+            {"suspects", std::move(rows)},
+            {"rest",
+             {{"sites", result.rest.sites},
+              {"outstanding", result.rest.outstanding},
+              {"outstanding_bytes", result.rest.outstanding_bytes},
+              {"growth_per_hour", result.rest.growth_per_hour},
+              {"growth_bytes_per_hour", result.rest.growth_bytes_per_hour}}}};
 }
 
 nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts,

@@ -34,14 +34,25 @@ struct SuspectRow {
     std::uint64_t age_p50_ns = 0, age_p90_ns = 0, oldest_age_ns = 0;
 };
 
+// The ranked sites past `top`, summed: what kleakd-exporter shows as one
+// site="other" series without asking for (and the daemon building) every row.
+struct SuspectsRest {
+    std::uint64_t sites = 0;
+    std::uint64_t outstanding = 0;
+    std::uint64_t outstanding_bytes = 0;
+    double growth_per_hour = 0;
+    double growth_bytes_per_hour = 0;
+};
+
 struct SuspectsResult {
     std::uint64_t growing = 0;  // sites judged growing
     std::uint64_t sites = 0;    // sites with something outstanding
     std::vector<SuspectRow> rows;
+    SuspectsRest rest;
 };
 
-// O(sites) to rank, and one pass over the live allocations for the ages of
-// the rows shown.
+// O(sites) to rank and to sum the rest, and one pass over the live
+// allocations for the ages of the rows shown.
 SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdicts, const SuspectsQuery& query,
                               Symbolizer& symbolizer);
 nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts& verdicts);

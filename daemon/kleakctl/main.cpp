@@ -8,7 +8,7 @@
 #include <stdexcept>
 
 #include "core/printk_json.h"
-#include "kleakctl/client.h"
+#include "client/client.h"
 #include "kleakctl/format.h"
 #include "kleakctl/snapshot_diff.h"
 #include "version.h"

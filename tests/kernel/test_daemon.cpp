@@ -1949,4 +1949,76 @@ TEST(Printk, ARecordingHoldsTheSameLines) {
     EXPECT_GE(seen.cpus.size(), 2u);
 }
 
+// --- kleakd-exporter against the real daemon (README "Prometheus") ---------------
+
+// `kleakd-exporter --socket S --textfile FILE`: its exit status and the file.
+struct ExporterRun {
+    int exit_code = -1;
+    std::string text;
+    std::string err;
+};
+
+ExporterRun export_once(const Daemon& daemon, const fs::path& file) {
+    const Result r = Process(KLEAKD_EXPORTER_BINARY, {"--socket", daemon.socket().string(), "--textfile", file.string(),
+                                                      "--max-sites", "10000"})
+                         .wait_for(kCtlTimeout);
+    std::ifstream in(file);
+    std::stringstream text;
+    text << in.rdbuf();
+    return {r.exit_code, text.str(), r.err};
+}
+
+// The sum of a per-site family's samples whose function label is `function`.
+double site_sum(const std::string& text, const std::string& family, const std::string& function) {
+    double sum = 0;
+    const std::regex sample("^" + family + R"(\{(.*)\} (\S+)$)");
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        std::smatch m;
+        if (std::regex_match(line, m, sample) && m[1].str().find("function=\"" + function + "\"") != std::string::npos)
+            sum += std::stod(m[2].str());
+    }
+    return sum;
+}
+
+TEST(Exporter, AScrapeOfTheRealDaemonHasTheHeldPipesAndTheirRelease) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    ASSERT_TRUE(daemon.start());
+    TempDir out;
+    const fs::path file = out.path() / "kleakd.prom";
+
+    auto pipes = std::make_unique<HeldPipes>(kPipes);
+    ASSERT_EQ(pipes->count(), kPipes);
+    let_drain();
+    const ExporterRun held = export_once(daemon, file);
+    ASSERT_EQ(held.exit_code, 0) << held.err;
+    EXPECT_NE(held.text.find("\nkleakd_up 1\n"), std::string::npos) << held.text.substr(0, 2000);
+    const double before = site_sum(held.text, "kleakd_site_outstanding_allocations", "alloc_pipe_info");
+    EXPECT_GE(before, kPipes) << held.text.substr(0, 4000);
+    EXPECT_GT(site_sum(held.text, "kleakd_site_outstanding_bytes", "alloc_pipe_info"), 0);
+    // One series per CPU the daemon drains, each a number.
+    EXPECT_EQ(count_occurrences(held.text, "\nkleakd_dropped_records_total{cpu=\""),
+              stats(daemon).at("dropped_per_cpu").size());
+    // Prometheus' own linter finds nothing wrong with a real scrape.
+    const Result lint = Process("/bin/sh", {"-c", "promtool check metrics < " + file.string() + " 2>&1"}).wait_for(30s);
+    EXPECT_EQ(lint.exit_code, 0) << lint.out;
+    EXPECT_EQ(lint.out, "") << lint.out;
+
+    pipes.reset();  // closes them: free_pipe_info frees both allocations
+    std::this_thread::sleep_for(600ms);
+    const ExporterRun released = export_once(daemon, file);
+    ASSERT_EQ(released.exit_code, 0) << released.err;
+    const double after = site_sum(released.text, "kleakd_site_outstanding_allocations", "alloc_pipe_info");
+    EXPECT_GE(before - after, kPipes) << "before " << before << ", after " << after;
+
+    // kleakd gone: the file still comes, with kleakd_up 0 and nothing else of it.
+    EXPECT_CLEAN_STOP(daemon);
+    const ExporterRun down = export_once(daemon, file);
+    EXPECT_EQ(down.exit_code, 3) << down.err;
+    EXPECT_NE(down.text.find("\nkleakd_up 0\n"), std::string::npos) << down.text;
+    EXPECT_EQ(down.text.find("kleakd_site_"), std::string::npos) << down.text;
+    EXPECT_NE(down.err.find("kleakd_up 0: kleakd is not running"), std::string::npos) << down.err;
+}
+
 }  // namespace

@@ -123,11 +123,14 @@ missing=""
 for f in /usr/sbin/kleakd /usr/bin/kleakctl /lib/systemd/system/kleakd.service /lib/systemd/system/kleakd.socket \
     /usr/lib/sysusers.d/kleakd.conf /etc/kleakd/kleakd.conf /usr/share/man/man8/kleakd.8.gz \
     /usr/share/man/man1/kleakctl.1.gz /usr/share/man/man5/kleakd.conf.5.gz /usr/share/doc/kleakd/README.md \
-    /usr/share/doc/kleakd/docs/ARCHITECTURE.md /usr/share/doc/kleakd/copyright /usr/share/doc/kleakd/changelog.gz; do
+    /usr/share/doc/kleakd/docs/ARCHITECTURE.md /usr/share/doc/kleakd/copyright /usr/share/doc/kleakd/changelog.gz \
+    /usr/bin/kleakd-exporter /lib/systemd/system/kleakd-exporter.service /lib/systemd/system/kleakd-exporter.socket \
+    /lib/systemd/system/kleakd-exporter-textfile.service /lib/systemd/system/kleakd-exporter-textfile.timer \
+    /usr/share/kleakd/prometheus/kleakd-rules.yml /usr/share/man/man1/kleakd-exporter.1.gz; do
     grep -qxF "$f" <<<"$contents" || missing+="$f "
 done
 if [ -z "$missing" ]; then
-    pass "the .deb holds kleakd, kleakctl, both units, the sysusers.d file, the config, 3 man pages, README.md, docs/ARCHITECTURE.md, copyright, changelog"
+    pass "the .deb holds kleakd, kleakctl, kleakd-exporter, the units, the sysusers.d file, the config, the alert rules, 4 man pages, README.md, docs/ARCHITECTURE.md, copyright, changelog"
 else
     fail "missing from the .deb: $missing"
     dpkg-deb -c "$DEB" | indent
@@ -147,7 +150,8 @@ else
 fi
 depends=$(dpkg-deb -f "$DEB" Depends)
 missing=""
-for dep in libbpf1 libsystemd0 libfmt9 libspdlog1.10 "systemd | systemd-standalone-sysusers | systemd-sysusers"; do
+for dep in libbpf1 libsystemd0 libfmt9 libspdlog1.10 libcpp-httplib0.11 libprometheus-cpp-core1.0 \
+    "systemd | systemd-standalone-sysusers | systemd-sysusers"; do
     grep -qF "$dep" <<<"$depends" || missing+="'$dep' "
 done
 if [ -z "$missing" ]; then pass "Depends: $depends"; else fail "Depends lacks $missing: $depends"; fi
@@ -258,6 +262,20 @@ if [ "$enabled" = "enabled enabled " ]; then
     pass "kleakd.service and kleakd.socket are enabled"
 else
     fail "systemctl is-enabled kleakd.service kleakd.socket: '$enabled', want 'enabled enabled'"
+fi
+# The exporter opens a TCP port: installed, not enabled, not started.
+exporter=$(C 10 systemctl is-enabled kleakd-exporter.socket kleakd-exporter-textfile.timer | tr '\n' ' ')
+exporter_active=$(C 10 systemctl is-active kleakd-exporter.socket kleakd-exporter.service | tr '\n' ' ')
+if [ "$exporter" = "disabled disabled " ] && [ "$exporter_active" = "inactive inactive " ]; then
+    pass "kleakd-exporter.socket and kleakd-exporter-textfile.timer are installed but neither enabled nor started"
+else
+    fail "kleakd-exporter units: is-enabled '$exporter', is-active '$exporter_active'; want disabled and inactive"
+fi
+if out=$(C 30 promtool check rules /usr/share/kleakd/prometheus/kleakd-rules.yml 2>&1); then
+    pass "promtool check rules /usr/share/kleakd/prometheus/kleakd-rules.yml: $(grep -o 'SUCCESS.*' <<<"$out")"
+else
+    echo "$out" | indent
+    fail "promtool check rules rejects the installed kleakd-rules.yml"
 fi
 if wait_for 30 is_state kleakd.service active; then
     pass "kleakd.service is active: the package started it"

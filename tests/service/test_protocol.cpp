@@ -317,7 +317,13 @@ json sample_suspects() {
               {"recent_ns", 60'000'000'000ULL},
               {"min_rise", 4.0},
               {"min_rising_share", 0.8}}},
-            {"suspects", {row}}};
+            {"suspects", {row}},
+            {"rest",
+             {{"sites", 63},
+              {"outstanding", 2400},
+              {"outstanding_bytes", 512000},
+              {"growth_per_hour", 36.0},
+              {"growth_bytes_per_hour", 7200.0}}}};
 }
 
 json sample_history() {

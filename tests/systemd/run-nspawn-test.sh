@@ -7,7 +7,8 @@
 # priorities, a leak seen through kleakctl, the socket's mode and group,
 # reload, periodic snapshots, the watchdog, a clean stop that detaches every
 # BPF program, socket activation, a start that fails for lack of capabilities,
-# and the unit's `systemd-analyze security` exposure.
+# and the unit's `systemd-analyze security` exposure; and kleakd-exporter,
+# socket-activated, scraped by a real Prometheus whose PromQL finds the leak.
 #
 # usage: run-nspawn-test.sh BUILD_DIR SOURCE_DIR      (as root; ctest runs it
 #        as the `systemd_nspawn` test, label `systemd`)
@@ -34,8 +35,8 @@ SOURCE_DIR=$(realpath -e -- "$2" 2>/dev/null) || die "source directory '$2' does
 
 # --- prerequisites ------------------------------------------------------------
 nspawn_prerequisites
-for f in kleakd kleakctl; do
-    [ -x "$BUILD_DIR/$f" ] || die "$BUILD_DIR/$f is missing: build first (cmake --build $BUILD_DIR --target kleakd kleakctl)"
+for f in kleakd kleakctl kleakd-exporter; do
+    [ -x "$BUILD_DIR/$f" ] || die "$BUILD_DIR/$f is missing: build first (cmake --build $BUILD_DIR --target kleakd kleakctl kleakd-exporter)"
 done
 [ -f "$BUILD_DIR/cmake_install.cmake" ] && [ -f "$BUILD_DIR/CMakeCache.txt" ] ||
     die "$BUILD_DIR is not a configured CMake build directory"
@@ -46,7 +47,7 @@ done
 nspawn_cgroups
 
 # --- state, reporting, boot -------------------------------------------------------
-nspawn_init "${KLEAKD_NSPAWN_BUDGET:-200}" KLEAKD_NSPAWN_BUDGET 10
+nspawn_init "${KLEAKD_NSPAWN_BUDGET:-200}" KLEAKD_NSPAWN_BUDGET 11
 nspawn_boot 0 "$SOURCE_DIR" "$BUILD_DIR"
 
 C 10 test -f "$BUILD_DIR/cmake_install.cmake" -a -f "$SOURCE_DIR/kleakd.service" ||
@@ -81,12 +82,14 @@ else
     fatal "cmake --install failed"
 fi
 missing=""
-for f in /usr/sbin/kleakd /usr/bin/kleakctl /usr/lib/systemd/system/kleakd.service \
-    /usr/lib/systemd/system/kleakd.socket /usr/lib/sysusers.d/kleakd.conf /etc/kleakd/kleakd.conf; do
+for f in /usr/sbin/kleakd /usr/bin/kleakctl /usr/bin/kleakd-exporter /usr/lib/systemd/system/kleakd.service \
+    /usr/lib/systemd/system/kleakd.socket /usr/lib/systemd/system/kleakd-exporter.service \
+    /usr/lib/systemd/system/kleakd-exporter.socket /usr/share/kleakd/prometheus/kleakd-rules.yml \
+    /usr/lib/sysusers.d/kleakd.conf /etc/kleakd/kleakd.conf; do
     C 10 test -f "$f" || missing+="$f "
 done
 if [ -z "$missing" ]; then
-    pass "installed where the units expect them: /usr/sbin/kleakd, /usr/bin/kleakctl, /usr/lib/systemd/system/kleakd.{service,socket}, /usr/lib/sysusers.d/kleakd.conf, /etc/kleakd/kleakd.conf"
+    pass "installed where the units expect them: /usr/sbin/kleakd, /usr/bin/kleakctl, /usr/bin/kleakd-exporter, the kleakd and kleakd-exporter units, /usr/share/kleakd/prometheus/kleakd-rules.yml, /usr/lib/sysusers.d/kleakd.conf, /etc/kleakd/kleakd.conf"
 else
     fatal "not installed: $missing"
 fi
@@ -104,8 +107,10 @@ else
     fatal "systemd loads kleakd.service from '$fragment', not the installed copy of $SOURCE_DIR/kleakd.service"
 fi
 if out=$(C 60 systemd-analyze verify --man=no /usr/lib/systemd/system/kleakd.service \
-    /usr/lib/systemd/system/kleakd.socket 2>&1) && [ -z "$(grep -i kleakd <<<"$out")" ]; then
-    pass "systemd-analyze verify: kleakd.service and kleakd.socket are clean"
+    /usr/lib/systemd/system/kleakd.socket /usr/lib/systemd/system/kleakd-exporter.service \
+    /usr/lib/systemd/system/kleakd-exporter.socket /usr/lib/systemd/system/kleakd-exporter-textfile.service \
+    /usr/lib/systemd/system/kleakd-exporter-textfile.timer 2>&1) && [ -z "$(grep -i kleakd <<<"$out")" ]; then
+    pass "systemd-analyze verify: kleakd.{service,socket}, kleakd-exporter.{service,socket}, kleakd-exporter-textfile.{service,timer} are clean"
 else
     echo "$out" | indent
     fail "systemd-analyze verify complains about the units"
@@ -172,10 +177,145 @@ elif grep -q 'permission denied' <<<"$out"; then
 else
     fail "a process outside group kleakd failed, but not with 'permission denied': $out"
 fi
+
+# --- 4: kleakd-exporter and Prometheus -----------------------------------------
+step 4 "kleakd-exporter.socket; a real Prometheus scrapes it and PromQL finds the pipes"
+# http_get URL [ACCEPT]: "STATUS<TAB>CONTENT-TYPE" on the first line, then the body.
+http_get() {
+    C 20 "$PY" -c '
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], headers={"Accept": sys.argv[2]} if len(sys.argv) > 2 else {})
+try:
+    r = urllib.request.urlopen(req, timeout=10)
+except urllib.error.HTTPError as e:
+    r = e
+print("%d\t%s" % (r.status, r.headers.get("Content-Type", "")))
+sys.stdout.write(r.read().decode())' "$@"
+}
+if C 30 systemctl start kleakd-exporter.socket; then
+    pass "systemctl start kleakd-exporter.socket"
+else
+    fail "systemctl start kleakd-exporter.socket failed"
+fi
+check "kleakd-exporter.service is not running before the first scrape" is_state kleakd-exporter.service inactive
+scrape=$(http_get http://127.0.0.1:9785/metrics)
+head_line=$(head -n 1 <<<"$scrape")
+body=$(tail -n +2 <<<"$scrape")
+if [ "$head_line" = $'200\ttext/plain; version=0.0.4; charset=utf-8' ] && grep -qx 'kleakd_up 1' <<<"$scrape"; then
+    pass "GET /metrics on :9785 started kleakd-exporter.service: 200, text format 0.0.4, kleakd_up 1"
+else
+    echo "$scrape" | head -n 20 | indent
+    C 20 journalctl --no-pager -n 20 -u kleakd-exporter.service | indent
+    fail "GET /metrics: '$head_line', want 200 text/plain and kleakd_up 1"
+fi
+pipes=$("$PY" -c '
+import re, sys
+n = 0
+for line in sys.stdin:
+    m = re.match(r"kleakd_site_outstanding_allocations\{(.*)\} (\S+)$", line.strip())
+    if m and "function=\"alloc_pipe_info\"" in m.group(1):
+        n += float(m.group(2))
+print(int(n))' <<<"$scrape")
+if [ "${pipes:-0}" -ge 64 ]; then
+    pass "the scrape shows $pipes outstanding allocations at alloc_pipe_info sites (>= 64)"
+else
+    grep '^kleakd_site_outstanding_allocations' <<<"$scrape" | head -n 10 | indent
+    fail "the scrape shows ${pipes:-0} outstanding allocations at alloc_pipe_info, want >= 64"
+fi
+exporter_user=$(C 10 ps -o user=,group=,supgrp= -p "$(unit_prop kleakd-exporter.service MainPID)")
+if [ -n "$exporter_user" ] && [ "${exporter_user%% *}" != root ] && grep -qw kleakd <<<"$exporter_user"; then
+    pass "kleakd-exporter runs unprivileged (user group supplementary: $exporter_user)"
+else
+    fail "kleakd-exporter runs as '$exporter_user', want a dynamic user in group kleakd"
+fi
+# C runs commands with stdin from /dev/null: the text goes as an argument.
+if grep -qx 'kleakd_up 1' <<<"$body" &&
+    out=$(C 20 sh -c 'printf "%s\n" "$1" | promtool check metrics' sh "$body" 2>&1) && [ -z "$out" ]; then
+    pass "promtool check metrics: nothing wrong with the scrape ($(grep -vc '^#' <<<"$body") samples)"
+else
+    echo "$out" | head -n 20 | indent
+    fail "promtool check metrics complains about the scrape"
+fi
+om=$(http_get http://127.0.0.1:9785/metrics "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+if [ "$(head -n 1 <<<"$om")" = $'200\tapplication/openmetrics-text; version=1.0.0; charset=utf-8' ] &&
+    [ "$(tail -n 1 <<<"$om")" = "# EOF" ]; then
+    pass "Accept: application/openmetrics-text gets OpenMetrics 1.0.0, ending in # EOF"
+else
+    fail "OpenMetrics: '$(head -n 1 <<<"$om")' ... '$(tail -n 1 <<<"$om")'"
+fi
+status=$(http_get http://127.0.0.1:9785/ | head -n 1)
+if [ "${status%%$'\t'*}" = 404 ]; then pass "GET / is a 404"; else fail "GET / answered '$status', want 404"; fi
+
+prometheus_yml='global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - /usr/share/kleakd/prometheus/kleakd-rules.yml
+scrape_configs:
+  - job_name: kleakd
+    static_configs:
+      - targets: ["127.0.0.1:9785"]'
+C 10 mkdir -p /tmp/prom
+C 10 sh -c 'printf "%s\n" "$1" > /tmp/prom/prometheus.yml' sh "$prometheus_yml"
+if C 30 systemd-run --quiet --collect --unit=kleakd-test-prometheus -p RuntimeMaxSec=300 \
+    prometheus --config.file=/tmp/prom/prometheus.yml --storage.tsdb.path=/tmp/prom/data \
+    --web.listen-address=127.0.0.1:9090; then
+    pass "started Prometheus (scrape interval 1s) as kleakd-test-prometheus.service"
+else
+    fail "systemd-run prometheus failed"
+fi
+# promql QUERY: the first result's value, or nothing.
+promql() {
+    C 20 "$PY" -c '
+import json, sys, urllib.parse, urllib.request
+url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(sys.argv[1])
+try:
+    doc = json.load(urllib.request.urlopen(url, timeout=5))
+except Exception:
+    sys.exit(1)
+res = doc["data"]["result"]
+if not res:
+    sys.exit(1)
+print(res[0]["value"][1])' "$1"
+}
+query='sum(kleakd_site_outstanding_allocations{function="alloc_pipe_info"}) >= 64'
+if value=$(wait_for 30 promql "$query"); then
+    pass "Prometheus: $query -> $value"
+else
+    C 20 journalctl --no-pager -n 20 -u kleakd-test-prometheus.service | indent
+    fail "Prometheus did not return the pipes within 30s: $query"
+fi
+if value=$(promql 'count(kleakd_up == 1) and count(up{job="kleakd"} == 1)'); then
+    pass "Prometheus: kleakd_up 1 and up{job=\"kleakd\"} 1"
+else
+    fail "Prometheus does not have kleakd_up 1 and up 1 for the exporter"
+fi
+rules=$(C 20 "$PY" -c '
+import json, urllib.request
+doc = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/rules", timeout=5))
+print(" ".join(r["name"] for g in doc["data"]["groups"] for r in g["rules"] if r.get("health") == "ok"))' 2>&1)
+if [ "$(wc -w <<<"$rules")" -eq 4 ]; then
+    pass "Prometheus loaded the shipped alert rules, all healthy: $rules"
+else
+    fail "Prometheus's rules: '$rules', want the 4 of kleakd-rules.yml, healthy"
+fi
+C 20 systemctl stop kleakd-test-prometheus.service
+# The textfile unit, as on a host with Debian's prometheus-node-exporter: its
+# directory, owned by user prometheus (the prometheus package made the user).
+C 10 install -d -o prometheus -g prometheus /var/lib/prometheus/node-exporter
+if C 60 systemctl start kleakd-exporter-textfile.service &&
+    prom=$(C 10 cat /var/lib/prometheus/node-exporter/kleakd.prom) && grep -qx 'kleakd_up 1' <<<"$prom" &&
+    [ "$(C 10 stat -c '%a %U' /var/lib/prometheus/node-exporter/kleakd.prom)" = "644 prometheus" ] &&
+    [ "$(C 10 ls -A /var/lib/prometheus/node-exporter)" = kleakd.prom ]; then
+    pass "kleakd-exporter-textfile.service wrote kleakd.prom (kleakd_up 1, mode 644, owner prometheus, no temporary file left)"
+else
+    C 20 journalctl --no-pager -n 10 -u kleakd-exporter-textfile.service | indent
+    fail "kleakd-exporter-textfile.service did not write /var/lib/prometheus/node-exporter/kleakd.prom with kleakd_up 1"
+fi
 C 20 systemctl stop kleakd-test-pipes.service
 
-# --- 4: reload ----------------------------------------------------------------
-step 4 "systemctl reload kleakd"
+# --- 5: reload ----------------------------------------------------------------
+step 5 "systemctl reload kleakd"
 pid_before=$(unit_prop kleakd.service MainPID)
 if C 30 systemctl reload kleakd.service; then
     pass "systemctl reload kleakd returned success"
@@ -195,8 +335,8 @@ else
     fail "the main pid changed across the reload: $pid_before -> $pid_after"
 fi
 
-# --- 5: snapshots -------------------------------------------------------------
-step 5 "snapshots every 2s after a reload"
+# --- 6: snapshots -------------------------------------------------------------
+step 6 "snapshots every 2s after a reload"
 # Only the snapshots' interval (60s); verdicts.interval (10s) stays as shipped.
 C 10 sed -i -E 's/"interval":[[:space:]]*"60s"/"interval": "2s"/' /etc/kleakd/kleakd.conf
 if C 10 grep -q '"interval": "2s"' /etc/kleakd/kleakd.conf; then
@@ -224,8 +364,8 @@ else
     fail "no periodic snapshots (latest.json and >= 2 snapshot files within 15s of the reload)"
 fi
 
-# --- 6: stop ------------------------------------------------------------------
-step 6 "watchdog, then systemctl stop kleakd"
+# --- 7: stop ------------------------------------------------------------------
+step 7 "watchdog, then systemctl stop kleakd"
 if [ "$watchdog_usec" = 0 ] || [ -z "$watchdog_usec" ]; then
     fail "WatchdogUSec is '$watchdog_usec': the unit's WatchdogSec is not in force"
 else
@@ -256,8 +396,27 @@ if [ "$in_container" -gt 0 ]; then
     kleak_progs | indent
 fi
 
-# --- 7: socket activation -----------------------------------------------------
-step 7 "socket activation through kleakd.socket"
+# kleakd down, its socket too (a connection to kleakd.socket would start it
+# again): the exporter keeps serving; a scrape succeeds with kleakd_up 0,
+# and the exporter logs why.
+C 30 systemctl stop kleakd.socket
+scrape=$(http_get http://127.0.0.1:9785/metrics)
+if [ "$(head -n 1 <<<"$scrape" | cut -f1)" = 200 ] && grep -qx 'kleakd_up 0' <<<"$scrape" &&
+    ! grep -q '^kleakd_records_total' <<<"$scrape"; then
+    pass "with kleakd stopped a scrape still succeeds: 200, kleakd_up 0, no stale kleakd series"
+else
+    echo "$scrape" | head -n 10 | indent
+    fail "with kleakd stopped the scrape is not 200 with kleakd_up 0 alone"
+fi
+exporter_logged() {
+    why=$(C 20 journalctl --no-pager -o cat -u kleakd-exporter.service | grep 'kleakd_up 0: ' | tail -n 1)
+    [ -n "$why" ]
+}
+if wait_for 5 exporter_logged; then pass "the exporter logs why: '$why'"; else fail "no 'kleakd_up 0: ...' line from kleakd-exporter"; fi
+C 30 systemctl stop kleakd-exporter.socket kleakd-exporter.service
+
+# --- 8: socket activation -----------------------------------------------------
+step 8 "socket activation through kleakd.socket"
 if C 30 systemctl start kleakd.socket; then pass "systemctl start kleakd.socket"; else fail "systemctl start kleakd.socket failed"; fi
 check "kleakd.socket is active" is_state kleakd.socket active
 check "kleakd.service is not running yet" is_state kleakd.service inactive
@@ -291,8 +450,8 @@ check "kleakd.service is inactive" is_state kleakd.service inactive
 left=$(our_progs_left)
 if [ -z "$left" ]; then pass "the socket-activated kleakd detached its programs (ids $LAST_IDS)"; else fail "programs $left are still loaded"; fi
 
-# --- 8: a start that cannot attach ---------------------------------------------
-step 8 "a kleakd without CAP_BPF/CAP_PERFMON ends failed"
+# --- 9: a start that cannot attach ---------------------------------------------
+step 9 "a kleakd without CAP_BPF/CAP_PERFMON ends failed"
 # CapabilityBoundingSet= lines are OR-ed together: the empty assignment first
 # resets the unit's set, or CAP_CHOWN would just be added to it.
 C 10 mkdir -p /run/systemd/system/kleakd.service.d
@@ -328,17 +487,19 @@ else
     fail "after removing the drop-in CapabilityBoundingSet is '$caps'"
 fi
 
-# --- 9: systemd-analyze security ------------------------------------------------
-step 9 "systemd-analyze security kleakd.service"
-if out=$(C 60 systemd-analyze security --no-pager kleakd.service 2>&1); then
-    score=$(grep 'Overall exposure level' <<<"$out")
-    pass "systemd-analyze security: ${score#→ }"
-    echo "    still exposed:"
-    grep '✗' <<<"$out" | awk '{printf "%s (%s)  ", $2, $NF} END {print ""}' | fold -s -w 100 | indent
-else
-    echo "$out" | tail -n 5 | indent
-    fail "systemd-analyze security failed"
-fi
+# --- 10: systemd-analyze security ------------------------------------------------
+step 10 "systemd-analyze security kleakd.service kleakd-exporter.service"
+for unit in kleakd.service kleakd-exporter.service; do
+    if out=$(C 60 systemd-analyze security --no-pager "$unit" 2>&1); then
+        score=$(grep 'Overall exposure level' <<<"$out")
+        pass "systemd-analyze security: ${score#→ }"
+        echo "    still exposed:"
+        grep '✗' <<<"$out" | awk '{printf "%s (%s)  ", $2, $NF} END {print ""}' | fold -s -w 100 | indent
+    else
+        echo "$out" | tail -n 5 | indent
+        fail "systemd-analyze security $unit failed"
+    fi
+done
 
 end_step
 finish

@@ -390,10 +390,23 @@ TEST(SuspectsQuery, GrowingSitesRankFirstWithReasonsAndAges) {
     EXPECT_EQ(j.at("suspects").at(0).at("reasons").size(), 1u);
     EXPECT_EQ(j.at("rules").at("interval_ns"), kPeriod);
 
-    // top cuts the rows, not the counts.
+    EXPECT_EQ(j.at("rest").at("sites"), 0);
+    EXPECT_EQ(j.at("rest").at("outstanding"), 0);
+
+    // top cuts the rows, not the counts; the rows cut are summed in `rest`.
     const SuspectsResult one = query_suspects(sc.tracker, sc.verdicts, {1, now}, symbols);
     EXPECT_EQ(one.rows.size(), 1u);
     EXPECT_EQ(one.sites, 3u);
+    EXPECT_EQ(one.rest.sites, 2u);
+    EXPECT_EQ(one.rest.outstanding, r.rows[1].outstanding + r.rows[2].outstanding);
+    EXPECT_EQ(one.rest.outstanding_bytes, r.rows[1].outstanding_bytes + r.rows[2].outstanding_bytes);
+    EXPECT_DOUBLE_EQ(one.rest.growth_per_hour,
+                     r.rows[1].judgement.growth_per_hour + r.rows[2].judgement.growth_per_hour);
+    EXPECT_DOUBLE_EQ(one.rest.growth_bytes_per_hour,
+                     r.rows[1].judgement.growth_bytes_per_hour + r.rows[2].judgement.growth_bytes_per_hour);
+    const nlohmann::json rest = suspects_to_json(one, sc.verdicts).at("rest");
+    EXPECT_EQ(rest.at("sites"), 2);
+    EXPECT_EQ(rest.at("outstanding"), one.rest.outstanding);
 }
 
 TEST(SuspectsQuery, LeaksRowsCarryTheVerdict) {

@@ -1,4 +1,4 @@
-#include "kleakctl/client.h"
+#include "client/client.h"
 
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -42,7 +42,7 @@ Client::Client(const std::filesystem::path& socket)
         case EACCES:
         case EPERM:
             throw ClientError("permission denied on " + path +
-                              ": run kleakctl as root or as a member of the socket's group (kleakd)");
+                              ": run as root or as a member of the socket's group (kleakd)");
         default:
             throw ClientError("cannot connect to " + path + ": " + std::strerror(err));
     }
@@ -99,7 +99,7 @@ proto::Response Client::next(std::uint64_t id) {
     }
     std::string why;
     auto response = proto::decode_response(reply, why);
-    if (!response) throw ClientError("kleakd sent a reply kleakctl cannot read: " + why);
+    if (!response) throw ClientError("kleakd sent a reply this client cannot read: " + why);
     if (response->ok && response->id != id) throw ClientError("kleakd answered another request (id mismatch)");
     return std::move(*response);
 }

@@ -1,6 +1,6 @@
-// kleakctl's side of the query socket: connect, send one request, read its
-// reply. Every failure becomes a ClientError whose text says what happened and
-// what to do about it.
+// The client side of the query socket, shared by kleakctl and kleakd-exporter:
+// connect, send one request, read its reply. Every failure becomes a
+// ClientError whose text says what happened and what to do about it.
 #pragma once
 
 #include <chrono>
