@@ -640,8 +640,8 @@ static __always_inline bool forget_freed(struct batch *b, const void *ptr)
 
 /*
  * kmem_cache_free(call_site, ptr, x): x was the cache's name until the 6.1
- * commit that reshaped kmem_cache_alloc (see above), the cache since. Only
- * the pointer is read, never the cache.
+ * commit that reshaped kmem_cache_alloc (see above), the cache since: its
+ * address is copied into the record, the cache itself never read.
  */
 static __always_inline __u16 cache_free_kind(__u64 *ctx, __u64 *cache)
 {

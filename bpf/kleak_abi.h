@@ -17,10 +17,12 @@
 #include <linux/types.h>
 #endif
 
-#define KLEAK_ABI_VERSION 3
+#define KLEAK_ABI_VERSION 4
 /* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK, version 3
- * KLEAK_CACHE_ALLOC_FROM; an older stream is a newer one that uses none of
- * them, so all are readable. */
+ * KLEAK_CACHE_ALLOC_FROM, version 4 KLEAK_CACHE_FREE_FROM; an older stream is
+ * a newer one that uses none of them, so all are readable. A new kind a
+ * reader would count undecodable bumps the version, so that an older reader
+ * refuses the recording rather than losing every such record. */
 #define KLEAK_ABI_OLDEST_READABLE 1
 
 /* What a record describes.  Values are part of the ABI. */
@@ -34,8 +36,7 @@ enum kleak_record_kind {
 	KLEAK_CACHE_ALLOC_FROM = 7, /* kmem:kmem_cache_alloc with its cache (6.1+) */
 	KLEAK_CACHE_FREE_FROM = 8,  /* kmem:kmem_cache_free with its cache (6.1+) */
 };
-/* Adding a kind keeps the ABI version: readers count unknown kinds as
- * undecodable and go on. Changing a layout bumps it. */
+/* A new kind or layout bumps the ABI version (above). */
 
 /* First 16 bytes of every record. */
 struct kleak_record_header {

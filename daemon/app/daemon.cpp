@@ -521,8 +521,13 @@ void Daemon::sample_verdicts() {
     if (tracing_stopped_) return;
     const core::Tracker& tracker = pipeline_.tracker();
     const core::Reconciliation caches = slabs_.reconcile(tracker);
-    const std::vector<std::uint64_t> site_caches = core::site_cache_keys(tracker);
-    verdicts_.sample(tracker.sites(), monotonic_now_ns(), {caches.sites, site_caches, &tracker.unseen_frees_by_cache()});
+    // Frees that name their cache come from 6.1+ kernels only: without any,
+    // skip the pass over every class.
+    const auto& unseen = tracker.unseen_frees_by_cache();
+    const std::vector<std::uint64_t> site_caches =
+        unseen.empty() ? std::vector<std::uint64_t>{} : core::site_cache_keys(tracker);
+    verdicts_.sample(tracker.sites(), monotonic_now_ns(),
+                     {caches.sites, site_caches, unseen.empty() ? nullptr : &unseen});
 }
 
 void Daemon::update_status() {

@@ -23,7 +23,7 @@ std::uint64_t CacheTurnover::since(std::uint64_t cache, std::uint64_t since_ns) 
     const auto after = std::upper_bound(points.begin(), points.end(), since_ns,
                                         [](std::uint64_t t, const Point& p) { return t < p.t_ns; });
     const std::uint64_t base = after == points.begin() ? 0 : std::prev(after)->cumulative;
-    return points.back().cumulative - base;
+    return points.back().cumulative >= base ? points.back().cumulative - base : 0;
 }
 
 std::size_t CacheTurnover::memory_bytes() const {

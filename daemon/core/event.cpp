@@ -7,7 +7,7 @@
 
 namespace kleak::core {
 
-static_assert(KLEAK_ABI_VERSION == 3, "update the static_asserts below with the ABI");
+static_assert(KLEAK_ABI_VERSION == 4, "update the static_asserts below with the ABI");
 static_assert(sizeof(kleak_record_header) == 16);
 static_assert(offsetof(kleak_record_header, ts_ns) == 0);
 static_assert(offsetof(kleak_record_header, kind) == 8);

@@ -28,7 +28,10 @@ std::uint64_t record_ts(std::span<const std::byte> record) {
 
 bool waits_for_a_reading(std::span<const std::byte> record) {
     kleak_record_header hdr;
-    return read_header(record, hdr) && StampWindows::waits(static_cast<EventKind>(hdr.kind), hdr.flags);
+    if (!read_header(record, hdr)) return false;
+    // Kind 8 is a cache_free that names its cache: the same wait.
+    const EventKind kind = hdr.kind == KLEAK_CACHE_FREE_FROM ? EventKind::cache_free : static_cast<EventKind>(hdr.kind);
+    return StampWindows::waits(kind, hdr.flags);
 }
 
 }  // namespace

@@ -72,12 +72,17 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
     }
 }
 
-// A second look at the sites judged growing in a cache
-// whose objects from before tracing are being freed: the cache's rise over
-// the window is theirs and its other rising sites', and the frees of unseen
-// objects account for it in proportion.
+// A second look at the sites judged growing in a cache whose objects from
+// before tracing are being freed. The frees must account for the rise of
+// all the cache's sites together (to a tenth, for frees still in flight,
+// at least 2): a cache that rose by more than they explain may hold a leak,
+// and the frees cannot say which site's rise they explain, so then every
+// site of it keeps its verdict. Counted rises (newest sample minus first),
+// as the frees are counted over the same samples.
 void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<const std::uint64_t> site_caches) {
-    const auto rise = [&](SiteId id) { return static_cast<double>(std::max<std::int64_t>(0, judgements_[id].window_rise)); };
+    const auto rise = [&](SiteId id) {
+        return static_cast<double>(std::max<std::int64_t>(0, judgements_[id].window_rise));
+    };
     absl::flat_hash_map<std::uint64_t, double> cache_rise;
     bool any = false;
     for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
@@ -88,11 +93,12 @@ void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<co
     if (!any) return;
     std::vector<HistoryPoint> history;
     for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
-        if (site_caches[id] == 0 || judgements_[id].verdict != Verdict::growing) continue;
+        if (site_caches[id] == 0 || judgements_[id].verdict != Verdict::growing || rise(id) <= 0) continue;
         const std::uint64_t unseen = turnover_.since(site_caches[id], judgements_[id].window_start_ns);
         const double total = cache_rise[site_caches[id]];
-        if (unseen == 0 || total <= 0) continue;
-        const TurnoverShare share{static_cast<double>(unseen) * rise(id) / total, unseen};
+        const double unexplained = total - static_cast<double>(unseen);
+        if (unseen == 0 || unexplained > std::max(2.0, total / 10)) continue;
+        const TurnoverShare share{std::min(static_cast<double>(unseen), total) * rise(id) / total, unseen};
         histories_.series_into(id, 0, history);
         trim_restored(history);
         judgements_[id] = judge_site(history, sites[id], rules_, nullptr, share);

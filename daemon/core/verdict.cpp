@@ -143,10 +143,9 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
                    trend;
         return j;
     }
-    // Old objects freed while new ones rise: that much of the rise is
-    // kleakd's view filling up. (The rise as counted, not the trend's: the
-    // frees are counted over the same samples.)
-    if (turnover.cache_unseen_frees > 0 && static_cast<double>(j.window_rise) - turnover.share < rules.min_rise) {
+    // Old objects freed while new ones took their places: kleakd's view
+    // filling up, not the kernel holding more (site_verdicts.cpp decides).
+    if (turnover.cache_unseen_frees > 0) {
         j.verdict = Verdict::steady;
         j.reason = "filling up, not leaking: " + trend + ", but its cache freed " +
                    std::to_string(turnover.cache_unseen_frees) +

@@ -66,9 +66,9 @@ struct SiteJudgement {
     bool operator==(const SiteJudgement&) const = default;
 };
 
-// Of a site's rise over its window (window_rise), the part its cache's frees
-// of objects kleakd never saw allocated account for (cache_turnover.h): the
-// cache's count shared among its rising sites by their rises.
+// A site in a cache whose frees of objects kleakd never saw allocated
+// (cache_turnover.h) account for the rise of all its sites over the window:
+// those frees, and this site's share of them by its rise. Given only then.
 struct TurnoverShare {
     double share = 0;
     std::uint64_t cache_unseen_frees = 0;

@@ -125,6 +125,15 @@ TEST(FrameOrder, FlaggedFreesStayJustBeforeTheReadingThatClosesTheirWindow) {
     EXPECT_EQ(ptrs(frames), (std::vector<std::uint64_t>{kA0, kD, kX, kP, kMark}));
 }
 
+TEST(FrameOrder, AFlaggedFreeThatNamesItsCacheWaitsLikeAnyFree) {
+    // Kind 8 (kmem_cache_free with its cache, 6.1+) sorts as kind 4 does.
+    Event free = test::free_event({.ts = 10, .ptr = kX, .site = 0xffffffff81000099, .kind = EventKind::cache_free,
+                                   .flags = KLEAK_TS_LOWER_BOUND, .cache = 0xffff888100001000});
+    auto frames = frames_of({kmalloc_at(12, kD), kmalloc_at(10, kA0), test::encode_event(free), kmalloc_at(20, kA2)});
+    sort_frames_by_time(frames);
+    EXPECT_EQ(ptrs(frames), (std::vector<std::uint64_t>{kA0, kD, kX, kA2}));
+}
+
 TEST(FrameOrder, OnlyAFreeThatCarriesALowerBoundWaitsForTheNextReading) {
     // An exact free and an allocation sort by their own reading, the lower
     // bound flag notwithstanding on the allocation (it means nothing there).
