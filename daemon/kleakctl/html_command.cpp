@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -29,13 +31,13 @@ void write_output(const std::string& output, const std::string& page) {
     const std::string temp = output + ".tmp-" + std::to_string(::getpid());
     {
         std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-        if (!out) throw std::runtime_error("cannot create " + temp + ": " + std::strerror(errno));
+        if (!out) throw std::runtime_error("cannot write " + output + ": " + std::strerror(errno));
         out << page;
         out.flush();
         if (!out) {
             const int err = errno;
             std::remove(temp.c_str());
-            throw std::runtime_error("cannot write " + temp + ": " + std::strerror(err));
+            throw std::runtime_error("cannot write " + output + ": " + std::strerror(err));
         }
     }
     if (std::rename(temp.c_str(), output.c_str()) != 0) {
