@@ -1952,7 +1952,9 @@ TEST(HtmlReport, ALeakAcrossARestartIsDrawnFromTheDaemonAndFromItsSnapshot) {
     const std::string site = suspect.at("site");
 
     const fs::path page_path = daemon.dir() / "report.html";
-    const Result written = ctl({"--socket", daemon.socket().string(), "report", "--html", page_path.string()});
+    // Every curve: on a busy host, sites that gain more bytes an hour than 64-byte eventfds rank first.
+    const Result written =
+        ctl({"--socket", daemon.socket().string(), "report", "--html", page_path.string(), "--curves", "100"});
     ASSERT_EQ(written.exit_code, 0) << written.err;
     EXPECT_NE(written.err.find("wrote " + page_path.string()), std::string::npos) << written.err;
     const std::string page = read_file(page_path);
@@ -1980,7 +1982,7 @@ TEST(HtmlReport, ALeakAcrossARestartIsDrawnFromTheDaemonAndFromItsSnapshot) {
     ASSERT_FALSE(curve.is_null()) << data.at("curves").dump().substr(0, 2000);
     ASSERT_TRUE(data.at("restart_s").is_number()) << data.dump().substr(0, 2000);
     const double restart = data.at("restart_s");
-    EXPECT_LT(restart, -7.0);
+    EXPECT_LT(restart, -3.0);  // the new daemon's first sample, ~8 s before the report
     std::size_t before = 0, after = 0;
     std::uint64_t first_after = 0, last = 0;
     for (const auto& p : curve.at("points")) {
@@ -2002,7 +2004,8 @@ TEST(HtmlReport, ALeakAcrossARestartIsDrawnFromTheDaemonAndFromItsSnapshot) {
     // The same page from the snapshot file the daemon writes when it stops.
     EXPECT_CLEAN_STOP(daemon);
     const fs::path from_file = daemon.dir() / "latest.html";
-    const Result html = ctl({"html", (daemon.config.snapshots / "latest.json").string(), "-o", from_file.string()});
+    const Result html = ctl({"html", (daemon.config.snapshots / "latest.json").string(), "-o", from_file.string(),
+                             "--curves", "100"});
     ASSERT_EQ(html.exit_code, 0) << html.err;
     const json file_data = page_data_of(read_file(from_file));
     const json file_row = row_named(file_data.at("table"), site);
