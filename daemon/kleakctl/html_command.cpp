@@ -54,7 +54,12 @@ int render_and_write(const json& snapshot, const core::SavedSites& histories, co
     page_options.source = std::move(source);
     const json data = core::report_page_data(snapshot, histories, page_options);
     const std::string page = service::render_report_html(data);
-    write_output(options.output, page);
+    try {
+        write_output(options.output, page);
+    } catch (const std::runtime_error& e) {
+        std::cerr << "kleakctl: " << e.what() << '\n';
+        return 1;
+    }
     if (options.output != "-")
         std::cerr << "kleakctl: wrote " << options.output << " (" << (page.size() + 1023) / 1024 << " KiB: "
                   << data.at("table_total").get<std::size_t>() << " call sites with outstanding memory, "

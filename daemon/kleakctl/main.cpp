@@ -287,16 +287,7 @@ int main(int argc, char** argv) {
             kleak::ctl::HtmlOptions html_options;
             html_options.output = options.html_output;
             html_options.curves = options.curves;
-            try {
-                return kleak::ctl::html_from_daemon(client, kleak::ctl::socket_path(options.socket), html_options);
-            } catch (const kleak::ctl::ClientError&) {
-                throw;
-            } catch (const nlohmann::json::exception&) {
-                throw;
-            } catch (const std::exception& e) {
-                std::cerr << "kleakctl: report --html: " << e.what() << '\n';
-                return 1;
-            }
+            return kleak::ctl::html_from_daemon(client, kleak::ctl::socket_path(options.socket), html_options);
         }
         const kleak::proto::Response response = client.call(request);
         if (request.op == Op::printk && request.printk.follow) client.set_timeout(std::chrono::milliseconds(0));
