@@ -17,6 +17,8 @@ packages=(
   systemd systemd-container       # the service test boots systemd in systemd-nspawn
   qemu-system-x86 busybox-static cpio   # the kernel matrix boots Debian's kernels (tests/kernels)
   debhelper dpkg-dev lintian scdoc man-db   # the Debian package (packaging/) and its test
+  libjs-d3                        # inlined into kleakctl's HTML report (d3.min.js)
+  chromium                        # opens the HTML report headless in its tests (tests/report)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

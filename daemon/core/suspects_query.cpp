@@ -48,6 +48,9 @@ nlohmann::json judgement_json(const SiteJudgement& j) {
     return out;
 }
 
+// The allocator a site's first allocation came through.
+const char* family_name(EventKind kind) { return kind == EventKind::cache_alloc ? "kmem_cache" : "kmalloc"; }
+
 std::string cache_of(std::span<const std::string> site_caches, SiteId site) {
     return site < site_caches.size() ? site_caches[site] : std::string();
 }
@@ -157,13 +160,19 @@ nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, 
         const auto it = by_address.find(std::strtoull(address->get_ref<const std::string&>().c_str(), nullptr, 16));
         if (it == by_address.end() || tracker.sites()[it->second].allocs == 0) continue;
         if (!site_caches.empty()) row["cache"] = cache_of(site_caches, it->second);
+        row["family"] = family_name(tracker.sites()[it->second].kind);
         const SiteJudgement j = verdicts.judgement(it->second);
         row["verdict"] = verdict_name(j.verdict);
+        row["reasons"] = nlohmann::json::array({j.reason});
         row["growth_per_hour"] = j.growth_per_hour;
         row["growth_bytes_per_hour"] = j.growth_bytes_per_hour;
         growing += j.verdict == Verdict::growing;
     }
-    return {{"samples", verdicts.histories().samples()}, {"growing", growing}, {"rules", rules_json(verdicts)}};
+    nlohmann::json summary = {
+        {"samples", verdicts.histories().samples()}, {"growing", growing}, {"rules", rules_json(verdicts)}};
+    // Histories carried over from an earlier daemon: its points before this are not judged.
+    if (verdicts.restart_ns() > 0) summary["restart_ns"] = verdicts.restart_ns();
+    return summary;
 }
 
 std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer) {

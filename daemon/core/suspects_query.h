@@ -62,9 +62,11 @@ nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts
 std::optional<SiteId> find_site(const Tracker& tracker, const std::string& name, Symbolizer& symbolizer);
 
 // Adds each site's verdict to a report's or snapshot's `sites` rows (matched
-// by their "address"): verdict, growth_per_hour, growth_bytes_per_hour; and
-// returns the verdicts' summary for the document: samples, growing, rules.
-// With site_caches (by SiteId), each row's "cache" too.
+// by their "address"): family ("kmalloc" or "kmem_cache"), verdict, reasons,
+// growth_per_hour, growth_bytes_per_hour; and returns the verdicts' summary
+// for the document: samples, growing, rules, and restart_ns when the
+// histories hold an earlier daemon's points. With site_caches (by SiteId),
+// each row's "cache" too.
 nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, const SiteVerdicts& verdicts,
                                  std::span<const std::string> site_caches = {});
 

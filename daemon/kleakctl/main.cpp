@@ -10,6 +10,7 @@
 #include "core/printk_json.h"
 #include "client/client.h"
 #include "kleakctl/format.h"
+#include "kleakctl/html_command.h"
 #include "kleakctl/snapshot_diff.h"
 #include "version.h"
 
@@ -34,6 +35,9 @@ struct Options {
     std::string resolution = "sample";
     std::vector<std::string> snapshots;  // diff: OLD NEW
     double timeout_seconds = 60;
+    std::string html_output;    // report --html FILE, html -o FILE
+    std::string html_snapshot;  // html SNAPSHOT.json
+    std::size_t curves = 8;
 };
 
 nlohmann::json read_json_file(const std::string& path) {
@@ -60,6 +64,22 @@ int run_diff(const Options& options) {
         std::cerr << "kleakctl: diff: " << e.what() << '\n';
         return 1;
     }
+}
+
+// `html` reads a file and needs no daemon.
+int run_html(const Options& options) {
+    try {
+        kleak::ctl::HtmlOptions html;
+        html.output = options.html_output.empty() ? kleak::ctl::default_html_output(options.html_snapshot)
+                                                  : options.html_output;
+        html.curves = options.curves;
+        return kleak::ctl::html_from_snapshot(options.html_snapshot, html);
+    } catch (const nlohmann::json::exception& e) {
+        std::cerr << "kleakctl: html: " << options.html_snapshot << " is not a kleakd snapshot: " << e.what() << '\n';
+    } catch (const std::exception& e) {
+        std::cerr << "kleakctl: html: " << e.what() << '\n';
+    }
+    return 1;
 }
 
 // kleakctl history --resolution: the history tiers (core/site_history.h).
@@ -173,6 +193,25 @@ int main(int argc, char** argv) {
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");
+    report->add_option("--html", options.html_output,
+                       "Write the report as one self-contained HTML page to FILE instead (\"-\": standard output): "
+                       "a flame graph of outstanding bytes, the growth curves of the suspect sites, the verdict "
+                       "table and the loss line; it needs no network to open")
+        ->type_name("FILE");
+    report->add_option("--curves", options.curves, "With --html: how many growth curves, most likely leaks first")
+        ->check(CLI::Range(0, 100))
+        ->default_str("8");
+    auto* html = app.add_subcommand(
+        "html", "The HTML report (as `report --html`) of a snapshot file, as kleakd writes them (with its site "
+                "histories: growth curves) or `kleakctl snapshot` prints them (without); needs no daemon");
+    html->add_option("snapshot", options.html_snapshot, "SNAPSHOT.json")->required()->check(CLI::ExistingFile);
+    html->add_option("--output,-o", options.html_output,
+                     "Where to write the page (\"-\": standard output; default: the snapshot's name with .html, in "
+                     "the current directory)")
+        ->type_name("FILE");
+    html->add_option("--curves", options.curves, "How many growth curves, most likely leaks first")
+        ->check(CLI::Range(0, 100))
+        ->default_str("8");
     auto* snapshot = app.add_subcommand("snapshot", "A full JSON snapshot, as written to the snapshot directory");
     auto* reset = app.add_subcommand(
         "reset", "Forget all history and start a fresh baseline (root or socket.admin_group only; it changes state)");
@@ -197,6 +236,7 @@ int main(int argc, char** argv) {
     }
 
     if (*diff) return run_diff(options);
+    if (*html) return run_html(options);
 
     kleak::proto::Request request;
     request.id = 1;
@@ -244,6 +284,12 @@ int main(int argc, char** argv) {
     try {
         kleak::ctl::Client client(kleak::ctl::socket_path(options.socket));
         client.set_timeout(std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_seconds * 1000)));
+        if (*report && !options.html_output.empty()) {
+            kleak::ctl::HtmlOptions html_options;
+            html_options.output = options.html_output;
+            html_options.curves = options.curves;
+            return kleak::ctl::html_from_daemon(client, kleak::ctl::socket_path(options.socket), html_options);
+        }
         const kleak::proto::Response response = client.call(request);
         if (request.op == Op::printk && request.printk.follow) client.set_timeout(std::chrono::milliseconds(0));
         if (!response.ok) {

@@ -311,8 +311,18 @@ else
 fi
 
 # --- 4: a leak ------------------------------------------------------------------
-step 4 "hold 64 pipes open; kleakctl leaks --json"
+step 4 "hold 64 pipes open; kleakctl leaks --json; kleakctl report --html"
 check_pipe_leak
+# The installed kleakctl alone writes the whole page: d3 and the data inline,
+# nothing else from the package needed (tests/report opens such a page in Chromium).
+if C 30 kleakctl report --html /tmp/kleak-report.html >/dev/null 2>&1 &&
+    C 10 grep -q '"function":"alloc_pipe_info"' /tmp/kleak-report.html &&
+    C 10 grep -q 'd3={version:"3\.' /tmp/kleak-report.html &&
+    ! C 10 grep -q '<script src' /tmp/kleak-report.html; then
+    pass "kleakctl report --html wrote one self-contained page naming alloc_pipe_info ($(C 10 stat -c %s /tmp/kleak-report.html) bytes, d3 inline)"
+else
+    fail "kleakctl report --html did not write a self-contained page naming alloc_pipe_info"
+fi
 C 20 systemctl stop kleakd-test-pipes.service
 
 # --- 5: versions, man pages, docs, conffile -----------------------------------------

@@ -340,6 +340,8 @@ TEST(Restart, VerdictsJudgeOnlyPointsSampledAfterIt) {
     // The new daemon sees the leak's allocations from zero: one a sample.
     for (std::uint64_t k = 0; k < 3; ++k) v.sample(std::vector{site(kLeak, k + 1)}, kRestart + k * kPeriod);
     EXPECT_EQ(v.restart_ns(), kRestart);
+    json no_sites = json::array();
+    EXPECT_EQ(annotate_verdicts(no_sites, Tracker{}, v).at("restart_ns"), kRestart);  // the snapshot says so
     EXPECT_EQ(v.histories().series(0, 0).size(), kEarlierSamples);  // 88 restored + 3 new: the whole series shown
     SiteJudgement j = v.judgement(0);
     EXPECT_EQ(j.verdict, Verdict::young) << j.reason;  // 20 s of its own history, not 15 min
