@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, the real-kernel tests
 # (root and BTF needed; they fail, loudly, where they cannot run), the same
-# kernel tests on Debian's 6.1 and 6.12 kernels booted in qemu (the kernel
-# matrix, tests/kernels), and the systemd service and package tests (systemd
-# booted in systemd-nspawn).
+# unit and kernel tests built with ASan+UBSan (build-asan) and the threaded
+# ones with TSan (build-tsan), each fuzz target for 30 s from its seed corpus
+# (build-fuzz; any crash, leak or timeout fails), the kernel tests on Debian's
+# 6.1 and 6.12 kernels booted in qemu (the kernel matrix, tests/kernels), and
+# the systemd service and package tests (systemd booted in systemd-nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_dir=${BUILD_DIR:-build}
 scripts/build.sh
-cd "${BUILD_DIR:-build}"
-ctest --output-on-failure -L unit
-ctest --output-on-failure -L '^kernel$'
+(cd "$build_dir" && ctest --output-on-failure -L unit && ctest --output-on-failure -L '^kernel$')
+
+# Sanitizers: the same tests, the daemon and kleakctl they start included.
+BUILD_DIR=build-asan scripts/build.sh -DKLEAKD_SANITIZE=address,undefined -DKLEAKD_BUILD_BENCH=OFF
+(cd build-asan && ctest --output-on-failure -L unit && ctest --output-on-failure -L '^kernel$')
+scripts/tsan.sh
+scripts/fuzz.sh --time 30
+
+cd "$build_dir"
 ctest --output-on-failure -L '^kernels$'
 ctest --output-on-failure -L systemd
 ctest --output-on-failure -L package

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (tests/fuzz) in their own clang tree and runs
+# each one, from its seed corpus, for a time or a number of executions; then
+# prints, per target: executions, exec/s, corpus size, peak RSS and findings
+# (crashes, leaks, timeouts, out-of-memory), and exits 1 if there is any.
+#
+#   scripts/fuzz.sh [--time SECONDS | --runs N] [TARGET...]
+#
+#   --time SECONDS  run each target this long (default 60)
+#   --runs N        run each target for N executions instead
+#   TARGET          fuzz_protocol, fuzz_config, fuzz_recording,
+#                   fuzz_ring_records (default: all four, one after another)
+#
+# Environment: BUILD_DIR (default build-fuzz); FUZZ_JOBS=N runs N targets at
+# once. Inputs the fuzzer finds go to $BUILD_DIR/fuzz-corpus/<target> (kept
+# between runs; the seeds in tests/fuzz/corpus are only read); a finding is
+# written to $BUILD_DIR/fuzz-findings/<target>/ with the log beside it. Replay
+# one with `$BUILD_DIR/tests/fuzz/<target> <file>`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+limit=(-max_total_time=60)
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --time) limit=(-max_total_time="$2"); shift 2 ;;
+    --runs) limit=(-runs="$2"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    fuzz_*) targets+=("$1"); shift ;;
+    *) echo "fuzz.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_protocol fuzz_config fuzz_recording fuzz_ring_records)
+
+build_dir=${BUILD_DIR:-build-fuzz}
+CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLEAKD_BUILD_FUZZ=ON \
+  -DKLEAKD_BUILD_TESTS=OFF -DKLEAKD_BUILD_BENCH=OFF >/dev/null
+cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
+
+# Longest input per target: a request line may be 64 KiB, but its bugs show
+# in far less; a recording seed is a meta.json and the first frames.
+max_len() {
+  case "$1" in
+    fuzz_recording) echo 32768 ;;
+    *) echo 8192 ;;
+  esac
+}
+
+run_one() {
+  local target=$1
+  local corpus=$build_dir/fuzz-corpus/$target findings=$build_dir/fuzz-findings/$target
+  mkdir -p "$corpus" "$findings"
+  touch "$findings/.start"  # findings of this run are the files newer than it
+  # -timeout: one input taking 10 s is a hang; -rss_limit_mb: the process
+  # growing past 2 GiB is a finding too (a size field trusted, a leak).
+  "$build_dir/tests/fuzz/$target" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -max_len="$(max_len "$target")" \
+    -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" "tests/fuzz/corpus/$target" \
+    >"$findings/log" 2>&1 || true
+}
+
+running=0
+for target in "${targets[@]}"; do
+  run_one "$target" &
+  running=$((running + 1))
+  if [ "$running" -ge "${FUZZ_JOBS:-1}" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
+
+status=0
+printf '%-18s %12s %8s %8s %7s  %s\n' target executions exec/s corpus rss_mb findings
+for target in "${targets[@]}"; do
+  findings=$build_dir/fuzz-findings/$target
+  log=$findings/log
+  stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
+  corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  found=$(find "$findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
+          -o -name 'oom-*' -o -name 'slow-unit-*' \) -newer "$findings/.start" | wc -l)
+  # A run that died without a stats line (a crash in start-up) is a finding too.
+  if [ -z "$(stat number_of_executed_units)" ] || grep -q '^==[0-9]*==ERROR' "$log"; then
+    found=$((found > 0 ? found : 1))
+  fi
+  printf '%-18s %12s %8s %8s %7s  %s\n' "$target" "$(stat number_of_executed_units)" \
+    "$(stat average_exec_per_sec)" "${corpus:-?}" "$(stat peak_rss_mb)" "$found"
+  if [ "$found" -ne 0 ]; then
+    status=1
+    echo "  $target: see $log" >&2
+    grep -m3 -E 'ERROR|SUMMARY|Test unit written' "$log" | sed 's/^/  /' >&2 || true
+  fi
+done
+exit "$status"
