@@ -59,6 +59,12 @@ run_one() {
     >"$findings/log" 2>&1 || true
 }
 
+# A smaller quarantine and shorter allocation stacks than ASan's defaults
+# (256 MiB, 30 frames): most of an execution's time was spent faulting in
+# fresh quarantine pages and unwinding for every malloc. Use-after-free is
+# still caught within the last 16 MiB freed.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=16:malloc_context_size=8}
+
 running=0
 for target in "${targets[@]}"; do
   run_one "$target" &
