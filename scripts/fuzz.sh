@@ -4,10 +4,11 @@
 # prints, per target: executions, exec/s, corpus size, peak RSS and findings
 # (crashes, leaks, timeouts, out-of-memory), and exits 1 if there is any.
 #
-#   scripts/fuzz.sh [--time SECONDS | --runs N] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS | --runs N] [--no-build] [TARGET...]
 #
 #   --time SECONDS  run each target this long (default 60)
 #   --runs N        run each target for N executions instead
+#   --no-build      use the targets already built in $BUILD_DIR
 #   TARGET          fuzz_protocol, fuzz_config, fuzz_recording,
 #                   fuzz_ring_records (default: all four, one after another)
 #
@@ -19,13 +20,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 limit=(-max_total_time=60)
+build=yes
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --time) limit=(-max_total_time="$2"); shift 2 ;;
     --runs) limit=(-runs="$2"); shift 2 ;;
+    --no-build) build=no; shift ;;
     -h|--help) usage; exit 0 ;;
     fuzz_*) targets+=("$1"); shift ;;
     *) echo "fuzz.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -34,9 +37,11 @@ done
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_protocol fuzz_config fuzz_recording fuzz_ring_records)
 
 build_dir=${BUILD_DIR:-build-fuzz}
-CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLEAKD_BUILD_FUZZ=ON \
-  -DKLEAKD_BUILD_TESTS=OFF -DKLEAKD_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
+if [ "$build" = yes ]; then
+  CC=clang CXX=clang++ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLEAKD_BUILD_FUZZ=ON \
+    -DKLEAKD_BUILD_TESTS=OFF -DKLEAKD_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
+fi
 
 # Longest input per target: a request line may be 64 KiB, but its bugs show
 # in far less; a recording seed is a meta.json and the first frames.
