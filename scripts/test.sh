@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, the real-kernel tests
 # (root and BTF needed; they fail, loudly, where they cannot run), the same
-# unit and kernel tests built with ASan+UBSan (build-asan) and the threaded
-# ones with TSan (build-tsan), each fuzz target for 30 s from its seed corpus
-# (build-fuzz; any crash, leak or timeout fails), the kernel tests on Debian's
-# 6.1 and 6.12 kernels booted in qemu (the kernel matrix, tests/kernels), and
-# the systemd service and package tests (systemd booted in systemd-nspawn).
+# unit and kernel tests built with ASan+UBSan (build-asan), each fuzz target
+# for 30 s from its seed corpus (build-fuzz; any crash, leak or timeout
+# fails), the kernel tests on Debian's 6.1 and 6.12 kernels booted in qemu
+# (the kernel matrix, tests/kernels), and the systemd service and package
+# tests (systemd booted in systemd-nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build}
@@ -13,12 +13,11 @@ scripts/build.sh
 (cd "$build_dir" && ctest --output-on-failure -L unit && ctest --output-on-failure -L '^kernel$')
 
 # Sanitizers: the same tests, the daemon and kleakctl they start included.
-# -O1 -g1 (line tables only) builds in about half the time of -O2 -g and
-# still gives every report its file and line.
+# -O1 -g1 (line tables only) compiles faster than -O2 -g and still gives
+# every report its file and line.
 BUILD_DIR=build-asan scripts/build.sh -DKLEAKD_SANITIZE=address,undefined -DKLEAKD_BUILD_BENCH=OFF \
   "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
 (cd build-asan && ctest --output-on-failure -L unit && ctest --output-on-failure -L '^kernel$')
-scripts/tsan.sh
 scripts/fuzz.sh --time 30
 
 cd "$build_dir"
