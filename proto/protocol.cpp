@@ -336,6 +336,12 @@ std::optional<json> parse_json(std::string_view line, std::string& why_not) {
     } catch (const json::parse_error& e) {
         why_not = "not JSON: the parser stopped at byte " + std::to_string(e.byte) + " of the line";
         return std::nullopt;
+    } catch (const json::out_of_range&) {
+        // A number past a double's range (1e999): valid JSON that nlohmann
+        // refuses with another exception, which escaped and ended the daemon
+        // (found by tests/fuzz/fuzz_protocol).
+        why_not = "not JSON kleakd can read: a number is out of range (beyond 1.8e308)";
+        return std::nullopt;
     }
 }
 

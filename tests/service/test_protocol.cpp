@@ -481,6 +481,22 @@ TEST(ProtocolDecode, MalformedJsonIsAParseErrorWithoutId) {
     }
 }
 
+TEST(ProtocolDecode, NumberBeyondADoubleIsAParseErrorNotAnException) {
+    // Regression (fuzz_protocol): nlohmann throws out_of_range for these,
+    // which escaped decode_request.
+    for (const std::string_view line : {R"({"v":1e999,"id":1,"op":"version"})",
+                                        R"({"v":1,"id":1,"op":"leaks","args":{"top":-1.1E111111111111111}})"}) {
+        SCOPED_TRACE(line);
+        const DecodedRequest decoded = decode_request(line);
+        ASSERT_TRUE(decoded.error);
+        EXPECT_EQ(decoded.error->code, ErrorCode::parse_error);
+        EXPECT_EQ(decoded.error->message, "not JSON kleakd can read: a number is out of range (beyond 1.8e308)");
+    }
+    std::string why_not;
+    EXPECT_FALSE(decode_response(R"({"v":1,"id":1,"ok":true,"result":1e999})", why_not));
+    EXPECT_NE(why_not.find("out of range"), std::string::npos) << why_not;
+}
+
 TEST(ProtocolDecode, InvalidUtf8IsAParseError) {
     EXPECT_EQ(decode_error("{\"v\":1,\"id\":1,\"op\":\"st\xff\"}").code, ErrorCode::parse_error);
 }
