@@ -88,10 +88,61 @@ constexpr std::size_t kMaxQuotedChars = 40;
 
 std::string dump_line_safe(const auto& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+// Containers are quoted this many levels down, then as "[...]" / "{...}".
+constexpr int kMaxQuotedDepth = 4;
+
+// json::dump's text, but only the start of it: stops descending past
+// kMaxQuotedDepth and stops adding members once past kMaxQuotedChars, so
+// quoting costs a bounded stack and time whatever the value (a whole dump of
+// a 64 KiB line of nested arrays needed megabytes of stack).
+void quote_into(std::string& out, const json& value, int depth) {
+    if (!value.is_structured()) {
+        out += dump_line_safe(value);
+        return;
+    }
+    const bool array = value.is_array();
+    if (depth == kMaxQuotedDepth && !value.empty()) {
+        out += array ? "[...]" : "{...}";
+        return;
+    }
+    out += array ? '[' : '{';
+    for (auto it = value.begin(); it != value.end() && out.size() <= kMaxQuotedChars; ++it) {
+        if (it != value.begin()) out += ',';
+        if (!array) out += dump_line_safe(json(it.key())) + ':';
+        quote_into(out, *it, depth + 1);
+    }
+    out += array ? ']' : '}';
+}
+
 std::string quoted(const json& value) {
-    std::string text = dump_line_safe(value);
+    std::string text;
+    quote_into(text, value, 0);
     if (text.size() > kMaxQuotedChars) text = text.substr(0, kMaxQuotedChars) + "...";
     return text;
+}
+
+// How deep arrays and objects nest in `line`, counted without parsing it
+// (brackets inside strings do not count). Stops counting at `limit` + 1.
+std::size_t nesting_depth(std::string_view line, std::size_t limit) {
+    std::size_t depth = 0;
+    std::size_t deepest = 0;
+    bool in_string = false;
+    bool escaped = false;
+    for (const char c : line) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+            if (deepest > limit) break;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return deepest;
 }
 
 // `"args.top" must be an integer in 1..100000, got "5"`: the key path first,
@@ -286,6 +337,12 @@ std::optional<json> parse_json(std::string_view line, std::string& why_not) {
     } catch (const json::parse_error& e) {
         why_not = "not JSON: the parser stopped at byte " + std::to_string(e.byte) + " of the line";
         return std::nullopt;
+    } catch (const json::out_of_range&) {
+        // A number past a double's range (1e999): valid JSON that nlohmann
+        // refuses with another exception, which escaped and ended the daemon
+        // (found by tests/fuzz/fuzz_protocol).
+        why_not = "not JSON kleakd can read: a number is out of range (beyond 1.8e308)";
+        return std::nullopt;
     }
 }
 
@@ -347,6 +404,13 @@ DecodedRequest decode_request(std::string_view line) {
         return out;
     };
 
+    // A request nests two levels (the envelope, its args); anything much
+    // deeper is refused before it is parsed, so no later step (a message
+    // quoting a value, the value's destruction) walks a deep tree.
+    if (nesting_depth(line, kMaxRequestDepth) > kMaxRequestDepth) {
+        return fail(ErrorCode::bad_request, "arrays and objects nest more than " + std::to_string(kMaxRequestDepth) +
+                                                " levels deep; a request needs 2");
+    }
     std::string why_not;
     const std::optional<json> parsed = parse_json(line, why_not);
     if (!parsed) return fail(ErrorCode::parse_error, std::move(why_not));

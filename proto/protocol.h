@@ -19,6 +19,9 @@ inline constexpr int kProtocolVersion = 1;
 // make the daemon buffer.
 inline constexpr std::size_t kMaxRequestBytes = 65536;
 inline constexpr std::uint32_t kMaxLeaksTop = 100000;
+// How deep arrays and objects may nest in a request line (a valid one nests
+// 2): deeper lines are a bad_request, refused before they are parsed.
+inline constexpr std::size_t kMaxRequestDepth = 16;
 
 enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history, caches };
 std::string_view op_name(Op op);

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   clang llvm                      # BPF target compiler
+  libclang-rt-14-dev              # libFuzzer and the sanitizer runtimes for clang (scripts/fuzz.sh)
   bpftool libbpf-dev libelf-dev zlib1g-dev
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libabsl-dev
   libsystemd-dev

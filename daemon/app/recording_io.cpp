@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "kernel/startup_error.h"
 #include "service/file_io.h"
@@ -117,17 +118,12 @@ bool RecordingWriter::finish(core::RecordingMeta meta, core::Symbolizer& symboli
     return records_lost_ == 0;
 }
 
-core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
-    const std::filesystem::path path = dir / "meta.json";
-    std::ifstream in(path);
-    if (!in)
-        throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno) +
-                                 " (is this a directory written by `kleakd record`?)");
+core::RecordingMeta parse_recording_meta(std::string_view text, const std::string& name) {
     nlohmann::json json;
     try {
-        json = nlohmann::json::parse(in);
+        json = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-        throw std::runtime_error(path.string() + " is not valid JSON: " + e.what());
+        throw std::runtime_error(name + " is not valid JSON: " + e.what());
     }
     core::RecordingMeta meta = core::meta_from_json(json);
     if (meta.abi_version < KLEAK_ABI_OLDEST_READABLE || meta.abi_version > KLEAK_ABI_VERSION)
@@ -135,6 +131,18 @@ core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
                                  ", this kleakd reads versions " + std::to_string(KLEAK_ABI_OLDEST_READABLE) + " to " +
                                  std::to_string(KLEAK_ABI_VERSION));
     return meta;
+}
+
+core::RecordingMeta read_recording_meta(const std::filesystem::path& dir) {
+    const std::filesystem::path path = dir / "meta.json";
+    std::ifstream in(path);
+    if (!in)
+        throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno) +
+                                 " (is this a directory written by `kleakd record`?)");
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (!in) throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno));
+    return parse_recording_meta(text.str(), path.string());
 }
 
 namespace {
@@ -188,25 +196,38 @@ private:
 
 void replay_recording(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
                       std::chrono::nanoseconds holdback) {
+    std::vector<MappedFile> mapped;
+    std::vector<RecordingFile> files;
+    mapped.reserve(meta.cpus);
+    for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
+        const std::filesystem::path path = dir / core::cpu_file_name(cpu);
+        MappedFile& file = mapped.emplace_back(path);
+        files.push_back({path.string(), file.bytes(), [&file](std::size_t offset) { file.release_before(offset); }});
+    }
+    replay_recording_files(files, meta, pipeline, holdback);
+}
+
+void replay_recording_files(std::span<const RecordingFile> files, const core::RecordingMeta& meta,
+                            core::Pipeline& pipeline, std::chrono::nanoseconds holdback) {
+    if (files.size() != meta.cpus)
+        throw std::runtime_error("the recording has " + std::to_string(files.size()) + " per-CPU files, meta.json says " +
+                                 std::to_string(meta.cpus) + " CPUs");
     struct Input {
-        std::filesystem::path path;
-        MappedFile file;
+        const RecordingFile* file;
         unsigned cpu = 0;
         std::size_t offset = 0;  // next unread byte
         bool done = false;
     };
     std::vector<Input> inputs;
     for (unsigned cpu = 0; cpu < meta.cpus; ++cpu) {
-        const std::filesystem::path path = dir / core::cpu_file_name(cpu);
-        Input input{path, MappedFile(path), cpu, core::kRecordingHeaderSize, false};
+        const RecordingFile& file = files[cpu];
         core::RecordingFileHeader header;
-        if (auto err = core::decode_file_header(input.file.bytes(), header))
-            throw std::runtime_error(path.string() + ": " + *err);
+        if (auto err = core::decode_file_header(file.bytes, header)) throw std::runtime_error(file.name + ": " + *err);
         if (header.abi_version != meta.abi_version)
-            throw std::runtime_error(path.string() + ": record ABI version " + std::to_string(header.abi_version) +
+            throw std::runtime_error(file.name + ": record ABI version " + std::to_string(header.abi_version) +
                                      " differs from meta.json's " + std::to_string(meta.abi_version));
-        if (header.cpu != cpu) throw std::runtime_error(path.string() + ": header says CPU " + std::to_string(header.cpu));
-        inputs.push_back(std::move(input));
+        if (header.cpu != cpu) throw std::runtime_error(file.name + ": header says CPU " + std::to_string(header.cpu));
+        inputs.push_back({&file, cpu, core::kRecordingHeaderSize, false});
     }
 
     // Files are merged a slice at a time, like drains of live rings, so the
@@ -217,19 +238,19 @@ void replay_recording(const std::filesystem::path& dir, const core::RecordingMet
         any_open = false;
         for (Input& input : inputs) {
             if (input.done) continue;
-            const auto all = input.file.bytes();
+            const auto all = input.file->bytes;
             const std::size_t end = std::min(all.size(), input.offset + kReplaySliceBytes);
             core::FrameReader reader(all.subspan(input.offset, end - input.offset));
             const core::FrameStatus status = pipeline.on_frames(input.cpu, reader);
             if (status == core::FrameStatus::corrupt)
-                throw std::runtime_error(input.path.string() + ": corrupt frame at offset " +
+                throw std::runtime_error(input.file->name + ": corrupt frame at offset " +
                                          std::to_string(input.offset + reader.consumed()));
             input.offset += reader.consumed();
-            input.file.release_before(input.offset);
+            if (input.file->release_before) input.file->release_before(input.offset);
             if (end == all.size()) {
                 input.done = true;
                 if (input.offset != all.size())
-                    spdlog::warn("{}: ignoring a truncated last record ({} bytes)", input.path.string(),
+                    spdlog::warn("{}: ignoring a truncated last record ({} bytes)", input.file->name,
                                  all.size() - input.offset);
             } else {
                 any_open = true;

@@ -8,6 +8,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/pipeline.h"
@@ -60,6 +63,8 @@ private:
 
 // Reads and checks DIR/meta.json. Throws std::runtime_error saying what is wrong.
 core::RecordingMeta read_recording_meta(const std::filesystem::path& dir);
+// The same for meta.json's text; `name` is what messages call it.
+core::RecordingMeta parse_recording_meta(std::string_view text, const std::string& name);
 
 // Bytes of each file per merge round of replay_recording(). Small enough that
 // the tracking thread never runs dry while the merging thread decodes a round
@@ -73,5 +78,18 @@ inline constexpr std::size_t kReplaySliceBytes = 1 << 20;
 // std::runtime_error naming the file and offset of a bad recording.
 void replay_recording(const std::filesystem::path& dir, const core::RecordingMeta& meta, core::Pipeline& pipeline,
                       std::chrono::nanoseconds holdback);
+
+// One per-CPU file's bytes, however they were read (replay_recording maps
+// them; the fuzz target, tests/fuzz, holds them in memory).
+struct RecordingFile {
+    std::string name;  // for messages
+    std::span<const std::byte> bytes;
+    // Optional: called with the offset below which bytes are no longer needed.
+    std::function<void(std::size_t)> release_before;
+};
+
+// replay_recording() over files already in memory, one per CPU of `meta`.
+void replay_recording_files(std::span<const RecordingFile> files, const core::RecordingMeta& meta,
+                            core::Pipeline& pipeline, std::chrono::nanoseconds holdback);
 
 }  // namespace kleak

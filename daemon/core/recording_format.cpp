@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <type_traits>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string_view>
 
@@ -57,7 +58,9 @@ T required(const nlohmann::json& json, const char* key) {
         return v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0);
     };
     bool right_type = true;
-    if constexpr (std::is_unsigned_v<T>) right_type = non_negative_integer(value);
+    // ... and would cut a number too big for T (2^32 + 2 CPUs read as 2).
+    if constexpr (std::is_unsigned_v<T>)
+        right_type = non_negative_integer(value) && value.template get<std::uint64_t>() <= std::numeric_limits<T>::max();
     if constexpr (std::is_same_v<T, std::string>) right_type = value.is_string();
     if constexpr (std::is_same_v<T, std::vector<std::uint64_t>>) {
         right_type = value.is_array() && std::all_of(value.begin(), value.end(), non_negative_integer);

@@ -7,6 +7,7 @@
 // and review the diff in tests/fixtures/proto/ before committing: a changed
 // golden is a changed protocol, and PROTOCOL.md must say the same.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <array>
 #include <cstdlib>
@@ -495,6 +496,22 @@ TEST(ProtocolDecode, MalformedJsonIsAParseErrorWithoutId) {
     }
 }
 
+TEST(ProtocolDecode, NumberBeyondADoubleIsAParseErrorNotAnException) {
+    // Regression (fuzz_protocol): nlohmann throws out_of_range for these,
+    // which escaped decode_request.
+    for (const std::string_view line : {R"({"v":1e999,"id":1,"op":"version"})",
+                                        R"({"v":1,"id":1,"op":"leaks","args":{"top":-1.1E111111111111111}})"}) {
+        SCOPED_TRACE(line);
+        const DecodedRequest decoded = decode_request(line);
+        ASSERT_TRUE(decoded.error);
+        EXPECT_EQ(decoded.error->code, ErrorCode::parse_error);
+        EXPECT_EQ(decoded.error->message, "not JSON kleakd can read: a number is out of range (beyond 1.8e308)");
+    }
+    std::string why_not;
+    EXPECT_FALSE(decode_response(R"({"v":1,"id":1,"ok":true,"result":1e999})", why_not));
+    EXPECT_NE(why_not.find("out of range"), std::string::npos) << why_not;
+}
+
 TEST(ProtocolDecode, InvalidUtf8IsAParseError) {
     EXPECT_EQ(decode_error("{\"v\":1,\"id\":1,\"op\":\"st\xff\"}").code, ErrorCode::parse_error);
 }
@@ -513,6 +530,62 @@ TEST(ProtocolDecode, JsonThatIsNotAnObjectIsABadRequest) {
 TEST(ProtocolDecode, DeeplyNestedInputIsRejectedWithoutCrashing) {
     const std::string deep = std::string(30000, '[') + std::string(30000, ']');
     EXPECT_EQ(decode_error(deep).code, ErrorCode::bad_request);
+}
+
+// Runs `body` on a thread with a 256 KiB stack (the daemon's threads have
+// 8 MiB; a whole dump of the value below needed megabytes).
+template <class Body>
+void on_small_stack(Body body) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t thread;
+    auto run = [](void* arg) -> void* {
+        (*static_cast<Body*>(arg))();
+        return nullptr;
+    };
+    ASSERT_EQ(pthread_create(&thread, &attr, run, &body), 0);
+    pthread_join(thread, nullptr);
+    pthread_attr_destroy(&attr);
+}
+
+TEST(ProtocolDecode, DeepValueInsideARequestIsRefusedOnASmallStack) {
+    // Regression: the message quoting "v" dumped the whole nested value
+    // recursively. Now the line is refused for its depth before parsing.
+    const std::string deep = std::string(32000, '[') + std::string(32000, ']');
+    for (const std::string& line : {R"({"v":)" + deep + R"(,"id":1,"op":"version"})",
+                                    R"({"v":1,"id":1,"op":"leaks","args":{"top":)" + deep + "}}"}) {
+        Error error{ErrorCode::internal, ""};
+        on_small_stack([&] { error = decode_request(line).error.value_or(error); });
+        EXPECT_EQ(error.code, ErrorCode::bad_request);
+        EXPECT_EQ(error.message, "arrays and objects nest more than 16 levels deep; a request needs 2");
+    }
+}
+
+TEST(ProtocolDecode, DepthIsCountedOutsideStringsOnly) {
+    const std::string brackets(1000, '[');
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"history","args":{"site":")" + brackets + "\"}}").history.site, brackets);
+    // An escaped quote does not end the string.
+    const std::string site = "a\\\"" + brackets;
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"history","args":{"site":")" + site + "\"}}").history.site,
+              "a\"" + brackets);
+    // 16 levels are still parsed (and quoted), 17 are not.
+    const auto nested = [](int levels) { return std::string(levels, '[') + std::string(levels, ']'); };
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"leaks","args":{"top":)" + nested(14) + "}}").message,
+              R"("args.top" must be an integer in 1..100000, got [[[[[...]]]]])");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"leaks","args":{"top":)" + nested(15) + "}}").message,
+              "arrays and objects nest more than 16 levels deep; a request needs 2");
+}
+
+TEST(ProtocolDecode, QuotedValuesAreCutShort) {
+    // A long array is quoted by its first 40 characters, as dump() would write them.
+    std::string many = "[";
+    for (int i = 0; i < 5000; ++i) many += std::to_string(i) + ",";
+    many.back() = ']';
+    EXPECT_EQ(decode_leaks_error(R"({"top":)" + many + "}").message,
+              R"("args.top" must be an integer in 1..100000, got [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,1...)");
+    EXPECT_EQ(decode_leaks_error(R"({"top":{"a":[1,{"b":null}],"c":"d"}})").message,
+              R"("args.top" must be an integer in 1..100000, got {"a":[1,{"b":null}],"c":"d"})");
 }
 
 TEST(ProtocolDecode, MissingOrOtherVersionIsUnsupportedAndEchoesTheId) {

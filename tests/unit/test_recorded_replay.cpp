@@ -6,7 +6,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "app/recording_io.h"
 #include "core/report.h"
@@ -137,6 +141,52 @@ TEST_F(DamagedRecording, AbiVersionOlderThanAnyReadableIsRefused) {
 TEST_F(DamagedRecording, NewerAbiVersionIsRefused) {
     set_abi_version(dir_, 99);
     EXPECT_NE(replay_error().find("ABI version 99"), std::string::npos) << replay_error();
+}
+
+TEST_F(DamagedRecording, MissingCpuFileIsNamed) {
+    std::filesystem::remove(dir_ / "kleak1");
+    EXPECT_NE(replay_error().find("kleak1"), std::string::npos) << replay_error();
+}
+
+// The in-memory reader (what the fuzz target drives) reads the fixture as
+// the mapped one does, and refuses a file count that is not meta.json's.
+std::vector<std::byte> file_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto* bytes = reinterpret_cast<const std::byte*>(chars.data());
+    return {bytes, bytes + chars.size()};
+}
+
+TEST(RecordingFiles, InMemoryReplayMatchesTheMappedOne) {
+    std::ifstream in(kRecording / "meta.json");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto meta = kleak::parse_recording_meta(text, "meta.json");
+    const auto cpu0 = file_bytes(kRecording / "kleak0");
+    const auto cpu1 = file_bytes(kRecording / "kleak1");
+    const std::vector<kleak::RecordingFile> files{{"kleak0", cpu0, {}}, {"kleak1", cpu1, {}}};
+
+    kleak::core::Pipeline pipeline(meta.cpus);
+    kleak::replay_recording_files(files, meta, pipeline, std::chrono::milliseconds(10));
+    pipeline.settle();
+    EXPECT_EQ(pipeline.records(), 7985u);
+    EXPECT_EQ(pipeline.tracker().outstanding_count(), replay(kRecording).pipeline->tracker().outstanding_count());
+
+    kleak::core::Pipeline other(meta.cpus);
+    try {
+        kleak::replay_recording_files(std::span(files).first(1), meta, other, std::chrono::milliseconds(10));
+        ADD_FAILURE() << "one file for two CPUs was accepted";
+    } catch (const std::runtime_error& e) {
+        EXPECT_STREQ(e.what(), "the recording has 1 per-CPU files, meta.json says 2 CPUs");
+    }
+}
+
+TEST(RecordingFiles, MetaThatIsNotJsonNamesTheFile) {
+    try {
+        kleak::parse_recording_meta("{\"cpus\":", "/x/meta.json");
+        ADD_FAILURE() << "accepted";
+    } catch (const std::runtime_error& e) {
+        EXPECT_TRUE(std::string(e.what()).starts_with("/x/meta.json is not valid JSON")) << e.what();
+    }
 }
 
 }  // namespace

@@ -339,6 +339,13 @@ TEST(Meta, RejectsCpuCountsAndTimesAReportCannotUse) {
     json["cpus"] = 4000000000u;
     expect_meta_error(json, "meta.json: cpus 4000000000 is out of range (1 to 8192)");
 
+    // Not cut to 32 bits (it was read as 2 CPUs).
+    json["cpus"] = (std::uint64_t{1} << 32) + 2;
+    expect_meta_error(json, "meta.json: key 'cpus' has the wrong type");
+    json["cpus"] = 2;
+    json["abi_version"] = (std::uint64_t{1} << 32) + 1;
+    expect_meta_error(json, "meta.json: key 'abi_version' has the wrong type");
+
     json = meta_to_json(sample_meta());
     json["cpus"] = 1;
     json["dropped_per_cpu"] = {0, 0, 0};
