@@ -98,7 +98,7 @@ TEST(DecodeRecord, CacheFreeFromAllFieldsAndItsCache) {
 }
 
 TEST(DecodeRecord, EveryOtherKindLeavesNoCacheBehind) {
-    // A decode into a reused Event: only a KLEAK_CACHE_ALLOC_FROM sets `cache`.
+    // A decode into a reused Event: only KLEAK_CACHE_ALLOC_FROM and _FREE_FROM set `cache`.
     const std::vector<std::vector<std::byte>> records = {
         encode_event(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8})),
         encode_event(alloc_event({.ts = 2, .ptr = kPtr, .site = kSite, .req = 8, .alloc = 8,
