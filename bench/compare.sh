@@ -30,9 +30,13 @@
 #    (restored afterwards): ns per program run for kleakd, the floor, the peer.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--no-raw-tp] [--quick]
-#                         [--baseline BUILD_DIR] [--loop writev|pipe]
+#                         [--baseline BUILD_DIR] [--loop writev|pipe|pipebuf] [--kleakd-args "ARGS"]
 #   --loop pipe: section 1 loops pipe()+close() instead of writev (slab
 #   caches: kmem_cache_alloc/free of files, inodes, dentries, RCU frees).
+#   --loop pipebuf: 64 KiB written into a pipe and read back (16 buffer
+#   pages allocated and freed per iteration: the page-heavy loop).
+#   --kleakd-args: extra arguments for this build's `kleakd trace` runs (B, R,
+#   C; not the baseline's), e.g. "--allocators all" to trace every family.
 #   BUILD_DIR (default build) holds kleakd and bench/kleakd-loadgen.
 # Needs root and a BTF kernel; bpftrace for the peer (scripts/install-deps.sh).
 # About 3 minutes with the defaults (5 rounds of 3 s).
@@ -46,6 +50,7 @@ raw_tp=1
 quick=0
 baseline_build=
 loop_mode=writev
+kleakd_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -55,6 +60,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; rounds=2; duration=2; shift ;;
     --baseline) baseline_build=$2; shift 2 ;;
     --loop) loop_mode=$2; shift 2 ;;
+    --kleakd-args) read -r -a kleakd_args <<< "$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -70,7 +76,7 @@ if [ -n "$baseline_build" ]; then
   baseline_kleakd=$baseline_build/kleakd
   [ -x "$baseline_kleakd" ] || { echo "compare.sh: no $baseline_kleakd (--baseline)" >&2; exit 1; }
 fi
-case "$loop_mode" in writev|pipe) ;; *) echo "compare.sh: --loop writev|pipe" >&2; exit 2 ;; esac
+case "$loop_mode" in writev|pipe|pipebuf) ;; *) echo "compare.sh: --loop writev|pipe|pipebuf" >&2; exit 2 ;; esac
 tmp=$(mktemp -d /tmp/kleakd-compare-XXXXXX)
 if [ ! -x "$loadgen" ]; then
   loadgen=$tmp/loadgen
@@ -134,7 +140,8 @@ measure() {
     peer) start_tracer 'peer-memleak: tracing' "$tmp/peer.out" "$tmp/peer.err" bpftrace "$peer_script"; pid=$tracer_pid ;;
     baseline) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$baseline_kleakd" trace --json --interval 3600 "$@"
               pid=$tracer_pid ;;
-    *) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$kleakd" trace --json --interval 3600 "$@"; pid=$tracer_pid ;;
+    *) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$kleakd" trace --json --interval 3600 "${kleakd_args[@]}" "$@"
+       pid=$tracer_pid ;;
   esac
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   python3 bench/cpu_steal.py > "$tmp/last-steal.json" &
@@ -170,6 +177,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== 1. $loop_mode loop, 1 thread, $rounds rounds of ${duration}s, interleaved =="
 [ -n "$baseline_build" ] && echo "baseline: $baseline_kleakd ($("$baseline_kleakd" --version 2> /dev/null | head -1))"
+[ ${#kleakd_args[@]} -gt 0 ] && echo "this build's kleakd trace runs with: ${kleakd_args[*]}"
 mode=$loop_mode
 configs=(untraced kleakd)
 [ -n "$baseline_build" ] && configs+=(baseline)
@@ -245,11 +253,11 @@ if "peer" in by:
 EOF
 
 echo
-echo "== 2. zero loss: 2 loader threads at full rate, default ring (8M per CPU) =="
+echo "== 2. zero loss: 2 loader threads at full rate, default ring (8M per CPU); pipebuf: 64 KiB pipe writes =="
 zl_duration=$([ "$quick" = 1 ] && echo 3 || echo 8)
 saved_duration=$duration
 duration=$zl_duration
-for mode in writev pipe; do
+for mode in writev pipe pipebuf; do
   : > "$results"
   measure 1 kleakd 2
   steal=$(python3 bench/steal_summary.py line "$tmp/last-steal.json")
@@ -261,7 +269,8 @@ l = d["losses"]
 rec, cpu, secs = int(r[3]), float(r[6]), float(r[7])
 misses = l.get("recursion_misses", 0)
 print(f"{sys.argv[3]}: loader {float(r[2]):,.0f} iterations/s over 2 threads; kleakd {rec:,} records "
-      f"({rec / secs:,.0f}/s), ring drops {l['dropped']} (per CPU {l['dropped_per_cpu']}), late {l['late']}, "
+      f"({rec / secs:,.0f}/s), ring drops {l['dropped']} (per CPU {l['dropped_per_cpu']}, per family "
+      f"{l.get('dropped_per_family', [])}), late {l['late']}, "
       f"recursion misses {misses}")
 print(f"  daemon CPU {100 * cpu / secs:.1f}% = {rec / cpu:,.0f} records per CPU-second; RSS {int(r[8]) / 1024:.1f} MiB "
       f"(peak {int(r[9]) / 1024:.1f} MiB)")

@@ -8,6 +8,9 @@
  *           kmalloc + one kfree per iteration and little else.
  *   pipe    pipe2() + close() of both ends: alloc_pipe_info's kmallocs, the
  *           inode and file slab caches, and their frees (some via RCU).
+ *   pipebuf writes 64 KiB into a pipe and reads it back: 16 pipe buffer pages
+ *           allocated (alloc_page in anon_pipe_write) and freed per iteration,
+ *           the page-heavy loop of the page-family benchmark.
  *   leak    opens N pipes (--count) and holds them until the duration ends or
  *           SIGINT/SIGTERM: a known number of outstanding allocations at
  *           alloc_pipe_info. Prints "holding N pipes" once they are open.
@@ -41,7 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { MODE_WRITEV, MODE_PIPE, MODE_LEAK };
+enum mode { MODE_WRITEV, MODE_PIPE, MODE_PIPEBUF, MODE_LEAK };
 
 static enum mode mode = MODE_WRITEV;
 static double duration_s = 5.0;
@@ -126,6 +129,41 @@ static void *run_pipe(void *arg)
 	return NULL;
 }
 
+/* 64 KiB: the default pipe capacity (16 buffers of one page), so one write
+ * fills it without blocking and one read empties it. */
+#define PIPEBUF_BYTES 65536
+
+static void *run_pipebuf(void *arg)
+{
+	struct worker *w = arg;
+	const uint64_t deadline = now_ns() + (uint64_t)(duration_s * 1e9);
+	const uint64_t cpu_start = thread_cpu_ns();
+	static __thread char buf[PIPEBUF_BYTES];
+	int fds[2];
+
+	if (pipe2(fds, O_CLOEXEC) != 0) {
+		perror("pipe2");
+		exit(1);
+	}
+	memset(buf, 'x', sizeof(buf));
+	while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
+		for (int i = 0; i < BATCH / 16; ++i) {
+			if (write(fds[1], buf, sizeof(buf)) != (ssize_t)sizeof(buf) ||
+			    read(fds[0], buf, sizeof(buf)) != (ssize_t)sizeof(buf)) {
+				perror("pipebuf");
+				exit(1);
+			}
+		}
+		w->iterations += BATCH / 16;
+		if (now_ns() >= deadline)
+			break;
+	}
+	close(fds[0]);
+	close(fds[1]);
+	w->cpu_ns = thread_cpu_ns() - cpu_start;
+	return NULL;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -166,9 +204,10 @@ static int run_leak(void)
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s writev|pipe|leak [--threads N] [--duration SECONDS] [--count N]\n"
+		"usage: %s writev|pipe|pipebuf|leak [--threads N] [--duration SECONDS] [--count N]\n"
 		"  writev: writev(/dev/null, 16 one-byte iovecs): one kmalloc + one kfree each\n"
 		"  pipe:   pipe2() + close(): alloc_pipe_info, inode and file caches\n"
+		"  pipebuf: write 64 KiB into a pipe and read it back: 16 buffer pages each\n"
 		"  leak:   hold --count pipes open until --duration ends (0: until SIGINT/SIGTERM)\n",
 		argv0);
 	exit(2);
@@ -184,6 +223,8 @@ int main(int argc, char **argv)
 		mode = MODE_WRITEV;
 	else if (!strcmp(argv[1], "pipe"))
 		mode = MODE_PIPE;
+	else if (!strcmp(argv[1], "pipebuf"))
+		mode = MODE_PIPEBUF;
 	else if (!strcmp(argv[1], "leak"))
 		mode = MODE_LEAK;
 	else
@@ -221,7 +262,9 @@ int main(int argc, char **argv)
 	const uint64_t start = now_ns();
 	for (int t = 0; t < threads; ++t) {
 		workers[t].fd = devnull;
-		if (pthread_create(&workers[t].thread, NULL, mode == MODE_WRITEV ? run_writev : run_pipe,
+		if (pthread_create(&workers[t].thread, NULL, mode == MODE_WRITEV ? run_writev
+				   : mode == MODE_PIPE ? run_pipe
+						       : run_pipebuf,
 				   &workers[t]) != 0) {
 			perror("pthread_create");
 			return 1;
@@ -239,7 +282,7 @@ int main(int argc, char **argv)
 
 	/* Per thread, iterations per CPU-second; times threads for the total. */
 	printf("%s threads=%d iterations=%llu seconds=%.3f iter_per_s=%.0f cpu_s=%.3f iter_per_cpu_s=%.0f\n",
-	       mode == MODE_WRITEV ? "writev" : "pipe", threads, (unsigned long long)total, seconds, (double)total / seconds,
+	       mode == MODE_WRITEV ? "writev" : mode == MODE_PIPE ? "pipe" : "pipebuf", threads, (unsigned long long)total, seconds, (double)total / seconds,
 	       cpu_s, cpu_s > 0 ? (double)total / cpu_s * threads : 0.0);
 	free(workers);
 	return 0;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * kleak.bpf.c - slab allocation tracing for kleakd.
+ * kleak.bpf.c - allocation tracing for kleakd: slab, pages, percpu, vmalloc.
  *
  * One program per kmem tracepoint, attached as BTF raw tracepoints (tp_btf,
  * or plain raw_tp where the verifier refuses those: see KLEAK_TRACED):
@@ -24,6 +24,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "kleak_abi.h"
+#include "kleak_site.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -67,6 +68,24 @@ const volatile __u32 sample_shift = 0;
  */
 const volatile __u32 min_size = 0;
 
+/*
+ * Where the allocators' functions lie in kernel text (kleak_site.h), sorted;
+ * filled by user space from /proc/kallsyms before load. Unused slots start
+ * at ~0, so a search never ends in one.
+ */
+const volatile struct kleak_text_range text_ranges[KLEAK_TEXT_RANGES] = {};
+
+/* log2 of the page size, for page records' sizes (user space sets it). */
+const volatile __u8 page_shift = 12;
+
+/*
+ * track_movable_pages: record MIGRATE_MOVABLE page allocations too (process
+ * memory, page cache, tmpfs) instead of only counting them. Off by default:
+ * they come and go at page-cache rates with their processes and files, and
+ * are not kernel memory in the leak sense (README, "Allocator families").
+ */
+const volatile bool track_movable_pages = false;
+
 struct ring_template {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096); /* user space installs the real rings */
@@ -79,10 +98,13 @@ struct {
 	__array(values, struct ring_template);
 } rings SEC(".maps");
 
-/* Records lost because the CPU's ring was full (or not installed). */
+/*
+ * Records lost because the CPU's ring was full (or not installed), per
+ * allocator family (enum kleak_family) and printk (KLEAK_DROPS_PRINTK).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, KLEAK_DROPS_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -103,7 +125,8 @@ struct {
 
 struct batch {
 	__u32 len;            /* bytes of records in data[] */
-	__u32 records;        /* how many: what a failed flush adds to `drops` */
+	__u32 pad0;
+	__u16 records[KLEAK_FAMILY_COUNT]; /* per family: what a failed flush adds to `drops` */
 	__u64 oldest_ts;      /* of data[]'s first record */
 	/*
 	 * A kleak program is writing data[] on this CPU. A program that
@@ -153,6 +176,33 @@ struct {
 	__type(value, __u64);
 } recovered SEC(".maps");
 
+/* Page allocations counted but not recorded, in pages (enum kleak_page_count). */
+struct page_counts {
+	__u64 n[KLEAK_PAGE_COUNTS];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct page_counts);
+} page_counts SEC(".maps");
+
+/*
+ * Where a stack is read to find a call site, one buffer per family that
+ * reads stacks: a page allocation in an interrupt may run while the vmalloc
+ * program holds its stack.
+ */
+struct site_scratch {
+	__u64 page[KLEAK_SITE_FRAMES];
+	__u64 vmalloc[KLEAK_SITE_FRAMES];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct site_scratch);
+} site_scratch SEC(".maps");
+
 /* Where a printk record is built before it is copied, at its real size, into the ring. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -185,13 +235,30 @@ static __always_inline bool skip(const void *ptr)
 	return !emit_records || zero_or_null(ptr) || sampled_out(ptr);
 }
 
-static __always_inline void count_drops(__u64 records)
+static __always_inline void count_drops(__u32 slot, __u64 records)
 {
-	__u32 key = KLEAK_DROPS_KEY;
-	__u64 *n = bpf_map_lookup_elem(&drops, &key);
+	__u64 *n = bpf_map_lookup_elem(&drops, &slot);
 
 	if (n)
 		*n += records; /* per-CPU slot, no atomics needed */
+}
+
+/* The family of a record kind (a constant wherever the kind is one). */
+static __always_inline __u32 kind_family(__u16 kind)
+{
+	switch (kind) {
+	case KLEAK_PAGE_ALLOC:
+	case KLEAK_PAGE_FREE:
+		return KLEAK_FAMILY_PAGE;
+	case KLEAK_PERCPU_ALLOC:
+	case KLEAK_PERCPU_FREE:
+		return KLEAK_FAMILY_PERCPU;
+	case KLEAK_VMALLOC_ALLOC:
+	case KLEAK_VMALLOC_FREE:
+		return KLEAK_FAMILY_VMALLOC;
+	default:
+		return KLEAK_FAMILY_SLAB;
+	}
 }
 
 static __always_inline void *this_cpu_ring(void)
@@ -271,10 +338,14 @@ static __always_inline void flush(struct batch *b, bool may_wake)
 		b->unstamped = 0;
 	}
 	ring = this_cpu_ring();
-	if (!ring || bpf_ringbuf_output(ring, b->data, len, may_wake ? submit_flags(ring) : BPF_RB_NO_WAKEUP))
-		count_drops(b->records);
+	if (!ring || bpf_ringbuf_output(ring, b->data, len, may_wake ? submit_flags(ring) : BPF_RB_NO_WAKEUP)) {
+		for (__u32 f = 0; f < KLEAK_FAMILY_COUNT; f++)
+			if (b->records[f])
+				count_drops(f, b->records[f]);
+	}
 	b->len = 0;
-	b->records = 0;
+	for (__u32 f = 0; f < KLEAK_FAMILY_COUNT; f++)
+		b->records[f] = 0;
 	/*
 	 * After bpf_ringbuf_output(): its commit is a fully ordered xchg, so a
 	 * reader that sees 0 (and acquires it) finds the records in the ring.
@@ -338,10 +409,10 @@ static __always_inline __u64 stamp(struct batch *b, bool is_free, __u16 *flags)
 	return now;
 }
 
-static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 now)
+static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 now, __u32 family)
 {
 	b->len += size;
-	b->records += 1;
+	b->records[family & (KLEAK_FAMILY_COUNT - 1)] += 1;
 	/* `now` may be a free's lower bound: the age check then errs late, never early. */
 	/* Flushed when the largest record would not fit. */
 	if (b->len > BATCH_RECORD_BYTES - sizeof(struct kleak_cache_alloc_record) ||
@@ -365,18 +436,18 @@ static __always_inline void commit_batched(struct batch *b, __u32 size, __u64 no
 }
 
 /* The unbatched path: one record reserved in this CPU's ring. */
-static __always_inline void *reserve_direct(void **ring, __u64 size)
+static __always_inline void *reserve_direct(void **ring, __u64 size, __u32 family)
 {
 	void *rec;
 
 	*ring = this_cpu_ring();
 	if (!*ring) {
-		count_drops(1);
+		count_drops(family, 1);
 		return NULL;
 	}
 	rec = bpf_ringbuf_reserve(*ring, size, 0);
 	if (!rec)
-		count_drops(1);
+		count_drops(family, 1);
 	return rec;
 }
 
@@ -436,10 +507,10 @@ static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const
 	if (rec) {
 		now = stamp(b, false, &flags);
 		fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
-		commit_batched(b, size, now);
+		commit_batched(b, size, now, kind_family(kind));
 		return 0;
 	}
-	rec = reserve_direct(&ring, size);
+	rec = reserve_direct(&ring, size, kind_family(kind));
 	if (!rec)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -454,7 +525,7 @@ static __always_inline int emit_free_direct(__u16 kind, unsigned long call_site,
 	struct kleak_free_record *rec;
 	void *ring;
 
-	rec = reserve_direct(&ring, free_record_size(kind));
+	rec = reserve_direct(&ring, free_record_size(kind), kind_family(kind));
 	if (!rec)
 		return 0;
 	fill_free(rec, now, kind, call_site, ptr, cache);
@@ -481,7 +552,7 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
 	now = stamp(b, true, &flags);
 	fill_free(rec, now, kind, call_site, ptr, cache);
 	rec->hdr.flags = flags;
-	commit_batched(b, size, now);
+	commit_batched(b, size, now, kind_family(kind));
 	return 0;
 }
 
@@ -692,6 +763,179 @@ static __always_inline int on_kmem_cache_free_nested(__u64 *ctx)
 KLEAK_TRACED(kmem_cache_free, kmem_cache_free_nested)
 
 /*
+ * percpu:percpu_alloc_percpu(call_site, reserved, is_atomic, size, align,
+ * base_addr, off, ptr, bytes_alloc, gfp_flags): call_site, bytes_alloc and
+ * gfp_flags since 5.19 (commit f67bed134a05, "percpu: improve percpu_alloc_percpu
+ * event trace"); user space checks the arity in BTF. bytes_alloc is what the
+ * allocation costs over every CPU's unit: a percpu counter costs its size
+ * times the CPUs.
+ */
+static __always_inline int on_percpu_alloc(__u64 *ctx)
+{
+	return emit_alloc(KLEAK_PERCPU_ALLOC, ctx[0], (const void *)ctx[7], ctx[3], ctx[8], (__u32)ctx[9], 0);
+}
+KLEAK_TRACED(percpu_alloc_percpu, percpu_alloc)
+
+/* percpu:percpu_free_percpu(base_addr, off, ptr): no call site. */
+static __always_inline int on_percpu_free(__u64 *ctx)
+{
+	return emit_free(KLEAK_PERCPU_FREE, 0, (const void *)ctx[2], 0);
+}
+KLEAK_TRACED(percpu_free_percpu, percpu_free)
+
+/*
+ * The call site of an allocation whose tracepoint has none: a short stack
+ * (KLEAK_SITE_FRAMES, so the unwinder stops early) and the first frame past
+ * the allocator's own (kleak_site.h). *owner: whose code that frame is.
+ */
+static __always_inline __u64 stack_site(void *ctx, __u64 *frames, __u32 allocator, __u32 *owner)
+{
+	long bytes;
+
+	/* kleak_pick_site reads every slot: those past the stack's end must be 0. */
+	__builtin_memset(frames, 0, KLEAK_SITE_FRAMES * sizeof(__u64));
+	bytes = bpf_get_stack(ctx, frames, KLEAK_SITE_FRAMES * sizeof(__u64), 0);
+	*owner = KLEAK_ROLE_NONE;
+	if (bytes <= 0)
+		return 0;
+	return kleak_pick_site(frames, text_ranges, allocator, owner);
+}
+
+static __always_inline struct site_scratch *this_cpu_site_scratch(void)
+{
+	__u32 key = 0;
+
+	return bpf_map_lookup_elem(&site_scratch, &key);
+}
+
+/*
+ * vmalloc:alloc_vmap_area(addr, size, align, vstart, vend, failed): every
+ * vmap area (vmalloc, vmap, ioremap, module and BPF text, vmap'd stacks). The
+ * size includes the guard page. No call site: the stack gives it.
+ */
+static __always_inline int on_vmalloc_alloc(__u64 *ctx)
+{
+	const void *addr = (const void *)ctx[0];
+	struct site_scratch *scratch;
+	__u64 site = 0;
+	__u32 owner;
+
+	if ((int)ctx[5] || skip(addr))
+		return 0;
+	scratch = this_cpu_site_scratch();
+	if (scratch)
+		site = stack_site(ctx, scratch->vmalloc, KLEAK_ROLE_VMALLOC, &owner);
+	return emit_alloc(KLEAK_VMALLOC_ALLOC, site, addr, ctx[1], ctx[1], 0, 0);
+}
+KLEAK_TRACED(alloc_vmap_area, vmalloc_alloc)
+
+/* vmalloc:free_vmap_area_noflush(va_start, nr_lazy, nr_lazy_max): the area is
+ * gone from the busy tree (its pages may be purged later, lazily). */
+static __always_inline int on_vmalloc_free(__u64 *ctx)
+{
+	return emit_free(KLEAK_VMALLOC_FREE, 0, (const void *)ctx[0], 0);
+}
+KLEAK_TRACED(free_vmap_area_noflush, vmalloc_free)
+
+static __always_inline void count_pages(__u32 slot, __u64 pages)
+{
+	__u32 key = 0;
+	struct page_counts *c = bpf_map_lookup_elem(&page_counts, &key);
+
+	if (c)
+		c->n[slot & (KLEAK_PAGE_COUNTS - 1)] += pages; /* per-CPU, no atomics */
+}
+
+static __always_inline void fill_page_alloc(struct kleak_page_alloc_record *rec, __u64 now, __u64 site,
+					    const void *page, __u32 order, __u32 gfp, int migratetype)
+{
+	fill_header(&rec->hdr, now, KLEAK_PAGE_ALLOC);
+	rec->page = (__u64)page;
+	rec->call_site = site;
+	rec->gfp_flags = gfp;
+	rec->order = order;
+	rec->page_shift = page_shift;
+	rec->migratetype = migratetype;
+	rec->pad = 0;
+}
+
+/*
+ * kmem:mm_page_alloc(page, order, gfp_flags, migratetype). Movable pages
+ * (anonymous memory, page cache, tmpfs) are only counted unless
+ * track_movable_pages: that test comes first and costs nothing more. The
+ * others pay a short stack read for their site; pages a slab, vmalloc or
+ * percpu allocation takes for itself are only counted too, their memory
+ * already accounted to that family.
+ */
+static __always_inline int on_page_alloc(__u64 *ctx)
+{
+	const void *page = (const void *)ctx[0];
+	const __u32 size = sizeof(struct kleak_page_alloc_record);
+	__u32 order = (__u32)ctx[1] & 31, gfp = (__u32)ctx[2], owner;
+	int migratetype = (int)ctx[3];
+	struct kleak_page_alloc_record *rec;
+	struct site_scratch *scratch;
+	struct batch *b;
+	__u64 site = 0, now;
+	__u16 flags;
+	void *ring;
+
+	if (skip(page))
+		return 0;
+	if (!track_movable_pages && migratetype == bpf_core_enum_value(enum migratetype, MIGRATE_MOVABLE)) {
+		count_pages(KLEAK_PAGES_MOVABLE, 1ULL << order);
+		return 0;
+	}
+	scratch = this_cpu_site_scratch();
+	if (scratch)
+		site = stack_site(ctx, scratch->page, KLEAK_ROLE_PAGE_ALLOC, &owner);
+	else
+		owner = KLEAK_ROLE_NONE;
+	if (owner != KLEAK_ROLE_NONE) {
+		count_pages(owner == KLEAK_ROLE_SLAB	  ? KLEAK_PAGES_SLAB
+			    : owner == KLEAK_ROLE_VMALLOC ? KLEAK_PAGES_VMALLOC
+			    : owner == KLEAK_ROLE_PERCPU  ? KLEAK_PAGES_PERCPU
+							  : KLEAK_PAGES_NO_SITE,
+			    1ULL << order);
+		return 0;
+	}
+	count_pages(site ? KLEAK_PAGES_TRACKED : KLEAK_PAGES_NO_SITE, 1ULL << order);
+	b = this_cpu_batch();
+	if (!b)
+		return 0;
+	rec = reserve_batched(b, size);
+	if (rec) {
+		now = stamp(b, false, &flags);
+		fill_page_alloc(rec, now, site, page, order, gfp, migratetype);
+		commit_batched(b, size, now, KLEAK_FAMILY_PAGE);
+		return 0;
+	}
+	rec = reserve_direct(&ring, size, KLEAK_FAMILY_PAGE);
+	if (!rec)
+		return 0;
+	fill_page_alloc(rec, bpf_ktime_get_ns(), site, page, order, gfp, migratetype);
+	bpf_ringbuf_submit(rec, submit_flags(ring));
+	return 0;
+}
+KLEAK_TRACED(mm_page_alloc, page_alloc)
+
+/*
+ * kmem:mm_page_free(page, order), from free_pages_prepare(): every page
+ * freed, those freed in batches too (mm_page_free_batched fires for them as
+ * well, after this one: kleakd does not trace it, or it would free them
+ * twice). Frees carry no migratetype, so untracked pages' frees are recorded
+ * too: user space counts them as unmatched page frees.
+ */
+static __always_inline int on_page_free(__u64 *ctx)
+{
+	if (!emit_records)
+		return 0;
+	count_pages(KLEAK_PAGES_FREED, 1ULL << ((__u32)ctx[1] & 31));
+	return emit_free(KLEAK_PAGE_FREE, 0, (const void *)ctx[0], 0);
+}
+KLEAK_TRACED(mm_page_free, page_free)
+
+/*
  * Empties this CPU's freed[] stack. Run by user space on each CPU once both
  * kmem_cache_free programs are attached: until then the first one pushed
  * entries that nothing popped, and leftovers take room from real nesting.
@@ -832,7 +1076,7 @@ static __always_inline int on_printk(__u64 *ctx)
 		return 0;
 	ring = this_cpu_ring();
 	if (!ring) {
-		count_drops(1);
+		count_drops(KLEAK_DROPS_PRINTK, 1);
 		return 0;
 	}
 	n = len > KLEAK_PRINTK_MAX ? KLEAK_PRINTK_MAX : len;
@@ -846,7 +1090,7 @@ static __always_inline int on_printk(__u64 *ctx)
 	if (bpf_probe_read_kernel(rec->text, n, text))
 		return 0;
 	if (bpf_ringbuf_output(ring, rec, KLEAK_PRINTK_HEADER_SIZE + n, submit_flags(ring)))
-		count_drops(1);
+		count_drops(KLEAK_DROPS_PRINTK, 1);
 	return 0;
 }
 KLEAK_TRACED(console, printk)

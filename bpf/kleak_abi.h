@@ -19,8 +19,9 @@
 
 #define KLEAK_ABI_VERSION 4
 /* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK, version 3
- * KLEAK_CACHE_ALLOC_FROM, version 4 KLEAK_CACHE_FREE_FROM; an older stream is
- * a newer one that uses none of them, so all are readable. A new kind a
+ * KLEAK_CACHE_ALLOC_FROM, version 4 the page, percpu and vmalloc kinds (and
+ * struct kleak_page_alloc_record) and KLEAK_CACHE_FREE_FROM; an older stream
+ * is a newer one that uses none of them, so all are readable. A new kind a
  * reader would count undecodable bumps the version, so that an older reader
  * refuses the recording rather than losing every such record. */
 #define KLEAK_ABI_OLDEST_READABLE 1
@@ -34,8 +35,30 @@ enum kleak_record_kind {
 	KLEAK_PRINTK = 5,           /* printk:console (variable length) */
 	KLEAK_TIME_MARK = 6,        /* a clock reading closing a batch (header only) */
 	KLEAK_CACHE_ALLOC_FROM = 7, /* kmem:kmem_cache_alloc with its cache (6.1+) */
-	KLEAK_CACHE_FREE_FROM = 8,  /* kmem:kmem_cache_free with its cache (6.1+) */
+	KLEAK_PAGE_ALLOC = 8,       /* kmem:mm_page_alloc (struct kleak_page_alloc_record) */
+	KLEAK_PAGE_FREE = 9,        /* kmem:mm_page_free (free record, call_site 0) */
+	KLEAK_PERCPU_ALLOC = 10,    /* percpu:percpu_alloc_percpu (alloc record) */
+	KLEAK_PERCPU_FREE = 11,     /* percpu:percpu_free_percpu (free record, call_site 0) */
+	KLEAK_VMALLOC_ALLOC = 12,   /* vmalloc:alloc_vmap_area (alloc record) */
+	KLEAK_VMALLOC_FREE = 13,    /* vmalloc:free_vmap_area_noflush (free record, call_site 0) */
+	KLEAK_CACHE_FREE_FROM = 14, /* kmem:kmem_cache_free with its cache (6.1+) */
 };
+
+/*
+ * Allocator families. Each has its own pointer space (a page is keyed by its
+ * struct page address, a percpu allocation by its __percpu pointer, a vmalloc
+ * area by its start): the daemon keeps them apart (core/family.h). Also the
+ * keys of the per-CPU `drops` array, which has one more slot, for printk.
+ */
+enum kleak_family {
+	KLEAK_FAMILY_SLAB = 0,
+	KLEAK_FAMILY_PAGE = 1,
+	KLEAK_FAMILY_PERCPU = 2,
+	KLEAK_FAMILY_VMALLOC = 3,
+};
+#define KLEAK_FAMILY_COUNT 4
+#define KLEAK_DROPS_PRINTK 4 /* drops slot of printk records */
+#define KLEAK_DROPS_SLOTS 5
 /* A new kind or layout bumps the ABI version (above). */
 
 /* First 16 bytes of every record. */
@@ -157,8 +180,42 @@ struct kleak_printk_record {
 #define KLEAK_BATCH_BYTES 4096
 #define KLEAK_TIME_MARK_BYTES 16
 
-/* Index of the single slot of the per-CPU `drops` array. */
-#define KLEAK_DROPS_KEY 0
+/* Index of the slab family's slot of the per-CPU `drops` array. */
+#define KLEAK_DROPS_KEY KLEAK_FAMILY_SLAB
+
+/*
+ * kmem:mm_page_alloc of a page kleakd tracks: 40 bytes. `page` is the struct
+ * page address (one per pfn in the vmemmap, so as good a key as the pfn and
+ * free to read); the size is (1 << page_shift) << order bytes. call_site is
+ * the first frame outside the page allocator (kleak_site.h), 0 if none was
+ * found.
+ */
+struct kleak_page_alloc_record {
+	struct kleak_record_header hdr;
+	__u64 page;
+	__u64 call_site;
+	__u32 gfp_flags;
+	__u8 order;
+	__u8 page_shift;  /* log2 of the page size */
+	__u8 migratetype; /* the allocation's, as the tracepoint gives it */
+	__u8 pad;
+};
+
+/*
+ * Page allocations kleakd counts but does not record (slots of the per-CPU
+ * `page_counts` array, in pages): the page family tracks only pages that are
+ * the kernel's own and nobody else's account.
+ */
+enum kleak_page_count {
+	KLEAK_PAGES_TRACKED = 0,  /* recorded: unmovable or reclaimable, with a site */
+	KLEAK_PAGES_MOVABLE = 1,  /* MIGRATE_MOVABLE: process memory, page cache, tmpfs */
+	KLEAK_PAGES_SLAB = 2,     /* a slab's own pages: the slab family has its objects */
+	KLEAK_PAGES_VMALLOC = 3,  /* backing a vmalloc area: the vmalloc family has it */
+	KLEAK_PAGES_PERCPU = 4,   /* backing a percpu chunk: the percpu family has it */
+	KLEAK_PAGES_NO_SITE = 5,  /* the stack did not show the page allocator */
+	KLEAK_PAGES_FREED = 6,    /* pages of every page free record (tracked or not) */
+};
+#define KLEAK_PAGE_COUNTS 8
 
 /*
  * One CPU's slot in the `pending` array (one slot per possible CPU), which

@@ -219,7 +219,18 @@ std::optional<std::uint64_t> parse_duration_string(std::string_view text, const 
 
 // --- requests ------------------------------------------------------------------------
 
+bool is_family_name(std::string_view name) {
+    return name == "slab" || name == "page" || name == "percpu" || name == "vmalloc";
+}
+
 constexpr std::array<std::string_view, 4> kRequestFields{"v", "id", "op", "args"};
+
+std::optional<std::string> decode_family(const json& value, std::string& family) {
+    if (!value.is_string() || !is_family_name(value.get<std::string>()))
+        return field_error("args.family", "must be one of \"slab\", \"page\", \"percpu\", \"vmalloc\"", value);
+    family = value.get<std::string>();
+    return std::nullopt;
+}
 
 // Fills `args` from the request's "args" object; an error message or nullopt.
 std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args) {
@@ -240,8 +251,10 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
             const auto sort = value.is_string() ? value_of(kLeakSorts, value.get<std::string>()) : std::nullopt;
             if (!sort) return field_error("args.sort", "must be one of " + list_names(kLeakSorts), value);
             args.sort = *sort;
+        } else if (key == "family") {
+            if (auto message = decode_family(value, args.family)) return message;
         } else {
-            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort";
+            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort, family";
         }
     }
     return std::nullopt;
@@ -249,7 +262,11 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
 
 std::optional<std::string> decode_suspects_args(const json& given, SuspectsArgs& args) {
     for (const auto& [key, value] : given.items()) {
-        if (key != "top") return "unknown arg \"args." + key + "\"; op \"suspects\" takes top";
+        if (key == "family") {
+            if (auto message = decode_family(value, args.family)) return message;
+            continue;
+        }
+        if (key != "top") return "unknown arg \"args." + key + "\"; op \"suspects\" takes top, family";
         if (!value.is_number_unsigned() || value.get<std::uint64_t>() < 1 || value.get<std::uint64_t>() > kMaxLeaksTop)
             return field_error("args.top", "must be an integer in 1.." + std::to_string(kMaxLeaksTop), value);
         args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
@@ -492,8 +509,12 @@ std::string encode_request(const Request& request) {
             {"min_age", format_duration(request.leaks.min_age_ns)},
             {"sort", leak_sort_name(request.leaks.sort)},
         };
+        if (!request.leaks.family.empty()) message["args"]["family"] = request.leaks.family;
     }
-    if (request.op == Op::suspects) message["args"] = ordered_json{{"top", request.suspects.top}};
+    if (request.op == Op::suspects) {
+        message["args"] = ordered_json{{"top", request.suspects.top}};
+        if (!request.suspects.family.empty()) message["args"]["family"] = request.suspects.family;
+    }
     if (request.op == Op::caches) message["args"] = ordered_json{{"top", request.caches.top}};
     if (request.op == Op::history)
         message["args"] = ordered_json{{"site", request.history.site}, {"resolution", request.history.resolution}};

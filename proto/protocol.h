@@ -35,10 +35,14 @@ bool op_changes_state(Op op);
 enum class LeakSort { bytes, count };
 std::string_view leak_sort_name(LeakSort sort);
 
+// Allocator families a `family` arg names ("" : every family).
+bool is_family_name(std::string_view name);
+
 struct LeaksArgs {
     std::uint32_t top = 20;
     std::uint64_t min_age_ns = 0;
     LeakSort sort = LeakSort::bytes;
+    std::string family;  // "slab", "page", "percpu", "vmalloc"; "": all
     bool operator==(const LeaksArgs&) const = default;
 };
 
@@ -63,6 +67,7 @@ struct PrintkArgs {
 // Sites ranked by how likely they leak (README "Verdicts").
 struct SuspectsArgs {
     std::uint32_t top = 20;
+    std::string family;  // as LeaksArgs::family
     bool operator==(const SuspectsArgs&) const = default;
 };
 

@@ -44,6 +44,9 @@ TracerOptions tracer_options(const config::Settings& settings) {
     options.buffer_size = settings.tracing.buffer_size;
     options.trace_kmalloc = settings.tracing.kmalloc;
     options.trace_kmem_cache = settings.tracing.kmem_cache;
+    options.trace_page = settings.tracing.page;
+    options.trace_percpu = settings.tracing.percpu;
+    options.trace_vmalloc = settings.tracing.vmalloc;
     options.trace_printk = settings.printk.enabled;
     options.attach = parse_attach_mode(settings.tracing.attach).value_or(AttachMode::automatic);  // validated
     return options;
@@ -144,6 +147,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
         configure_printk_file();
     }
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
+    mark_coverage_start();
     session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { on_drained(watermark); });
     loop_.watch(signals_.fd(), [this]() { on_signal(); });
     loop_.watch(release_wake_.fd(), [this]() { continue_release(); });
@@ -276,8 +280,30 @@ void Daemon::on_signal() {
 }
 
 core::Losses Daemon::losses() {
-    return core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
-                             session_.consumer().peak_backlog_bytes(), session_.program_costs());
+    core::Losses losses =
+        core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
+                          session_.consumer().peak_backlog_bytes(), session_.program_costs());
+    losses.dropped_per_family = session_.tracer().read_drops_by_family();
+    return losses;
+}
+
+void Daemon::mark_coverage_start() {
+    kernel_at_start_ = read_kernel_memory_counters();
+    page_counts_at_start_ = session_.tracer().read_page_counts();
+}
+
+nlohmann::json Daemon::coverage() {
+    core::CoverageInput input;
+    for (const core::Family f : core::kFamilies)
+        input.traced[static_cast<int>(f)] = session_.tracer().family_attached(static_cast<unsigned>(f));
+    input.page_counts = session_.tracer().read_page_counts();
+    if (input.page_counts.size() == page_counts_at_start_.size())
+        for (std::size_t i = 0; i < input.page_counts.size(); ++i)
+            input.page_counts[i] -= std::min(input.page_counts[i], page_counts_at_start_[i]);
+    input.kernel_now = read_kernel_memory_counters();
+    input.kernel_at_start = kernel_at_start_;
+    input.page_size = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
+    return core::coverage_to_json(pipeline_.tracker(), input);
 }
 
 core::CachingSymbolizer::KnownAddresses Daemon::tracked_call_sites() {
@@ -392,6 +418,8 @@ nlohmann::json Daemon::stats() {
           {"memory_bytes", verdicts_.memory_bytes()}}},
         // Slab caches named and /proc/slabinfo reads (README "Slab caches").
         {"caches", caches_stats()},
+        // The other families against the kernel's counters (README "Allocator families").
+        {"coverage", coverage()},
         {"dropped", loss.dropped()},
         {"dropped_per_cpu", loss.dropped_per_cpu},
         {"suggested_buffer_size", loss.suggested_buffer_size},
@@ -453,12 +481,14 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             query.sort = request.leaks.sort == proto::LeakSort::bytes ? core::LeakSort::bytes : core::LeakSort::count;
             const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
             query.site_caches = caches;
+            query.family = core::parse_family(request.leaks.family);
             return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, &verdicts_), query);
         }
         case proto::Op::suspects: {
             name_new_call_sites(Naming::at_most_every_10s);
             const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
-            const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns(), caches};
+            const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns(), caches,
+                                            core::parse_family(request.suspects.family)};
             return core::suspects_to_json(core::query_suspects(pipeline_.tracker(), verdicts_, query, *symbolizer_),
                                           verdicts_);
         }
@@ -473,8 +503,11 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             return core::history_to_json(pipeline_.tracker(), verdicts_, *site, request.history.resolution,
                                          *symbolizer_);
         }
-        case proto::Op::caches:
-            return core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), request.caches.top);
+        case proto::Op::caches: {
+            nlohmann::json out = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), request.caches.top);
+            out["coverage"] = coverage();
+            return out;
+        }
         case proto::Op::report:
             return core::report_to_json(build_report());
         case proto::Op::snapshot:
@@ -556,6 +589,7 @@ void Daemon::reset() {
     symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms, tracked_call_sites(), drain_while_symbolizing());
     last_naming_ns_ = 0;
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
+    mark_coverage_start();
     rate_window_records_ = 0;
     spdlog::info("reset: history forgotten, a fresh baseline starts now");
 }

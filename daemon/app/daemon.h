@@ -20,6 +20,7 @@
 #include <string>
 #include <variant>
 
+#include "core/family_coverage.h"
 #include "core/site_verdicts.h"
 #include "kernel/event_loop.h"
 #include "app/pipeline_sink.h"
@@ -65,6 +66,8 @@ private:
     nlohmann::json snapshot();
     nlohmann::json caches_stats() const;
     nlohmann::json stats();
+    // Each non-slab family's live total against the kernel's (core/family_coverage.h).
+    nlohmann::json coverage();
     void write_snapshot();
     void sample_verdicts();
     void update_status();
@@ -106,6 +109,11 @@ private:
     WakeFd release_wake_;  // raised while a drain's release has slices left
 
     std::uint64_t started_ns_ = 0;  // attach time, or the last reset
+    // The baselines of the family coverage (core/family_coverage.h): the
+    // kernel's page event counters and the BPF page counts at started_ns_.
+    core::KernelMemoryCounters kernel_at_start_;
+    std::vector<std::uint64_t> page_counts_at_start_;
+    void mark_coverage_start();
     std::uint64_t last_drain_ns_ = 0;
     bool naming_before_reading_ = false;  // inside name_new_call_sites()
     bool tracing_stopped_ = false;        // detached and drained: the final snapshot

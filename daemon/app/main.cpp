@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <string_view>
+#include <vector>
 
 #include "app/commands.h"
 #include "app/logging.h"
@@ -35,12 +37,56 @@ struct BufferSizeOption {
     std::uint64_t resolve() const { return *kleak::core::parse_buffer_size(text).bytes; }
 };
 
+// "slab,page" -> {"slab", "page"}; empty names are left out.
+std::vector<std::string_view> split_allocators(std::string_view list) {
+    std::vector<std::string_view> names;
+    while (!list.empty()) {
+        const auto comma = list.find(',');
+        const std::string_view name = list.substr(0, comma);
+        if (!name.empty()) names.push_back(name);
+        list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    }
+    return names;
+}
+
 void add_allocator_flags(CLI::App& app, kleak::TracerOptions& tracer) {
     // `record` keeps the kernel log too (kleakd printk DIR shows it); the
     // live tracer only tracks allocations.
     app.add_flag("!--no-kmalloc", tracer.trace_kmalloc, "Do not trace kmalloc (kmalloc/kfree)");
     app.add_flag("!--no-kmem-cache", tracer.trace_kmem_cache,
                  "Do not trace slab caches (kmem_cache_alloc/kmem_cache_free)");
+    app.add_option_function<std::string>(
+           "--allocators",
+           [&tracer](const std::string& list) {
+               tracer.trace_kmalloc = tracer.trace_kmem_cache = tracer.trace_page = tracer.trace_percpu =
+                   tracer.trace_vmalloc = false;
+               for (const std::string_view name : split_allocators(list)) {
+                   if (name == "all" || name == "slab" || name == "kmalloc") tracer.trace_kmalloc = true;
+                   if (name == "all" || name == "slab" || name == "kmem_cache") tracer.trace_kmem_cache = true;
+                   if (name == "all" || name == "page") tracer.trace_page = true;
+                   if (name == "all" || name == "percpu") tracer.trace_percpu = true;
+                   if (name == "all" || name == "vmalloc") tracer.trace_vmalloc = true;
+               }
+           },
+           "Allocator families to trace, comma-separated: slab (= kmalloc,kmem_cache), page, percpu, vmalloc, or "
+           "all. Pages are off by default: they run at page-cache rates (README, \"Allocator families\")")
+        ->check(CLI::Validator(
+            [](std::string& list) {
+                const auto names = split_allocators(list);
+                if (names.empty()) return std::string("no allocator family is listed");
+                for (const std::string_view name : names) {
+                    if (name != "all" && name != "slab" && name != "kmalloc" && name != "kmem_cache" &&
+                        name != "page" && name != "percpu" && name != "vmalloc")
+                        return "'" + std::string(name) +
+                               "' is not an allocator family: slab, kmalloc, kmem_cache, page, percpu, vmalloc, all";
+                }
+                return std::string();
+            },
+            "LIST"))
+        ->default_str("slab,percpu,vmalloc");
+    app.add_flag("--track-movable-pages", tracer.track_movable_pages,
+                 "With page: record movable pages too (process memory, page cache, tmpfs) instead of only "
+                 "counting them");
 }
 
 void add_attach_option(CLI::App& app, kleak::TracerOptions& tracer) {

@@ -110,9 +110,10 @@ int run_trace(const TraceCommand& command) {
     pipeline.settle();
     const RunSummary run{pipeline.records(), static_cast<double>(monotonic_now_ns() - started) / 1e9,
                          command.tracer.sample_shift, command.tracer.emit_records};
-    const core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),
-                                                  command.tracer.buffer_size, session.consumer().peak_backlog_bytes(),
-                                                  session.program_costs());
+    core::Losses losses = core::make_losses(session.drops(), pipeline.late(), pipeline.undecodable(),
+                                            command.tracer.buffer_size, session.consumer().peak_backlog_bytes(),
+                                            session.program_costs());
+    losses.dropped_per_family = session.tracer().read_drops_by_family();
     const core::Report report = core::build_report(pipeline.tracker(), losses, *symbolizer);
     if (command.json) {
         nlohmann::json out = core::report_to_json(report);

@@ -50,9 +50,12 @@ struct AllocatorSwitch {
     std::string_view name;
     bool TracingSettings::*enabled;
 };
-constexpr std::array<AllocatorSwitch, 2> kAllocators{{
+constexpr std::array<AllocatorSwitch, 5> kAllocators{{
     {"kmalloc", &TracingSettings::kmalloc},
     {"kmem_cache", &TracingSettings::kmem_cache},
+    {"page", &TracingSettings::page},
+    {"percpu", &TracingSettings::percpu},
+    {"vmalloc", &TracingSettings::vmalloc},
 }};
 constexpr auto kAllocatorNames = [] {
     std::array<std::string_view, kAllocators.size()> names{};

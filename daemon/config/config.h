@@ -43,6 +43,13 @@ struct TracingSettings {
     std::uint64_t buffer_size = core::kDefaultBufferSize;  // per-CPU ring bytes
     bool kmalloc = true;
     bool kmem_cache = true;
+    // The other families (README "Allocator families"): percpu and vmalloc
+    // allocations are rare and cost nothing measurable; page allocations run
+    // at page-cache rates and each tracked one reads a short stack, so pages
+    // are opt-in.
+    bool page = false;
+    bool percpu = true;
+    bool vmalloc = true;
     std::string attach = "auto";  // "auto", "tp_btf" or "raw_tp" (kernel/attach_mode.h)
 
     bool operator==(const TracingSettings&) const = default;

@@ -33,6 +33,19 @@ static_assert(static_cast<int>(EventKind::cache_free) == KLEAK_CACHE_FREE);
 static_assert(static_cast<int>(EventKind::printk) == KLEAK_PRINTK);
 static_assert(static_cast<int>(EventKind::time_mark) == KLEAK_TIME_MARK);
 static_assert(sizeof(kleak_time_mark) == KLEAK_TIME_MARK_BYTES);
+static_assert(sizeof(kleak_page_alloc_record) == 40);
+static_assert(offsetof(kleak_page_alloc_record, page) == 16);
+static_assert(offsetof(kleak_page_alloc_record, call_site) == 24);
+static_assert(offsetof(kleak_page_alloc_record, gfp_flags) == 32);
+static_assert(offsetof(kleak_page_alloc_record, order) == 36);
+static_assert(offsetof(kleak_page_alloc_record, page_shift) == 37);
+static_assert(offsetof(kleak_page_alloc_record, migratetype) == 38);
+static_assert(static_cast<int>(EventKind::page_alloc) == KLEAK_PAGE_ALLOC);
+static_assert(static_cast<int>(EventKind::page_free) == KLEAK_PAGE_FREE);
+static_assert(static_cast<int>(EventKind::percpu_alloc) == KLEAK_PERCPU_ALLOC);
+static_assert(static_cast<int>(EventKind::percpu_free) == KLEAK_PERCPU_FREE);
+static_assert(static_cast<int>(EventKind::vmalloc_alloc) == KLEAK_VMALLOC_ALLOC);
+static_assert(static_cast<int>(EventKind::vmalloc_free) == KLEAK_VMALLOC_FREE);
 
 DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     kleak_record_header hdr;
@@ -43,13 +56,28 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
     out.tgid = hdr.tgid;
     out.cpu = cpu;
     switch (hdr.kind) {
+    case KLEAK_PAGE_ALLOC: {
+        kleak_page_alloc_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = EventKind::page_alloc;
+        out.ptr = family_key(Family::page, rec.page);
+        out.call_site = rec.call_site;
+        out.bytes_req = out.bytes_alloc = page_bytes(rec.order, rec.page_shift);
+        out.gfp_flags = rec.gfp_flags;
+        out.tid = 0;
+        out.cache = 0;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_PERCPU_ALLOC:
+    case KLEAK_VMALLOC_ALLOC:
     case KLEAK_KMALLOC:
     case KLEAK_CACHE_ALLOC: {
         kleak_alloc_record rec;
         if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
         std::memcpy(&rec, bytes.data(), sizeof rec);
         out.kind = static_cast<EventKind>(hdr.kind);
-        out.ptr = rec.ptr;
+        out.ptr = family_key(family_of(out.kind), rec.ptr);
         out.call_site = rec.call_site;
         out.bytes_req = rec.bytes_req;
         out.bytes_alloc = rec.bytes_alloc;
@@ -72,13 +100,16 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.cache = rec.cache;
         return DecodeStatus::ok;
     }
+    case KLEAK_PAGE_FREE:
+    case KLEAK_PERCPU_FREE:
+    case KLEAK_VMALLOC_FREE:
     case KLEAK_KFREE:
     case KLEAK_CACHE_FREE: {
         kleak_free_record rec;
         if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
         std::memcpy(&rec, bytes.data(), sizeof rec);
         out.kind = static_cast<EventKind>(hdr.kind);
-        out.ptr = rec.ptr;
+        out.ptr = family_key(family_of(out.kind), rec.ptr);
         out.call_site = rec.call_site;
         out.bytes_req = out.bytes_alloc = out.tid = 0;
         out.gfp_flags = hdr.flags;

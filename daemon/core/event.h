@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <span>
 
+#include "family.h"
+
 namespace kleak::core {
 
 enum class EventKind : std::uint16_t {
@@ -17,12 +19,57 @@ enum class EventKind : std::uint16_t {
     // A clock reading closing a batch: it ends the stamp window of the frees
     // before it (stamp_windows.h) and is never staged.
     time_mark = 6,
+    // 7 is KLEAK_CACHE_ALLOC_FROM, decoded as cache_alloc.
+    // The other families (family.h): their ptr is family_key() of the
+    // record's pointer, their frees have no call site (0).
+    page_alloc = 8,     // bytes_req = bytes_alloc: page_bytes(order)
+    page_free = 9,
+    percpu_alloc = 10,  // bytes_req: the size asked; bytes_alloc: over every CPU's unit
+    percpu_free = 11,
+    vmalloc_alloc = 12, // the area's size, guard page included
+    vmalloc_free = 13,
 };
 
 constexpr bool is_alloc(EventKind kind) {
-    return kind == EventKind::kmalloc || kind == EventKind::cache_alloc;
+    switch (kind) {
+    case EventKind::kmalloc:
+    case EventKind::cache_alloc:
+    case EventKind::page_alloc:
+    case EventKind::percpu_alloc:
+    case EventKind::vmalloc_alloc:
+        return true;
+    default:
+        return false;
+    }
 }
-constexpr bool is_free(EventKind kind) { return kind == EventKind::kfree || kind == EventKind::cache_free; }
+constexpr bool is_free(EventKind kind) {
+    switch (kind) {
+    case EventKind::kfree:
+    case EventKind::cache_free:
+    case EventKind::page_free:
+    case EventKind::percpu_free:
+    case EventKind::vmalloc_free:
+        return true;
+    default:
+        return false;
+    }
+}
+
+constexpr Family family_of(EventKind kind) {
+    switch (kind) {
+    case EventKind::page_alloc:
+    case EventKind::page_free:
+        return Family::page;
+    case EventKind::percpu_alloc:
+    case EventKind::percpu_free:
+        return Family::percpu;
+    case EventKind::vmalloc_alloc:
+    case EventKind::vmalloc_free:
+        return Family::vmalloc;
+    default:
+        return Family::slab;
+    }
+}
 
 // A free's time. Most frees take no clock reading of their own (it costs more
 // than the rest of the BPF program): their record carries their CPU's previous

@@ -44,6 +44,10 @@ LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symboli
         candidates = from_live_allocations(tracker, born_before);
     }
 
+    if (query.family) {
+        std::erase_if(candidates,
+                      [&](const Candidate& c) { return tracker.sites()[c.site].family != *query.family; });
+    }
     LeaksResult result;
     for (const Candidate& c : candidates) {
         result.outstanding += c.count;
@@ -63,6 +67,7 @@ LeaksResult query_leaks(const Tracker& tracker, const LeaksQuery& query, Symboli
         const SiteStats& s = tracker.sites()[c.site];
         const Symbol symbol = symbolizer.resolve(s.call_site);
         LeakRow row;
+        row.family = s.family;
         row.site = format_site(s.call_site, symbol);
         row.function = symbol.known() ? symbol.function : row.site;
         row.outstanding = c.count;
@@ -82,6 +87,7 @@ nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query)
     nlohmann::json sites = nlohmann::json::array();
     for (const LeakRow& row : result.rows) {
         nlohmann::json site = {
+            {"family", family_name(row.family)},
             {"site", row.site},
             {"function", row.function},
             {"outstanding", row.outstanding},
@@ -95,13 +101,15 @@ nlohmann::json leaks_to_json(const LeaksResult& result, const LeaksQuery& query)
         if (row.cache) site["cache"] = *row.cache;
         sites.push_back(std::move(site));
     }
-    return {
+    nlohmann::json out = {
         {"sort", query.sort == LeakSort::bytes ? "bytes" : "count"},
         {"min_age_ns", query.min_age_ns},
         {"outstanding", result.outstanding},
         {"outstanding_bytes", result.outstanding_bytes},
         {"sites", std::move(sites)},
     };
+    if (query.family) out["family"] = family_name(*query.family);
+    return out;
 }
 
 }  // namespace kleak::core

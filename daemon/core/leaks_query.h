@@ -30,9 +30,11 @@ struct LeaksQuery {
     std::uint64_t now_ns = 0;      // the records' clock (CLOCK_MONOTONIC), from the caller
     LeakSort sort = LeakSort::bytes;
     std::span<const std::string> site_caches;  // by SiteId (site_cache_names()); empty: rows carry no cache
+    std::optional<Family> family;              // only this family's sites (totals too); nullopt: all
 };
 
 struct LeakRow {
+    Family family = Family::slab;
     std::string site;
     std::string function;
     std::uint64_t outstanding = 0;

@@ -28,11 +28,18 @@ std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_si
     switch (hdr.kind) {
     case KLEAK_KMALLOC:
     case KLEAK_CACHE_ALLOC:
+    case KLEAK_PERCPU_ALLOC:
+    case KLEAK_VMALLOC_ALLOC:
         return if_present(sizeof(kleak_alloc_record), rest_size);
+    case KLEAK_PAGE_ALLOC:
+        return if_present(sizeof(kleak_page_alloc_record), rest_size);
     case KLEAK_CACHE_ALLOC_FROM:
         return if_present(sizeof(kleak_cache_alloc_record), rest_size);
     case KLEAK_KFREE:
     case KLEAK_CACHE_FREE:
+    case KLEAK_PAGE_FREE:
+    case KLEAK_PERCPU_FREE:
+    case KLEAK_VMALLOC_FREE:
         return if_present(sizeof(kleak_free_record), rest_size);
     case KLEAK_CACHE_FREE_FROM:
         return if_present(sizeof(kleak_cache_free_record), rest_size);

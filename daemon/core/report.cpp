@@ -90,11 +90,36 @@ nlohmann::json report_to_json(const Report& report) {
         {"dropped", l.dropped()},
         {"late", l.late},
     };
+    // Per family, from the sites (every site is in a report).
+    json families = json::object();
+    for (const Family f : kFamilies) {
+        Totals ft;
+        for (const SiteRow& row : report.sites) {
+            if (row.stats.family != f) continue;
+            ft.allocs += row.stats.allocs;
+            ft.frees += row.stats.frees;
+            ft.bytes_alloc += row.stats.bytes_alloc;
+            ft.unmatched_frees += row.stats.unmatched_frees;
+            ft.outstanding += row.stats.outstanding;
+            ft.outstanding_bytes += row.stats.outstanding_bytes;
+        }
+        json fj = {{"allocs", ft.allocs},
+                   {"frees", ft.frees},
+                   {"bytes_alloc", ft.bytes_alloc},
+                   {"unmatched_frees", ft.unmatched_frees},
+                   {"outstanding", ft.outstanding},
+                   {"outstanding_bytes", ft.outstanding_bytes}};
+        if (static_cast<std::size_t>(f) < l.dropped_per_family.size())
+            fj["dropped"] = l.dropped_per_family[static_cast<std::size_t>(f)];
+        families[std::string(family_name(f))] = std::move(fj);
+    }
+    out["families"] = std::move(families);
     json sites = json::array();
     json unmatched = json::array();
     for (const SiteRow& row : report.sites) {
         const SiteStats& s = row.stats;
         sites.push_back({
+            {"family", family_name(s.family)},
             {"site", row.site},
             {"function", row.function},
             {"address", hex_address(s.call_site)},  // a string: JSON numbers lose precision past 2^53
@@ -117,12 +142,16 @@ nlohmann::json report_to_json(const Report& report) {
         return a->stats.unmatched_frees > b->stats.unmatched_frees;
     });
     for (const SiteRow* row : by_unmatched)
-        unmatched.push_back({{"site", row->site}, {"function", row->function}, {"count", row->stats.unmatched_frees}});
+        unmatched.push_back({{"family", family_name(row->stats.family)},
+                             {"site", row->site},
+                             {"function", row->function},
+                             {"count", row->stats.unmatched_frees}});
     out["sites"] = std::move(sites);
     out["unmatched_frees"] = std::move(unmatched);
     out["losses"] = {
         {"dropped", l.dropped()},
         {"dropped_per_cpu", l.dropped_per_cpu},
+        {"dropped_per_family", l.dropped_per_family},
         {"late", l.late},
         {"undecodable", l.undecodable},
         {"buffer_size", l.buffer_size},
@@ -163,6 +192,8 @@ Report report_from_json(const nlohmann::json& json) {
         SiteRow row{s.at("site").get<std::string>(), s.at("function").get<std::string>(), {}};
         SiteStats& stats = row.stats;
         stats.call_site = std::stoull(s.at("address").get<std::string>(), nullptr, 16);
+        // Absent in documents from before families: slab.
+        stats.family = parse_family(s.value("family", std::string("slab"))).value_or(Family::slab);
         stats.allocs = s.at("allocs").get<std::uint64_t>();
         stats.frees = s.at("frees").get<std::uint64_t>();
         stats.bytes_alloc = s.at("bytes_alloc").get<std::uint64_t>();
@@ -177,6 +208,8 @@ Report report_from_json(const nlohmann::json& json) {
     }
     const auto& l = json.at("losses");
     report.losses.dropped_per_cpu = l.at("dropped_per_cpu").get<std::vector<std::uint64_t>>();
+    if (l.contains("dropped_per_family"))
+        report.losses.dropped_per_family = l.at("dropped_per_family").get<std::vector<std::uint64_t>>();
     report.losses.late = l.at("late").get<std::uint64_t>();
     report.losses.undecodable = l.at("undecodable").get<std::uint64_t>();
     report.losses.buffer_size = l.at("buffer_size").get<std::uint64_t>();
@@ -251,7 +284,29 @@ std::string report_to_text(const Report& report, std::size_t top) {
         out += line("reordered frees:        %llu (freed before their pointer was allocated again elsewhere)\n",
                     ull(t.reordered_frees));
 
-    const auto& sites = report.sites;
+    // Per family, when any but slab was traced: what each allocator holds.
+    bool other_families = false;
+    for (const SiteRow& r : report.sites) other_families |= r.stats.family != Family::slab;
+    if (other_families) {
+        out += line("\nby allocator family:\n%8s %12s %12s %12s %14s\n", "family", "allocs", "frees",
+                    "outstanding", "bytes");
+        for (const Family f : kFamilies) {
+            std::uint64_t allocs = 0, frees = 0, outstanding = 0, bytes = 0;
+            for (const SiteRow& r : report.sites) {
+                if (r.stats.family != f) continue;
+                allocs += r.stats.allocs;
+                frees += r.stats.frees;
+                outstanding += r.stats.outstanding;
+                bytes += r.stats.outstanding_bytes;
+            }
+            out += line("%8s %12llu %12llu %12llu %14llu\n", std::string(family_name(f)).c_str(), ull(allocs),
+                        ull(frees), ull(outstanding), ull(bytes));
+        }
+    }
+    // Non-slab sites are marked with their family: "[page] anon_pipe_write+0x1b0".
+    std::vector<SiteRow> sites = report.sites;
+    for (SiteRow& r : sites)
+        if (r.stats.family != Family::slab) r.site = "[" + std::string(family_name(r.stats.family)) + "] " + r.site;
     section(
         out, "allocations by caller:", "     count  caller", sites, top, [](const SiteStats& s) { return s.allocs; },
         [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.allocs), r.site.c_str()); });
@@ -289,6 +344,12 @@ std::string report_to_text(const Report& report, std::size_t top) {
         [](const SiteRow& r) { return line("%10llu  %s\n", ull(r.stats.unmatched_frees), r.site.c_str()); });
 
     out += "\nlosses: ring drops";
+    if (other_families && l.dropped_per_family.size() >= kFamilyCount) {
+        for (const Family f : kFamilies)
+            out += line(" %s=%llu", std::string(family_name(f)).c_str(),
+                        ull(l.dropped_per_family[static_cast<std::size_t>(f)]));
+        out += ";";
+    }
     for (std::size_t cpu = 0; cpu < l.dropped_per_cpu.size(); ++cpu)
         out += line(" cpu%zu=%llu", cpu, ull(l.dropped_per_cpu[cpu]));
     out +=

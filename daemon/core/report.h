@@ -24,6 +24,7 @@ struct ProgramCost {
 
 struct Losses {
     std::vector<std::uint64_t> dropped_per_cpu;  // ring reserve failures
+    std::vector<std::uint64_t> dropped_per_family;  // the same by family (Family order); empty: not known
     std::uint64_t late = 0;                      // released behind the watermark
     std::uint64_t undecodable = 0;               // short / unknown records
     std::uint64_t buffer_size = 0;               // per-CPU ring bytes in force

@@ -68,6 +68,7 @@ SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdic
     SuspectsResult result;
     for (SiteId id = 0; id < sites.size(); ++id) {
         if (sites[id].outstanding == 0) continue;
+        if (query.family && sites[id].family != *query.family) continue;
         candidates.push_back({id, verdicts.judgement(id)});
         result.growing += candidates.back().judgement.verdict == Verdict::growing;
     }
@@ -108,6 +109,7 @@ SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdic
         const SiteStats& s = sites[candidates[i].site];
         const Symbol symbol = symbolizer.resolve(s.call_site);
         SuspectRow row;
+        row.family = s.family;
         row.site = format_site(s.call_site, symbol);
         row.function = symbol.known() ? symbol.function : row.site;
         row.cache = cache_of(query.site_caches, candidates[i].site);
@@ -125,7 +127,8 @@ SuspectsResult query_suspects(const Tracker& tracker, const SiteVerdicts& verdic
 nlohmann::json suspects_to_json(const SuspectsResult& result, const SiteVerdicts& verdicts) {
     nlohmann::json rows = nlohmann::json::array();
     for (const SuspectRow& row : result.rows) {
-        nlohmann::json j = {{"site", row.site},
+        nlohmann::json j = {{"family", family_name(row.family)},
+                            {"site", row.site},
                             {"function", row.function},
                             {"cache", row.cache},
                             {"outstanding", row.outstanding},
@@ -205,7 +208,8 @@ nlohmann::json history_to_json(const Tracker& tracker, const SiteVerdicts& verdi
     nlohmann::json points = nlohmann::json::array();
     for (const HistoryPoint& p : series)
         points.push_back({{"t_ns", p.t_ns}, {"outstanding", p.outstanding}, {"bytes", p.bytes}});
-    nlohmann::json j = {{"site", format_site(s.call_site, symbol)},
+    nlohmann::json j = {{"family", family_name(s.family)},
+                        {"site", format_site(s.call_site, symbol)},
                         {"function", symbol.known() ? symbol.function : format_site(s.call_site, symbol)},
                         // A tier takes every sample when the interval is longer than its period.
                         {"interval_ns", std::max(verdicts.period_ns(), kHistoryTiers[tier].period_ns)},

@@ -21,9 +21,11 @@ struct SuspectsQuery {
     std::size_t top = 20;
     std::uint64_t now_ns = 0;  // the records' clock (CLOCK_MONOTONIC)
     std::span<const std::string> site_caches;  // by SiteId (site_cache_names()); may be empty
+    std::optional<Family> family;              // only this family's sites (counts too); nullopt: all
 };
 
 struct SuspectRow {
+    Family family = Family::slab;
     std::string site;
     std::string function;
     std::string cache;  // "" when unknown

@@ -8,16 +8,38 @@
 namespace kleak::core {
 
 SiteId Tracker::intern(std::uint64_t call_site, EventKind kind) {
-    SiteCacheSlot& slot = site_cache_[(call_site * 0x9E3779B97F4A7C15ULL) >> (64 - kSiteCacheBits)];
-    if (slot.call_site == call_site && call_site != 0) return slot.id;
-    auto [it, inserted] = site_ids_.try_emplace(call_site, static_cast<SiteId>(sites_.size()));
+    // Keyed by family too: the frees of pages, percpu and vmalloc areas all
+    // come from call site 0, one site per family.
+    const Family family = family_of(kind);
+    const std::uint64_t key = family_key(family, call_site);
+    SiteCacheSlot& slot = site_cache_[(key * 0x9E3779B97F4A7C15ULL) >> (64 - kSiteCacheBits)];
+    if (slot.call_site == key && key != 0) return slot.id;
+    auto [it, inserted] = site_ids_.try_emplace(key, static_cast<SiteId>(sites_.size()));
     if (inserted) {
         SiteStats& s = sites_.emplace_back();
         s.call_site = call_site;
         s.kind = kind;
+        s.family = family;
     }
-    slot = {call_site, it->second};
+    slot = {key, it->second};
     return it->second;
+}
+
+Totals Tracker::family_totals(Family family) const {
+    Totals t;
+    for (const SiteStats& s : sites_) {
+        if (s.family != family) continue;
+        t.allocs += s.allocs;
+        t.frees += s.frees;
+        t.bytes_alloc += s.bytes_alloc;
+        t.bytes_req += s.bytes_req;
+        t.bytes_freed += s.bytes_freed;
+        t.unmatched_frees += s.unmatched_frees;
+        t.replaced += s.replaced;
+        t.outstanding += s.outstanding;
+        t.outstanding_bytes += s.outstanding_bytes;
+    }
+    return t;
 }
 
 void Tracker::apply(const Event& event) {

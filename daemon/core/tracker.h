@@ -16,6 +16,9 @@
 //    and the old entry is counted `replaced` at its site, its free missed.
 //    Until then it stays outstanding, listed and counted.
 // kmalloc and kmem_cache memory match by pointer, whichever free function ran.
+// The other families (page, percpu, vmalloc) match within their own key
+// space (family.h): decoding keys their pointers, and their sites are keyed by
+// (family, call site).
 // printk events are not memory events: the tracker ignores them.
 // Aggregates are updated per event, so queries cost O(sites), not O(allocations).
 //
@@ -44,8 +47,9 @@
 namespace kleak::core {
 
 struct SiteStats {
-    std::uint64_t call_site = 0;
+    std::uint64_t call_site = 0;          // 0: a family's frees, which carry no site (and sites not found)
     EventKind kind = EventKind::kmalloc;  // first kind seen at this site
+    Family family = Family::slab;         // a site is one family's: a call site of two is two sites
     std::uint64_t allocs = 0;             // allocations made here
     std::uint64_t bytes_alloc = 0;        // ... their allocated bytes (with slack)
     std::uint64_t bytes_req = 0;          // ... their requested bytes
@@ -113,6 +117,10 @@ public:
 
     const std::vector<SiteStats>& sites() const { return sites_; }
     const Totals& totals() const { return totals_; }
+    // One family's totals, added up over its sites (O(sites)): kept per site,
+    // not per event, so the hot path pays nothing for them. reordered_frees
+    // is not kept per site, so it stays 0 here.
+    Totals family_totals(Family family) const;
     std::size_t outstanding_count() const { return live_.size() + displaced_entries_; }
     // Outstanding allocations displaced by a new allocation of their pointer,
     // waiting for a late free (see the top of this file).

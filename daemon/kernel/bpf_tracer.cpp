@@ -10,11 +10,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
 #include <chrono>
 #include <thread>
 #include <cstddef>
 #include <cstring>
 
+#include "core/allocator_text.h"
+#include "core/family.h"
 #include "core/sizes.h"
 #include "kernel/host_info.h"
 #include "kernel/kernel_checks.h"
@@ -66,6 +69,8 @@ struct ProgramSpec {
     bool wanted;    // the user asked for its allocator family
     bool required;  // false: only some kernels have it (pre-6.1 *_node events)
     const char* suffix = "";  // tells a second program on the same tracepoint apart
+    int family = KLEAK_FAMILY_SLAB;  // a family other than slab is left out, with a warning, where missing
+    int arity = 0;                   // the tracepoint's arguments the program expects (0: not checked)
 };
 
 namespace {
@@ -115,7 +120,34 @@ std::vector<ProgramSpec> program_specs(::kleak_bpf& skel, AttachMode mode, const
         {"kmem", "kmem_cache_free", KLEAK_VARIANT(skel, mode, kmem_cache_free), frees, true},
         {"kmem", "kmem_cache_free", KLEAK_VARIANT(skel, mode, kmem_cache_free_nested), frees, true, kNestedSuffix},
         {"printk", "console", KLEAK_VARIANT(skel, mode, printk), options.trace_printk, true},
+        // percpu_alloc_percpu took its call site, bytes_alloc and gfp_flags
+        // in 5.19: older layouts are refused by arity, not misread.
+        {"percpu", "percpu_alloc_percpu", KLEAK_VARIANT(skel, mode, percpu_alloc), options.trace_percpu, false, "",
+         KLEAK_FAMILY_PERCPU, 10},
+        {"percpu", "percpu_free_percpu", KLEAK_VARIANT(skel, mode, percpu_free), options.trace_percpu, false, "",
+         KLEAK_FAMILY_PERCPU, 3},
+        {"vmalloc", "alloc_vmap_area", KLEAK_VARIANT(skel, mode, vmalloc_alloc), options.trace_vmalloc, false, "",
+         KLEAK_FAMILY_VMALLOC, 6},
+        {"vmalloc", "free_vmap_area_noflush", KLEAK_VARIANT(skel, mode, vmalloc_free), options.trace_vmalloc, false,
+         "", KLEAK_FAMILY_VMALLOC, 3},
+        {"kmem", "mm_page_alloc", KLEAK_VARIANT(skel, mode, page_alloc), options.trace_page, false, "",
+         KLEAK_FAMILY_PAGE, 4},
+        {"kmem", "mm_page_free", KLEAK_VARIANT(skel, mode, page_free), options.trace_page, false, "",
+         KLEAK_FAMILY_PAGE, 2},
     };
+}
+
+// The arguments of a tracepoint (its btf_trace_<name> typedef: a pointer to
+// a prototype whose first parameter is the probe's data), or -1.
+int tracepoint_arity(const btf* vmlinux, const char* tracepoint) {
+    const std::string name = std::string("btf_trace_") + tracepoint;
+    const int id = btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF);
+    if (id < 0) return -1;
+    const btf_type* t = btf__type_by_id(vmlinux, btf__type_by_id(vmlinux, id)->type);
+    if (!t || !btf_is_ptr(t)) return -1;
+    t = btf__type_by_id(vmlinux, t->type);
+    if (!t || !btf_is_func_proto(t)) return -1;
+    return static_cast<int>(btf_vlen(t)) - 1;
 }
 
 // Runs a loaded, unattached program once on `cpu` (in an IPI when that is
@@ -168,13 +200,39 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     }
     check_rings_nest(ring_fds_.front().get());
 
+    if (options.trace_page || options.trace_vmalloc) {
+        std::ifstream kallsyms("/proc/kallsyms");
+        allocator_text_ = std::make_unique<core::AllocatorText>(core::read_allocator_text(kallsyms));
+        if (allocator_text_->ranges.empty()) {
+            spdlog::warn("/proc/kallsyms {}: pages and vmalloc areas are tracked without call sites",
+                         allocator_text_->addresses_hidden ? "hides its addresses" : "names no allocator function");
+        } else {
+            spdlog::debug("{} allocator functions located for page and vmalloc call sites ({} left out)",
+                          allocator_text_->ranges.size(), allocator_text_->dropped);
+        }
+    }
     const std::unique_ptr<btf, void (*)(btf*)> vmlinux(btf__load_vmlinux_btf(), btf__free);
     if (!vmlinux)
         throw StartupError(
             describe_errno(std::string("reading the kernel BTF from ") + kVmlinuxBtf + " failed", -errno));
     attach_ = choose_attach_mode(options.attach, vmlinux.get());
     std::vector<ProgramSpec> specs;
-    if (const auto refusal = open_and_load(options, *vmlinux, specs)) {
+    // A refused program of the page, percpu or vmalloc family leaves that
+    // family out (slab memory is what kleakd is for; the others are extra);
+    // any other refusal falls back to raw_tp once, in auto mode.
+    TracerOptions effective = options;
+    std::optional<LoadRefusal> tp_btf_refusal;
+    while (const auto refusal = open_and_load(effective, *vmlinux, specs)) {
+        if (refusal->family > KLEAK_FAMILY_SLAB) {
+            spdlog::warn("{}; {} allocations are not traced", refusal->message,
+                         core::family_name(static_cast<core::Family>(refusal->family)));
+            if (refusal->family == KLEAK_FAMILY_PAGE) effective.trace_page = false;
+            if (refusal->family == KLEAK_FAMILY_PERCPU) effective.trace_percpu = false;
+            if (refusal->family == KLEAK_FAMILY_VMALLOC) effective.trace_vmalloc = false;
+            continue;
+        }
+        if (tp_btf_refusal)
+            throw StartupError(refusal->message + " (after tp_btf was refused too: " + tp_btf_refusal->message + ")");
         // Only the traced programs have a raw_tp twin, and only auto picks.
         if (options.attach != AttachMode::automatic || attach_.mode != AttachMode::tp_btf || !refusal->has_twin)
             throw StartupError(refusal->message);
@@ -182,8 +240,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         // every argument as a number, whatever the verifier thinks of its type.
         spdlog::warn("{}; loading the raw_tp programs instead", refusal->message);
         attach_ = {AttachMode::raw_tp, "this kernel refused a tp_btf program: " + refusal->message};
-        if (const auto again = open_and_load(options, *vmlinux, specs))
-            throw StartupError(again->message + " (after tp_btf was refused too: " + refusal->message + ")");
+        tp_btf_refusal = refusal;
     }
     if (cpu_down_.program == nullptr) {
         spdlog::info(
@@ -264,6 +321,16 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
     skel_->rodata->emit_records = options.emit_records;
     skel_->rodata->sample_shift = options.sample_shift;
     skel_->rodata->min_size = options.min_size;
+    skel_->rodata->track_movable_pages = options.track_movable_pages;
+    skel_->rodata->page_shift = static_cast<__u8>(__builtin_ctzl(static_cast<unsigned long>(::sysconf(_SC_PAGESIZE))));
+    if (allocator_text_) {
+        // Where the allocators' functions are, for the call sites of pages
+        // and vmalloc areas (kleak_site.h); read once, at start.
+        const std::vector<kleak_text_range> table = core::padded_text_table(allocator_text_->ranges);
+        static_assert(sizeof(skel_->rodata->text_ranges) == KLEAK_TEXT_RANGES * sizeof(kleak_text_range));
+        std::memcpy(const_cast<kleak_text_range*>(skel_->rodata->text_ranges), table.data(),
+                    sizeof(skel_->rodata->text_ranges));
+    }
 
     int err = bpf_map__set_max_entries(skel_->maps.rings, cpus);
     if (err)
@@ -281,15 +348,35 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
     free_nested_ = {KLEAK_VARIANT(skel, mode, kmem_cache_free_nested)};
     cpu_down_ = {KLEAK_VARIANT(skel, mode, cpu_down)};
     std::vector<std::string> missing;
+    // A family other than slab is traced only when every one of its
+    // tracepoints is there, with the arguments its programs read.
+    bool family_usable[KLEAK_FAMILY_COUNT] = {true, true, true, true};
+    for (const ProgramSpec& spec : specs) {
+        if (!spec.wanted || spec.family == KLEAK_FAMILY_SLAB) continue;
+        const int arity = tracepoint_arity(&vmlinux, spec.tracepoint);
+        if (arity < 0 || (spec.arity != 0 && arity != spec.arity)) {
+            if (family_usable[spec.family]) {
+                spdlog::warn("this kernel's {} {} (no btf_trace_{} with {} arguments in its BTF): {} allocations "
+                             "are not traced",
+                             full_name(spec), arity < 0 ? "tracepoint is missing" : "tracepoint has another layout",
+                             spec.tracepoint, spec.arity,
+                             core::family_name(static_cast<core::Family>(spec.family)));
+            }
+            family_usable[spec.family] = false;
+        }
+    }
     for (ProgramSpec& spec : specs) {
         bpf_program__set_autoload(spec.other, false);
-        const bool present = tracepoint_in_btf(&vmlinux, spec.tracepoint);
+        const bool present = tracepoint_in_btf(&vmlinux, spec.tracepoint) && family_usable[spec.family];
         if (spec.wanted && spec.required && !present) missing.push_back(full_name(spec));
         if (!spec.wanted || !present) {
             bpf_program__set_autoload(spec.program, false);
             spec.wanted = false;
         }
     }
+    for (bool& attached : families_attached_) attached = false;
+    for (const ProgramSpec& spec : specs)
+        if (spec.wanted) families_attached_[spec.family] = true;
     bpf_program__set_autoload(cpu_down_.other, false);
     if (!tracepoint_in_btf(&vmlinux, kCpuDownTracepoint)) {
         bpf_program__set_autoload(cpu_down_.program, false);
@@ -307,15 +394,22 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
     if (err == 0) return std::nullopt;
     // EACCES and EINVAL are the verifier's answers; any other failure (a
     // JIT out of memory, say) is not a refusal even when a log was written.
-    const auto refused = err == -EACCES || err == -EINVAL ? logs.refused_program() : std::nullopt;
+    // E2BIG from a load is the verifier giving up on a program too complex
+    // for it (a million instructions walked): a refusal too.
+    const auto refused = err == -EACCES || err == -EINVAL || err == -E2BIG ? logs.refused_program() : std::nullopt;
     if (!refused) throw StartupError(describe_load_failure(err));
     spdlog::debug("the verifier's log of {}:\n{}", refused->program, refused->log);
     if (locked_down_for_confidentiality())
         throw StartupError(describe_load_failure(-EPERM) + " (the verifier refused " + refused->program + ": " +
                            verifier_key_lines(refused->log) + ")");
     bool has_twin = false;
-    for (const ProgramSpec& spec : specs) has_twin |= refused->program == bpf_program__name(spec.program);
-    return LoadRefusal{describe_refusal(*refused, attach_mode_name(mode), kernel_release()), has_twin};
+    int family = -1;
+    for (const ProgramSpec& spec : specs) {
+        if (refused->program != bpf_program__name(spec.program)) continue;
+        has_twin = true;
+        family = spec.family;
+    }
+    return LoadRefusal{describe_refusal(*refused, attach_mode_name(mode), kernel_release()), has_twin, family};
 }
 
 BpfTracer::~BpfTracer() = default;
@@ -352,15 +446,43 @@ std::vector<int> BpfTracer::ring_fds() const {
     return fds;
 }
 
-std::vector<std::uint64_t> BpfTracer::read_per_cpu_counter(const bpf_map* map) const {
+std::vector<std::uint64_t> BpfTracer::read_per_cpu_counter(const bpf_map* map, std::uint32_t key) const {
     // A per-CPU array returns one 8-byte-aligned value per possible CPU.
     std::vector<std::uint64_t> per_cpu(ring_fds_.size(), 0);
-    const __u32 key = 0;  // each counter map has one slot (KLEAK_DROPS_KEY for drops)
     if (bpf_map_lookup_elem(bpf_map__fd(map), &key, per_cpu.data()) != 0) return {};
     return per_cpu;
 }
 
-std::vector<std::uint64_t> BpfTracer::read_drops() const { return read_per_cpu_counter(skel_->maps.drops); }
+std::vector<std::uint64_t> BpfTracer::read_drops() const {
+    std::vector<std::uint64_t> total;
+    for (std::uint32_t slot = 0; slot < KLEAK_DROPS_SLOTS; ++slot) {
+        const std::vector<std::uint64_t> per_cpu = read_per_cpu_counter(skel_->maps.drops, slot);
+        if (per_cpu.empty()) return {};
+        total.resize(per_cpu.size(), 0);
+        for (std::size_t cpu = 0; cpu < per_cpu.size(); ++cpu) total[cpu] += per_cpu[cpu];
+    }
+    return total;
+}
+
+std::vector<std::uint64_t> BpfTracer::read_drops_by_family() const {
+    std::vector<std::uint64_t> out(KLEAK_FAMILY_COUNT, 0);
+    for (std::uint32_t f = 0; f < KLEAK_FAMILY_COUNT; ++f) {
+        const std::vector<std::uint64_t> per_cpu = read_per_cpu_counter(skel_->maps.drops, f);
+        if (per_cpu.empty()) return {};
+        for (const std::uint64_t n : per_cpu) out[f] += n;
+    }
+    return out;
+}
+
+std::vector<std::uint64_t> BpfTracer::read_page_counts() const {
+    // One struct of KLEAK_PAGE_COUNTS counters per possible CPU.
+    std::vector<std::uint64_t> per_cpu(ring_fds_.size() * KLEAK_PAGE_COUNTS, 0);
+    const __u32 key = 0;
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.page_counts), &key, per_cpu.data()) != 0) return {};
+    std::vector<std::uint64_t> out(KLEAK_PAGE_COUNTS, 0);
+    for (std::size_t i = 0; i < per_cpu.size(); ++i) out[i % KLEAK_PAGE_COUNTS] += per_cpu[i];
+    return out;
+}
 
 std::optional<core::CacheInfo> BpfTracer::cache_info(std::uint64_t cache) const {
     if (!skel_ || !skel_->bss) return std::nullopt;

@@ -30,6 +30,10 @@ struct bpf_map;
 struct bpf_link;
 struct btf;
 
+namespace kleak::core {
+struct AllocatorText;  // core/allocator_text.h
+}
+
 namespace kleak {
 
 struct TracerOptions {
@@ -37,6 +41,14 @@ struct TracerOptions {
     bool trace_kmalloc = true;      // kmalloc/kfree
     bool trace_kmem_cache = true;   // kmem_cache_alloc/kmem_cache_free
     bool trace_printk = false;      // printk:console (the kernel log)
+    // The other allocator families (README, "Allocator families"): each is
+    // left out with a warning on a kernel that lacks its tracepoints.
+    bool trace_page = false;        // kmem:mm_page_alloc/mm_page_free
+    bool trace_percpu = true;       // percpu:percpu_alloc_percpu/percpu_free_percpu
+    bool trace_vmalloc = true;      // vmalloc:alloc_vmap_area/free_vmap_area_noflush
+    // Record movable pages too (process memory, page cache, tmpfs) rather
+    // than only count them.
+    bool track_movable_pages = false;
     // tp_btf or raw_tp programs; automatic probes the kernel (attach_mode.h).
     AttachMode attach = AttachMode::automatic;
     // Producers force a consumer wake-up when their ring holds this much;
@@ -98,9 +110,18 @@ public:
     // How the programs attached (tp_btf or raw_tp), and why.
     const AttachChoice& attach_choice() const { return attach_; }
 
-    // Records lost per CPU because its ring was full. Returns an empty vector
-    // if the map cannot be read (the caller keeps the last good value).
+    // Records lost per CPU because its ring was full (every family and
+    // printk). Returns an empty vector if the map cannot be read (the caller
+    // keeps the last good value).
     std::vector<std::uint64_t> read_drops() const;
+    // The same per family (core::Family order; KLEAK_FAMILY_COUNT long),
+    // over every CPU; empty if unreadable.
+    std::vector<std::uint64_t> read_drops_by_family() const;
+    // Page allocations counted in the kernel, in pages, by enum
+    // kleak_page_count (KLEAK_PAGE_COUNTS long); empty if unreadable.
+    std::vector<std::uint64_t> read_page_counts() const;
+    // Which families are attached (a family the kernel lacks is not).
+    bool family_attached(unsigned family) const { return family < 4 && families_attached_[family]; }
 
     // Per attached program: run count, run time and recursion misses. A
     // program whose info cannot be read is left out.
@@ -147,6 +168,7 @@ private:
     struct LoadRefusal {
         std::string message;    // describe_refusal()
         bool has_twin = false;  // a traced program, which the other mode also has
+        int family = -1;        // the refused program's allocator family (KLEAK_FAMILY_*), -1: none
     };
     // Opens the skeleton, picks the programs of attach_.mode that this kernel
     // and `options` want, and loads them. Returns the refusal when the
@@ -162,7 +184,7 @@ private:
     // Maps `pending` read-only; leaves pending_ empty, with a warning, if it fails.
     void map_pending_flags();
     // One per-CPU array slot per possible CPU; empty if the map cannot be read.
-    std::vector<std::uint64_t> read_per_cpu_counter(const ::bpf_map* map) const;
+    std::vector<std::uint64_t> read_per_cpu_counter(const ::bpf_map* map, std::uint32_t key = 0) const;
     // Nested kmem_cache_free events the second program recorded, all CPUs.
     std::uint64_t read_recovered() const;
 
@@ -185,6 +207,8 @@ private:
     std::uint64_t flushed_cpus_ = 0;
     std::uint64_t skipped_cpus_ = 0;
     bool flushes_offline_cpus_ = false;
+    bool families_attached_[4] = {false, false, false, false};
+    std::unique_ptr<core::AllocatorText> allocator_text_;  // for the page and vmalloc programs' rodata
 };
 
 }  // namespace kleak

@@ -52,3 +52,16 @@ std::optional<std::string> read_slabinfo(std::string& error) {
 }
 
 }  // namespace kleak
+
+namespace kleak {
+
+core::KernelMemoryCounters read_kernel_memory_counters() {
+    core::KernelMemoryCounters out;
+    std::ifstream meminfo("/proc/meminfo");
+    core::parse_meminfo(meminfo, out);
+    std::ifstream vmstat("/proc/vmstat");
+    core::parse_vmstat(vmstat, out);
+    return out;
+}
+
+}  // namespace kleak

@@ -5,6 +5,8 @@
 #include <optional>
 #include <string>
 
+#include "core/family_coverage.h"
+
 namespace kleak {
 
 std::string kernel_release();  // uname -r
@@ -17,5 +19,8 @@ unsigned possible_cpus();
 // The text of /proc/slabinfo (root only; SLUB counts partial slabs to fill it,
 // ~1 ms on a small host), or nullopt with `error` saying why.
 std::optional<std::string> read_slabinfo(std::string& error);
+// Percpu:, VmallocUsed: (/proc/meminfo) and the page event counters
+// (/proc/vmstat); a field stays empty when its file or line is missing.
+core::KernelMemoryCounters read_kernel_memory_counters();
 
 }  // namespace kleak

@@ -30,6 +30,14 @@ std::string site_with_cache(const nlohmann::json& row) {
 
 }  // namespace
 
+namespace {
+// "[page] anon_pipe_write+0x1b0": rows of a family other than slab say so.
+std::string with_family(const nlohmann::json& row, std::string site) {
+    const std::string family = row.value("family", "slab");
+    return family == "slab" ? site : "[" + family + "] " + site;
+}
+}  // namespace
+
 std::string format_leaks(const nlohmann::json& result) {
     const auto& sites = result.at("sites");
     const std::uint64_t min_age = u64(result, "min_age_ns");
@@ -47,7 +55,7 @@ std::string format_leaks(const nlohmann::json& result) {
             "{:>12} {:>14} {:>10} {:>10} {:>9}{}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
             u64(s, "allocs"), u64(s, "frees"), u64(s, "replaced"),
             ages && s.contains("oldest_age_ns") ? fmt::format(" {:>8}", human_age(u64(s, "oldest_age_ns"))) : "",
-            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", site_with_cache(s));
+            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", with_family(s, site_with_cache(s)));
     }
     if (sites.empty()) out += "  (none)\n";
     return out;
@@ -137,12 +145,50 @@ std::string format_suspects(const nlohmann::json& r) {
                            s.at("verdict").get<std::string>(), u64(s, "outstanding"), u64(s, "outstanding_bytes"),
                            s.at("growth_per_hour").get<double>(), s.at("growth_bytes_per_hour").get<double>(),
                            human_age(u64(s, "age_p50_ns")), human_age(u64(s, "age_p90_ns")),
-                           human_age(u64(s, "oldest_age_ns")), site_with_cache(s));
+                           human_age(u64(s, "oldest_age_ns")), with_family(s, site_with_cache(s)));
         for (const auto& reason : s.at("reasons")) out += fmt::format("{:<15} {}\n", "", reason.get<std::string>());
     }
     if (rows.empty()) out += "  (no call site has anything outstanding)\n";
     return out;
 }
+
+namespace {
+std::string format_coverage(const nlohmann::json& c) {
+    const auto bytes_or_dash = [](const nlohmann::json& v) {
+        return v.is_null() ? std::string("-") : std::to_string(v.get<std::uint64_t>());
+    };
+    const auto share = [](const nlohmann::json& v) {
+        return v.is_null() ? std::string("-") : fmt::format("{:.1f}%", 100 * v.get<double>());
+    };
+    std::string out = "\nother allocator families against the kernel's counters (since kleakd started):\n";
+    out += fmt::format("{:<8} {:>8} {:>10} {:>14} {:>14} {:>8}  {}\n", "family", "traced", "live", "live bytes",
+                       "kernel bytes", "share", "kernel counter");
+    for (const char* name : {"percpu", "vmalloc"}) {
+        if (!c.contains(name)) continue;
+        const auto& f = c.at(name);
+        out += fmt::format("{:<8} {:>8} {:>10} {:>14} {:>14} {:>8}  {}\n", name, f.value("traced", false) ? "yes" : "no",
+                           u64(f, "live"), u64(f, "live_bytes"), bytes_or_dash(f.at("kernel_bytes")),
+                           share(f.at("share")),
+                           std::string(name) == "percpu" ? "/proc/meminfo Percpu: (chunks' populated pages)"
+                                                         : "/proc/meminfo VmallocUsed: (pages in vmalloc areas)");
+    }
+    if (c.contains("page")) {
+        const auto& p = c.at("page");
+        out += fmt::format("{:<8} {:>8} {:>10} {:>14} {:>14} {:>8}  {}\n", "page", p.value("traced", false) ? "yes" : "no",
+                           u64(p, "live"), u64(p, "live_bytes"), "-", "-", "tracked pages (no kernel total exists)");
+        if (p.contains("allocated_pages")) {
+            const auto& a = p.at("allocated_pages");
+            out += fmt::format("  pages allocated: {} seen by kleakd of {} the kernel counted ({}): {} tracked, {} "
+                               "movable, {} slab, {} vmalloc, {} percpu (counted only); freed: {} of {} ({})\n",
+                               u64(a, "total"), bytes_or_dash(p.at("kernel_allocated_pages")),
+                               share(p.at("allocated_share")), u64(a, "tracked"), u64(a, "movable"), u64(a, "slab"),
+                               u64(a, "vmalloc"), u64(a, "percpu"), u64(p, "freed_pages"),
+                               bytes_or_dash(p.at("kernel_freed_pages")), share(p.at("freed_share")));
+        }
+    }
+    return out;
+}
+}  // namespace
 
 std::string format_caches(const nlohmann::json& r) {
     const auto& rows = r.at("caches");
@@ -171,6 +217,7 @@ std::string format_caches(const nlohmann::json& r) {
     if (pooled)
         out += "kmalloc-N rows: coverage and excess count every kmalloc cache of size N together (all types, and "
                "kmem_buckets such as msg_msg-N), as a kmalloc's size and flags do not say which one it went to\n";
+    if (r.contains("coverage")) out += format_coverage(r.at("coverage"));
     return out;
 }
 

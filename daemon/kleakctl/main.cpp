@@ -25,6 +25,7 @@ struct Options {
     std::uint32_t caches_top = 0;
     std::string min_age = "0s";
     std::string sort = "bytes";
+    std::string family;  // "": every family
     std::size_t report_top = 10;
     bool follow = false;
     double since_seconds = 0;
@@ -165,11 +166,15 @@ int main(int argc, char** argv) {
     leaks->add_option("--sort", options.sort, "Order by outstanding bytes or count")
         ->check(CLI::IsMember({"bytes", "count"}))
         ->default_str("bytes");
+    leaks->add_option("--family,-F", options.family, "Only one allocator family's call sites: slab, page, percpu, vmalloc")
+        ->check(CLI::IsMember({"slab", "page", "percpu", "vmalloc"}));
     auto* suspects = app.add_subcommand(
         "suspects",
         "Call sites ranked by how likely they leak: growing ones first, with their verdicts, reasons, growth per "
         "hour and the ages of their live allocations");
     suspects->add_option("--top,-n", options.top, "How many call sites")->check(CLI::Range(1, 100000))->default_str("20");
+    suspects->add_option("--family,-F", options.family, "Only one allocator family's call sites: slab, page, percpu, vmalloc")
+        ->check(CLI::IsMember({"slab", "page", "percpu", "vmalloc"}));
     auto* history = app.add_subcommand("history", "One call site's outstanding count and bytes over time");
     history->add_option("site", options.site, "The call site as reports print it (alloc_pipe_info+0x2d), a function "
                                               "name (its largest site), or an address (0xffffffff...)")
@@ -186,7 +191,8 @@ int main(int argc, char** argv) {
     diff->add_option("--top,-n", options.top, "How many call sites (0: all)")->check(CLI::Range(0, 100000))->default_str("20");
     auto* caches = app.add_subcommand(
         "caches", "Per slab cache: kleakd's live objects against the kernel's active ones (/proc/slabinfo); a cache "
-                  "where kleakd counts more has frees it cannot see");
+                  "where kleakd counts more has frees it cannot see. Then the page, percpu and vmalloc families "
+                  "against the kernel's counters (/proc/meminfo, /proc/vmstat)");
     caches->add_option("--top,-n", options.caches_top, "How many caches, most live objects first (0: all)")
         ->check(CLI::Range(0, 100000))
         ->default_str("0");
@@ -251,9 +257,11 @@ int main(int argc, char** argv) {
             return 2;
         }
         request.leaks.min_age_ns = *age;
+        request.leaks.family = options.family;
     } else if (*suspects) {
         request.op = Op::suspects;
         request.suspects.top = options.top;
+        request.suspects.family = options.family;
     } else if (*history) {
         request.op = Op::history;
         request.history.site = options.site;

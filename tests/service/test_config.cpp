@@ -136,7 +136,8 @@ TEST(Config, EveryKeySetToANonDefaultValue) {
     Settings expected;
     expected.socket = {"/run/leaks.sock", "_leak-watchers9", 0600, "wheel", 8, std::chrono::minutes{2}, 1 << 20};
     expected.snapshots = {"/srv/leaks", std::chrono::minutes{5}, 7};
-    expected.tracing = {64 << 10, /*kmalloc=*/false, /*kmem_cache=*/true};
+    expected.tracing = {64 << 10, /*kmalloc=*/false, /*kmem_cache=*/true, /*page=*/false, /*percpu=*/false,
+                        /*vmalloc=*/false};
     expected.printk = {/*enabled=*/false, /*lines=*/500, /*file_enabled=*/true, "/srv/kmsg", 1 << 20, 3};
     expected.log_level = "warn";
     EXPECT_EQ(settings, expected);
@@ -201,8 +202,15 @@ INSTANTIATE_TEST_SUITE_P(
         Accepted{"buffer_size_1G", R"({"tracing": {"buffer_size": "1G"}})",
                  with([](Settings& s) { s.tracing.buffer_size = 1u << 30; })},
         Accepted{"only_kmalloc", R"({"tracing": {"allocators": ["kmalloc"]}})",
-                 with([](Settings& s) { s.tracing.kmem_cache = false; })},
-        Accepted{"allocators_any_order", R"({"tracing": {"allocators": ["kmem_cache", "kmalloc"]}})", Settings{}},
+                 with([](Settings& s) { s.tracing.kmem_cache = s.tracing.percpu = s.tracing.vmalloc = false; })},
+        Accepted{"allocators_any_order",
+                 R"({"tracing": {"allocators": ["vmalloc", "kmem_cache", "percpu", "kmalloc"]}})", Settings{}},
+        Accepted{"every_family", R"({"tracing": {"allocators": ["kmalloc", "kmem_cache", "page", "percpu", "vmalloc"]}})",
+                 with([](Settings& s) { s.tracing.page = true; })},
+        Accepted{"only_pages", R"({"tracing": {"allocators": ["page"]}})", with([](Settings& s) {
+                     s.tracing.kmalloc = s.tracing.kmem_cache = s.tracing.percpu = s.tracing.vmalloc = false;
+                     s.tracing.page = true;
+                 })},
         Accepted{"attach_raw_tp", R"({"tracing": {"attach": "raw_tp"}})",
                  with([](Settings& s) { s.tracing.attach = "raw_tp"; })},
         Accepted{"attach_tp_btf", R"({"tracing": {"attach": "tp_btf"}})",
@@ -380,7 +388,7 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"allocator_unknown", R"({"tracing": {"allocators": ["kmalloc", "slab"]}})", "tracing.allocators[1]",
                  "'slab' is not an allocator; must be one of \"kmalloc\", \"kmem_cache\""},
         Rejected{"allocator_misspelt", R"({"tracing": {"allocators": ["kmaloc"]}})", "tracing.allocators[0]",
-                 "must be one of \"kmalloc\", \"kmem_cache\"; did you mean \"kmalloc\"?"},
+                 "must be one of \"kmalloc\", \"kmem_cache\", \"page\", \"percpu\", \"vmalloc\"; did you mean \"kmalloc\"?"},
         Rejected{"allocator_twice", R"({"tracing": {"allocators": ["kmalloc", "kmem_cache", "kmalloc"]}})",
                  "tracing.allocators[2]", "'kmalloc' is listed twice"},
         Rejected{"allocator_type", R"({"tracing": {"allocators": ["kmalloc", {"name": "kmem_cache"}]}})",
@@ -589,7 +597,7 @@ TEST(Config, InForceUsesTheFileFormat) {
         "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660", "admin_group": "",
                    "max_clients": 64, "idle_timeout": "60s", "max_unread": "64M"},
         "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
-        "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache"], "attach": "auto"},
+        "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache", "percpu", "vmalloc"], "attach": "auto"},
         "verdicts": {"interval": "10s", "window": "900s", "recent": "60s", "min_rise": 4},
         "printk": {"enabled": true, "lines": 10000,
                    "file": {"enabled": false, "directory": "/var/lib/kleakd/printk", "max_size": "16M",
@@ -602,7 +610,7 @@ TEST(Config, InForceRoundTripsThroughTheParser) {
     Settings custom;
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
     custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
-    custom.tracing = {16384, true, false, "raw_tp"};
+    custom.tracing = {16384, true, false, /*page=*/true, /*percpu=*/false, /*vmalloc=*/true, "raw_tp"};
     custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";
     Settings byte_exact;  // sizes with no exact K/M/G form go out as plain byte counts

@@ -678,7 +678,7 @@ TEST(ProtocolDecode, SuspectsAndHistoryArgsAreCheckedByName) {
     EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"suspects","args":{"top":0}})").message,
               "\"args.top\" must be an integer in 1..100000, got 0");
     EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"suspects","args":{"sort":"bytes"}})").message,
-              "unknown arg \"args.sort\"; op \"suspects\" takes top");
+              "unknown arg \"args.sort\"; op \"suspects\" takes top, family");
     const Request h = decode_ok(R"({"v":1,"id":1,"op":"history","args":{"site":"kfree_skb"}})");
     EXPECT_EQ(h.history.site, "kfree_skb");
     EXPECT_EQ(h.history.resolution, 0u);
@@ -821,7 +821,23 @@ TEST(ProtocolLeaksArgs, WrongTypesAreABadRequestNamingTheArg) {
 TEST(ProtocolLeaksArgs, UnknownArgIsABadRequestNamingIt) {
     const Error error = decode_leaks_error(R"({"top":5,"limit":3})");
     EXPECT_EQ(error.code, ErrorCode::bad_request);
-    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort");
+    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort, family");
+}
+
+TEST(ProtocolLeaksArgs, FamilyNamesOneAllocatorFamily) {
+    for (const char* family : {"slab", "page", "percpu", "vmalloc"})
+        EXPECT_EQ(decode_leaks(std::string(R"({"family":")") + family + "\"}").family, family);
+    EXPECT_EQ(decode_leaks("{}").family, "");
+    EXPECT_EQ(decode_leaks_error(R"({"family":"pages"})").message,
+              R"("args.family" must be one of "slab", "page", "percpu", "vmalloc", got "pages")");
+    EXPECT_EQ(decode_leaks_error(R"({"family":1})").code, ErrorCode::bad_request);
+    EXPECT_EQ(decode_ok(R"({"v":1,"id":1,"op":"suspects","args":{"family":"percpu"}})").suspects.family, "percpu");
+    // Sent only when set, so a request without it means the same to an older daemon.
+    Request request;
+    request.op = Op::leaks;
+    EXPECT_EQ(encode_request(request).find("family"), std::string::npos);
+    request.leaks.family = "page";
+    EXPECT_NE(encode_request(request).find(R"("family":"page")"), std::string::npos) << encode_request(request);
 }
 
 TEST(ProtocolLeaksArgs, MinAgeAcceptsSecondsAndUnitStrings) {

@@ -80,7 +80,7 @@ TEST(DecodeRecord, CacheFreeFromAllFieldsAndItsCache) {
     kleak_record_header hdr;
     std::memcpy(&hdr, bytes.data(), sizeof hdr);
     ASSERT_EQ(hdr.kind, KLEAK_CACHE_FREE_FROM);
-    ASSERT_EQ(KLEAK_CACHE_FREE_FROM, 8);
+    ASSERT_EQ(KLEAK_CACHE_FREE_FROM, 14);
     std::uint64_t tail = 0;
     std::memcpy(&tail, bytes.data() + 32, sizeof tail);
     EXPECT_EQ(tail, kCache);
@@ -236,7 +236,8 @@ TEST(DecodeRecord, TooShortFreeBody) {
 
 TEST(DecodeRecord, UnknownKind) {
     // 6 is KLEAK_TIME_MARK since ABI 2, 7 KLEAK_CACHE_ALLOC_FROM since ABI 3,
-    // 8 KLEAK_CACHE_FREE_FROM; 0x7f is no kind.
+    // 8-13 the page, percpu and vmalloc kinds since ABI 4, 14
+    // KLEAK_CACHE_FREE_FROM; 0x7f is no kind.
     for (std::uint16_t kind : {0, 0x7f, 0x100, 0xffff}) {
         kleak_alloc_record rec = test::alloc_record(alloc_event({.ts = 1, .ptr = kPtr, .site = kSite}));
         rec.hdr.kind = kind;
