@@ -39,15 +39,8 @@ std::uint64_t address_of(const json& site) {
     return std::strtoull(site.at("address").get_ref<const std::string&>().c_str(), nullptr, 16);
 }
 
-// Snapshots before "family" was written: a kmalloc cache's name says it.
-std::string family_of(const json& site) {
-    std::string family = string_or(site, "family", "");
-    if (!family.empty()) return family;
-    const std::string cache = string_or(site, "cache", "");
-    if (cache.empty()) return "allocator unknown";
-    const bool kmalloc = cache.starts_with("kmalloc-") || cache.starts_with("dma-kmalloc-");
-    return kmalloc ? "kmalloc" : "kmem_cache";
-}
+// Snapshots from before allocator families traced the slab allocator only.
+std::string family_of(const json& site) { return string_or(site, "family", "slab"); }
 
 // Seconds from the snapshot back to t_ns (negative: the past).
 double seconds_before(std::uint64_t t_ns, std::uint64_t now_ns) {

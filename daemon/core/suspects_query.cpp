@@ -48,9 +48,6 @@ nlohmann::json judgement_json(const SiteJudgement& j) {
     return out;
 }
 
-// The allocator a site's first allocation came through.
-const char* family_name(EventKind kind) { return kind == EventKind::cache_alloc ? "kmem_cache" : "kmalloc"; }
-
 std::string cache_of(std::span<const std::string> site_caches, SiteId site) {
     return site < site_caches.size() ? site_caches[site] : std::string();
 }
@@ -163,7 +160,7 @@ nlohmann::json annotate_verdicts(nlohmann::json& sites, const Tracker& tracker, 
         const auto it = by_address.find(std::strtoull(address->get_ref<const std::string&>().c_str(), nullptr, 16));
         if (it == by_address.end() || tracker.sites()[it->second].allocs == 0) continue;
         if (!site_caches.empty()) row["cache"] = cache_of(site_caches, it->second);
-        row["family"] = family_name(tracker.sites()[it->second].kind);
+        row["family"] = family_name(tracker.sites()[it->second].family);
         const SiteJudgement j = verdicts.judgement(it->second);
         row["verdict"] = verdict_name(j.verdict);
         row["reasons"] = nlohmann::json::array({j.reason});

@@ -59,9 +59,8 @@ MetricFamily up(double value) {
                   MetricType::Gauge, value);
 }
 
-// One per-site row as the exposition labels it. `family` is the allocator
-// family; kleakd traces the slab allocator only (kmalloc, kmem_cache), so it
-// is "slab" until it traces another.
+// One per-site row as the exposition labels it; `family` is the allocator
+// family (slab, page, percpu, vmalloc), "" in the sum of the other sites.
 struct SiteRow {
     std::vector<ClientMetric::Label> labels;
     double outstanding = 0, bytes = 0, growth_per_hour = 0, growth_bytes_per_hour = 0;
@@ -71,7 +70,7 @@ SiteRow site_row(const json& row) {
     SiteRow r;
     r.labels = {{"site", text(row, "suspects[]", "site")},
                 {"function", text(row, "suspects[]", "function")},
-                {"family", "slab"},
+                {"family", row.contains("family") ? text(row, "suspects[]", "family") : "slab"},
                 {"cache", row.contains("cache") ? text(row, "suspects[]", "cache") : ""},
                 {"verdict", text(row, "suspects[]", "verdict")}};
     r.outstanding = number(row, "suspects[]", "outstanding");
@@ -89,7 +88,7 @@ void add_sites(std::vector<MetricFamily>& out, const json& suspects, const Metri
     // past max_sites, should a reply carry more, are added to it.
     const json& rest = field(suspects, "suspects", "rest");
     SiteRow other;
-    other.labels = {{"site", "other"}, {"function", ""}, {"family", "slab"}, {"cache", ""}, {"verdict", ""}};
+    other.labels = {{"site", "other"}, {"function", ""}, {"family", ""}, {"cache", ""}, {"verdict", ""}};
     other.outstanding = number(rest, "suspects.rest", "outstanding");
     other.bytes = number(rest, "suspects.rest", "outstanding_bytes");
     other.growth_per_hour = number(rest, "suspects.rest", "growth_per_hour");

@@ -157,7 +157,7 @@ TEST(ExporterMetrics, LabelValuesAreEscaped) {
 TEST(ExporterMetrics, TheDaemonsRestIsTheOtherSeries) {
     // The reply's `rest`: the sites the daemon did not send, summed.
     const std::string text = serialize(daemon_metrics(replies_from(canned()), {}), Format::prometheus_text);
-    const std::string other = "{site=\"other\",function=\"\",family=\"slab\",cache=\"\",verdict=\"\"}";
+    const std::string other = "{site=\"other\",function=\"\",family=\"\",cache=\"\",verdict=\"\"}";
     EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_allocations" + other + " 1000")) << text;
     EXPECT_TRUE(has_line(text, "kleakd_site_outstanding_bytes" + other + " 50000")) << text;
     EXPECT_TRUE(has_line(text, "kleakd_site_growth_allocations_per_second" + other + " 1")) << text;
@@ -171,7 +171,7 @@ TEST(ExporterMetrics, TheDaemonsRestIsTheOtherSeries) {
 
 TEST(ExporterMetrics, RowsPastTheCapAreAddedToOther) {
     const std::string text = serialize(daemon_metrics(replies_from(canned()), {.max_sites = 2}), Format::prometheus_text);
-    const std::string other = "{site=\"other\",function=\"\",family=\"slab\",cache=\"\",verdict=\"\"}";
+    const std::string other = "{site=\"other\",function=\"\",family=\"\",cache=\"\",verdict=\"\"}";
     // `rest` plus the 3rd and 4th rows: 1000 + 400 + 200 allocations,
     // 50000 + 76000 + 16000 bytes, (3600 - 36 + 72)/h = 1.01/s,
     // (36000 - 6840 + 5760)/h = 9.7/s.
