@@ -58,18 +58,17 @@ nlohmann::json or_null(std::optional<std::uint64_t> v) { return v ? nlohmann::js
 
 nlohmann::json coverage_to_json(const Tracker& tracker, const CoverageInput& in) {
     nlohmann::json out = nlohmann::json::object();
-    const Totals percpu = tracker.family_totals(Family::percpu);
-    out["percpu"] = {{"traced", in.traced[static_cast<int>(Family::percpu)]},
-                     {"live", percpu.outstanding},
-                     {"live_bytes", percpu.outstanding_bytes},
-                     {"kernel_bytes", or_null(in.kernel_now.percpu_bytes)},
-                     {"share", share(percpu.outstanding_bytes, in.kernel_now.percpu_bytes)}};
-    const Totals vmalloc = tracker.family_totals(Family::vmalloc);
-    out["vmalloc"] = {{"traced", in.traced[static_cast<int>(Family::vmalloc)]},
-                      {"live", vmalloc.outstanding},
-                      {"live_bytes", vmalloc.outstanding_bytes},
-                      {"kernel_bytes", or_null(in.kernel_now.vmalloc_used_bytes)},
-                      {"share", share(vmalloc.outstanding_bytes, in.kernel_now.vmalloc_used_bytes)}};
+    // percpu and vmalloc: kleakd's live bytes beside the kernel's /proc/meminfo figure.
+    const auto against_meminfo = [&](Family family, std::optional<std::uint64_t> kernel_bytes) {
+        const Totals t = tracker.family_totals(family);
+        return nlohmann::json{{"traced", in.traced[static_cast<int>(family)]},
+                              {"live", t.outstanding},
+                              {"live_bytes", t.outstanding_bytes},
+                              {"kernel_bytes", or_null(kernel_bytes)},
+                              {"share", share(t.outstanding_bytes, kernel_bytes)}};
+    };
+    out["percpu"] = against_meminfo(Family::percpu, in.kernel_now.percpu_bytes);
+    out["vmalloc"] = against_meminfo(Family::vmalloc, in.kernel_now.vmalloc_used_bytes);
     const Totals page = tracker.family_totals(Family::page);
     nlohmann::json p = {{"traced", in.traced[static_cast<int>(Family::page)]},
                         {"live", page.outstanding},

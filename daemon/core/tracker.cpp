@@ -27,19 +27,21 @@ SiteId Tracker::intern(std::uint64_t call_site, EventKind kind) {
 
 Totals Tracker::family_totals(Family family) const {
     Totals t;
-    for (const SiteStats& s : sites_) {
-        if (s.family != family) continue;
-        t.allocs += s.allocs;
-        t.frees += s.frees;
-        t.bytes_alloc += s.bytes_alloc;
-        t.bytes_req += s.bytes_req;
-        t.bytes_freed += s.bytes_freed;
-        t.unmatched_frees += s.unmatched_frees;
-        t.replaced += s.replaced;
-        t.outstanding += s.outstanding;
-        t.outstanding_bytes += s.outstanding_bytes;
-    }
+    for (const SiteStats& s : sites_)
+        if (s.family == family) add_site_counts(t, s);
     return t;
+}
+
+void add_site_counts(Totals& t, const SiteStats& s) {
+    t.allocs += s.allocs;
+    t.frees += s.frees;
+    t.bytes_alloc += s.bytes_alloc;
+    t.bytes_req += s.bytes_req;
+    t.bytes_freed += s.bytes_freed;
+    t.unmatched_frees += s.unmatched_frees;
+    t.replaced += s.replaced;
+    t.outstanding += s.outstanding;
+    t.outstanding_bytes += s.outstanding_bytes;
 }
 
 void Tracker::apply(const Event& event) {

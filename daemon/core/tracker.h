@@ -79,6 +79,9 @@ struct Totals {
     std::uint64_t reordered_frees = 0;
 };
 
+// Adds a site's counts to totals (reordered_frees has no per-site count).
+void add_site_counts(Totals& totals, const SiteStats& site);
+
 // One live allocation, as for_each_outstanding() reports it (decoded from the
 // packed entry, so a value, not a reference into the table).
 struct OutstandingAllocation {

@@ -253,17 +253,7 @@ inline const core::SiteStats& site_of(const core::Tracker& tracker, std::uint64_
 // left 0 here, see the Tracker overload.
 inline core::Totals sum_over_sites(const std::vector<core::SiteStats>& sites) {
     core::Totals t;
-    for (const core::SiteStats& s : sites) {
-        t.allocs += s.allocs;
-        t.frees += s.frees;
-        t.bytes_alloc += s.bytes_alloc;
-        t.bytes_req += s.bytes_req;
-        t.bytes_freed += s.bytes_freed;
-        t.unmatched_frees += s.unmatched_frees;
-        t.replaced += s.replaced;
-        t.outstanding += s.outstanding;
-        t.outstanding_bytes += s.outstanding_bytes;
-    }
+    for (const core::SiteStats& s : sites) core::add_site_counts(t, s);
     return t;
 }
 
