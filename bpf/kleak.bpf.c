@@ -487,35 +487,63 @@ static __always_inline __u32 free_record_size(__u16 kind)
 	return kind == KLEAK_CACHE_FREE_FROM ? sizeof(struct kleak_cache_free_record) : sizeof(struct kleak_free_record);
 }
 
+/*
+ * Where an allocation's record goes: this CPU's batch, or (when another kleak
+ * program owns the batch) the ring directly. reserve_alloc() also reads the
+ * time the record carries; publish_alloc() commits the record or submits it.
+ */
+struct alloc_slot {
+	struct batch *batch; /* NULL once the record is reserved in `ring` */
+	void *ring;
+	__u64 now;
+	__u32 size;
+	__u32 family;
+};
+
+static __always_inline void *reserve_alloc(struct alloc_slot *s, __u32 size, __u32 family)
+{
+	void *rec;
+	__u16 flags;
+
+	s->size = size;
+	s->family = family;
+	s->batch = this_cpu_batch();
+	if (!s->batch)
+		return NULL;
+	rec = reserve_batched(s->batch, size);
+	if (rec) {
+		s->now = stamp(s->batch, false, &flags);
+		return rec;
+	}
+	s->batch = NULL;
+	rec = reserve_direct(&s->ring, size, family);
+	s->now = bpf_ktime_get_ns();
+	return rec;
+}
+
+static __always_inline void publish_alloc(struct alloc_slot *s, void *rec)
+{
+	if (s->batch)
+		commit_batched(s->batch, s->size, s->now, s->family);
+	else
+		bpf_ringbuf_submit(rec, submit_flags(s->ring));
+}
+
 static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const void *ptr, __u64 bytes_req,
 				      __u64 bytes_alloc, __u32 gfp_flags, __u64 cache)
 {
 	const __u32 size = kind == KLEAK_CACHE_ALLOC_FROM ? sizeof(struct kleak_cache_alloc_record)
 							  : sizeof(struct kleak_alloc_record);
 	struct kleak_alloc_record *rec;
-	struct batch *b;
-	__u16 flags;
-	void *ring;
-	__u64 now;
+	struct alloc_slot slot;
 
 	if (skip(ptr) || bytes_req < min_size)
 		return 0;
-	b = this_cpu_batch();
-	if (!b)
-		return 0;
-	rec = reserve_batched(b, size);
-	if (rec) {
-		now = stamp(b, false, &flags);
-		fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
-		commit_batched(b, size, now, kind_family(kind));
-		return 0;
-	}
-	rec = reserve_direct(&ring, size, kind_family(kind));
+	rec = reserve_alloc(&slot, size, kind_family(kind));
 	if (!rec)
 		return 0;
-	now = bpf_ktime_get_ns();
-	fill_alloc(rec, now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
-	bpf_ringbuf_submit(rec, submit_flags(ring));
+	fill_alloc(rec, slot.now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
+	publish_alloc(&slot, rec);
 	return 0;
 }
 
@@ -875,10 +903,8 @@ static __always_inline int on_page_alloc(__u64 *ctx)
 	int migratetype = (int)ctx[3];
 	struct kleak_page_alloc_record *rec;
 	struct site_scratch *scratch;
-	struct batch *b;
-	__u64 site = 0, now;
-	__u16 flags;
-	void *ring;
+	struct alloc_slot slot;
+	__u64 site = 0;
 
 	if (skip(page))
 		return 0;
@@ -900,21 +926,11 @@ static __always_inline int on_page_alloc(__u64 *ctx)
 		return 0;
 	}
 	count_pages(site ? KLEAK_PAGES_TRACKED : KLEAK_PAGES_NO_SITE, 1ULL << order);
-	b = this_cpu_batch();
-	if (!b)
-		return 0;
-	rec = reserve_batched(b, size);
-	if (rec) {
-		now = stamp(b, false, &flags);
-		fill_page_alloc(rec, now, site, page, order, gfp, migratetype);
-		commit_batched(b, size, now, KLEAK_FAMILY_PAGE);
-		return 0;
-	}
-	rec = reserve_direct(&ring, size, KLEAK_FAMILY_PAGE);
+	rec = reserve_alloc(&slot, size, KLEAK_FAMILY_PAGE);
 	if (!rec)
 		return 0;
-	fill_page_alloc(rec, bpf_ktime_get_ns(), site, page, order, gfp, migratetype);
-	bpf_ringbuf_submit(rec, submit_flags(ring));
+	fill_page_alloc(rec, slot.now, site, page, order, gfp, migratetype);
+	publish_alloc(&slot, rec);
 	return 0;
 }
 KLEAK_TRACED(mm_page_alloc, page_alloc)
