@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <numeric>
 
 #include "app/history_restore.h"
 #include "core/history_section.h"
@@ -173,8 +174,12 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
 
     std::string attached;
     for (const auto& a : session_.tracer().attached()) attached += (attached.empty() ? "" : ", ") + a;
-    spdlog::info("kleakd {} tracing {} ({} ring per CPU, {} CPUs); queries on {}", kKleakdVersion, attached,
+    const std::size_t small_rings = session_.tracer().small_ring_cpus().size();
+    spdlog::info("kleakd {} tracing {} ({} ring per CPU, {} CPUs{}); queries on {}", kKleakdVersion, attached,
                  core::format_size(settings_.tracing.buffer_size), session_.cpu_count(),
+                 small_rings == 0 ? std::string()
+                                  : fmt::format(", {} of them offline with a {} ring until they come online",
+                                                small_rings, core::format_size(kOfflineRingBytes)),
                  owned_socket_.empty() ? "the activated socket" : owned_socket_.string());
     notifier_.ready("tracing " + attached);
 }
@@ -446,6 +451,13 @@ nlohmann::json Daemon::stats() {
         // to drain (0 while it keeps up).
         {"ring_readers",
          {{"copied_bytes", session_.consumer().spilled_bytes()}, {"unpinned", session_.readers_unpinned()}}},
+        // Each CPU's ring: the configured size, or the small one of a CPU
+        // offline since start; `grown` counts CPUs that came online since.
+        {"rings",
+         {{"bytes_per_cpu", session_.tracer().ring_bytes()},
+          {"locked_bytes", std::accumulate(session_.tracer().ring_bytes().begin(),
+                                           session_.tracer().ring_bytes().end(), std::uint64_t{0})},
+          {"grown", session_.rings_grown()}}},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",

@@ -2,8 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 
+#include "core/sizes.h"
 #include "kernel/host_info.h"
 
 namespace kleak {
@@ -34,6 +36,62 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
         readers_->notify().lower();
         drain();
     });
+    // CPUs offline at start have a small ring (BpfTracer) until they come online.
+    if (!tracer_.small_ring_cpus().empty()) {
+        online_timer_.emplace(std::chrono::seconds(1));
+        loop.watch(online_timer_->fd(), [this]() {
+            online_timer_->take();
+            grow_rings_of_online_cpus();
+        });
+    }
+}
+
+unsigned TracingSession::grow_rings_of_online_cpus() {
+    const std::vector<unsigned> small = tracer_.small_ring_cpus();
+    if (small.empty()) return 0;
+    const std::optional<std::vector<unsigned>> online = online_cpus();
+    if (!online) return 0;
+    unsigned grown = 0;
+    for (const unsigned cpu : small) {
+        if (!std::binary_search(online->begin(), online->end(), cpu)) continue;
+        UniqueFd ring = tracer_.make_full_ring();
+        std::string failure;
+        if (!ring) {
+            failure = std::string("creating it failed: ") + std::strerror(errno);
+        } else {
+            try {
+                // Mapped before the programs write into it; the old ring's records go first.
+                consumer_.replace_ring(cpu, ring.get());
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+        }
+        const int fd = ring.get();
+        if (failure.empty()) {
+            if (const int err = tracer_.install_ring(cpu, std::move(ring)); err != 0)
+                failure = std::string("installing it failed: ") + std::strerror(-err);
+        }
+        if (!failure.empty()) {
+            // The CPU keeps writing into its small ring, which is still drained; retried each second.
+            if (failed_growths_++ % 60 == 0)
+                spdlog::warn("CPU {} is online but its ring cannot grow to {}: {}; it drops what its small ring "
+                             "cannot hold ({} failures)",
+                             cpu, core::format_size(tracer_.buffer_size()), failure, failed_growths_);
+            continue;
+        }
+        try {
+            if (loop_ != nullptr) loop_->watch(fd, [this]() { drain(); }, EventLoop::Trigger::edge);
+        } catch (const std::exception& e) {
+            spdlog::warn("the loop cannot watch CPU {}'s new ring ({}): it is drained on the timer only", cpu, e.what());
+        }
+        if (readers_ && !readers_->watch_ring(cpu, fd))
+            spdlog::warn("the reader of CPU {} cannot watch its new ring: {}", cpu, std::strerror(errno));
+        spdlog::info("CPU {} came online: its ring grew from {} to {}", cpu, core::format_size(kOfflineRingBytes),
+                     core::format_size(tracer_.buffer_size()));
+        ++rings_grown_;
+        ++grown;
+    }
+    return grown;
 }
 
 void TracingSession::drain() {

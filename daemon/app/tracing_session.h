@@ -56,6 +56,11 @@ public:
     // Per-CPU drops; keeps the last good read if the map cannot be read.
     const std::vector<std::uint64_t>& drops();
 
+    // Gives each CPU that came online since start its full ring (the
+    // session does it every second; public for tests). Returns the rings grown.
+    unsigned grow_rings_of_online_cpus();
+    unsigned rings_grown() const { return rings_grown_; }
+
     // Run counts, run time and recursion misses of every attached program.
     std::vector<core::ProgramCost> program_costs() const;
 
@@ -66,6 +71,9 @@ private:
     EventLoop* loop_ = nullptr;           // start()'s, which watches the readers
     std::vector<std::uint64_t> drops_;
     std::optional<TimerFd> drain_timer_;
+    std::optional<TimerFd> online_timer_;  // while some CPU has its small ring
+    unsigned rings_grown_ = 0;
+    std::uint64_t failed_growths_ = 0;
     std::function<void(std::uint64_t)> on_drained_;
     std::uint64_t holdback_ns_ = 0;
     std::uint64_t failed_drains_ = 0;

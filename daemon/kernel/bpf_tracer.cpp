@@ -14,6 +14,7 @@
 #include <chrono>
 #include <thread>
 #include <cstddef>
+#include <algorithm>
 #include <cstring>
 
 #include "core/allocator_text.h"
@@ -188,15 +189,22 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
 
     const int cpus = libbpf_num_possible_cpus();
     if (cpus <= 0) throw StartupError(describe_errno("cannot count the possible CPUs", cpus));
+    // A full ring for each CPU online now, the smallest for the others (a
+    // cloud VM may have 64 possible and 4 online): grow_ring() gives a CPU
+    // that comes online its full ring.
+    const std::optional<std::vector<unsigned>> online = online_cpus();
     for (int cpu = 0; cpu < cpus; ++cpu) {
-        const int fd =
-            bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0, static_cast<__u32>(options.buffer_size), nullptr);
-        if (fd < 0) {
-            throw StartupError(describe_errno("creating the " + std::to_string(options.buffer_size) +
+        const bool is_online =
+            !online || std::binary_search(online->begin(), online->end(), static_cast<unsigned>(cpu));
+        const std::uint64_t bytes = is_online ? options.buffer_size : kOfflineRingBytes;
+        UniqueFd fd = create_ring(bytes);
+        if (!fd) {
+            throw StartupError(describe_errno("creating the " + std::to_string(bytes) +
                                                   "-byte ring buffer for CPU " + std::to_string(cpu) + " failed",
                                               -errno));
         }
-        ring_fds_.emplace_back(fd);
+        ring_fds_.push_back(std::move(fd));
+        ring_bytes_.push_back(bytes);
     }
     check_rings_nest(ring_fds_.front().get());
 
@@ -438,6 +446,31 @@ bool BpfTracer::batch_pending(unsigned cpu) const {
     // drain that follows sees those records, on weakly ordered CPUs too. It
     // costs a plain load on x86.
     return __atomic_load_n(&pending_.get()[cpu].pending, __ATOMIC_ACQUIRE) != 0;
+}
+
+UniqueFd BpfTracer::create_ring(std::uint64_t bytes) {
+    return UniqueFd(bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0, static_cast<__u32>(bytes), nullptr));
+}
+
+UniqueFd BpfTracer::make_full_ring() const { return create_ring(buffer_size_); }
+
+int BpfTracer::install_ring(unsigned cpu, UniqueFd ring) {
+    if (cpu >= ring_fds_.size()) return -EINVAL;
+    const int rings_fd = bpf_map__fd(skel_->maps.rings);
+    const int fd = ring.get();
+    if (bpf_map_update_elem(rings_fd, &cpu, &fd, BPF_ANY) != 0) return -errno;
+    // The old ring stays open: its consumer drains what was in flight.
+    retired_ring_fds_.push_back(std::move(ring_fds_[cpu]));
+    ring_fds_[cpu] = std::move(ring);
+    ring_bytes_[cpu] = buffer_size_;
+    return 0;
+}
+
+std::vector<unsigned> BpfTracer::small_ring_cpus() const {
+    std::vector<unsigned> cpus;
+    for (unsigned cpu = 0; cpu < ring_bytes_.size(); ++cpu)
+        if (ring_bytes_[cpu] < buffer_size_) cpus.push_back(cpu);
+    return cpus;
 }
 
 std::vector<int> BpfTracer::ring_fds() const {

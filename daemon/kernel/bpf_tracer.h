@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/sizes.h"
 #include "core/slab_caches.h"
 #include "kernel/attach_mode.h"
 #include "kernel/unique_fd.h"
@@ -69,6 +70,10 @@ struct TracerOptions {
 
 inline constexpr std::uint32_t kMaxSampleShift = 32;
 
+// The ring of a CPU offline at start, until it comes online: the smallest
+// that holds a few record batches.
+inline constexpr std::uint64_t kOfflineRingBytes = core::kMinBufferSize;
+
 // One attached program's kernel-side statistics (bpf_prog_info).
 struct ProgramStats {
     std::string name;                   // "kmem:kmalloc"
@@ -105,7 +110,20 @@ public:
 
     unsigned cpu_count() const { return static_cast<unsigned>(ring_fds_.size()); }
     std::uint64_t buffer_size() const { return buffer_size_; }
+    // Each CPU's ring now, by CPU.
     std::vector<int> ring_fds() const;
+    // Its size: buffer_size() for a CPU online at start or grown since,
+    // kOfflineRingBytes for one offline at start.
+    const std::vector<std::uint64_t>& ring_bytes() const { return ring_bytes_; }
+    // CPUs whose ring is still the small one.
+    std::vector<unsigned> small_ring_cpus() const;
+
+    // Growing a CPU's ring when it comes online: a new ring of buffer_size()
+    // (invalid, errno set, on failure), which the consumer maps first, then
+    // installs it for `cpu`'s programs. Records in flight in the old ring
+    // stay readable there. install_ring returns 0 or a negative errno.
+    UniqueFd make_full_ring() const;
+    int install_ring(unsigned cpu, UniqueFd ring);
     const std::vector<std::string>& attached() const { return attached_; }
     // How the programs attached (tp_btf or raw_tp), and why.
     const AttachChoice& attach_choice() const { return attach_; }
@@ -185,6 +203,7 @@ private:
     void map_pending_flags();
     // One per-CPU array slot per possible CPU; empty if the map cannot be read.
     std::vector<std::uint64_t> read_per_cpu_counter(const ::bpf_map* map, std::uint32_t key = 0) const;
+    static UniqueFd create_ring(std::uint64_t bytes);
     // Nested kmem_cache_free events the second program recorded, all CPUs.
     std::uint64_t read_recovered() const;
 
@@ -195,7 +214,9 @@ private:
     std::unique_ptr<::kleak_bpf, SkeletonDeleter> skel_;
     // `pending`, one slot per possible CPU; null if it could not be mapped.
     std::unique_ptr<const ::kleak_pending_slot, PendingUnmapper> pending_;
-    std::vector<UniqueFd> ring_fds_;
+    std::vector<UniqueFd> ring_fds_;          // by CPU
+    std::vector<std::uint64_t> ring_bytes_;   // by CPU
+    std::vector<UniqueFd> retired_ring_fds_;  // replaced by install_ring(), still drained
     AttachChoice attach_;
     const ::bpf_program* free_primary_ = nullptr;  // kmem_cache_free's first program
     ProgramVariant free_nested_;                   // and its second (kleak__kmem_cache_free_nested)

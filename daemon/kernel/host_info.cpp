@@ -1,5 +1,7 @@
 #include "kernel/host_info.h"
 
+#include "core/cpu_list.h"
+
 #include <bpf/libbpf.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -38,6 +40,13 @@ std::uint64_t monotonic_now_ns() {
 unsigned possible_cpus() {
     const int n = libbpf_num_possible_cpus();
     return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+std::optional<std::vector<unsigned>> online_cpus() {
+    std::ifstream in("/sys/devices/system/cpu/online");
+    std::string text;
+    if (!std::getline(in, text)) return std::nullopt;
+    return core::parse_cpu_list(text);
 }
 
 std::optional<std::string> read_slabinfo(std::string& error) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/family_coverage.h"
 
@@ -16,6 +17,8 @@ std::string host_name();
 std::uint64_t monotonic_now_ns();
 // CPUs the kernel may ever bring online: one ring each.
 unsigned possible_cpus();
+// CPUs online now (/sys/devices/system/cpu/online); nullopt if unreadable.
+std::optional<std::vector<unsigned>> online_cpus();
 // The text of /proc/slabinfo (root only; SLUB counts partial slabs to fill it,
 // ~1 ms on a small host), or nullopt with `error` saying why.
 std::optional<std::string> read_slabinfo(std::string& error);

@@ -72,7 +72,7 @@ int RingConsumer::drain() {
     int result = 0;
     for (std::size_t cpu = 0; cpu < rings_.size(); ++cpu) {
         Ring& ring = *rings_[cpu];
-        const RingMapping& m = ring.mapping;
+        const RingMapping& m = *ring.mapping;
         // Copied without the lock, which is taken only to move the consumer
         // position: if this thread is stopped mid-copy (a VM's vCPU taken
         // away by the host), the ring's reader is not kept waiting.
@@ -92,8 +92,10 @@ int RingConsumer::drain() {
             }
             earlier_.swap(ring.copied);  // the ring keeps the buffer earlier_ had, empty
         }
-        // What a reader copied out came first.
+        // What a reader copied out came first, then what was still in flight
+        // into rings the CPU had before (almost always none).
         records += hand_on(static_cast<unsigned>(cpu), earlier_.bytes());
+        if (!ring.retired.empty()) records += drain_retired(static_cast<unsigned>(cpu), ring);
         records += hand_on(static_cast<unsigned>(cpu), taking_.bytes());
         earlier_.clear_for_reuse();
         taking_.clear_for_reuse();
@@ -103,10 +105,46 @@ int RingConsumer::drain() {
     return static_cast<int>(std::min<std::uint64_t>(records, INT_MAX));
 }
 
+std::uint64_t RingConsumer::drain_retired(unsigned cpu, Ring& ring) {
+    SampleBuffer stragglers;
+    {
+        const std::lock_guard hold(ring.lock);
+        for (const auto& old : ring.retired) {
+            const unsigned long start = load_acquire(old->consumer_pos());
+            unsigned long end = start;
+            std::uint64_t sample_bytes = 0;
+            copy_samples(*old, start, SIZE_MAX, stragglers, sample_bytes, end);  // a damaged one: the rest waits
+            if (end != start) store_release(old->consumer_pos(), end);
+        }
+    }
+    return hand_on(cpu, stragglers.bytes());
+}
+
+void RingConsumer::replace_ring(unsigned cpu, int ring_fd) {
+    Ring& ring = *rings_.at(cpu);
+    auto mapping = std::make_unique<RingMapping>(ring_fd, cpu);
+    const std::lock_guard hold(ring.lock);
+    // After what a reader copied out already, before anything the new ring gets.
+    const RingMapping& old = *ring.mapping;
+    const unsigned long start = load_acquire(old.consumer_pos());
+    unsigned long end = start;
+    std::uint64_t sample_bytes = 0;
+    copy_samples(old, start, SIZE_MAX, ring.copied, sample_bytes, end);
+    if (end != start) store_release(old.consumer_pos(), end);
+    ring.retired.push_back(std::move(ring.mapping));
+    ring.mapping = std::move(mapping);
+}
+
+std::size_t RingConsumer::ring_bytes(unsigned cpu) const {
+    Ring& ring = *rings_.at(cpu);
+    const std::lock_guard hold(ring.lock);
+    return ring.mapping->size();
+}
+
 std::int64_t RingConsumer::spill(unsigned cpu) {
     Ring& ring = *rings_.at(cpu);
-    const RingMapping& m = ring.mapping;
     const std::lock_guard hold(ring.lock);
+    const RingMapping& m = *ring.mapping;
     const unsigned long start = load_acquire(m.consumer_pos());
     unsigned long end = start;
     std::uint64_t sample_bytes = 0;
@@ -120,7 +158,9 @@ std::int64_t RingConsumer::spill(unsigned cpu) {
 }
 
 std::uint64_t RingConsumer::backlog_bytes(unsigned cpu) const {
-    const RingMapping& m = rings_.at(cpu)->mapping;
+    Ring& ring = *rings_.at(cpu);
+    const std::lock_guard hold(ring.lock);
+    const RingMapping& m = *ring.mapping;
     return load_acquire(m.producer_pos()) - load_acquire(m.consumer_pos());
 }
 

@@ -77,10 +77,18 @@ public:
     // copies are full) or a negative errno.
     std::int64_t spill(unsigned cpu);
 
-    // Bytes ring `cpu` holds, committed or reserved, not yet consumed: read
-    // without the lock, so a moment old.
+    // Bytes ring `cpu` holds, committed or reserved, not yet consumed: a
+    // moment old.
     std::uint64_t backlog_bytes(unsigned cpu) const;
-    std::size_t ring_bytes(unsigned cpu) const { return rings_.at(cpu)->mapping.size(); }
+    std::size_t ring_bytes(unsigned cpu) const;
+
+    // CPU `cpu` writes into `ring_fd` from now on (its ring grew when it came
+    // online): what its old ring holds is copied out first, to be handed on
+    // before the new ring's records; the old ring stays mapped, and is
+    // drained before the new one, for records still in flight into it.
+    // Throws StartupError if the new ring cannot be mapped. The draining
+    // thread only.
+    void replace_ring(unsigned cpu, int ring_fd);
 
     std::uint64_t records() const { return records_; }
     // The most bytes one ring held when it was read: how close it came to overflowing.
@@ -90,8 +98,12 @@ public:
 
 private:
     struct Ring {
-        Ring(int fd, unsigned cpu) : mapping(fd, cpu) {}
-        RingMapping mapping;
+        Ring(int fd, unsigned cpu) : mapping(std::make_unique<RingMapping>(fd, cpu)) {}
+        // Changed by replace_ring() only, under `lock`: other threads read it
+        // under the lock; the draining thread, which replaces it, need not.
+        std::unique_ptr<RingMapping> mapping;
+        // The CPU's earlier rings (replace_ring()), oldest first.
+        std::vector<std::unique_ptr<RingMapping>> retired;
         // Guards the consumer position and `copied`. spill() holds it while
         // it copies (a reader stopped mid-copy stops its own CPU's producer
         // too); drain() copies first and takes it only to check that nobody
@@ -109,6 +121,9 @@ private:
     // header at `end`; what came before it is in `out`).
     std::int64_t copy_samples(const RingMapping& m, unsigned long from, std::size_t cap, SampleBuffer& out,
                               std::uint64_t& sample_bytes, unsigned long& end);
+    // Records that reached a retired ring of `ring` after replace_ring():
+    // consumed and handed on.
+    std::uint64_t drain_retired(unsigned cpu, Ring& ring);
     // Hands on the records of copied samples.
     std::uint64_t hand_on(unsigned cpu, std::span<const std::byte> copied);
     void note_backlog(std::uint64_t bytes);

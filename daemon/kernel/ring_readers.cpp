@@ -49,6 +49,17 @@ RingReaders::RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fd
 
 RingReaders::~RingReaders() { stop(); }
 
+bool RingReaders::watch_ring(unsigned cpu, int ring_fd) {
+    if (cpu >= epolls_.size()) {
+        errno = EINVAL;
+        return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.fd = ring_fd;
+    return ::epoll_ctl(epolls_[cpu].get(), EPOLL_CTL_ADD, ring_fd, &ev) == 0;
+}
+
 void RingReaders::stop() {
     if (threads_.empty()) return;
     stop_.raise();  // stays readable: every reader sees it
@@ -60,7 +71,8 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
     cpu_set_t only;
     CPU_ZERO(&only);
     CPU_SET(cpu, &only);
-    if (::sched_setaffinity(0, sizeof only, &only) != 0) unpinned_.fetch_add(1, std::memory_order_relaxed);
+    bool pinned = ::sched_setaffinity(0, sizeof only, &only) == 0;
+    if (!pinned) unpinned_.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
         epoll_event events[2];
         const int n = ::epoll_wait(epoll_fd, events, 2, -1);
@@ -70,6 +82,11 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
         }
         for (int i = 0; i < n; ++i)
             if (events[i].data.fd == stop_.fd()) return;
+        // Its CPU was offline at start: it wakes us once it runs producers.
+        if (!pinned && ::sched_setaffinity(0, sizeof only, &only) == 0) {
+            pinned = true;
+            unpinned_.fetch_sub(1, std::memory_order_relaxed);
+        }
         // The loop is woken by the same wake-up and drains from the other
         // CPU; copying on this one costs the traced code here its cache and
         // time (measured: writev ratio 0.62 instead of 0.74 when readers

@@ -33,11 +33,15 @@ public:
     RingReaders(const RingReaders&) = delete;
     RingReaders& operator=(const RingReaders&) = delete;
 
+    // Reader `cpu` watches `ring_fd` too: its CPU's new ring
+    // (RingConsumer::replace_ring). False, errno set, if it cannot.
+    bool watch_ring(unsigned cpu, int ring_fd);
+
     // Readable after a reader copied records out: lower it, then drain.
     WakeFd& notify() { return notify_; }
 
-    // Readers that could not be pinned to their CPU (offline at start): they
-    // still copy, from wherever the scheduler runs them.
+    // Readers not pinned to their CPU (offline at start; each tries again
+    // when woken): they still copy, from wherever the scheduler runs them.
     unsigned unpinned() const { return unpinned_.load(std::memory_order_relaxed); }
 
 private:

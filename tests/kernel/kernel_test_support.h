@@ -8,6 +8,7 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -46,6 +48,14 @@
             if (allow && std::string(allow) == "1") GTEST_SKIP() << "kernel test skipped: " << kernel_test_why_;     \
             FAIL() << "kernel test cannot run: " << kernel_test_why_ << " (set KLEAKD_ALLOW_KERNEL_SKIP=1 to skip)"; \
         }                                                                                                            \
+    } while (0)
+
+// A test that cannot run where it is (a host without CPU hotplug): said loudly.
+#define SKIP_LOUDLY(why)                                                       \
+    do {                                                                       \
+        const std::string skip_why_ = (why);                                   \
+        std::cerr << "\n*** KERNEL TEST NOT RUN: " << skip_why_ << " ***\n\n"; \
+        GTEST_SKIP() << skip_why_;                                             \
     } while (0)
 
 namespace kleak_test {
@@ -261,6 +271,71 @@ inline std::string attach_mode_logged(const std::string& err) {
     const auto start = at + marker.size();
     return err.substr(start, err.find(':', start) - start);
 }
+
+// --- CPU 1 offline and back (test_batching, test_daemon) -------------------------
+
+// Pins the calling thread to one CPU for the scope.
+class PinnedToCpu {
+public:
+    explicit PinnedToCpu(unsigned cpu) {
+        ::sched_getaffinity(0, sizeof old_, &old_);
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        ok_ = ::sched_setaffinity(0, sizeof set, &set) == 0;
+    }
+    ~PinnedToCpu() { ::sched_setaffinity(0, sizeof old_, &old_); }
+    bool ok() const { return ok_; }
+
+private:
+    cpu_set_t old_{};
+    bool ok_ = false;
+};
+
+// CPU 1's hotplug switch: "0" takes it offline, "1" brings it back.
+inline constexpr const char* kCpu1Online = "/sys/devices/system/cpu/cpu1/online";
+
+// Writes "1" or "0" to kCpu1Online. Returns 0 or an errno.
+inline int set_cpu1_online(bool online) {
+    const int fd = ::open(kCpu1Online, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    const char value = online ? '1' : '0';
+    const int err = ::write(fd, &value, 1) == 1 ? 0 : errno;
+    ::close(fd);
+    return err;
+}
+
+inline std::string read_cpu1_online() {
+    std::string value;
+    std::ifstream(kCpu1Online) >> value;
+    return value;
+}
+
+// Takes CPU 1 offline for the scope; brings it back however the scope ends,
+// a failed assertion included, and says so loudly if it cannot.
+class Cpu1Offline {
+public:
+    Cpu1Offline() : error_(set_cpu1_online(false)) {}
+    ~Cpu1Offline() {
+        if (const int err = online_again(); err != 0)
+            std::cerr << "\n*** CPU 1 IS STILL OFFLINE: writing 1 to " << kCpu1Online
+                      << " failed: " << std::strerror(err) << " ***\n\n";
+    }
+    Cpu1Offline(const Cpu1Offline&) = delete;
+    Cpu1Offline& operator=(const Cpu1Offline&) = delete;
+    // 0 once CPU 1 is offline, or why writing 0 failed.
+    int error() const { return error_; }
+    // Brings CPU 1 back now (once); 0 or an errno.
+    int online_again() {
+        if (error_ != 0 || restored_) return 0;
+        restored_ = true;
+        return set_cpu1_online(true);
+    }
+
+private:
+    int error_ = 0;
+    bool restored_ = false;
+};
 
 // Drains run every 100 ms; give the records time to reach user space.
 inline void let_drain() { std::this_thread::sleep_for(400ms); }

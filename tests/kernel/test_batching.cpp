@@ -53,24 +53,6 @@ public:
     std::uint64_t undecodable = 0;
 };
 
-// Pins the calling thread to one CPU for the scope.
-class PinnedToCpu {
-public:
-    explicit PinnedToCpu(unsigned cpu) {
-        ::sched_getaffinity(0, sizeof old_, &old_);
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        ok_ = ::sched_setaffinity(0, sizeof set, &set) == 0;
-    }
-    ~PinnedToCpu() { ::sched_setaffinity(0, sizeof old_, &old_); }
-    bool ok() const { return ok_; }
-
-private:
-    cpu_set_t old_{};
-    bool ok_ = false;
-};
-
 kleak::TracerOptions small_tracer() {
     kleak::TracerOptions options;
     options.buffer_size = 16u << 20;
@@ -193,57 +175,6 @@ TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) 
               << "; flushes until the flag read 0: " << calls << "\n";
 }
 
-// CPU 1's hotplug switch: "0" takes it offline, "1" brings it back.
-constexpr const char* kCpu1Online = "/sys/devices/system/cpu/cpu1/online";
-
-// Writes "1" or "0" to kCpu1Online. Returns 0 or an errno.
-int set_cpu1_online(bool online) {
-    const int fd = ::open(kCpu1Online, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return errno;
-    const char value = online ? '1' : '0';
-    const int err = ::write(fd, &value, 1) == 1 ? 0 : errno;
-    ::close(fd);
-    return err;
-}
-
-std::string read_cpu1_online() {
-    std::string value;
-    std::ifstream(kCpu1Online) >> value;
-    return value;
-}
-
-// Takes CPU 1 offline for the scope; brings it back however the scope ends,
-// a failed assertion included, and says so loudly if it cannot.
-class Cpu1Offline {
-public:
-    Cpu1Offline() : error_(set_cpu1_online(false)) {}
-    ~Cpu1Offline() {
-        if (const int err = online_again(); err != 0)
-            std::cerr << "\n*** CPU 1 IS STILL OFFLINE: writing 1 to " << kCpu1Online
-                      << " failed: " << std::strerror(err) << " ***\n\n";
-    }
-    Cpu1Offline(const Cpu1Offline&) = delete;
-    Cpu1Offline& operator=(const Cpu1Offline&) = delete;
-    // 0 once CPU 1 is offline, or why writing 0 failed.
-    int error() const { return error_; }
-    // Brings CPU 1 back now (once); 0 or an errno.
-    int online_again() {
-        if (error_ != 0 || restored_) return 0;
-        restored_ = true;
-        return set_cpu1_online(true);
-    }
-
-private:
-    int error_ = 0;
-    bool restored_ = false;
-};
-
-#define SKIP_LOUDLY(why)                                                       \
-    do {                                                                       \
-        const std::string skip_why_ = (why);                                   \
-        std::cerr << "\n*** KERNEL TEST NOT RUN: " << skip_why_ << " ***\n\n"; \
-        GTEST_SKIP() << skip_why_;                                             \
-    } while (0)
 
 // kleak__flush cannot run on an offline CPU (ENXIO), so a CPU must push its
 // batch into its ring itself on its way down (kleak__cpu_down), and clear its

@@ -1477,6 +1477,52 @@ TEST(Daemon, HalfClosedClientWithPendingRepliesDoesNotSpin) {
     EXPECT_CLEAN_STOP(daemon);
 }
 
+// A CPU offline at start gets the smallest ring, and its full ring once it
+// comes online (README "Memory"): what it then allocates is all there, none
+// dropped. Without the growth its 16 KiB ring would overflow: 256 pipes'
+// records are ~100 KiB, drained only every 100 ms.
+TEST(Daemon, ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline) {
+    REQUIRE_KERNEL();
+    if (::access(kCpu1Online, W_OK) != 0)
+        SKIP_LOUDLY(std::string(kCpu1Online) + " is missing or not writable (" + std::strerror(errno) +
+                    "): cannot take CPU 1 offline");
+    if (read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");
+    Cpu1Offline offline;
+    ASSERT_EQ(offline.error(), 0) << "taking CPU 1 offline failed: " << std::strerror(offline.error());
+
+    Daemon daemon;
+    daemon.config.buffer_size = "4M";
+    ASSERT_TRUE(daemon.start());
+    EXPECT_NE(daemon.log().find("1 of them offline with a 16K ring"), std::string::npos) << daemon.log();
+    json rings = stats(daemon).at("rings");
+    EXPECT_EQ(rings.at("bytes_per_cpu"), json::array({4u << 20, 16384u})) << rings.dump();
+    EXPECT_EQ(u64(rings, "locked_bytes"), (4u << 20) + 16384u);
+    EXPECT_EQ(u64(rings, "grown"), 0u);
+
+    ASSERT_EQ(offline.online_again(), 0) << "bringing CPU 1 back failed";
+    ASSERT_TRUE(daemon.wait_for_log("CPU 1 came online: its ring grew from 16K to 4M", 5s)) << daemon.log();
+    rings = stats(daemon).at("rings");
+    EXPECT_EQ(rings.at("bytes_per_cpu"), json::array({4u << 20, 4u << 20})) << rings.dump();
+    EXPECT_EQ(u64(rings, "grown"), 1u);
+    const std::uint64_t dropped_before = stats(daemon).at("dropped_per_cpu").at(1).get<std::uint64_t>();
+
+    constexpr int kMany = 256;
+    std::optional<HeldPipes> pipes;
+    {
+        PinnedToCpu pinned(1);
+        ASSERT_TRUE(pinned.ok()) << "cannot pin the test to CPU 1";
+        pipes.emplace(kMany);
+    }
+    ASSERT_EQ(pipes->count(), kMany);
+    let_drain();
+    const json held = leaks(daemon);
+    EXPECT_GE(by_function(held, "alloc_pipe_info").outstanding, static_cast<std::uint64_t>(kMany))
+        << held.dump().substr(0, 2000);
+    const json after = stats(daemon);
+    EXPECT_EQ(after.at("dropped_per_cpu").at(1).get<std::uint64_t>(), dropped_before) << after.dump();
+    EXPECT_CLEAN_STOP(daemon);
+}
+
 TEST(Daemon, ClientsBeyondTheLimitAreRefusedPolitely) {
     REQUIRE_KERNEL();
     Daemon daemon;
