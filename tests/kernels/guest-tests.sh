@@ -9,7 +9,8 @@
 # when closed (record and report, trace, the daemon's leaks), the
 # trace/record/report round trip, printk capture, no drops at a moderate load
 # (50 clients while allocating), the attach mode and its error, per-CPU
-# batches and CPU hotplug, the BPF knobs, detach leaving nothing, verdicts
+# batches and CPU hotplug, rings for the online CPUs (the guest boots with
+# 4 possible CPUs and 2 online), the BPF knobs, detach leaving nothing, verdicts
 # (a leak growing, a plateau not, caches reclaimable, the maple tree's
 # untracked frees), slab caches (held pipes counted in the caches
 # /proc/slabinfo names, excess by its rule, kmem_buckets objects on 6.11+),
@@ -23,7 +24,7 @@ run() {
   "$@" --gtest_color=no || { failed=1; echo "KLEAK-GUEST-FAILED $1"; }
 }
 run "$b/tests/kernel/test_kernel"
-run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Printk.*:Verdicts.*:Caches.*:Families.*'
+run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Daemon.ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline:Printk.*:Verdicts.*:Caches.*:Families.*'
 run "$b/tests/kernel/test_batching"
 run "$b/tests/kernel/test_bpf_knobs"
 exit $failed

@@ -27,7 +27,8 @@ initrd="$cache/$release.cpio.gz"
 "$here/make-initramfs.sh" "$initrd" "$here/guest-tests.sh" "${tests[@]}"
 
 log="$cache/$release.log"
-cmdline="console=ttyS0 panic=-1 loglevel=4 kleak_build=$build"
+# possible_cpus=4 with two vCPUs: kleakd sizes its rings to the online CPUs.
+cmdline="console=ttyS0 panic=-1 loglevel=4 possible_cpus=4 kleak_build=$build"
 [ -n "$expect" ] && cmdline+=" kleak_expect_attach=$expect"
 # -cpu max: the guest kernel sees the host's CPU features (TCG emulates them).
 # Two CPUs: the tests take one offline and back, and merge across CPUs.
