@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -270,6 +271,28 @@ inline std::string attach_mode_logged(const std::string& err) {
     if (at == std::string::npos) return "";
     const auto start = at + marker.size();
     return err.substr(start, err.find(':', start) - start);
+}
+
+// CPUs online now (/sys/devices/system/cpu/online, "0-1,3"): fewer than the
+// possible ones on a VM that may hot-add CPUs (the matrix guests have 4
+// possible and 2 online).
+inline std::set<unsigned> online_cpu_set() {
+    std::string text;
+    std::ifstream("/sys/devices/system/cpu/online") >> text;
+    std::set<unsigned> cpus;
+    std::stringstream items(text);
+    for (std::string item; std::getline(items, item, ',');) {
+        const std::size_t dash = item.find('-');
+        const unsigned first = static_cast<unsigned>(std::stoul(item.substr(0, dash)));
+        const unsigned last = dash == std::string::npos ? first : static_cast<unsigned>(std::stoul(item.substr(dash + 1)));
+        for (unsigned cpu = first; cpu <= last; ++cpu) cpus.insert(cpu);
+    }
+    return cpus;
+}
+
+inline unsigned last_online_cpu() {
+    const std::set<unsigned> online = online_cpu_set();
+    return online.empty() ? 0 : *online.rbegin();
 }
 
 // --- CPU 1 offline and back (test_batching, test_daemon) -------------------------

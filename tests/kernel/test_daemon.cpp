@@ -1493,12 +1493,7 @@ TEST(Daemon, ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline) {
     // Every possible CPU has a ring: the online ones full, the others 16K
     // (the matrix guests boot with more possible CPUs than they have).
     const auto possible = static_cast<std::size_t>(libbpf_num_possible_cpus());
-    std::set<unsigned> online_now;
-    for (unsigned cpu = 0; cpu < possible; ++cpu) {
-        std::string value = "1";  // CPU 0 has no online file
-        std::ifstream("/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/online") >> value;
-        if (value == "1") online_now.insert(cpu);
-    }
+    const std::set<unsigned> online_now = online_cpu_set();
     ASSERT_FALSE(online_now.contains(1));
     const auto expected_rings = [&](bool cpu1_online) {
         json sizes = json::array();
