@@ -195,8 +195,6 @@ LoadedState read_state_image(std::span<const std::byte> image, const StateOrigin
     StateMeta meta;
     meta.origin.build_id = in.str();
     meta.origin.boot_id = in.str();
-    if (meta.origin.build_id != here.build_id)
-        return refuse("written by build " + meta.origin.build_id + ", this is " + here.build_id, tracker, printk);
     if (meta.origin.boot_id != here.boot_id)
         return refuse("written in boot " + meta.origin.boot_id + ", this is boot " + here.boot_id +
                           " (its pointers and call sites are gone)",

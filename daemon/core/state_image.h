@@ -12,10 +12,12 @@
 //                      tracker (tracker_image.cpp), printk window, histories
 //
 // An image is refused, whole, with a one-line reason, when it does not fit:
-// truncated, another magic or format version, a bad checksum, another ABI or
-// build (its site ids or record meanings may differ), another boot (KASLR
+// truncated, another magic or format version, a bad checksum, another record
+// ABI (what its kinds and families mean may differ), another boot (KASLR
 // moved every call site; the pointers are gone). The caller then starts
-// fresh. Integers are little-endian: an image never leaves its host.
+// fresh. Another build of the same format and ABI is accepted, so that a
+// package upgrade keeps the state; its build id is reported. Integers are
+// little-endian: an image never leaves its host.
 //
 // Size: 16 bytes per outstanding allocation, ~100 per site, ~16 per history
 // point and the printk text: ~17 MB at 1M outstanding (bench_core measures
@@ -40,8 +42,8 @@ class SiteVerdicts;
 inline constexpr std::uint32_t kStateFormatVersion = 1;
 inline constexpr std::size_t kStateHeaderBytes = 32;
 
-// Which daemon wrote an image: it is loaded only by the same build in the
-// same boot.
+// Which daemon wrote an image: it is loaded only in the same boot; the
+// build is told (an upgrade), not refused.
 struct StateOrigin {
     std::string build_id;  // the daemon's version and its BPF object's (bpf_object_id())
     std::string boot_id;   // /proc/sys/kernel/random/boot_id

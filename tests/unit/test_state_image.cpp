@@ -1,7 +1,8 @@
 // The daemon's state image (core/state_image.h): a tracker, printk window and
 // histories written and read back exactly, a loaded tracker that goes on
 // exactly as the original would have (its derived state rebuilt), and every
-// refusal: truncated, damaged, another format, ABI, build or boot.
+// refusal: truncated, damaged, another format, ABI or boot (another build of
+// the same format is accepted: an upgrade).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -249,7 +250,14 @@ TEST_F(Refusals, OtherAbi) {
     expect_refused(image, kHere, "record ABI");
 }
 
-TEST_F(Refusals, OtherBuild) { expect_refused(image, {"kleakd-other", kHere.boot_id}, "written by build kleakd-test"); }
+// An upgrade of the same format and ABI keeps the state, and says whose it was.
+TEST_F(Refusals, OtherBuildOfTheSameFormatIsAccepted) {
+    Tracker t;
+    const LoadedState s = read_state_image(image, {"kleakd-upgraded", kHere.boot_id}, t, nullptr);
+    ASSERT_TRUE(s.meta) << s.error;
+    EXPECT_EQ(s.meta->origin.build_id, kHere.build_id);
+    EXPECT_EQ(t.outstanding_count(), tracker.outstanding_count());
+}
 
 TEST_F(Refusals, OtherBoot) { expect_refused(image, {kHere.build_id, "another-boot"}, "written in boot"); }
 
