@@ -305,6 +305,7 @@ core::Losses Daemon::losses() {
         core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
                           session_.consumer().peak_backlog_bytes(), session_.program_costs());
     losses.dropped_per_family = session_.tracer().read_drops_by_family();
+    losses.untraced_gap_ns = state_.gap_ns();
     return losses;
 }
 
@@ -395,7 +396,7 @@ nlohmann::json Daemon::snapshot() {
     doc["verdicts"] =
         core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
     doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
-    doc["state"] = state_.to_json();
+    doc["state"] = state_.to_json(pipeline_.tracker());
     return doc;
 }
 
@@ -469,7 +470,7 @@ nlohmann::json Daemon::stats() {
         {"ring_readers",
          {{"copied_bytes", session_.consumer().spilled_bytes()}, {"unpinned", session_.readers_unpinned()}}},
         // What the last daemon left (app/state_keeping.h; README "What survives what").
-        {"state", state_.to_json()},
+        {"state", state_.to_json(pipeline_.tracker())},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",

@@ -5,7 +5,6 @@
 
 #include <chrono>
 
-#include "core/sizes.h"
 #include "kernel/bpf_tracer.h"
 #include "kernel/host_info.h"
 #include "kleak_abi.h"
@@ -67,10 +66,10 @@ StateKeeping::StateKeeping(std::vector<UniqueFd> stored, core::Pipeline& pipelin
     // The image's histories are newer than the last snapshot's.
     verdicts.clear();
     verdicts.restore(std::move(loaded.histories));
-    spdlog::info("state restored from the {} image of {} ({}, loaded in {:.1f} ms): {} outstanding allocations, {} "
+    spdlog::info("state restored from the {} image of {} ({} bytes, loaded in {:.1f} ms): {} outstanding allocations, {} "
                  "sites; not traced since {:.1f} s ago",
                  restored_from_, loaded.meta->origin.build_id == here_.build_id ? "this build" : loaded.meta->origin.build_id,
-                 core::format_size(bytes->size()), load_ms_, restored_outstanding_, pipeline.tracker().sites().size(),
+                 bytes->size(), load_ms_, restored_outstanding_, pipeline.tracker().sites().size(),
                  static_cast<double>(monotonic_ns() - std::min(monotonic_ns(), image_tracked_until_ns_)) / 1e9);
 }
 
@@ -94,16 +93,36 @@ void StateKeeping::save(core::StateKind kind, std::uint64_t tracked_until_ns, co
     }
     ++saves_;
     if (kind == core::StateKind::clean_stop)
-        spdlog::info("state stored with systemd ({}, {:.1f} ms) for the next start", core::format_size(last_image_bytes_),
+        spdlog::info("state stored with systemd ({} bytes, {:.1f} ms) for the next start", last_image_bytes_,
                      last_save_ms_);
 }
 
-nlohmann::json StateKeeping::to_json() const {
+void StateKeeping::forget() {
+    store_.remove();
+    restored_from_.clear();
+    image_tracked_until_ns_ = 0;
+    restored_outstanding_ = 0;
+}
+
+std::uint64_t StateKeeping::gap_ns() const {
+    if (restored_from_.empty()) return 0;
+    return tracing_started_ns_ - std::min(tracing_started_ns_, image_tracked_until_ns_);
+}
+
+nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
     nlohmann::json gap = nullptr;
-    if (!restored_from_.empty())
+    if (!restored_from_.empty()) {
+        // From the age index when kept (to within an epoch), else one scan.
+        const std::vector<core::SiteAge> born = tracker.ages_indexed()
+                                                    ? tracker.outstanding_born_by_epochs(image_tracked_until_ns_)
+                                                    : tracker.outstanding_born_by(image_tracked_until_ns_);
+        std::uint64_t before = 0;
+        for (const core::SiteAge& s : born) before += s.count;
         gap = {{"from_ns", image_tracked_until_ns_},
                {"to_ns", tracing_started_ns_},
-               {"ns", tracing_started_ns_ - std::min(tracing_started_ns_, image_tracked_until_ns_)}};
+               {"ns", gap_ns()},
+               {"outstanding_born_before", before}};
+    }
     return {
         {"stored", store_.active()},
         {"restored_from", restored_from_.empty() ? nlohmann::json(nullptr) : nlohmann::json(restored_from_)},

@@ -46,11 +46,17 @@ public:
     // detach; a checkpoint: now). Failures are logged, rate-limited.
     void save(core::StateKind kind, std::uint64_t tracked_until_ns, const core::Pipeline& pipeline,
               const core::PrintkLog* printk, const core::SiteVerdicts& verdicts);
-    // A `reset`: the stored state is forgotten too.
-    void forget() { store_.remove(); }
+    // A `reset`: the stored state is forgotten too, and so is the restore
+    // (its gap is no longer in the baseline).
+    void forget();
 
-    // The "state" object of `stats` and snapshots (docs/PROTOCOL.md).
-    nlohmann::json to_json() const;
+    // How long nothing was traced across the restart (0: not restored).
+    std::uint64_t gap_ns() const;
+
+    // The "state" object of `stats` and snapshots (docs/PROTOCOL.md). The
+    // tracker says how many live allocations were born before the gap:
+    // those whose free the gap may have hidden.
+    nlohmann::json to_json(const core::Tracker& tracker) const;
 
 private:
     service::StateStore store_;

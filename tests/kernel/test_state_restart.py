@@ -135,6 +135,16 @@ class Kleakd:
             raise RuntimeError("kleakctl %s: %s" % (args, out.stderr))
         return json.loads(out.stdout)
 
+    def restored(self, kind, name):
+        """Started with a stored image of `kind`, said so, and still knows
+        the held pipes; returns how many are outstanding at their site."""
+        check(self.wait_log("queries on"), "%s started with the stored fd" % name)
+        check("state restored from the %s image" % kind in self.text(),
+              "%s logged: " % name + next((l for l in self.text().splitlines() if "state " in l), "(nothing)"))
+        held = self.pipes_outstanding()
+        check(held >= 64, "%s: %d outstanding at alloc_pipe_info (>= 64: the held pipes)" % (name, held))
+        return held
+
     def pipes_outstanding(self):
         doc = self.ctl("leaks", "--top", "100000")
         return sum(s.get("outstanding", 0) for s in doc["sites"] if s.get("function") == "alloc_pipe_info")
@@ -188,11 +198,7 @@ def main():
         check(image_bytes[:8] == b"KLEAKST\0", "the memfd holds a state image (%d bytes)" % len(image_bytes))
 
         second = Kleakd(work, notify=systemd.path, stored_fd=image)
-        check(second.wait_log("queries on"), "kleakd 2 started with the stored fd")
-        check("state restored from the clean stop image" in second.text(),
-              "kleakd 2 logged: " + next((l for l in second.text().splitlines() if "state " in l), "(nothing)"))
-        held = second.pipes_outstanding()
-        check(held >= 64, "after the restart %d outstanding at alloc_pipe_info (>= 64: the held pipes)" % held)
+        held = second.restored("clean stop", "kleakd 2 (after the restart)")
         state = second.ctl("stats")["state"]
         check(state["restored_from"] == "clean stop" and state["gap"] is not None,
               "stats state: restored_from %r, gap %s ns" % (state["restored_from"], state["gap"] and state["gap"]["ns"]))
@@ -222,11 +228,7 @@ def main():
         if checkpoint is None:
             return 1
         fourth = Kleakd(work, notify=systemd.path, stored_fd=checkpoint)
-        check(fourth.wait_log("queries on"), "kleakd 4 started with the checkpoint")
-        check("state restored from the checkpoint image" in fourth.text(),
-              "kleakd 4 logged: " + next((l for l in fourth.text().splitlines() if "state " in l), "(nothing)"))
-        held = fourth.pipes_outstanding()
-        check(held >= 64, "after the crash %d outstanding at alloc_pipe_info (>= 64)" % held)
+        fourth.restored("checkpoint", "kleakd 4 (after the crash)")
         gap = fourth.ctl("stats")["state"]["gap"]
         check(gap is not None and gap["ns"] > 0 and gap["to_ns"] > gap["from_ns"],
               "the gap since the checkpoint is reported: %s" % gap)

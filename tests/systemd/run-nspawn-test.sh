@@ -178,24 +178,31 @@ else
     fail "a process outside group kleakd failed, but not with 'permission denied': $out"
 fi
 
+# restored_with_pipes KIND WHEN: after a restart, the journal says the state
+# came from KIND's image ("clean stop", "checkpoint"), and the 64 pipes held
+# since before it are still outstanding at alloc_pipe_info.
+restored_with_pipes() {
+    current_run
+    if line=$(wait_journal "state restored from the $1 image" 10); then
+        pass "journal: '${line#*$'\t'}'"
+    else
+        fail "no 'state restored from the $1 image' line $2"
+    fi
+    PIPE_OUTSTANDING=0
+    if wait_for 10 pipe_leaks; then
+        pass "$2: $PIPE_OUTSTANDING outstanding at alloc_pipe_info (>= 64): the pipes held across it are still known"
+    else
+        fail "$2 kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64 (state not restored)"
+    fi
+}
+
 # --- 3b: a restart keeps the state ------------------------------------------------
 step 3b "systemctl restart kleakd: the held pipes are still outstanding (the fd store)"
 # The stopping daemon stores its state image with systemd (FDSTORE=1); the new
 # one gets it back and goes on: the 64 pipes allocated before the restart are
 # still outstanding, and their frees will match (README "What survives what").
 if C 60 systemctl restart kleakd.service; then pass "systemctl restart kleakd returned success"; else fail "systemctl restart kleakd failed"; fi
-current_run
-if line=$(wait_journal "state restored from the clean stop image" 10); then
-    pass "journal: '${line#*$'\t'}'"
-else
-    fail "no 'state restored from the clean stop image' line after the restart"
-fi
-PIPE_OUTSTANDING=0
-if wait_for 10 pipe_leaks; then
-    pass "after the restart: $PIPE_OUTSTANDING outstanding at alloc_pipe_info (>= 64): the pipes held across it are still known"
-else
-    fail "after the restart kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64 (state not restored)"
-fi
+restored_with_pipes "clean stop" "after the restart"
 state=$(C 20 kleakctl stats --json | "$PY" -c '
 import json, sys
 s = json.load(sys.stdin)["state"]
@@ -403,18 +410,7 @@ killed_pid=$MPID
 C 20 systemctl kill -s KILL kleakd.service || fail "systemctl kill -s KILL kleakd failed"
 restarted() { is_state kleakd.service active && [ "$(unit_prop kleakd.service ExecMainPID)" != "$killed_pid" ]; }
 if wait_for 30 restarted; then pass "systemd restarted kleakd after SIGKILL (RestartSec=5s)"; else fail "kleakd was not restarted within 30s of SIGKILL"; fi
-current_run
-if line=$(wait_journal "state restored from the checkpoint image" 10); then
-    pass "journal: '${line#*$'\t'}'"
-else
-    fail "no 'state restored from the checkpoint image' line after the crash"
-fi
-PIPE_OUTSTANDING=0
-if wait_for 10 pipe_leaks; then
-    pass "after the crash: $PIPE_OUTSTANDING outstanding at alloc_pipe_info (>= 64): the checkpoint held the pipes"
-else
-    fail "after the crash kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64"
-fi
+restored_with_pipes "checkpoint" "after the crash"
 gap=$(C 20 kleakctl stats --json | "$PY" -c '
 import json, sys
 s = json.load(sys.stdin)["state"]
