@@ -222,6 +222,8 @@ void Daemon::run() {
 
 void Daemon::on_drained(std::uint64_t watermark) {
     last_drain_ns_ = monotonic_now_ns();
+    if (!pipeline_.releasing()) released_until_ns_ = releasing_until_ns_;  // the one before: done
+    releasing_until_ns_ = watermark;
     pipeline_.begin_release(watermark);
     continue_release();
 }
@@ -233,6 +235,7 @@ void Daemon::continue_release() {
         release_wake_.raise();
     } else {
         release_wake_.lower();
+        released_until_ns_ = releasing_until_ns_;
     }
     // Inside a query the server is mid-way through a client: streams are fed
     // at the next slice or drain instead.
@@ -573,11 +576,14 @@ void Daemon::write_snapshot() {
     if (snapshot_failures_++ % 60 == 0) spdlog::warn("writing a snapshot failed: {}; still tracing", *error);
 }
 
-// The state as it is now, stored with systemd for a crash to resume from:
-// ~40 ms at 1M outstanding (bench/RESULTS.md), once a checkpoint_interval.
+// The state as it is now, stored with systemd for a crash to resume from,
+// once a checkpoint_interval (its cost at 1M outstanding: bench/RESULTS.md).
+// The tracker is complete up to the last watermark released in full: what
+// came after (staged, or still in the rings) is in the gap if the daemon dies.
 void Daemon::checkpoint() {
     if (tracing_stopped_) return;
-    state_.save(core::StateKind::checkpoint, monotonic_now_ns(), pipeline_, &printk_log_, verdicts_);
+    state_.save(core::StateKind::checkpoint, std::max(released_until_ns_, started_ns_), pipeline_, &printk_log_,
+                verdicts_);
 }
 
 // Every site's outstanding count into its history, and every site judged

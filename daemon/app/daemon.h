@@ -124,6 +124,10 @@ private:
     std::vector<std::uint64_t> page_counts_at_start_;
     void mark_coverage_start();
     std::uint64_t last_drain_ns_ = 0;
+    // Records' time up to which the tracker is complete: the watermark of the
+    // last release done (a checkpoint's), and of the one in progress.
+    std::uint64_t released_until_ns_ = 0;
+    std::uint64_t releasing_until_ns_ = 0;
     bool naming_before_reading_ = false;  // inside name_new_call_sites()
     bool tracing_stopped_ = false;        // detached and drained: the final snapshot
     std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last read kallsyms

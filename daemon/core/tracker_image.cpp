@@ -161,6 +161,7 @@ bool Tracker::load_sections(ByteReader& in) {
     };
     const std::uint64_t live = in.u64();
     if (!in.can_hold(live, 16)) return false;
+    live_.reserve(live);  // the entries come in slot order (pointer_table.h)
     for (std::uint64_t i = 0; i < live && in.ok(); ++i) {
         const Entry e = read_entry(in);
         if (!valid(e) || !live_.try_emplace(e.ptr, e.packed).second) return false;
