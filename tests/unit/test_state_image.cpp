@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/pipeline.h"
 #include "core/site_verdicts.h"
 #include "core/state_image.h"
 #include "kleak_abi.h"
@@ -184,6 +185,34 @@ TEST(StateImage, PrintkWindowAndHistoriesRoundTrip) {
         EXPECT_EQ(it->second[0], verdicts.histories().series(id, 0));
     }
     EXPECT_GT(with_history, 10u);
+}
+
+// A checkpoint is taken between release slices (app/daemon.cpp): the
+// tracker then holds a prefix of the merged stream, with records staged
+// behind it. At every slice boundary the image loads (its aggregates agree
+// with its entries) into a tracker equal to the live one.
+TEST(StateImage, CheckpointBetweenReleaseSlicesIsConsistent) {
+    Pipeline pipeline(2);
+    pipeline.index_ages();
+    std::vector<Event> events = stream(6, 1'000'000'000, 6'000);
+    std::size_t checkpoints = 0;
+    for (std::size_t at = 0; at < events.size(); at += 500) {
+        for (std::size_t i = at; i < std::min(at + 500, events.size()); ++i) {
+            events[i].cpu = static_cast<std::uint16_t>(i % 2);
+            pipeline.on_record(events[i].cpu, encode_event(events[i]));
+        }
+        pipeline.begin_release(events[std::min(at + 500, events.size()) - 1].ts_ns - 100'000'000);
+        while (pipeline.release_some(97)) {
+            Tracker loaded;
+            loaded.index_ages();
+            const LoadedState state =
+                read_state_image(write_state_image(meta(), pipeline.tracker(), nullptr, nullptr), kHere, loaded, nullptr);
+            ASSERT_TRUE(state.meta) << "at event " << at << ": " << state.error;
+            expect_same(pipeline.tracker(), loaded);
+            ++checkpoints;
+        }
+    }
+    EXPECT_GT(checkpoints, 20u);
 }
 
 TEST(StateImage, EmptyTrackerRoundTrips) {
