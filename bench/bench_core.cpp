@@ -21,6 +21,7 @@
 #include "core/cache_reconciliation.h"
 #include "core/suspects_query.h"
 #include "core/pipeline.h"
+#include "core/state_image.h"
 #include "core/symbolizer.h"
 #include "core/report.h"
 #include "exporter/daemon_metrics.h"
@@ -376,6 +377,44 @@ std::vector<kleak::core::SlabinfoRow> synthetic_slabinfo() {
     while (rows.size() < 237) rows.push_back({"cache_" + std::to_string(rows.size()), 5000, 6000, 256});
     return rows;
 }
+
+// Issue 18: the state image at 1M outstanding in 2,000 sites (the daemon's
+// tracker, age index kept). Write: what a checkpoint or a clean stop costs
+// the loop before the memfd write; load: what a restart costs before it
+// attaches (read_state_image, age index rebuilt). Counter: the image's size.
+const kleak::core::StateMeta kBenchMeta{{"bench", "boot"}, kleak::core::StateKind::checkpoint, 1, 0, {}};
+
+void BM_StateImageWrite1M(benchmark::State& state) {
+    const kleak::core::Tracker& tracker = tracker_with_1m_outstanding(2000, true);
+    std::size_t bytes = 0;
+    for (auto _ : state) {
+        const auto image = kleak::core::write_state_image(kBenchMeta, tracker, nullptr, nullptr);
+        bytes = image.size();
+        benchmark::DoNotOptimize(image.data());
+    }
+    state.counters["image_bytes"] = static_cast<double>(bytes);
+    state.counters["bytes_per_outstanding"] = static_cast<double>(bytes) / 1e6;
+}
+BENCHMARK(BM_StateImageWrite1M)->Unit(benchmark::kMillisecond)->Iterations(5);
+
+void BM_StateImageLoad1M(benchmark::State& state) {
+    const auto image =
+        kleak::core::write_state_image(kBenchMeta, tracker_with_1m_outstanding(2000, true), nullptr, nullptr);
+    time_on_fresh(
+        state,
+        [] {
+            auto tracker = std::make_unique<kleak::core::Tracker>();
+            tracker->index_ages();
+            return tracker;
+        },
+        [&](kleak::core::Tracker& tracker) {
+            const auto loaded = kleak::core::read_state_image(image, kBenchMeta.origin, tracker, nullptr);
+            if (!loaded.meta) state.SkipWithError(loaded.error.c_str());
+            benchmark::DoNotOptimize(tracker.totals().outstanding);
+        });
+    state.counters["image_bytes"] = static_cast<double>(image.size());
+}
+BENCHMARK(BM_StateImageLoad1M)->Unit(benchmark::kMillisecond)->Iterations(5);
 
 // One sample and judgement of every site: what the daemon's loop pays every
 // interval, with the reconciliation of its caches against /proc/slabinfo

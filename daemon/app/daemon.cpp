@@ -71,15 +71,26 @@ core::SiteVerdicts restored_verdicts(const config::Settings& settings) {
     return verdicts;
 }
 
+// `leaks --min-age` adds up birth epochs rather than scanning every live
+// allocation (a 1M-entry table is 6-8 ms of a CPU per query). Asked for
+// before the stored state is loaded, which then builds the index.
+core::Pipeline& with_ages_indexed(core::Pipeline& pipeline) {
+    pipeline.index_ages();
+    return pipeline;
+}
+
 // systemd's socket (kleakd.socket), or nullopt when not socket-activated.
-std::optional<UniqueFd> activated_socket() {
-    const int n = sd_listen_fds(1);  // 1: unset LISTEN_* so children do not inherit them
-    if (n <= 0) return std::nullopt;
-    if (n > 1) throw StartupError("systemd passed " + std::to_string(n) + " sockets; kleakd.socket should define one");
-    const int fd = SD_LISTEN_FDS_START;
-    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
+// The stored state, passed with it, is not a socket (service/fd_store.h).
+std::optional<UniqueFd> activated_socket(std::vector<UniqueFd>& sockets) {
+    if (sockets.empty()) return std::nullopt;
+    if (sockets.size() > 1)
+        throw StartupError("systemd passed " + std::to_string(sockets.size()) +
+                           " sockets; kleakd.socket should define one");
+    UniqueFd fd = std::move(sockets.front());
+    sockets.clear();
+    if (sd_is_socket_unix(fd.get(), SOCK_STREAM, 1, nullptr, 0) <= 0)
         throw StartupError("the socket systemd passed is not a listening Unix stream socket");
-    return UniqueFd(fd);
+    return fd;
 }
 
 // Who may query and who may reset, from the config; a group that does not
@@ -117,23 +128,24 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     : command_(command),
       settings_(std::move(settings)),
       signals_(signals),
+      passed_fds_(service::take_passed_fds()),
       pipeline_(possible_cpus()),
       printk_log_(settings_.printk.lines),
       sink_(pipeline_),
       symbolizer_(make_kallsyms_symbolizer(command.kallsyms, tracked_call_sites(), drain_while_symbolizing())),
       verdicts_(restored_verdicts(settings_)),
+      state_(std::move(passed_fds_.states), with_ages_indexed(pipeline_),
+             settings_.printk.enabled ? &printk_log_ : nullptr, verdicts_),
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
-      verdict_timer_(settings_.verdicts.interval) {
-    // `leaks --min-age` adds up birth epochs rather than scanning every live
-    // allocation (a 1M-entry table is 6-8 ms of a CPU per query).
-    pipeline_.index_ages();
+      verdict_timer_(settings_.verdicts.interval),
+      checkpoint_timer_(settings_.snapshots.checkpoint_interval) {
     service::AccessPolicy policy = access_policy(settings_.socket);
     UniqueFd listener;
-    if (auto activated = activated_socket()) {
+    if (auto activated = activated_socket(passed_fds_.sockets)) {
         listener = std::move(*activated);
         spdlog::info("using the query socket passed by systemd");
     } else {
@@ -148,6 +160,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
         configure_printk_file();
     }
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
+    state_.tracing_started(started_ns_);
     mark_coverage_start();
     session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { on_drained(watermark); });
     loop_.watch(signals_.fd(), [this]() { on_signal(); });
@@ -163,6 +176,10 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     loop_.watch(verdict_timer_.fd(), [this]() {
         verdict_timer_.take();
         sample_verdicts();
+    });
+    loop_.watch(checkpoint_timer_.fd(), [this]() {
+        checkpoint_timer_.take();
+        checkpoint();
     });
     if (auto interval = notifier_.watchdog_interval()) {
         watchdog_timer_.emplace(*interval);
@@ -192,9 +209,13 @@ Daemon::~Daemon() {
 void Daemon::run() {
     loop_.run();
     notifier_.stopping();
+    const std::uint64_t detached_ns = monotonic_now_ns();
     session_.stop_and_drain();
     tracing_stopped_ = true;
     pipeline_.finish();  // the slices still pending, then everything staged
+    // For the next start, before settle(): a displaced entry's free may
+    // still come to it (app/state_keeping.h).
+    state_.save(core::StateKind::clean_stop, detached_ns, pipeline_, &printk_log_, verdicts_);
     pipeline_.settle();  // no free is still to come: displaced entries were missed frees
     publish_printk();
     if (printk_file_) {
@@ -206,6 +227,8 @@ void Daemon::run() {
 
 void Daemon::on_drained(std::uint64_t watermark) {
     last_drain_ns_ = monotonic_now_ns();
+    if (!pipeline_.releasing()) released_until_ns_ = releasing_until_ns_;  // the one before: done
+    releasing_until_ns_ = watermark;
     pipeline_.begin_release(watermark);
     continue_release();
 }
@@ -217,6 +240,7 @@ void Daemon::continue_release() {
         release_wake_.raise();
     } else {
         release_wake_.lower();
+        released_until_ns_ = releasing_until_ns_;
     }
     // Inside a query the server is mid-way through a client: streams are fed
     // at the next slice or drain instead.
@@ -289,6 +313,7 @@ core::Losses Daemon::losses() {
         core::make_losses(session_.drops(), pipeline_.late(), pipeline_.undecodable(), settings_.tracing.buffer_size,
                           session_.consumer().peak_backlog_bytes(), session_.program_costs());
     losses.dropped_per_family = session_.tracer().read_drops_by_family();
+    losses.untraced_gap_ns = state_.gap_ns();
     return losses;
 }
 
@@ -379,6 +404,7 @@ nlohmann::json Daemon::snapshot() {
     doc["verdicts"] =
         core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
     doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
+    doc["state"] = state_.to_json(pipeline_.tracker());
     return doc;
 }
 
@@ -458,6 +484,8 @@ nlohmann::json Daemon::stats() {
           {"locked_bytes", std::accumulate(session_.tracer().ring_bytes().begin(),
                                            session_.tracer().ring_bytes().end(), std::uint64_t{0})},
           {"grown", session_.rings_grown()}}},
+        // What the last daemon left (app/state_keeping.h; README "What survives what").
+        {"state", state_.to_json(pipeline_.tracker())},
         {"config", config::settings_to_json(settings_)},
         {"clients", server_->clients()},
         {"printk",
@@ -560,6 +588,16 @@ void Daemon::write_snapshot() {
     if (snapshot_failures_++ % 60 == 0) spdlog::warn("writing a snapshot failed: {}; still tracing", *error);
 }
 
+// The state as it is now, stored with systemd for a crash to resume from,
+// once a checkpoint_interval (its cost at 1M outstanding: bench/RESULTS.md).
+// The tracker is complete up to the last watermark released in full: what
+// came after (staged, or still in the rings) is in the gap if the daemon dies.
+void Daemon::checkpoint() {
+    if (tracing_stopped_) return;
+    state_.save(core::StateKind::checkpoint, std::max(released_until_ns_, started_ns_), pipeline_, &printk_log_,
+                verdicts_);
+}
+
 // Every site's outstanding count into its history, and every site judged
 // again: a few ms at 5,000 sites, once an interval (10 s by default).
 void Daemon::sample_verdicts() {
@@ -596,6 +634,7 @@ void Daemon::reset() {
     if (!tracing_stopped_) session_.drain_rings_only();
     pipeline_.reset();  // a release in progress is discarded with the rest
     verdicts_.clear();  // site ids start again with the tracker's
+    state_.forget();    // a restart after a reset must not bring the old state back
     release_wake_.lower();
     // Modules may have come and gone.
     symbolizer_ = make_kallsyms_symbolizer(command_.kallsyms, tracked_call_sites(), drain_while_symbolizing());
@@ -620,6 +659,7 @@ void Daemon::reload() {
     if (next.snapshots != settings_.snapshots) {
         snapshots_.reconfigure(next.snapshots.directory, next.snapshots.retention);
         snapshot_timer_.rearm(next.snapshots.interval);
+        checkpoint_timer_.rearm(next.snapshots.checkpoint_interval);
     }
     if (next.socket.group != settings_.socket.group || next.socket.mode != settings_.socket.mode ||
         next.socket.admin_group != settings_.socket.admin_group) {

@@ -36,6 +36,8 @@
 #include "service/query_server.h"
 #include "service/snapshot_writer.h"
 #include "service/systemd_notify.h"
+#include "service/fd_store.h"
+#include "app/state_keeping.h"
 
 namespace kleak {
 
@@ -69,6 +71,7 @@ private:
     // Each non-slab family's live total against the kernel's (core/family_coverage.h).
     nlohmann::json coverage();
     void write_snapshot();
+    void checkpoint();
     void sample_verdicts();
     void update_status();
     void reload();
@@ -85,6 +88,8 @@ private:
     config::Settings settings_;
     SignalFd& signals_;
     service::SystemdNotifier notifier_;
+    // What systemd passed: the activated socket, the stored state.
+    service::PassedFds passed_fds_;
     EventLoop loop_;
     core::Pipeline pipeline_;
     core::PrintkLog printk_log_;
@@ -97,6 +102,9 @@ private:
     // before tracing starts, so the rings do not fill while a large file is
     // parsed.
     core::SiteVerdicts verdicts_;
+    // Before session_ too: the stored state is loaded into the tracker
+    // before anything is attached (app/state_keeping.h).
+    StateKeeping state_;
     TracingSession session_;
     service::SnapshotWriter snapshots_;
     SlabReconciler slabs_;
@@ -105,6 +113,7 @@ private:
     TimerFd snapshot_timer_;
     TimerFd status_timer_;
     TimerFd verdict_timer_;
+    TimerFd checkpoint_timer_;
     std::optional<TimerFd> watchdog_timer_;
     WakeFd release_wake_;  // raised while a drain's release has slices left
 
@@ -115,6 +124,10 @@ private:
     std::vector<std::uint64_t> page_counts_at_start_;
     void mark_coverage_start();
     std::uint64_t last_drain_ns_ = 0;
+    // Records' time up to which the tracker is complete: the watermark of the
+    // last release done (a checkpoint's), and of the one in progress.
+    std::uint64_t released_until_ns_ = 0;
+    std::uint64_t releasing_until_ns_ = 0;
     bool naming_before_reading_ = false;  // inside name_new_call_sites()
     bool tracing_stopped_ = false;        // detached and drained: the final snapshot
     std::uint64_t last_naming_ns_ = 0;    // when name_new_call_sites() last read kallsyms

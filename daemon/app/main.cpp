@@ -147,6 +147,10 @@ int main(int argc, char** argv) {
         "serve",
         "Run the daemon: trace continuously, answer kleakctl on the query socket, write JSON snapshots "
         "(the default when no subcommand is given)");
+    serve_cmd->footer(
+        "Under systemd (kleakd.service) the daemon keeps its state across restarts, upgrades and crashes in "
+        "systemd's file descriptor store: stored on SIGTERM and every snapshots.checkpoint_interval, restored at "
+        "start. Started from a shell it stores and restores nothing.");
     serve_cmd->add_option("--config,-c", serve.config_path, "Daemon configuration file")
         ->default_str(kleak::kDefaultConfigPath);
     add_timing_options(*serve_cmd, serve.timing);

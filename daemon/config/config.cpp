@@ -256,7 +256,7 @@ struct RawSocket {
 };
 struct RawSnapshots {
     std::optional<Raw<std::string>> directory;
-    std::optional<Raw<RawInterval>> interval;
+    std::optional<Raw<RawInterval>> interval, checkpoint_interval;
     std::optional<Raw<std::int64_t>> retention;
 };
 struct RawTracing {
@@ -420,6 +420,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.snapshots.directory = snapshots.string("directory", kSnapshotDirectoryRule);
     raw.snapshots.interval = snapshots.string_or_integer("interval", kIntervalRule);
     raw.snapshots.retention = snapshots.integer("retention", kRetentionRule);
+    raw.snapshots.checkpoint_interval = snapshots.string_or_integer("checkpoint_interval", kIntervalRule);
     snapshots.report_unknown_keys();
 
     ObjectReader tracing = top.section("tracing");
@@ -703,6 +704,7 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     apply(raw.snapshots.directory, check_snapshot_directory, settings.snapshots.directory, errors);
     apply(raw.snapshots.interval, check_interval, settings.snapshots.interval, errors);
     apply(raw.snapshots.retention, check_retention, settings.snapshots.retention, errors);
+    apply(raw.snapshots.checkpoint_interval, check_interval, settings.snapshots.checkpoint_interval, errors);
     apply(raw.tracing.buffer_size, check_buffer_size, settings.tracing.buffer_size, errors);
     if (raw.tracing.allocators) {
         if (const auto enabled = check_allocators(*raw.tracing.allocators, errors)) {
@@ -796,7 +798,8 @@ nlohmann::json settings_to_json(const Settings& settings) {
         {"snapshots",
          {{"directory", settings.snapshots.directory.string()},
           {"interval", std::to_string(settings.snapshots.interval.count()) + "s"},
-          {"retention", settings.snapshots.retention}}},
+          {"retention", settings.snapshots.retention},
+          {"checkpoint_interval", std::to_string(settings.snapshots.checkpoint_interval.count()) + "s"}}},
         {"tracing",
          {{"buffer_size", core::format_size(settings.tracing.buffer_size)},
           {"allocators", allocators},

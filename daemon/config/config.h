@@ -35,6 +35,9 @@ struct SnapshotSettings {
     std::filesystem::path directory = "/var/lib/kleakd/snapshots";
     std::chrono::seconds interval{60};
     unsigned retention = 60;  // snapshot files kept; older ones are deleted
+    // How often the state image is stored with systemd (service/fd_store.h),
+    // for a crash to resume from: what was traced since is lost.
+    std::chrono::seconds checkpoint_interval{60};
 
     bool operator==(const SnapshotSettings&) const = default;
 };

@@ -75,6 +75,8 @@ public:
     void track(std::span<const Event> released) { tracker_.apply(released); }
 
     const Tracker& tracker() const { return tracker_; }
+    // For loading a saved state into (core/state_image.h): before the first record.
+    Tracker& tracker_to_restore() { return tracker_; }
     // Tracker::index_ages(): before the first record.
     void index_ages() { tracker_.index_ages(); }
     std::uint64_t late() const { return merger_.late(); }

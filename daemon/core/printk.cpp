@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 
 #include "kleak_abi.h"
 
@@ -91,6 +92,13 @@ void PrintkLog::set_capacity(std::size_t capacity) {
 void PrintkLog::clear() {
     lines_.clear();
     evicted_ = 0;
+}
+
+void PrintkLog::restore(std::vector<PrintkLine> lines, std::uint64_t last_seq, std::uint64_t evicted) {
+    lines_.assign(std::make_move_iterator(lines.begin()), std::make_move_iterator(lines.end()));
+    next_seq_ = last_seq + 1;
+    evicted_ = evicted;
+    set_capacity(capacity_);  // this daemon's may be smaller
 }
 
 }  // namespace kleak::core

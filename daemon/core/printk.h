@@ -58,6 +58,9 @@ public:
     std::size_t size() const { return lines_.size(); }
     void set_capacity(std::size_t capacity);
     void clear();
+    // A window saved by an earlier daemon (state_image.h): its lines, oldest
+    // first with rising seq, and its counters; the newest `capacity` are kept.
+    void restore(std::vector<PrintkLine> lines, std::uint64_t last_seq, std::uint64_t evicted);
 
 private:
     std::size_t capacity_;

@@ -158,6 +158,7 @@ nlohmann::json report_to_json(const Report& report) {
         {"suggested_buffer_size", l.suggested_buffer_size},
         {"recursion_misses", l.recursion_misses()},
     };
+    if (l.untraced_gap_ns > 0) out["losses"]["untraced_gap_ns"] = l.untraced_gap_ns;
     if (!l.programs.empty()) {
         nlohmann::json programs = nlohmann::json::array();
         for (const ProgramCost& p : l.programs) {
@@ -214,6 +215,7 @@ Report report_from_json(const nlohmann::json& json) {
     report.losses.undecodable = l.at("undecodable").get<std::uint64_t>();
     report.losses.buffer_size = l.at("buffer_size").get<std::uint64_t>();
     report.losses.suggested_buffer_size = l.at("suggested_buffer_size").get<std::uint64_t>();
+    report.losses.untraced_gap_ns = l.value("untraced_gap_ns", std::uint64_t{0});
     if (l.contains("programs")) {
         for (const auto& p : l.at("programs")) {
             report.losses.programs.push_back({p.at("name").get<std::string>(), p.at("run_cnt").get<std::uint64_t>(),
@@ -356,6 +358,8 @@ std::string report_to_text(const Report& report, std::size_t top) {
         line(" (total %llu); late records %llu; undecodable %llu", ull(l.dropped()), ull(l.late), ull(l.undecodable));
     // Programs are known only live; a replayed recording does not say.
     if (!l.programs.empty()) out += line("; recursion misses %llu", ull(l.recursion_misses()));
+    if (l.untraced_gap_ns > 0)
+        out += line("; not traced for %.3f s across a restart", static_cast<double>(l.untraced_gap_ns) / 1e9);
     out += "\n";
     if (l.dropped() > 0) {
         out += line(

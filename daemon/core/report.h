@@ -30,6 +30,9 @@ struct Losses {
     std::uint64_t buffer_size = 0;               // per-CPU ring bytes in force
     std::uint64_t suggested_buffer_size = 0;     // 0: no overflow, no advice
     std::vector<ProgramCost> programs;           // empty for a replayed recording
+    // A restarted daemon (README "What survives what"): how long nothing was
+    // traced between the state it resumed from and its attach. 0: none.
+    std::uint64_t untraced_gap_ns = 0;
 
     std::uint64_t dropped() const;
     std::uint64_t recursion_misses() const;

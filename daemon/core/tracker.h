@@ -43,6 +43,7 @@
 #include "allocation_class.h"
 #include "event.h"
 #include "pointer_table.h"
+#include "state_bytes.h"
 
 namespace kleak::core {
 
@@ -196,6 +197,14 @@ public:
     // Forget everything: a fresh baseline.
     void reset();
 
+    // The whole table and every aggregate as bytes (tracker_image.cpp), for
+    // the state image a restarted daemon loads (state_image.h); load_image()
+    // into a tracker that has seen no event rebuilds it exactly (its age
+    // index too, when index_ages() was called). A damaged section makes it
+    // return false and leaves the tracker reset().
+    void save_image(ByteWriter& out) const;
+    bool load_image(ByteReader& in);
+
 private:
     SiteId intern(std::uint64_t call_site, EventKind kind);
     void allocated(const Event& event, SiteId here);
@@ -203,6 +212,8 @@ private:
     void displace(std::uint64_t ptr, std::uint64_t packed, std::uint64_t by_ns);
     bool freed_displaced(const Event& event, SiteId here);
     void expire_displaced(std::uint64_t now_ns);
+    bool load_sections(ByteReader& in);
+    void rebuild_derived();
     // The accounting of a matched free, and of a missed one.
     void credit_free(const AllocationClass& origin, ClassId origin_id, SiteId here);
     void count_replaced(const AllocationClass& prior, ClassId prior_id);

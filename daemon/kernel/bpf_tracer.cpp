@@ -27,6 +27,8 @@
 #include "kleak_abi.h"  // before the skeleton, whose .bss holds a struct it defines
 #include "kleak.skel.h"
 
+#include <cstdio>
+
 namespace kleak {
 
 // Even the smallest ring has room for two batches (with their 8-byte ring
@@ -171,6 +173,16 @@ bool tracepoint_in_btf(const btf* vmlinux, const char* tracepoint) {
 constexpr const char* kCpuDownTracepoint = "cpuhp_enter";
 
 }  // namespace
+
+std::string bpf_object_digest() {
+    std::size_t size = 0;
+    const auto* bytes = static_cast<const unsigned char*>(::kleak_bpf__elf_bytes(&size));
+    std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a: once at start-up, ~1 ms
+    for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    return hex;
+}
 
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
 

@@ -37,6 +37,11 @@ struct AllocatorText;  // core/allocator_text.h
 
 namespace kleak {
 
+// A digest of the BPF object this daemon carries (hex): a state image
+// (core/state_image.h) is loaded only by a daemon carrying the same one.
+std::string bpf_object_digest();
+
+
 struct TracerOptions {
     std::uint64_t buffer_size = 0;  // bytes per CPU ring, validated by the caller
     bool trace_kmalloc = true;      // kmalloc/kfree

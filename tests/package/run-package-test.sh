@@ -399,6 +399,15 @@ else
     fail "after the upgrade kleakd.service is '$(C 10 systemctl is-active kleakd.service)', main pid $pid_before -> $pid_after: not restarted"
 fi
 check "kleakd.socket is active after the upgrade" is_state kleakd.socket active
+# The upgrade is a restart (dh_installsystemd --restart-after-upgrade): the
+# fd store kept the state the old daemon stored on SIGTERM (README "What
+# survives what"), and the new one, of the same state format, restored it.
+current_run
+if line=$(wait_journal "state restored from the clean stop image" 10); then
+    pass "the upgrade kept the state: '${line#*$'\t'}'"
+else
+    fail "after the upgrade kleakd did not restore the state the old one stored"
+fi
 failed=$(C 10 systemctl --failed --no-legend --plain | awk '{print $1}' | grep kleakd | tr '\n' ' ')
 if [ -z "$failed" ]; then pass "no kleakd unit is failed after the upgrade"; else fail "failed units after the upgrade: $failed"; fi
 if out=$(C 20 kleakctl version 2>&1) && grep -q '^kleakd ' <<<"$out"; then

@@ -99,6 +99,7 @@ TEST(Config, DefaultsAreTheDocumentedValues) {
     EXPECT_EQ(defaults.snapshots.directory, "/var/lib/kleakd/snapshots");
     EXPECT_EQ(defaults.snapshots.interval, std::chrono::seconds{60});
     EXPECT_EQ(defaults.snapshots.retention, 60u);
+    EXPECT_EQ(defaults.snapshots.checkpoint_interval, std::chrono::seconds{60});
     EXPECT_EQ(defaults.tracing.buffer_size, 8u << 20);
     EXPECT_TRUE(defaults.tracing.kmalloc);
     EXPECT_TRUE(defaults.tracing.kmem_cache);
@@ -596,7 +597,8 @@ TEST(Config, InForceUsesTheFileFormat) {
     EXPECT_EQ(settings_to_json(Settings{}), nlohmann::json::parse(R"({
         "socket": {"path": "/run/kleakd/kleakd.sock", "group": "kleakd", "mode": "0660", "admin_group": "",
                    "max_clients": 64, "idle_timeout": "60s", "max_unread": "64M"},
-        "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60},
+        "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60,
+                      "checkpoint_interval": "60s"},
         "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache", "percpu", "vmalloc"], "attach": "auto"},
         "verdicts": {"interval": "10s", "window": "900s", "recent": "60s", "min_rise": 4},
         "printk": {"enabled": true, "lines": 10000,
@@ -609,7 +611,7 @@ TEST(Config, InForceUsesTheFileFormat) {
 TEST(Config, InForceRoundTripsThroughTheParser) {
     Settings custom;
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
-    custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000};
+    custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000, std::chrono::minutes{5}};
     custom.tracing = {16384, true, false, /*page=*/true, /*percpu=*/false, /*vmalloc=*/true, "raw_tp"};
     custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";

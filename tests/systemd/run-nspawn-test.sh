@@ -178,6 +178,43 @@ else
     fail "a process outside group kleakd failed, but not with 'permission denied': $out"
 fi
 
+# restored_with_pipes KIND WHEN: after a restart, the journal says the state
+# came from KIND's image ("clean stop", "checkpoint"), and the 64 pipes held
+# since before it are still outstanding at alloc_pipe_info.
+restored_with_pipes() {
+    current_run
+    if line=$(wait_journal "state restored from the $1 image" 10); then
+        pass "journal: '${line#*$'\t'}'"
+    else
+        fail "no 'state restored from the $1 image' line $2"
+    fi
+    PIPE_OUTSTANDING=0
+    if wait_for 10 pipe_leaks; then
+        pass "$2: $PIPE_OUTSTANDING outstanding at alloc_pipe_info (>= 64): the pipes held across it are still known"
+    else
+        fail "$2 kleakctl shows $PIPE_OUTSTANDING outstanding at alloc_pipe_info, want >= 64 (state not restored)"
+    fi
+}
+
+# --- 3b: a restart keeps the state ------------------------------------------------
+step 3b "systemctl restart kleakd: the held pipes are still outstanding (the fd store)"
+# The stopping daemon stores its state image with systemd (FDSTORE=1); the new
+# one gets it back and goes on: the 64 pipes allocated before the restart are
+# still outstanding, and their frees will match (README "What survives what").
+if C 60 systemctl restart kleakd.service; then pass "systemctl restart kleakd returned success"; else fail "systemctl restart kleakd failed"; fi
+restored_with_pipes "clean stop" "after the restart"
+state=$(C 20 kleakctl stats --json | "$PY" -c '
+import json, sys
+s = json.load(sys.stdin)["state"]
+print(s["restored_from"], s["gap"]["ns"] if s["gap"] else "none", s["restored_outstanding"])' 2>&1)
+if [[ "$state" == "clean stop "* ]]; then
+    pass "kleakctl stats: state restored from '${state% * *}', gap ${state#clean stop } (ns, restored outstanding)"
+else
+    fail "kleakctl stats: state is '$state', want restored_from 'clean stop'"
+fi
+if record_daemon_progs; then pass "the restarted kleakd holds BPF programs (ids $LAST_IDS)"; else fail "could not read which BPF programs kleakd holds after the restart"; fi
+WATCHDOG_T0=$(unit_prop kleakd.service WatchdogTimestampMonotonic)
+
 # --- 4: kleakd-exporter and Prometheus -----------------------------------------
 step 4 "kleakd-exporter.socket; a real Prometheus scrapes it and PromQL finds the pipes"
 # http_get URL [ACCEPT]: "STATUS<TAB>CONTENT-TYPE" on the first line, then the body.
@@ -338,9 +375,10 @@ fi
 # --- 6: snapshots -------------------------------------------------------------
 step 6 "snapshots every 2s after a reload"
 # Only the snapshots' interval (60s); verdicts.interval (10s) stays as shipped.
-C 10 sed -i -E 's/"interval":[[:space:]]*"60s"/"interval": "2s"/' /etc/kleakd/kleakd.conf
-if C 10 grep -q '"interval": "2s"' /etc/kleakd/kleakd.conf; then
-    pass "set \"interval\": \"2s\" in /etc/kleakd/kleakd.conf (inside the container)"
+# The checkpoints too, for step 6b's crash.
+C 10 sed -i -E 's/"interval":[[:space:]]*"60s"/"interval": "2s"/; s/"checkpoint_interval":[[:space:]]*"60s"/"checkpoint_interval": "2s"/' /etc/kleakd/kleakd.conf
+if C 10 grep -q '"interval": "2s"' /etc/kleakd/kleakd.conf && C 10 grep -q '"checkpoint_interval": "2s"' /etc/kleakd/kleakd.conf; then
+    pass "set \"interval\" and \"checkpoint_interval\" to \"2s\" in /etc/kleakd/kleakd.conf (inside the container)"
 else
     fail "could not set the snapshot interval in /etc/kleakd/kleakd.conf"
 fi
@@ -364,6 +402,28 @@ else
     fail "no periodic snapshots (latest.json and >= 2 snapshot files within 15s of the reload)"
 fi
 
+# --- 6b: a crash resumes from the last checkpoint -----------------------------------
+step 6b "systemctl kill -s KILL kleakd: Restart=on-failure resumes from the checkpoint"
+check_pipe_leak
+sleep 5  # two checkpoints (every 2s since the reload) after the pipes
+killed_pid=$MPID
+C 20 systemctl kill -s KILL kleakd.service || fail "systemctl kill -s KILL kleakd failed"
+restarted() { is_state kleakd.service active && [ "$(unit_prop kleakd.service ExecMainPID)" != "$killed_pid" ]; }
+if wait_for 30 restarted; then pass "systemd restarted kleakd after SIGKILL (RestartSec=5s)"; else fail "kleakd was not restarted within 30s of SIGKILL"; fi
+restored_with_pipes "checkpoint" "after the crash"
+gap=$(C 20 kleakctl stats --json | "$PY" -c '
+import json, sys
+s = json.load(sys.stdin)["state"]
+print(s["gap"]["ns"] if s["restored_from"] == "checkpoint" and s["gap"] else "")' 2>&1)
+if [[ "$gap" =~ ^[0-9]+$ ]] && [ "$gap" -gt 0 ]; then
+    pass "kleakctl stats: the gap since the checkpoint is reported: $gap ns not traced"
+else
+    fail "kleakctl stats: no gap reported after the crash ('$gap')"
+fi
+C 20 systemctl stop kleakd-test-pipes.service
+record_daemon_progs || fail "could not read which BPF programs kleakd holds after the crash"
+WATCHDOG_T0=$(unit_prop kleakd.service WatchdogTimestampMonotonic)
+
 # --- 7: stop ------------------------------------------------------------------
 step 7 "watchdog, then systemctl stop kleakd"
 if [ "$watchdog_usec" = 0 ] || [ -z "$watchdog_usec" ]; then
@@ -379,6 +439,12 @@ else
 fi
 if C 60 systemctl stop kleakd.service; then pass "systemctl stop kleakd returned success"; else fail "systemctl stop kleakd failed"; fi
 check "kleakd.service is inactive" is_state kleakd.service inactive
+# A stop empties the fd store: the next start is fresh.
+if [ "$(unit_prop kleakd.service NFileDescriptorStore)" = 0 ]; then
+    pass "after the stop systemd holds no stored fd of kleakd (NFileDescriptorStore=0)"
+else
+    fail "after the stop systemd still holds $(unit_prop kleakd.service NFileDescriptorStore) stored fds of kleakd"
+fi
 if line=$(wait_journal "detached" 10); then
     pass "journal: '${line#*$'\t'}'"
 else

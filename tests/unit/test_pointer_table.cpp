@@ -137,5 +137,27 @@ TEST(PointerTable, MatchesAReferenceMapUnderRandomChurn) {
     }
 }
 
+// reserve(): room for that many entries without growing, what is in the
+// table kept; the entries of another table, inserted in its slot order (as a
+// state image loads them), land without growing.
+TEST(PointerTable, ReserveKeepsEntriesAndPreventsGrowth) {
+    PointerTable a;
+    for (std::uint64_t k = 1; k <= 1000; ++k) a.try_emplace(k * 64, k);
+    PointerTable b;
+    b.try_emplace(0, 7);
+    b.try_emplace(0xabc, 8);
+    b.reserve(1002);
+    const std::size_t capacity = b.capacity();
+    EXPECT_GE(capacity / 4 * 3, 1002u);
+    a.for_each([&](std::uint64_t key, std::uint64_t value) { b.try_emplace(key, value); });
+    EXPECT_EQ(b.capacity(), capacity);
+    EXPECT_EQ(b.size(), 1002u);
+    EXPECT_EQ(*b.find(0), 7u);
+    EXPECT_EQ(*b.find(0xabc), 8u);
+    for (std::uint64_t k = 1; k <= 1000; ++k) ASSERT_EQ(*b.find(k * 64), k);
+    b.reserve(10);  // never shrinks
+    EXPECT_EQ(b.capacity(), capacity);
+}
+
 }  // namespace
 }  // namespace kleak::core

@@ -247,6 +247,22 @@ TEST(Report, NoDropsNoWarning) {
     EXPECT_EQ(report_to_json(report)["losses"]["dropped"], 0);
 }
 
+// A restarted daemon's gap (app/state_keeping.h) on the loss line and in
+// the JSON, which reads back; no key without one (documents stay as before).
+TEST(Report, UntracedGapOfARestartIsALoss) {
+    FixedSymbolizer symbolizer = sample_symbolizer();
+    Losses losses = sample_losses();
+    EXPECT_FALSE(report_to_json(build_report(sample_tracker(), losses, symbolizer))["losses"].contains("untraced_gap_ns"));
+    losses.untraced_gap_ns = 61'204'000'000;
+    const Report report = build_report(sample_tracker(), losses, symbolizer);
+    EXPECT_NE(report_to_text(report, 0).find("recursion misses 4; not traced for 61.204 s across a restart\n"),
+              std::string::npos)
+        << report_to_text(report, 0);
+    const nlohmann::json json = report_to_json(report);
+    EXPECT_EQ(json["losses"]["untraced_gap_ns"], 61'204'000'000u);
+    EXPECT_EQ(report_from_json(json).losses.untraced_gap_ns, 61'204'000'000u);
+}
+
 TEST(MakeLosses, AdviceSizedForTheLargestRecordWithItsRingHeader) {
     // 3 drops * (56-byte kmem_cache_alloc record + 8-byte ring header) on top of an 8M
     // backlog, doubled: 32M.

@@ -1,0 +1,76 @@
+// What a restarted daemon keeps (README "What survives what"): at start-up
+// the state image stored with systemd (service/fd_store.h) goes back into
+// the tracker, the printk window and the verdicts' histories when this build
+// wrote it in this boot (core/state_image.h says what is refused); on a
+// clean stop and every snapshots.checkpoint_interval a fresh image replaces
+// it. Without systemd nothing is passed nor stored: `kleakd serve` from a
+// shell starts fresh, as before.
+//
+// The programs are attached anew by each process, so what the kernel did
+// between the image and the new attach is not seen: the gap. It is reported
+// (stats, snapshots) and its consequences are bounded: an allocation
+// restored from the image whose free fell in the gap stays outstanding, but
+// the verdicts judge no site on points from before the restart (SiteVerdicts
+// restart_ns()), and a restored plateau never rises.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/pipeline.h"
+#include "core/printk.h"
+#include "core/site_verdicts.h"
+#include "core/state_image.h"
+#include "kernel/unique_fd.h"
+#include "service/fd_store.h"
+
+namespace kleak {
+
+class StateKeeping {
+public:
+    // Loads the stored image, if any, into the pipeline's tracker (before
+    // its first record), `printk` (may be null) and `verdicts`, and logs one
+    // line: what was restored, or why not.
+    StateKeeping(std::vector<UniqueFd> stored, core::Pipeline& pipeline, core::PrintkLog* printk,
+                 core::SiteVerdicts& verdicts);
+
+    bool active() const { return store_.active(); }
+    // Tracing (re)started at now_ns: the end of the gap.
+    void tracing_started(std::uint64_t now_ns) { tracing_started_ns_ = now_ns; }
+
+    // Writes the image and hands it to systemd. `tracked_until_ns`: the
+    // records' time up to which the tracker is complete (a clean stop: the
+    // detach; a checkpoint: now). Failures are logged, rate-limited.
+    void save(core::StateKind kind, std::uint64_t tracked_until_ns, const core::Pipeline& pipeline,
+              const core::PrintkLog* printk, const core::SiteVerdicts& verdicts);
+    // A `reset`: the stored state is forgotten too, and so is the restore
+    // (its gap is no longer in the baseline).
+    void forget();
+
+    // How long nothing was traced across the restart (0: not restored).
+    std::uint64_t gap_ns() const;
+
+    // The "state" object of `stats` and snapshots (docs/PROTOCOL.md). The
+    // tracker says how many live allocations were born before the gap:
+    // those whose free the gap may have hidden.
+    nlohmann::json to_json(const core::Tracker& tracker) const;
+
+private:
+    service::StateStore store_;
+    core::StateOrigin here_;
+    std::string restored_from_;  // state_kind_name(), or "" when nothing was restored
+    std::string refused_;        // why a stored image was not used
+    std::uint64_t image_tracked_until_ns_ = 0;
+    std::uint64_t tracing_started_ns_ = 0;
+    std::uint64_t restored_outstanding_ = 0;
+    double load_ms_ = 0;
+    std::uint64_t saves_ = 0;
+    std::uint64_t save_failures_ = 0;
+    std::uint64_t last_image_bytes_ = 0;
+    double last_save_ms_ = 0;
+};
+
+}  // namespace kleak

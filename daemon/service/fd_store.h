@@ -1,0 +1,50 @@
+// systemd's file descriptor store (FileDescriptorStoreMax= in kleakd.service):
+// the daemon hands systemd a memfd holding its state image
+// (core/state_image.h) on a clean stop and at every checkpoint, and gets it
+// back, among the fds passed at start (LISTEN_FDS, with names), when it is
+// restarted: `systemctl restart`, Restart=on-failure after a crash or a
+// watchdog kill, the package's restart after an upgrade. `systemctl stop`
+// and a reboot empty the store. Without systemd (NOTIFY_SOCKET unset, as for
+// `kleakd serve` from a shell) nothing is passed and storing is a no-op.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernel/unique_fd.h"
+
+namespace kleak::service {
+
+// The name the state memfd is stored under (FDNAME=).
+inline constexpr const char* kStateFdName = "kleakd-state";
+
+struct PassedFds {
+    std::vector<UniqueFd> sockets;  // kleakd.socket's (socket activation)
+    std::vector<UniqueFd> states;   // stored state memfds: one, unless a store raced a crash
+};
+
+// Takes every fd systemd passed, sorted by name, and unsets LISTEN_* so
+// children do not inherit them. Empty when not started by systemd.
+PassedFds take_passed_fds();
+
+// The whole content of a stored memfd, or an error.
+std::optional<std::vector<std::byte>> read_whole_fd(int fd, std::string& error);
+
+class StateStore {
+public:
+    StateStore();
+    bool active() const { return active_; }
+    // A fresh memfd with `image` replaces the one stored before (sealed:
+    // nobody can change it once stored). nullopt on success, else the error.
+    std::optional<std::string> store(std::span<const std::byte> image);
+    // Empties the store (a `reset` forgets the state: a restart must too).
+    void remove();
+
+private:
+    bool active_ = false;
+};
+
+}  // namespace kleak::service
