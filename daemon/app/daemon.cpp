@@ -49,6 +49,7 @@ TracerOptions tracer_options(const config::Settings& settings) {
     options.trace_vmalloc = settings.tracing.vmalloc;
     options.trace_printk = settings.printk.enabled;
     options.attach = parse_attach_mode(settings.tracing.attach).value_or(AttachMode::automatic);  // validated
+    options.stacks = core::parse_stack_mode(settings.tracing.stacks).value_or(core::StackMode::suspects);  // validated
     return options;
 }
 
@@ -124,6 +125,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
+      stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects)),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
       verdict_timer_(settings_.verdicts.interval) {
@@ -312,6 +314,7 @@ core::CachingSymbolizer::KnownAddresses Daemon::tracked_call_sites() {
         std::vector<std::uint64_t> sites;
         sites.reserve(pipeline_.tracker().sites().size());
         for (const core::SiteStats& site : pipeline_.tracker().sites()) sites.push_back(site.call_site);
+        sites.insert(sites.end(), frames_to_name_.begin(), frames_to_name_.end());
         return sites;
     };
 }
@@ -447,6 +450,7 @@ nlohmann::json Daemon::stats() {
         {"ring_readers",
          {{"copied_bytes", session_.consumer().spilled_bytes()}, {"unpinned", session_.readers_unpinned()}}},
         {"config", config::settings_to_json(settings_)},
+        {"stacks", stacks_.to_json()},
         {"clients", server_->clients()},
         {"printk",
          {{"lines", printk_log_.size()},
@@ -515,6 +519,10 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::reset:
             reset();
             return nlohmann::json{{"reset", true}};
+        case proto::Op::stacks:
+            return stacks_query(request.stacks);
+        case proto::Op::capture:
+            return capture(request.capture);
         case proto::Op::printk:
             if (!settings_.printk.enabled)
                 return proto::Error{proto::ErrorCode::bad_request,
@@ -561,6 +569,34 @@ void Daemon::sample_verdicts() {
         unseen.empty() ? std::vector<std::uint64_t>{} : core::site_cache_keys(tracker);
     verdicts_.sample(tracker.sites(), monotonic_now_ns(),
                      {caches.sites, site_caches, unseen.empty() ? nullptr : &unseen});
+    // The growing sites may have changed: they get stacks from now on.
+    if (!stacks_.capture().functions.empty()) name_new_call_sites(Naming::at_most_every_10s);
+    if (auto error = stacks_.refresh(pipeline_.tracker(), verdicts_, *symbolizer_))
+        spdlog::warn("updating the call sites that get stacks failed: {}", *error);
+}
+
+std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::capture(const proto::CaptureArgs& args) {
+    core::StackCapture next;
+    next.mode = core::parse_stack_mode(args.stacks).value_or(core::StackMode::suspects);  // validated by the codec
+    next.functions = args.functions;
+    if (!next.functions.empty()) name_new_call_sites(Naming::whenever_new);
+    if (auto error = stacks_.set(std::move(next), args.sample_shift, pipeline_.tracker(), verdicts_, *symbolizer_))
+        return proto::Error{proto::ErrorCode::internal, *error};
+    spdlog::info("stacks: capture {} from now on", core::stack_mode_name(stacks_.capture().mode));
+    return stacks_.to_json();
+}
+
+nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
+    name_new_call_sites(Naming::at_most_every_10s);
+    TracerStackSource source(session_.tracer());
+    const core::StacksQuery query{args.function, args.top};
+    // Every frame the answer shows, named in one kallsyms read at most.
+    frames_to_name_ = core::stack_frame_addresses(pipeline_.tracker(), source, *symbolizer_, query);
+    name_new_call_sites(Naming::whenever_new);
+    frames_to_name_.clear();
+    nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
+    out["capture"] = stacks_.to_json();
+    return out;
 }
 
 void Daemon::update_status() {

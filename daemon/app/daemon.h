@@ -26,6 +26,7 @@
 #include "app/pipeline_sink.h"
 #include "app/serve_command.h"
 #include "app/slab_reconciler.h"
+#include "app/stack_control.h"
 #include "app/tracing_session.h"
 #include "config/config.h"
 #include "core/pipeline.h"
@@ -79,6 +80,11 @@ private:
     void keep_up_with_rings();
     void publish_printk();
     nlohmann::json printk_query(const proto::PrintkArgs& args) const;
+    std::variant<nlohmann::json, proto::Error, service::Subscribe> capture(const proto::CaptureArgs& args);
+    nlohmann::json stacks_query(const proto::StacksArgs& args);
+    // Stack frames to name with the call sites at the next kallsyms read
+    // (tracked_call_sites), set by stacks_query.
+    std::vector<std::uint64_t> frames_to_name_;
     void configure_printk_file();
 
     ServeCommand command_;
@@ -100,6 +106,7 @@ private:
     TracingSession session_;
     service::SnapshotWriter snapshots_;
     SlabReconciler slabs_;
+    StackControl stacks_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
     TimerFd snapshot_timer_;
