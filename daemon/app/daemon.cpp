@@ -1,4 +1,5 @@
 #include "app/daemon.h"
+#include "app/process_namer.h"
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -595,6 +596,7 @@ nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
     name_new_call_sites(Naming::whenever_new);
     frames_to_name_.clear();
     nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
+    ProcessNamer().annotate_stacks(out);
     out["capture"] = stacks_.to_json();
     return out;
 }

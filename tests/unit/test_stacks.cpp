@@ -3,8 +3,11 @@
 // outputs, and which sites the suspects mode captures.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
+#include <sstream>
 
+#include "core/process_origin.h"
 #include "core/stack_capture.h"
 #include "core/stacks_query.h"
 #include "test_helpers.h"
@@ -184,6 +187,34 @@ TEST(StackCapture, ModeNamesRoundTrip) {
     for (const StackMode mode : {StackMode::off, StackMode::suspects, StackMode::all})
         EXPECT_EQ(parse_stack_mode(stack_mode_name(mode)), mode);
     EXPECT_FALSE(parse_stack_mode("some"));
+}
+
+}  // namespace
+}  // namespace kleak::core
+
+namespace kleak::core {
+namespace {
+
+std::string fixture(const char* name) {
+    std::ifstream in(std::string(KLEAK_FIXTURES_DIR) + "/cgroup/" + name);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+TEST(ProcessOrigin, CgroupPathComesFromTheV2Line) {
+    EXPECT_EQ(cgroup_v2_path(fixture("hybrid.txt")), "/system.slice/kleak-test.service/worker");
+    EXPECT_EQ(cgroup_v2_path(fixture("container.txt")), "/machine.slice/libpod-4f2a.scope/container");
+    EXPECT_EQ(cgroup_v2_path(fixture("v1_only.txt")), "");
+    EXPECT_EQ(cgroup_v2_path(""), "");
+}
+
+TEST(ProcessOrigin, TheInnermostUnitOrScopeNamesTheCgroup) {
+    EXPECT_EQ(systemd_unit("/system.slice/kleak-test.service/worker"), "kleak-test.service");
+    EXPECT_EQ(systemd_unit("/machine.slice/libpod-4f2a.scope/container"), "libpod-4f2a.scope");
+    EXPECT_EQ(systemd_unit("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope"), "run-r1.scope");
+    EXPECT_EQ(systemd_unit("/"), "");
+    EXPECT_EQ(systemd_unit("/kleak-test-12"), "");
 }
 
 }  // namespace

@@ -1,0 +1,30 @@
+// The comm and cgroup of a process by its tgid, read from /proc when a query
+// asks (so they are the process's now, not at the allocation: a process
+// that has exited is "" for both), cached per query.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unordered_map>
+
+namespace kleak {
+
+struct ProcessName {
+    std::string comm;    // "" once the process is gone
+    std::string cgroup;  // its cgroup v2 path, "" if unknown
+    std::string unit;    // the systemd unit or container scope of that path, "" if none
+};
+
+class ProcessNamer {
+public:
+    const ProcessName& name(std::uint32_t tgid);
+    // Adds "comm", "cgroup" and "unit" to every {"tgid", ...} row of a
+    // `stacks` result's "processes".
+    void annotate_stacks(nlohmann::json& result);
+
+private:
+    std::unordered_map<std::uint32_t, ProcessName> names_;
+};
+
+}  // namespace kleak
