@@ -34,7 +34,11 @@ private:
 
 class StackControl {
 public:
-    StackControl(BpfTracer& tracer, core::StackMode mode) : tracer_(tracer) { capture_.mode = mode; }
+    // As the tracer started (TracerOptions::stacks, stack_sample_shift).
+    StackControl(BpfTracer& tracer, core::StackMode mode, std::uint32_t sample_shift = 0)
+        : tracer_(tracer), sample_shift_(sample_shift) {
+        capture_.mode = mode;
+    }
 
     // A new capture; returns what failed, or nullopt.
     std::optional<std::string> set(core::StackCapture capture, std::uint32_t sample_shift, const core::Tracker& tracker,
