@@ -39,6 +39,8 @@ constexpr std::uint64_t kMinNamingGapNs = 10'000'000'000;
 // so a query waits for at most that, not for a whole drain (~280K records,
 // ~15 ms at full rate).
 constexpr std::size_t kReleaseSliceRecords = 32 * 1024;
+// Stacks a snapshot carries, most live bytes first.
+constexpr std::size_t kSnapshotStacks = 20;
 
 TracerOptions tracer_options(const config::Settings& settings) {
     TracerOptions options;
@@ -378,6 +380,8 @@ nlohmann::json Daemon::snapshot() {
     doc["verdicts"] =
         core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
     doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
+    // The stacks of the suspect sites (README, "Stacks"), as `stacks` gives them.
+    doc["stacks"] = live_stacks({"", kSnapshotStacks});
     return doc;
 }
 
@@ -589,8 +593,11 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::capture(c
 
 nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
     name_new_call_sites(Naming::at_most_every_10s);
+    return live_stacks({args.function, args.top});
+}
+
+nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     TracerStackSource source(session_.tracer());
-    const core::StacksQuery query{args.function, args.top};
     // Every frame the answer shows, named in one kallsyms read at most.
     frames_to_name_ = core::stack_frame_addresses(pipeline_.tracker(), source, *symbolizer_, query);
     name_new_call_sites(Naming::whenever_new);

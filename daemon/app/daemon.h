@@ -32,6 +32,7 @@
 #include "core/pipeline.h"
 #include "core/printk.h"
 #include "core/report.h"
+#include "core/stacks_query.h"
 #include "core/symbolizer.h"
 #include "service/printk_file.h"
 #include "service/query_server.h"
@@ -82,6 +83,8 @@ private:
     nlohmann::json printk_query(const proto::PrintkArgs& args) const;
     std::variant<nlohmann::json, proto::Error, service::Subscribe> capture(const proto::CaptureArgs& args);
     nlohmann::json stacks_query(const proto::StacksArgs& args);
+    // The `stacks` result of `query`, its frames named, with the capture in force.
+    nlohmann::json live_stacks(const core::StacksQuery& query);
     // Stack frames to name with the call sites at the next kallsyms read
     // (tracked_call_sites), set by stacks_query.
     std::vector<std::uint64_t> frames_to_name_;
