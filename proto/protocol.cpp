@@ -253,8 +253,12 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
             args.sort = *sort;
         } else if (key == "family") {
             if (auto message = decode_family(value, args.family)) return message;
+        } else if (key == "by") {
+            if (!value.is_string() || (value != "site" && value != "comm" && value != "cgroup"))
+                return field_error("args.by", "must be \"site\", \"comm\" or \"cgroup\"", value);
+            args.by = value.get<std::string>();
         } else {
-            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort, family";
+            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort, family, by";
         }
     }
     return std::nullopt;
@@ -564,6 +568,9 @@ std::string encode_request(const Request& request) {
             {"sort", leak_sort_name(request.leaks.sort)},
         };
         if (!request.leaks.family.empty()) message["args"]["family"] = request.leaks.family;
+        // Only when not the default: a daemon that predates it refuses the
+        // arg rather than answering by site.
+        if (request.leaks.by != "site") message["args"]["by"] = request.leaks.by;
     }
     if (request.op == Op::suspects) {
         message["args"] = ordered_json{{"top", request.suspects.top}};

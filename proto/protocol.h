@@ -44,6 +44,9 @@ struct LeaksArgs {
     std::uint64_t min_age_ns = 0;
     LeakSort sort = LeakSort::bytes;
     std::string family;  // "slab", "page", "percpu", "vmalloc"; "": all
+    // "site" (the default), or "comm" / "cgroup": live allocations that carry
+    // a process (those with a kernel stack) by their process's comm or cgroup.
+    std::string by = "site";
     bool operator==(const LeaksArgs&) const = default;
 };
 

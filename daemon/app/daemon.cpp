@@ -482,6 +482,12 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::stats:
             return stats();
         case proto::Op::leaks: {
+            if (request.leaks.by != "site") {
+                // Processes are known only for allocations that carry a stack (README, "Stacks").
+                const auto processes = core::live_processes(pipeline_.tracker(), std::nullopt);
+                return ProcessNamer().group(processes, request.leaks.by, request.leaks.sort == proto::LeakSort::bytes,
+                                            request.leaks.top);
+            }
             name_new_call_sites(Naming::at_most_every_10s);
             core::LeaksQuery query;
             query.top = request.leaks.top;

@@ -5,8 +5,11 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <unordered_map>
+
+#include "core/stacks_query.h"
 
 namespace kleak {
 
@@ -22,6 +25,12 @@ public:
     // Adds "comm", "cgroup" and "unit" to every {"tgid", ...} row of a
     // `stacks` result's "processes".
     void annotate_stacks(nlohmann::json& result);
+    // The `leaks --by comm|cgroup` result: `processes` grouped by their comm
+    // or cgroup path ("" for an exited process), most bytes (or count) first.
+    // {"by", "rows": [{"key", "outstanding", "outstanding_bytes", "processes"}],
+    //  "outstanding", "outstanding_bytes"}.
+    nlohmann::json group(std::span<const core::ProcessTotal> processes, const std::string& by, bool by_bytes,
+                         std::size_t top);
 
 private:
     std::unordered_map<std::uint32_t, ProcessName> names_;

@@ -50,10 +50,10 @@ std::vector<StackTotal> live_stacks(const Tracker& tracker) {
     return rows;
 }
 
-std::vector<ProcessTotal> live_processes(const Tracker& tracker, SiteId site) {
+std::vector<ProcessTotal> live_processes(const Tracker& tracker, std::optional<SiteId> site) {
     std::map<std::uint32_t, ProcessTotal> by_tgid;
     tracker.for_each_class([&](const AllocationClass& cls, std::uint64_t, std::uint64_t live) {
-        if (cls.site != site || cls.origin.stack == 0 || live == 0) return;
+        if ((site && cls.site != *site) || cls.origin.stack == 0 || live == 0) return;
         ProcessTotal& row = by_tgid[cls.origin.tgid];
         row.tgid = cls.origin.tgid;
         row.outstanding += live;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,13 +38,14 @@ struct StackTotal {
 // outside the class table (Tracker::class_overflows()) are not counted.
 std::vector<StackTotal> live_stacks(const Tracker& tracker);
 
-// Live allocations per process (Origin::tgid) of one site, most bytes first.
+// Live allocations per process (Origin::tgid) of one site, or of every site
+// (nullopt), most bytes first: only allocations that carry a stack have one.
 struct ProcessTotal {
     std::uint32_t tgid = 0;
     std::uint64_t outstanding = 0;
     std::uint64_t outstanding_bytes = 0;
 };
-std::vector<ProcessTotal> live_processes(const Tracker& tracker, SiteId site);
+std::vector<ProcessTotal> live_processes(const Tracker& tracker, std::optional<SiteId> site);
 
 // A captured stack starts inside the tracer and the allocator: the frames
 // before the one at the allocation's call site are theirs, and dropped. A

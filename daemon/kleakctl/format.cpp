@@ -190,6 +190,19 @@ std::string format_coverage(const nlohmann::json& c) {
 }
 }  // namespace
 
+std::string format_leaks_by(const nlohmann::json& r) {
+    const std::string by = r.at("by").get<std::string>();
+    std::string out = fmt::format("{} live allocations ({} bytes) carry a process (those with a kernel stack), by {}:\n",
+                                  u64(r, "outstanding"), u64(r, "outstanding_bytes"), by);
+    out += fmt::format("{:>12} {:>14} {:>9}  {}\n", "outstanding", "bytes", "processes", by);
+    for (const auto& row : r.at("rows")) {
+        const std::string key = row.at("key").get<std::string>();
+        out += fmt::format("{:>12} {:>14} {:>9}  {}\n", u64(row, "outstanding"), u64(row, "outstanding_bytes"),
+                           u64(row, "processes"), key.empty() ? "(exited)" : key);
+    }
+    return out;
+}
+
 std::string format_capture(const nlohmann::json& c) {
     std::string out = fmt::format("stacks: {}", c.at("mode").get<std::string>());
     if (c.at("mode") == "suspects") {

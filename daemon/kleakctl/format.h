@@ -7,6 +7,8 @@
 namespace kleak::ctl {
 
 std::string format_leaks(const nlohmann::json& result);
+// A `leaks --by comm|cgroup` result.
+std::string format_leaks_by(const nlohmann::json& result);
 std::string format_stats(const nlohmann::json& result);
 std::string format_suspects(const nlohmann::json& result);
 std::string format_history(const nlohmann::json& result);

@@ -45,6 +45,7 @@ struct Options {
     std::uint32_t stacks_sample_shift = 0; // stacks --capture all --sample-shift N
     bool folded = false;
     std::string weight = "bytes";
+    std::string by = "site";  // leaks --by
 };
 
 nlohmann::json read_json_file(const std::string& path) {
@@ -115,7 +116,7 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
     }
     switch (op) {
         case Op::leaks:
-            std::cout << kleak::ctl::format_leaks(result);
+            std::cout << (result.contains("by") ? kleak::ctl::format_leaks_by(result) : kleak::ctl::format_leaks(result));
             break;
         case Op::stats:
             std::cout << kleak::ctl::format_stats(result);
@@ -184,6 +185,13 @@ int main(int argc, char** argv) {
         ->default_str("bytes");
     leaks->add_option("--family,-F", options.family, "Only one allocator family's call sites: slab, page, percpu, vmalloc")
         ->check(CLI::IsMember({"slab", "page", "percpu", "vmalloc"}));
+    leaks
+        ->add_option("--by", options.by,
+                     "Group by call site, or by the allocating process's comm or cgroup (v2 path): only allocations "
+                     "that carry a kernel stack have a process (see `stacks`); --min-age and --family apply to "
+                     "sites only")
+        ->check(CLI::IsMember({"site", "comm", "cgroup"}))
+        ->default_str("site");
     auto* suspects = app.add_subcommand(
         "suspects",
         "Call sites ranked by how likely they leak: growing ones first, with their verdicts, reasons, growth per "
@@ -294,6 +302,7 @@ int main(int argc, char** argv) {
         }
         request.leaks.min_age_ns = *age;
         request.leaks.family = options.family;
+        request.leaks.by = options.by;
     } else if (*suspects) {
         request.op = Op::suspects;
         request.suspects.top = options.top;

@@ -2512,6 +2512,17 @@ TEST(Stacks, AllModeShowsThePipeSyscallPathItsProcessAndItsCgroup) {
     EXPECT_GE(u64(child, "outstanding"), static_cast<std::uint64_t>(kPipes));
     EXPECT_EQ(child.at("comm"), comm);
     EXPECT_EQ(child.at("cgroup"), cgroup.v2_path());
+    // leaks --by comm and --by cgroup: the child's pipes under its comm and its cgroup.
+    for (const auto& [by, key] : {std::pair<std::string, std::string>{"comm", comm}, {"cgroup", cgroup.v2_path()}}) {
+        const json rows = ctl_json(daemon, {"leaks", "--by", by, "--top", "100000"});
+        EXPECT_EQ(rows.at("by"), by);
+        json row;
+        for (const auto& r : rows.at("rows"))
+            if (r.at("key") == key) row = r;
+        ASSERT_FALSE(row.is_null()) << by << ": " << rows.dump(2).substr(0, 3000);
+        EXPECT_GE(u64(row, "outstanding"), static_cast<std::uint64_t>(kPipes)) << row.dump();
+        EXPECT_GE(u64(row, "processes"), 1u);
+    }
 
     // --folded: one line per stack, outermost first, weights summing to the totals.
     for (const std::string weight : {"count", "bytes"}) {

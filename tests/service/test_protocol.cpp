@@ -488,6 +488,14 @@ TEST(ProtocolOps, OnlyResetAndCaptureChangeState) {
         EXPECT_EQ(op_changes_state(op), op == Op::reset || op == Op::capture) << op_name(op);
 }
 
+TEST(ProtocolDecode, LeaksByIsSiteCommOrCgroup) {
+    const Request by_comm = decode_ok(R"({"v":1,"id":1,"op":"leaks","args":{"by":"comm"}})");
+    EXPECT_EQ(by_comm.leaks.by, "comm");
+    EXPECT_EQ(decode_ok(encode_request(by_comm)), by_comm);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"leaks","args":{"by":"pid"}})").message,
+              "\"args.by\" must be \"site\", \"comm\" or \"cgroup\", got \"pid\"");
+}
+
 TEST(ProtocolDecode, CaptureArgsAreChecked) {
     EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"capture","args":{"stacks":"some"}})").message,
               "\"args.stacks\" must be \"suspects\", \"all\" or \"off\", got \"some\"");
@@ -839,7 +847,7 @@ TEST(ProtocolLeaksArgs, WrongTypesAreABadRequestNamingTheArg) {
 TEST(ProtocolLeaksArgs, UnknownArgIsABadRequestNamingIt) {
     const Error error = decode_leaks_error(R"({"top":5,"limit":3})");
     EXPECT_EQ(error.code, ErrorCode::bad_request);
-    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort, family");
+    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort, family, by");
 }
 
 TEST(ProtocolLeaksArgs, FamilyNamesOneAllocatorFamily) {

@@ -87,6 +87,8 @@ TEST(StacksQuery, AddsUpLiveAllocationsPerSiteAndStack) {
     EXPECT_EQ(rows[1].stack, 2u);
     EXPECT_EQ(rows[1].outstanding, 1u);
 
+    EXPECT_EQ(live_processes(tracker, std::nullopt).size(), 2u);  // every site: tgids 7 and 8
+    EXPECT_EQ(live_processes(tracker, std::nullopt)[0].outstanding, 2u);
     const std::vector<ProcessTotal> processes = live_processes(tracker, rows[0].site);
     ASSERT_EQ(processes.size(), 2u);
     EXPECT_EQ(processes[0].tgid, 7u);  // two live (one per stack)
