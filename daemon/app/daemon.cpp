@@ -605,8 +605,10 @@ nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
 nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     TracerStackSource source(session_.tracer());
     // Every frame the answer shows, named in one kallsyms read at most.
+    // None (no stack captured, as on most hosts at most times): no read, so a
+    // snapshot costs what it did before stacks.
     frames_to_name_ = core::stack_frame_addresses(pipeline_.tracker(), source, *symbolizer_, query);
-    name_new_call_sites(Naming::whenever_new);
+    if (!frames_to_name_.empty()) name_new_call_sites(Naming::whenever_new);
     frames_to_name_.clear();
     nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
     ProcessNamer().annotate_stacks(out);
