@@ -12,6 +12,12 @@
 #      D bench/peer-memleak.bt under bpftrace (the peer)
 #      O `kleakd trace` of another build (--baseline DIR: an older commit's
 #        build directory, to measure a change against it in the same run)
+#      S `kleakd trace --stacks all` (--stacks: a kernel stack per allocation)
+#      T bench/peer-memleak-stacks.bt (--stacks, with the peer: a stack per
+#        allocation, as bcc's memleak keeps; memleak-bpfcc itself needs
+#        kernel headers to build its programs)
+#    B runs with the default stacks mode, suspects: with no growing site,
+#    what the daemon's default costs the hot path.
 #    Medians, and paired ratios: each traced run over the untraced run of its
 #    own round, so slow drifts of a shared machine cancel out. Two rates per
 #    run: wall (iterations per second of the run) and CPU (iterations per
@@ -31,12 +37,14 @@
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--no-raw-tp] [--quick]
 #                         [--baseline BUILD_DIR] [--loop writev|pipe|pipebuf] [--kleakd-args "ARGS"]
+#                         [--stacks] [--throughput-only]
 #   --loop pipe: section 1 loops pipe()+close() instead of writev (slab
 #   caches: kmem_cache_alloc/free of files, inodes, dentries, RCU frees).
 #   --loop pipebuf: 64 KiB written into a pipe and read back (16 buffer
 #   pages allocated and freed per iteration: the page-heavy loop).
 #   --kleakd-args: extra arguments for this build's `kleakd trace` runs (B, R,
 #   C; not the baseline's), e.g. "--allocators all" to trace every family.
+#   --throughput-only: section 1 alone.
 #   BUILD_DIR (default build) holds kleakd and bench/kleakd-loadgen.
 # Needs root and a BTF kernel; bpftrace for the peer (scripts/install-deps.sh).
 # About 3 minutes with the defaults (5 rounds of 3 s).
@@ -51,6 +59,8 @@ quick=0
 baseline_build=
 loop_mode=writev
 kleakd_args=()
+stacks=0
+throughput_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -61,6 +71,8 @@ while [ $# -gt 0 ]; do
     --baseline) baseline_build=$2; shift 2 ;;
     --loop) loop_mode=$2; shift 2 ;;
     --kleakd-args) read -r -a kleakd_args <<< "$2"; shift 2 ;;
+    --stacks) stacks=1; shift ;;
+    --throughput-only) throughput_only=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -138,6 +150,8 @@ measure() {
   case "$config" in
     untraced) ;;
     peer) start_tracer 'peer-memleak: tracing' "$tmp/peer.out" "$tmp/peer.err" bpftrace "$peer_script"; pid=$tracer_pid ;;
+    peerstacks) start_tracer 'peer-memleak-stacks: tracing' "$tmp/peer.out" "$tmp/peer.err" bpftrace \
+                  bench/peer-memleak-stacks.bt; pid=$tracer_pid ;;
     baseline) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$baseline_kleakd" trace --json --interval 3600 "$@"
               pid=$tracer_pid ;;
     *) start_tracer 'tracing' "$tmp/k.json" "$tmp/k.err" "$kleakd" trace --json --interval 3600 "${kleakd_args[@]}" "$@"
@@ -161,7 +175,7 @@ measure() {
     stop_tracer "$pid" "$tmp/k.err"
   fi
   local records=0 drops=0 late=0
-  if [ "$config" != untraced ] && [ "$config" != peer ]; then
+  if [ "$config" != untraced ] && [ "$config" != peer ] && [ "$config" != peerstacks ]; then
     json=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["losses"]; print(d["run"]["records"], l["dropped"], l["late"])' "$tmp/k.json")
     read -r records drops late <<< "$json"
     cp "$tmp/k.json" "$tmp/last-$config.json"
@@ -184,11 +198,14 @@ configs=(untraced kleakd)
 [ "$raw_tp" = 1 ] && configs+=(rawtp)
 configs+=(noemit)
 [ "$peer" = 1 ] && configs+=(peer)
+[ "$stacks" = 1 ] && configs+=(stacksall)
+[ "$stacks" = 1 ] && [ "$peer" = 1 ] && configs+=(peerstacks)
 for round in $(seq 1 "$rounds"); do
   for config in "${configs[@]}"; do
     case "$config" in
       noemit) measure "$round" noemit 1 --no-emit ;;
       rawtp) measure "$round" rawtp 1 --attach raw_tp ;;
+      stacksall) measure "$round" stacksall 1 --stacks all ;;
       *) measure "$round" "$config" 1 ;;
     esac
   done
@@ -205,7 +222,8 @@ for r in rows:
 names = {"untraced": "untraced", "kleakd": "kleakd trace", "rawtp": "kleakd trace --attach raw_tp",
          "baseline": "baseline build's kleakd trace",
          "noemit": "kleakd trace --no-emit (floor)",
-         "peer": "bpftrace peer-memleak.bt"}
+         "peer": "bpftrace peer-memleak.bt",
+         "stacksall": "kleakd trace --stacks all", "peerstacks": "bpftrace peer-memleak-stacks.bt"}
 base = by["untraced"]
 def column(c, i):
     rates = [float(r[i]) for r in by[c].values()]
@@ -215,7 +233,7 @@ print()
 print(f"{'':34} {'--- wall: iterations/s of the run ---':^52}   {'--- CPU: iterations/s of loader CPU ---':^40}")
 print(f"{'configuration':34} {'median':>11} {'min':>11} {'max':>11} {'ratio':>7} {'min-max':>11}   "
       f"{'median':>11} {'ratio':>7} {'min-max':>11}")
-for c in ["untraced", "kleakd", "baseline", "rawtp", "noemit", "peer"]:
+for c in ["untraced", "kleakd", "baseline", "rawtp", "noemit", "peer", "stacksall", "peerstacks"]:
     if c not in by: continue
     wall, wall_ratio = column(c, 2)
     cpu, cpu_ratio = column(c, 10)
@@ -240,7 +258,7 @@ for i, what in ((2, "wall"), (10, "CPU")):
 print()
 print(f"{'kleakd':34} {'records/s':>13} {'drops':>8} {'late':>6} {'daemon CPU%':>12} {'records/CPU-s':>14} {'RSS MiB':>8}"
       f" {'steal ms':>9}")
-for c in ["kleakd", "baseline", "rawtp", "noemit"]:
+for c in ["kleakd", "baseline", "rawtp", "noemit", "stacksall"]:
     if c not in by: continue
     for k, r in sorted(by[c].items()):
         rec, drops, late, cpu, secs, rss = int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), int(r[8])
@@ -251,6 +269,7 @@ if "peer" in by:
     cpus = [100 * float(r[6]) / float(r[7]) for r in by["peer"].values()]
     print(f"{'bpftrace (user space)':34} {'':13} {'':8} {'':6} {st.median(cpus):12.1f}")
 EOF
+[ "$throughput_only" = 1 ] && exit 0
 
 echo
 echo "== 2. zero loss: 2 loader threads at full rate, default ring (8M per CPU); pipebuf: 64 KiB pipe writes =="

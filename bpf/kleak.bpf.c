@@ -168,6 +168,36 @@ struct {
 	__type(value, struct kleak_pending_slot);
 } pending SEC(".maps");
 
+/* Kernel stacks (kleak_abi.h, "Kernel stacks of allocations"). */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, KLEAK_STACK_ENTRIES);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, KLEAK_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kleak_stack_settings);
+} stack_settings SEC(".maps");
+
+/* Call sites whose allocations get a stack in KLEAK_STACKS_SUSPECTS mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLEAK_STACK_SITES_MAX);
+	__type(key, __u64);
+	__type(value, __u8);
+} stack_sites SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KLEAK_STACK_COUNTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} stack_counts SEC(".maps");
+
 /* Nested kmem_cache_free events recorded by kleak__kmem_cache_free_nested. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -296,8 +326,9 @@ static __always_inline void set_pending(__u32 value)
 }
 
 /*
- * tgid and tid stay 0 in allocation and free records: nothing downstream
- * reads them, and bpf_get_current_pid_tgid() costs ~12 ns per event here.
+ * tgid stays 0 in free records, and in allocation records without a stack:
+ * bpf_get_current_pid_tgid() costs ~12 ns per event here, so only an
+ * allocation that pays for a stack pays for its process too.
  */
 static __always_inline void fill_header(struct kleak_record_header *hdr, __u64 now, __u16 kind)
 {
@@ -451,22 +482,72 @@ static __always_inline void *reserve_direct(void **ring, __u64 size, __u32 famil
 	return rec;
 }
 
+static __always_inline bool stack_wanted(unsigned long call_site, const void *ptr)
+{
+	__u32 key = 0, bit;
+	struct kleak_stack_settings *s = bpf_map_lookup_elem(&stack_settings, &key);
+	__u64 site = call_site;
+
+	if (!s)
+		return false;
+	if (s->mode == KLEAK_STACKS_ALL) {
+		__u32 shift = s->sample_shift;
+
+		return shift == 0 || (((__u64)ptr * 0x9E3779B97F4A7C15ULL) >> (64 - (shift & 63))) == 0;
+	}
+	if (s->mode != KLEAK_STACKS_SUSPECTS)
+		return false;
+	bit = (site * 0x9E3779B97F4A7C15ULL) >> (64 - 12); /* log2(KLEAK_STACK_SITE_BITS) */
+	if (!(s->site_bits[(bit >> 6) & (KLEAK_STACK_SITE_BITS / 64 - 1)] & (1ULL << (bit & 63))))
+		return false;
+	return bpf_map_lookup_elem(&stack_sites, &site) != NULL;
+}
+
+static __always_inline void count_stack(__u32 family, __u32 kind)
+{
+	__u32 slot = (family & (KLEAK_FAMILY_COUNT - 1)) * KLEAK_STACK_COUNT_KINDS + kind;
+	__u64 *n = bpf_map_lookup_elem(&stack_counts, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+/*
+ * 1 + the allocation's stack id (0: none), and its process in *tgid. The
+ * kernel's stack map hashes the frames: the same stack gets the same id, and
+ * without BPF_F_REUSE_STACKID a bucket keeps its first stack, so an id a
+ * record carries never comes to mean another stack.
+ */
+static __always_inline __u32 capture_stack(void *ctx, __u32 family, __u32 *tgid)
+{
+	long id = bpf_get_stackid(ctx, &stacks, 0);
+
+	if (id < 0) {
+		count_stack(family, id == -17 /* EEXIST */ ? KLEAK_STACKS_COLLIDED : KLEAK_STACKS_FAILED);
+		return 0;
+	}
+	count_stack(family, KLEAK_STACKS_CAPTURED);
+	*tgid = bpf_get_current_pid_tgid() >> 32;
+	return (__u32)id + 1;
+}
+
 /*
  * cache: the kmem_cache of a KLEAK_CACHE_ALLOC_FROM record (written only for
  * that kind, whose record is 8 bytes longer).
  */
 static __always_inline void fill_alloc(struct kleak_alloc_record *rec, __u64 now, __u16 kind, unsigned long call_site,
 				       const void *ptr, __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags,
-				       __u64 cache)
+				       __u64 cache, __u32 stack, __u32 tgid)
 {
 	fill_header(&rec->hdr, now, kind);
+	rec->hdr.tgid = tgid;
 	rec->ptr = (__u64)ptr;
 	rec->call_site = call_site;
 	/* No slab object reaches 4 GiB; clamp rather than wrap if one ever did. */
 	rec->bytes_req = bytes_req > 0xffffffffULL ? 0xffffffffU : (__u32)bytes_req;
 	rec->bytes_alloc = bytes_alloc > 0xffffffffULL ? 0xffffffffU : (__u32)bytes_alloc;
 	rec->gfp_flags = gfp_flags;
-	rec->tid = 0;
+	rec->stack = stack;
 	if (kind == KLEAK_CACHE_ALLOC_FROM)
 		((struct kleak_cache_alloc_record *)rec)->cache = cache;
 }
@@ -529,20 +610,25 @@ static __always_inline void publish_alloc(struct alloc_slot *s, void *rec)
 		bpf_ringbuf_submit(rec, submit_flags(s->ring));
 }
 
-static __always_inline int emit_alloc(__u16 kind, unsigned long call_site, const void *ptr, __u64 bytes_req,
-				      __u64 bytes_alloc, __u32 gfp_flags, __u64 cache)
+/* ctx: the program's, for the stack walk. */
+static __always_inline int emit_alloc(void *ctx, __u16 kind, unsigned long call_site, const void *ptr,
+				      __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags, __u64 cache)
 {
 	const __u32 size = kind == KLEAK_CACHE_ALLOC_FROM ? sizeof(struct kleak_cache_alloc_record)
 							  : sizeof(struct kleak_alloc_record);
 	struct kleak_alloc_record *rec;
 	struct alloc_slot slot;
+	__u32 stack = 0, tgid = 0;
 
 	if (skip(ptr) || bytes_req < min_size)
 		return 0;
+	/* Before the batch is taken: the walk is the slow part. */
+	if (stack_wanted(call_site, ptr))
+		stack = capture_stack(ctx, kind_family(kind), &tgid);
 	rec = reserve_alloc(&slot, size, kind_family(kind));
 	if (!rec)
 		return 0;
-	fill_alloc(rec, slot.now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache);
+	fill_alloc(rec, slot.now, kind, call_site, ptr, bytes_req, bytes_alloc, gfp_flags, cache, stack, tgid);
 	publish_alloc(&slot, rec);
 	return 0;
 }
@@ -608,7 +694,7 @@ static __always_inline int emit_free(__u16 kind, unsigned long call_site, const 
  */
 static __always_inline int on_kmalloc(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_KMALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
+	return emit_alloc(ctx, KLEAK_KMALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmalloc, kmalloc)
 
@@ -650,16 +736,16 @@ static __always_inline int on_kmem_cache_alloc(__u64 *ctx)
 
 		if (BPF_CORE_READ(s, flags) & slab_reclaim_account())
 			gfp |= KLEAK_GFP_RECLAIMABLE;
-		return emit_alloc(KLEAK_CACHE_ALLOC_FROM, call_site, ptr, BPF_CORE_READ(s, object_size),
+		return emit_alloc(ctx, KLEAK_CACHE_ALLOC_FROM, call_site, ptr, BPF_CORE_READ(s, object_size),
 				  BPF_CORE_READ(s, size), gfp, (__u64)s);
 	}
-	return emit_alloc(KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4], 0);
+	return emit_alloc(ctx, KLEAK_CACHE_ALLOC, call_site, ptr, ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmem_cache_alloc, kmem_cache_alloc)
 
 static __always_inline int on_kmem_cache_alloc_node(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_CACHE_ALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
+	return emit_alloc(ctx, KLEAK_CACHE_ALLOC, ctx[0], (const void *)ctx[1], ctx[2], ctx[3], (__u32)ctx[4], 0);
 }
 KLEAK_TRACED(kmem_cache_alloc_node, kmem_cache_alloc_node)
 
@@ -800,7 +886,7 @@ KLEAK_TRACED(kmem_cache_free, kmem_cache_free_nested)
  */
 static __always_inline int on_percpu_alloc(__u64 *ctx)
 {
-	return emit_alloc(KLEAK_PERCPU_ALLOC, ctx[0], (const void *)ctx[7], ctx[3], ctx[8], (__u32)ctx[9], 0);
+	return emit_alloc(ctx, KLEAK_PERCPU_ALLOC, ctx[0], (const void *)ctx[7], ctx[3], ctx[8], (__u32)ctx[9], 0);
 }
 KLEAK_TRACED(percpu_alloc_percpu, percpu_alloc)
 
@@ -853,7 +939,7 @@ static __always_inline int on_vmalloc_alloc(__u64 *ctx)
 	scratch = this_cpu_site_scratch();
 	if (scratch)
 		site = stack_site(ctx, scratch->vmalloc, KLEAK_ROLE_VMALLOC, &owner);
-	return emit_alloc(KLEAK_VMALLOC_ALLOC, site, addr, ctx[1], ctx[1], 0, 0);
+	return emit_alloc(ctx, KLEAK_VMALLOC_ALLOC, site, addr, ctx[1], ctx[1], 0, 0);
 }
 KLEAK_TRACED(alloc_vmap_area, vmalloc_alloc)
 

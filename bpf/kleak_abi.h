@@ -17,10 +17,12 @@
 #include <linux/types.h>
 #endif
 
-#define KLEAK_ABI_VERSION 4
+#define KLEAK_ABI_VERSION 5
 /* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK, version 3
  * KLEAK_CACHE_ALLOC_FROM, version 4 the page, percpu and vmalloc kinds (and
- * struct kleak_page_alloc_record) and KLEAK_CACHE_FREE_FROM; an older stream
+ * struct kleak_page_alloc_record) and KLEAK_CACHE_FREE_FROM, version 5 the
+ * stack id and tgid of allocation records (the old `tid` slot, which older
+ * writers left 0: "no stack"); an older stream
  * is a newer one that uses none of them, so all are readable. A new kind a
  * reader would count undecodable bumps the version, so that an older reader
  * refuses the recording rather than losing every such record. */
@@ -66,8 +68,8 @@ struct kleak_record_header {
 	__u64 ts_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u16 kind;   /* enum kleak_record_kind */
 	__u16 flags;  /* KLEAK_TS_* and KLEAK_PRINTK_* bits */
-	__u32 tgid;   /* process (thread group) id in printk records; 0 in
-		       * allocation and free records, which do not read it */
+	__u32 tgid;   /* process (thread group) id in printk records, and in
+		       * allocation records that carry a stack; 0 otherwise */
 };
 
 /*
@@ -115,7 +117,7 @@ struct kleak_alloc_record {
 	__u32 bytes_req;
 	__u32 bytes_alloc;
 	__u32 gfp_flags;  /* the caller's; see KLEAK_GFP_RECLAIMABLE */
-	__u32 tid;    /* 0: not read (see hdr.tgid) */
+	__u32 stack;  /* 1 + the stack id in the `stacks` map; 0: none captured */
 };
 
 /*
@@ -231,5 +233,42 @@ struct kleak_pending_slot {
 	__u32 pending; /* 1: the batch may hold records; 0: it is empty */
 	__u8 pad[KLEAK_CACHE_LINE_BYTES - 4];
 };
+
+/*
+ * Kernel stacks of allocations (README, "Stacks"). The mode and the set of
+ * wanted sites change at run time: the mode lives in the one-entry
+ * `stack_settings` array, the sites in the `stack_sites` hash. A site's bit
+ * in site_bits (bit (call_site * 2^64/phi) >> 52) says it may be wanted: a
+ * program checks the bit first, so an allocation at an unwanted site costs
+ * one array lookup and a bit test, never a hash lookup. Only allocation
+ * records (slab, percpu, vmalloc) carry a stack; page records have no room.
+ * Not in any ring, so changes to these do not bump KLEAK_ABI_VERSION.
+ */
+enum kleak_stack_mode {
+	KLEAK_STACKS_OFF = 0,
+	KLEAK_STACKS_SUSPECTS = 1, /* only at the sites in `stack_sites` */
+	KLEAK_STACKS_ALL = 2,      /* every allocation (1 in 2^sample_shift pointers) */
+};
+#define KLEAK_STACK_DEPTH 64        /* frames kept per stack */
+#define KLEAK_STACK_ENTRIES 8192    /* buckets of the `stacks` map (4 MiB) */
+#define KLEAK_STACK_SITES_MAX 4096  /* entries of the `stack_sites` hash */
+#define KLEAK_STACK_SITE_BITS 4096
+struct kleak_stack_settings {
+	__u32 mode;         /* enum kleak_stack_mode */
+	__u32 sample_shift; /* KLEAK_STACKS_ALL: keep 1 in 2^n pointers' stacks */
+	__u64 site_bits[KLEAK_STACK_SITE_BITS / 64];
+};
+
+/*
+ * Per-CPU counters of stack captures (`stack_counts`), at index
+ * family * KLEAK_STACK_COUNT_KINDS + kind: nothing is lost silently.
+ */
+enum kleak_stack_count {
+	KLEAK_STACKS_CAPTURED = 0,  /* a stack id went into the record */
+	KLEAK_STACKS_COLLIDED = 1,  /* its bucket held another stack (-EEXIST): the map is full */
+	KLEAK_STACKS_FAILED = 2,    /* any other error: the record carries no stack */
+};
+#define KLEAK_STACK_COUNT_KINDS 4
+#define KLEAK_STACK_COUNTS (KLEAK_FAMILY_COUNT * KLEAK_STACK_COUNT_KINDS)
 
 #endif /* KLEAK_ABI_H */

@@ -31,7 +31,7 @@ constexpr std::array kOps{
     Named<Op>{Op::version, "version"}, Named<Op>{Op::stats, "stats"},       Named<Op>{Op::leaks, "leaks"},
     Named<Op>{Op::report, "report"},   Named<Op>{Op::snapshot, "snapshot"}, Named<Op>{Op::reset, "reset"},
     Named<Op>{Op::printk, "printk"},   Named<Op>{Op::suspects, "suspects"}, Named<Op>{Op::history, "history"},
-    Named<Op>{Op::caches, "caches"},
+    Named<Op>{Op::caches, "caches"},   Named<Op>{Op::stacks, "stacks"},     Named<Op>{Op::capture, "capture"},
 };
 
 // syslog level names, as dmesg --level takes them.
@@ -253,8 +253,12 @@ std::optional<std::string> decode_leaks_args(const json& given, LeaksArgs& args)
             args.sort = *sort;
         } else if (key == "family") {
             if (auto message = decode_family(value, args.family)) return message;
+        } else if (key == "by") {
+            if (!value.is_string() || (value != "site" && value != "comm" && value != "cgroup"))
+                return field_error("args.by", "must be \"site\", \"comm\" or \"cgroup\"", value);
+            args.by = value.get<std::string>();
         } else {
-            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort, family";
+            return "unknown arg \"args." + key + "\"; op \"leaks\" takes top, min_age, sort, family, by";
         }
     }
     return std::nullopt;
@@ -281,6 +285,52 @@ std::optional<std::string> decode_caches_args(const json& given, CachesArgs& arg
             return field_error("args.top", "must be an integer in 0.." + std::to_string(kMaxLeaksTop) + " (0: all)",
                                value);
         args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> decode_stacks_args(const json& given, StacksArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key == "function") {
+            if (!value.is_string()) return field_error("args.function", "must be a string (\"\": every site)", value);
+            args.function = value.get<std::string>();
+        } else if (key == "top") {
+            if (!value.is_number_unsigned() || value.get<std::uint64_t>() > kMaxLeaksTop)
+                return field_error("args.top", "must be an integer in 0.." + std::to_string(kMaxLeaksTop) + " (0: all)",
+                                   value);
+            args.top = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+        } else {
+            return "unknown arg \"args." + key + "\"; op \"stacks\" takes function, top";
+        }
+    }
+    return std::nullopt;
+}
+
+std::optional<std::string> decode_capture_args(const json& given, CaptureArgs& args) {
+    for (const auto& [key, value] : given.items()) {
+        if (key == "stacks") {
+            if (!value.is_string() || (value != "suspects" && value != "all" && value != "off"))
+                return field_error("args.stacks", "must be \"suspects\", \"all\" or \"off\"", value);
+            args.stacks = value.get<std::string>();
+        } else if (key == "functions") {
+            if (!value.is_array() || value.size() > kMaxCaptureFunctions)
+                return field_error("args.functions",
+                                   "must be an array of at most " + std::to_string(kMaxCaptureFunctions) +
+                                       " function names",
+                                   value);
+            args.functions.clear();
+            for (const auto& name : value) {
+                if (!name.is_string() || name.get_ref<const std::string&>().empty())
+                    return field_error("args.functions", "must hold non-empty strings (function names)", name);
+                args.functions.push_back(name.get<std::string>());
+            }
+        } else if (key == "sample_shift") {
+            if (!value.is_number_unsigned() || value.get<std::uint64_t>() > 32)
+                return field_error("args.sample_shift", "must be an integer in 0..32", value);
+            args.sample_shift = static_cast<std::uint32_t>(value.get<std::uint64_t>());
+        } else {
+            return "unknown arg \"args." + key + "\"; op \"capture\" takes stacks, functions, sample_shift";
+        }
     }
     return std::nullopt;
 }
@@ -373,6 +423,7 @@ std::optional<Op> op_from_name(std::string_view name) { return value_of(kOps, na
 bool op_changes_state(Op op) {
     switch (op) {
         case Op::reset:
+        case Op::capture:
             return true;
         case Op::version:
         case Op::stats:
@@ -383,6 +434,7 @@ bool op_changes_state(Op op) {
         case Op::suspects:
         case Op::history:
         case Op::caches:
+        case Op::stacks:
             return false;
     }
     return true;  // an op added without a decision here: admin only until someone decides
@@ -488,6 +540,12 @@ DecodedRequest decode_request(std::string_view line) {
         } else if (*op == Op::caches) {
             if (auto message = decode_caches_args(*args, request.caches))
                 return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::stacks) {
+            if (auto message = decode_stacks_args(*args, request.stacks))
+                return fail(ErrorCode::bad_request, std::move(*message));
+        } else if (*op == Op::capture) {
+            if (auto message = decode_capture_args(*args, request.capture))
+                return fail(ErrorCode::bad_request, std::move(*message));
         } else if (!args->empty()) {
             return fail(ErrorCode::bad_request, "op \"" + std::string(op_name(*op)) + "\" takes no args, got \"args." +
                                                     args->begin().key() + "\"");
@@ -510,12 +568,22 @@ std::string encode_request(const Request& request) {
             {"sort", leak_sort_name(request.leaks.sort)},
         };
         if (!request.leaks.family.empty()) message["args"]["family"] = request.leaks.family;
+        // Only when not the default: a daemon that predates it refuses the
+        // arg rather than answering by site.
+        if (request.leaks.by != "site") message["args"]["by"] = request.leaks.by;
     }
     if (request.op == Op::suspects) {
         message["args"] = ordered_json{{"top", request.suspects.top}};
         if (!request.suspects.family.empty()) message["args"]["family"] = request.suspects.family;
     }
     if (request.op == Op::caches) message["args"] = ordered_json{{"top", request.caches.top}};
+    if (request.op == Op::stacks)
+        message["args"] = ordered_json{{"function", request.stacks.function}, {"top", request.stacks.top}};
+    if (request.op == Op::capture) {
+        message["args"] = ordered_json{{"stacks", request.capture.stacks},
+                                       {"functions", request.capture.functions},
+                                       {"sample_shift", request.capture.sample_shift}};
+    }
     if (request.op == Op::history)
         message["args"] = ordered_json{{"site", request.history.site}, {"resolution", request.history.resolution}};
     if (request.op == Op::printk) {

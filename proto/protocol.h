@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kleak::proto {
 
@@ -23,11 +24,11 @@ inline constexpr std::uint32_t kMaxLeaksTop = 100000;
 // 2): deeper lines are a bad_request, refused before they are parsed.
 inline constexpr std::size_t kMaxRequestDepth = 16;
 
-enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history, caches };
+enum class Op { version, stats, leaks, report, snapshot, reset, printk, suspects, history, caches, stacks, capture };
 std::string_view op_name(Op op);
 std::optional<Op> op_from_name(std::string_view name);
-// Whether `op` changes the daemon's state (today only `reset`, which wipes
-// every history): the daemon takes those only from root or its admin group
+// Whether `op` changes the daemon's state (`reset`, which wipes every
+// history, and `capture`, which changes what every allocation costs): the daemon takes those only from root or its admin group
 // (socket.admin_group), the rest from any peer it lets in (PROTOCOL.md,
 // "Who may call what").
 bool op_changes_state(Op op);
@@ -43,6 +44,9 @@ struct LeaksArgs {
     std::uint64_t min_age_ns = 0;
     LeakSort sort = LeakSort::bytes;
     std::string family;  // "slab", "page", "percpu", "vmalloc"; "": all
+    // "site" (the default), or "comm" / "cgroup": live allocations that carry
+    // a process (those with a kernel stack) by their process's comm or cgroup.
+    std::string by = "site";
     bool operator==(const LeaksArgs&) const = default;
 };
 
@@ -88,8 +92,28 @@ struct CachesArgs {
     bool operator==(const CachesArgs&) const = default;
 };
 
-// `leaks` / `printk` / `suspects` / `history` / `caches` are meaningful only
-// for their op; the other ops take no args.
+// Live memory per kernel stack (README, "Stacks"): `function` keeps the
+// sites in that function ("": all); `top` 0: every stack.
+struct StacksArgs {
+    std::string function;
+    std::uint32_t top = 20;
+    bool operator==(const StacksArgs&) const = default;
+};
+
+// Which allocations get a stack from now on: `stacks` "suspects", "all" or
+// "off"; `functions`: in suspects mode, the sites in these functions too
+// (replacing the ones named before); `sample_shift`: in all mode, 1 in 2^N
+// pointers.
+inline constexpr std::size_t kMaxCaptureFunctions = 64;
+struct CaptureArgs {
+    std::string stacks = "suspects";
+    std::vector<std::string> functions;
+    std::uint32_t sample_shift = 0;
+    bool operator==(const CaptureArgs&) const = default;
+};
+
+// `leaks` / `printk` / `suspects` / `history` / `caches` / `stacks` /
+// `capture` are meaningful only for their op; the other ops take no args.
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::version;
@@ -98,6 +122,8 @@ struct Request {
     SuspectsArgs suspects;
     HistoryArgs history;
     CachesArgs caches;
+    StacksArgs stacks;
+    CaptureArgs capture;
     bool operator==(const Request&) const = default;
 };
 

@@ -1,4 +1,5 @@
 #include "app/daemon.h"
+#include "app/process_namer.h"
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -39,6 +40,8 @@ constexpr std::uint64_t kMinNamingGapNs = 10'000'000'000;
 // so a query waits for at most that, not for a whole drain (~280K records,
 // ~15 ms at full rate).
 constexpr std::size_t kReleaseSliceRecords = 32 * 1024;
+// Stacks a snapshot carries, most live bytes first.
+constexpr std::size_t kSnapshotStacks = 20;
 
 TracerOptions tracer_options(const config::Settings& settings) {
     TracerOptions options;
@@ -50,6 +53,7 @@ TracerOptions tracer_options(const config::Settings& settings) {
     options.trace_vmalloc = settings.tracing.vmalloc;
     options.trace_printk = settings.printk.enabled;
     options.attach = parse_attach_mode(settings.tracing.attach).value_or(AttachMode::automatic);  // validated
+    options.stacks = core::parse_stack_mode(settings.tracing.stacks).value_or(core::StackMode::suspects);  // validated
     return options;
 }
 
@@ -139,6 +143,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
+      stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects)),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
       verdict_timer_(settings_.verdicts.interval),
@@ -342,6 +347,7 @@ core::CachingSymbolizer::KnownAddresses Daemon::tracked_call_sites() {
         std::vector<std::uint64_t> sites;
         sites.reserve(pipeline_.tracker().sites().size());
         for (const core::SiteStats& site : pipeline_.tracker().sites()) sites.push_back(site.call_site);
+        sites.insert(sites.end(), frames_to_name_.begin(), frames_to_name_.end());
         return sites;
     };
 }
@@ -405,6 +411,8 @@ nlohmann::json Daemon::snapshot() {
         core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
     doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
     doc["state"] = state_.to_json(pipeline_.tracker());
+    // The stacks of the suspect sites (README, "Stacks"), as `stacks` gives them.
+    doc["stacks"] = live_stacks({"", kSnapshotStacks});
     return doc;
 }
 
@@ -487,6 +495,7 @@ nlohmann::json Daemon::stats() {
         // What the last daemon left (app/state_keeping.h; README "What survives what").
         {"state", state_.to_json(pipeline_.tracker())},
         {"config", config::settings_to_json(settings_)},
+        {"stacks", stacks_.to_json()},
         {"clients", server_->clients()},
         {"printk",
          {{"lines", printk_log_.size()},
@@ -513,6 +522,12 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::stats:
             return stats();
         case proto::Op::leaks: {
+            if (request.leaks.by != "site") {
+                // Processes are known only for allocations that carry a stack (README, "Stacks").
+                const auto processes = core::live_processes(pipeline_.tracker(), std::nullopt);
+                return ProcessNamer().group(processes, request.leaks.by, request.leaks.sort == proto::LeakSort::bytes,
+                                            request.leaks.top);
+            }
             name_new_call_sites(Naming::at_most_every_10s);
             core::LeaksQuery query;
             query.top = request.leaks.top;
@@ -555,6 +570,10 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
         case proto::Op::reset:
             reset();
             return nlohmann::json{{"reset", true}};
+        case proto::Op::stacks:
+            return stacks_query(request.stacks);
+        case proto::Op::capture:
+            return capture(request.capture);
         case proto::Op::printk:
             if (!settings_.printk.enabled)
                 return proto::Error{proto::ErrorCode::bad_request,
@@ -611,6 +630,40 @@ void Daemon::sample_verdicts() {
         unseen.empty() ? std::vector<std::uint64_t>{} : core::site_cache_keys(tracker);
     verdicts_.sample(tracker.sites(), monotonic_now_ns(),
                      {caches.sites, site_caches, unseen.empty() ? nullptr : &unseen});
+    // The growing sites may have changed: they get stacks from now on.
+    if (!stacks_.capture().functions.empty()) name_new_call_sites(Naming::at_most_every_10s);
+    if (auto error = stacks_.refresh(pipeline_.tracker(), verdicts_, *symbolizer_))
+        spdlog::warn("updating the call sites that get stacks failed: {}", *error);
+}
+
+std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::capture(const proto::CaptureArgs& args) {
+    core::StackCapture next;
+    next.mode = core::parse_stack_mode(args.stacks).value_or(core::StackMode::suspects);  // validated by the codec
+    next.functions = args.functions;
+    if (!next.functions.empty()) name_new_call_sites(Naming::whenever_new);
+    if (auto error = stacks_.set(std::move(next), args.sample_shift, pipeline_.tracker(), verdicts_, *symbolizer_))
+        return proto::Error{proto::ErrorCode::internal, *error};
+    spdlog::info("stacks: capture {} from now on", core::stack_mode_name(stacks_.capture().mode));
+    return stacks_.to_json();
+}
+
+nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
+    name_new_call_sites(Naming::at_most_every_10s);
+    return live_stacks({args.function, args.top});
+}
+
+nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
+    TracerStackSource source(session_.tracer());
+    // Every frame the answer shows, named in one kallsyms read at most.
+    // None (no stack captured, as on most hosts at most times): no read, so a
+    // snapshot costs what it did before stacks.
+    frames_to_name_ = core::stack_frame_addresses(pipeline_.tracker(), source, *symbolizer_, query);
+    if (!frames_to_name_.empty()) name_new_call_sites(Naming::whenever_new);
+    frames_to_name_.clear();
+    nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
+    ProcessNamer().annotate_stacks(out);
+    out["capture"] = stacks_.to_json();
+    return out;
 }
 
 void Daemon::update_status() {

@@ -26,11 +26,13 @@
 #include "app/pipeline_sink.h"
 #include "app/serve_command.h"
 #include "app/slab_reconciler.h"
+#include "app/stack_control.h"
 #include "app/tracing_session.h"
 #include "config/config.h"
 #include "core/pipeline.h"
 #include "core/printk.h"
 #include "core/report.h"
+#include "core/stacks_query.h"
 #include "core/symbolizer.h"
 #include "service/printk_file.h"
 #include "service/query_server.h"
@@ -82,6 +84,13 @@ private:
     void keep_up_with_rings();
     void publish_printk();
     nlohmann::json printk_query(const proto::PrintkArgs& args) const;
+    std::variant<nlohmann::json, proto::Error, service::Subscribe> capture(const proto::CaptureArgs& args);
+    nlohmann::json stacks_query(const proto::StacksArgs& args);
+    // The `stacks` result of `query`, its frames named, with the capture in force.
+    nlohmann::json live_stacks(const core::StacksQuery& query);
+    // Stack frames to name with the call sites at the next kallsyms read
+    // (tracked_call_sites), set by stacks_query.
+    std::vector<std::uint64_t> frames_to_name_;
     void configure_printk_file();
 
     ServeCommand command_;
@@ -108,6 +117,7 @@ private:
     TracingSession session_;
     service::SnapshotWriter snapshots_;
     SlabReconciler slabs_;
+    StackControl stacks_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
     TimerFd snapshot_timer_;

@@ -186,6 +186,20 @@ int main(int argc, char** argv) {
                      "show as unmatched frees; prefer --sample-shift to cut cost")
         ->check(CLI::Range(0u, 0xffffffffu))
         ->default_str("0");
+    trace_cmd
+        ->add_option_function<std::string>(
+            "--stacks", [&trace](const std::string& mode) { trace.tracer.stacks = *kleak::core::parse_stack_mode(mode); },
+            "Kernel stacks: all (every slab, percpu and vmalloc allocation; the report ends with live bytes per "
+            "stack, folded, and its JSON carries them as `kleakctl stacks --json` does), off, or suspects (the "
+            "daemon's default; trace judges no site, so it captures nothing here, at the cost the daemon's "
+            "default has on a host where no site grows: see `kleakctl stacks`)")
+        ->check(CLI::IsMember({"suspects", "all", "off"}))
+        ->default_str("suspects");
+    trace_cmd
+        ->add_option("--stack-sample-shift", trace.tracer.stack_sample_shift,
+                     "With --stacks all: a stack for 1 in 2^N allocations, chosen by a hash of the pointer")
+        ->check(CLI::Range(0u, kleak::kMaxSampleShift))
+        ->default_str("0");
     // Diagnostic: programs attached but writing nothing (the cost floor).
     trace_cmd->add_flag("!--no-emit", trace.tracer.emit_records, "Attach the programs but emit no records")->group("");
 

@@ -9,8 +9,10 @@
 
 #include "app/commands.h"
 #include "app/pipeline_sink.h"
+#include "app/stack_control.h"
 #include "core/report.h"
 #include "core/sizes.h"
+#include "core/stacks_query.h"
 #include "kernel/host_info.h"
 #include "kernel/kallsyms_file.h"
 
@@ -115,12 +117,22 @@ int run_trace(const TraceCommand& command) {
                                             session.program_costs());
     losses.dropped_per_family = session.tracer().read_drops_by_family();
     const core::Report report = core::build_report(pipeline.tracker(), losses, *symbolizer);
+    nlohmann::json stacks;
+    if (command.tracer.stacks != core::StackMode::off) {
+        TracerStackSource source(session.tracer());
+        stacks = core::stacks_to_json(pipeline.tracker(), source, *symbolizer, {.function = "", .top = command.top});
+        stacks["capture"] = StackControl(session.tracer(), command.tracer.stacks, command.tracer.stack_sample_shift).to_json();
+    }
     if (command.json) {
         nlohmann::json out = core::report_to_json(report);
         out["run"] = summary_json(run);
+        if (!stacks.is_null()) out["stacks"] = std::move(stacks);
         std::cout << out.dump(2) << '\n';
     } else {
         std::cout << '\n' << core::report_to_text(report, command.top) << summary_text(run);
+        if (!stacks.is_null())
+            std::cout << "\nLive bytes per kernel stack (folded, outermost first):\n"
+                      << core::folded_stacks(stacks, core::StackWeight::bytes);
     }
     std::cout.flush();
     return 0;

@@ -33,6 +33,7 @@ public:
 
     unsigned cpu_count() const { return tracer_.cpu_count(); }
     const BpfTracer& tracer() const { return tracer_; }
+    BpfTracer& tracer() { return tracer_; }
     const RingConsumer& consumer() const { return consumer_; }
     // Ring readers that could not be pinned to their CPU (0 before start()).
     unsigned readers_unpinned() const { return readers_ ? readers_->unpinned() : 0; }

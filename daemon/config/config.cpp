@@ -64,6 +64,7 @@ constexpr auto kAllocatorNames = [] {
 }();
 
 constexpr std::array<std::string_view, 3> kAttachModes{"auto", "tp_btf", "raw_tp"};
+constexpr std::array<std::string_view, 3> kStackModes{"suspects", "all", "off"};
 constexpr std::array<std::string_view, 7> kLogLevels{"trace", "debug", "info", "warn", "error", "critical", "off"};
 
 std::string join(std::span<const std::string_view> names, std::string_view quote) {
@@ -105,6 +106,7 @@ const std::string kAllocatorsRule = "a non-empty array of distinct names from " 
 const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
 const std::string kAttachRule = "one of " + join(kAttachModes, "\"");
+const std::string kStacksRule = "one of " + join(kStackModes, "\"");
 constexpr std::string_view kMinRiseRule = "an integer from 1 to 1000000";
 constexpr std::string_view kVerdictIntervalRule =
     "a duration from 1s to 10m: a number with a unit (\"10s\", \"1m\") or an integer of seconds";
@@ -263,6 +265,7 @@ struct RawTracing {
     std::optional<Raw<std::string>> buffer_size;
     std::optional<Raw<std::vector<Raw<std::string>>>> allocators;  // only the elements that are strings
     std::optional<Raw<std::string>> attach;
+    std::optional<Raw<std::string>> stacks;
 };
 struct RawPrintk {
     std::optional<Raw<bool>> enabled;
@@ -427,6 +430,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.tracing.buffer_size = tracing.string("buffer_size", kBufferSizeRule);
     raw.tracing.allocators = tracing.string_array("allocators", kAllocatorsRule, kAllocatorNameRule);
     raw.tracing.attach = tracing.string("attach", kAttachRule);
+    raw.tracing.stacks = tracing.string("stacks", kStacksRule);
     tracing.report_unknown_keys();
 
     ObjectReader verdicts = top.section("verdicts");
@@ -678,6 +682,13 @@ std::optional<std::string> check_attach(const Raw<std::string>& raw, Errors& err
     return std::nullopt;
 }
 
+std::optional<std::string> check_stacks(const Raw<std::string>& raw, Errors& errors) {
+    if (std::find(kStackModes.begin(), kStackModes.end(), raw.value) != kStackModes.end()) return raw.value;
+    report_invalid(errors, raw.key, in_quotes(raw.value) + " is not a stack mode", kStacksRule,
+                   did_you_mean(raw.value, kStackModes));
+    return std::nullopt;
+}
+
 std::optional<std::string> check_log_level(const Raw<std::string>& raw, Errors& errors) {
     if (std::find(kLogLevels.begin(), kLogLevels.end(), raw.value) != kLogLevels.end()) return raw.value;
     report_invalid(errors, raw.key, in_quotes(raw.value) + " is not a log level", kLogLevelRule,
@@ -714,6 +725,7 @@ Settings compile(const RawConfig& raw, Errors& errors) {
         }
     }
     apply(raw.tracing.attach, check_attach, settings.tracing.attach, errors);
+    apply(raw.tracing.stacks, check_stacks, settings.tracing.stacks, errors);
     apply(raw.printk.enabled, check_boolean, settings.printk.enabled, errors);
     apply(raw.printk.lines, check_printk_lines, settings.printk.lines, errors);
     apply(raw.printk.file_enabled, check_boolean, settings.printk.file_enabled, errors);
@@ -803,7 +815,8 @@ nlohmann::json settings_to_json(const Settings& settings) {
         {"tracing",
          {{"buffer_size", core::format_size(settings.tracing.buffer_size)},
           {"allocators", allocators},
-          {"attach", settings.tracing.attach}}},
+          {"attach", settings.tracing.attach},
+          {"stacks", settings.tracing.stacks}}},
         {"verdicts",
          {{"interval", std::to_string(settings.verdicts.interval.count()) + "s"},
           {"window", std::to_string(settings.verdicts.window.count()) + "s"},

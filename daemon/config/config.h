@@ -54,6 +54,9 @@ struct TracingSettings {
     bool percpu = true;
     bool vmalloc = true;
     std::string attach = "auto";  // "auto", "tp_btf" or "raw_tp" (kernel/attach_mode.h)
+    // Kernel stacks at start-up (core/stack_capture.h): "suspects", "all" or
+    // "off"; `kleakctl stacks --capture` changes them at run time.
+    std::string stacks = "suspects";
 
     bool operator==(const TracingSettings&) const = default;
 };

@@ -4,9 +4,13 @@
 //   bits 63..24  birth time in units of 2^20 ns (1.048576 ms), 40 bits: 36
 //                years of CLOCK_MONOTONIC, saturating beyond;
 //   bits 23..0   the allocation's class: an interned (allocating site,
-//                bytes_alloc) pair. A site allocates in few sizes (one per
-//                slab cache it hits, plus page counts for large kmallocs), so
-//                classes stay few; 2^24 - 1 of them fit, and the last id marks
+//                bytes_alloc, origin) triple. A site allocates in few sizes
+//                (one per slab cache it hits, plus page counts for large
+//                kmallocs), so classes stay few; the origin (kernel stack and
+//                process) is set only for allocations that carry a stack
+//                (README, "Stacks"), so it multiplies the classes of those
+//                sites alone, and costs no byte per table entry (an interned
+//                class costs 16 bytes more). 2^24 - 1 classes fit, and the last id marks
 //                an allocation whose class did not fit (the tracker keeps
 //                those exactly in a side map and counts them).
 //
@@ -26,6 +30,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace kleak::core {
@@ -61,12 +66,23 @@ constexpr std::uint64_t pack_allocation(ClassId cls, std::uint64_t unit) { retur
 constexpr ClassId class_of(std::uint64_t packed) { return static_cast<ClassId>(packed & kClassMask); }
 constexpr std::uint64_t unit_of(std::uint64_t packed) { return packed >> kClassBits; }
 
+// Who made an allocation, when its record says (a stack was captured): the
+// kernel stack (1 + its id in the BPF stack map) and the process (tgid).
+// {0, 0}: not known.
+struct Origin {
+    std::uint32_t stack = 0;
+    std::uint32_t tgid = 0;
+    std::uint64_t key() const { return (std::uint64_t{stack} << 32) | tgid; }
+    bool operator==(const Origin&) const = default;
+};
+
 struct AllocationClass {
     SiteId site;
     std::uint32_t bytes_alloc;
+    Origin origin{};
 };
 
-// Interns (site, bytes_alloc) pairs as dense class ids, up to a limit. Each
+// Interns (site, bytes_alloc, origin) triples as dense class ids, up to a limit. Each
 // class also keeps the slab cache key (slab_caches.h) of its first allocation:
 // a site that allocates one size from two caches is counted in the first.
 class ClassTable {
@@ -75,11 +91,12 @@ public:
 
     // The pair's class, interned on first sight; kOverflowClass once `limit`
     // classes exist and this pair is not one of them.
-    ClassId intern(SiteId site, std::uint32_t bytes_alloc, std::uint64_t cache_key = 0) {
+    ClassId intern(SiteId site, std::uint32_t bytes_alloc, std::uint64_t cache_key = 0, Origin origin = {}) {
         const std::uint64_t key = (std::uint64_t{site} << 32) | bytes_alloc;
-        CacheSlot& slot = cache_[(key * 0x9E3779B97F4A7C15ULL) >> (64 - kCacheBits)];
-        if (slot.id_plus_one != 0 && slot.key == key) return slot.id_plus_one - 1;
-        return intern_slow(key, slot, cache_key);
+        const std::uint64_t from = origin.key();
+        CacheSlot& slot = cache_[((key ^ (from * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL) >> (64 - kCacheBits)];
+        if (slot.id_plus_one != 0 && slot.key == key && slot.origin == from) return slot.id_plus_one - 1;
+        return intern_slow(key, from, slot, cache_key);
     }
 
     const AllocationClass& operator[](ClassId id) const { return classes_[id]; }
@@ -96,12 +113,13 @@ private:
     static constexpr unsigned kCacheBits = 12;
     struct CacheSlot {
         std::uint64_t key = 0;
+        std::uint64_t origin = 0;
         std::uint32_t id_plus_one = 0;
     };
-    ClassId intern_slow(std::uint64_t key, CacheSlot& slot, std::uint64_t cache_key);
+    ClassId intern_slow(std::uint64_t key, std::uint64_t origin, CacheSlot& slot, std::uint64_t cache_key);
 
     std::array<CacheSlot, std::size_t{1} << kCacheBits> cache_{};
-    absl::flat_hash_map<std::uint64_t, ClassId> ids_;
+    absl::flat_hash_map<std::pair<std::uint64_t, std::uint64_t>, ClassId> ids_;  // (site, bytes), origin
     std::vector<AllocationClass> classes_;
     std::vector<std::uint64_t> cache_keys_;  // parallel to classes_
     std::uint32_t limit_;

@@ -7,7 +7,7 @@
 
 namespace kleak::core {
 
-static_assert(KLEAK_ABI_VERSION == 4, "update the static_asserts below with the ABI");
+static_assert(KLEAK_ABI_VERSION == 5, "update the static_asserts below with the ABI");
 static_assert(sizeof(kleak_record_header) == 16);
 static_assert(offsetof(kleak_record_header, ts_ns) == 0);
 static_assert(offsetof(kleak_record_header, kind) == 8);
@@ -21,7 +21,7 @@ static_assert(offsetof(kleak_alloc_record, call_site) == 24);
 static_assert(offsetof(kleak_alloc_record, bytes_req) == 32);
 static_assert(offsetof(kleak_alloc_record, bytes_alloc) == 36);
 static_assert(offsetof(kleak_alloc_record, gfp_flags) == 40);
-static_assert(offsetof(kleak_alloc_record, tid) == 44);
+static_assert(offsetof(kleak_alloc_record, stack) == 44);
 static_assert(sizeof(kleak_cache_alloc_record) == 56);
 static_assert(offsetof(kleak_cache_alloc_record, cache) == 48);
 static_assert(sizeof(kleak_cache_free_record) == 40);
@@ -65,7 +65,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.call_site = rec.call_site;
         out.bytes_req = out.bytes_alloc = page_bytes(rec.order, rec.page_shift);
         out.gfp_flags = rec.gfp_flags;
-        out.tid = 0;
+        out.tid = out.stack = 0;
         out.cache = 0;
         return DecodeStatus::ok;
     }
@@ -82,7 +82,8 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_req = rec.bytes_req;
         out.bytes_alloc = rec.bytes_alloc;
         out.gfp_flags = rec.gfp_flags;
-        out.tid = rec.tid;
+        out.tid = 0;
+        out.stack = rec.stack;
         out.cache = 0;
         return DecodeStatus::ok;
     }
@@ -96,7 +97,8 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_req = rec.alloc.bytes_req;
         out.bytes_alloc = rec.alloc.bytes_alloc;
         out.gfp_flags = rec.alloc.gfp_flags;
-        out.tid = rec.alloc.tid;
+        out.tid = 0;
+        out.stack = rec.alloc.stack;
         out.cache = rec.cache;
         return DecodeStatus::ok;
     }
@@ -111,7 +113,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.kind = static_cast<EventKind>(hdr.kind);
         out.ptr = family_key(family_of(out.kind), rec.ptr);
         out.call_site = rec.call_site;
-        out.bytes_req = out.bytes_alloc = out.tid = 0;
+        out.bytes_req = out.bytes_alloc = out.tid = out.stack = 0;
         out.gfp_flags = hdr.flags;
         out.cache = 0;
         return DecodeStatus::ok;
@@ -123,7 +125,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.kind = EventKind::cache_free;
         out.ptr = rec.free.ptr;
         out.call_site = rec.free.call_site;
-        out.bytes_req = out.bytes_alloc = out.tid = 0;
+        out.bytes_req = out.bytes_alloc = out.tid = out.stack = 0;
         out.gfp_flags = hdr.flags;
         out.cache = rec.cache;
         return DecodeStatus::ok;
@@ -131,7 +133,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
     case KLEAK_TIME_MARK:
         out.kind = EventKind::time_mark;
         out.ptr = out.call_site = out.cache = 0;
-        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = 0;
+        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = out.stack = 0;
         return DecodeStatus::ok;
     case KLEAK_PRINTK: {
         const auto text = printk_text(bytes);
@@ -144,6 +146,7 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_alloc = 0;
         out.gfp_flags = hdr.flags;
         out.tid = tid;
+        out.stack = 0;
         return DecodeStatus::ok;
     }
     default:

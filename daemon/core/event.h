@@ -85,8 +85,9 @@ struct Event {
     std::uint32_t bytes_req = 0;    // allocations; frees: the stamp window (above)
     std::uint32_t bytes_alloc = 0;  // allocations only
     std::uint32_t gfp_flags = 0;    // allocations; frees: the record's flags (KLEAK_TS_*)
-    std::uint32_t tgid = 0;
-    std::uint32_t tid = 0;          // allocations only
+    std::uint32_t tgid = 0;         // printk; allocations that carry a stack
+    std::uint32_t tid = 0;          // printk only
+    std::uint32_t stack = 0;        // allocations: 1 + the kernel stack id (stack_trace.h), 0: none
     EventKind kind = EventKind::kmalloc;
     std::uint16_t cpu = 0;          // the ring the record came from
     // cache_alloc/cache_free from a KLEAK_CACHE_ALLOC_FROM/_FREE_FROM record:

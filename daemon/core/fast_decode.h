@@ -30,7 +30,8 @@ inline void copy_alloc_fields(const kleak_alloc_record& rec, std::uint16_t cpu, 
     out.bytes_req = rec.bytes_req;
     out.bytes_alloc = rec.bytes_alloc;
     out.gfp_flags = rec.gfp_flags;
-    out.tid = rec.tid;
+    out.tid = 0;
+    out.stack = rec.stack;
 }
 
 inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
@@ -56,7 +57,7 @@ inline DecodeStatus decode_record_fast(std::span<const std::byte> bytes, std::ui
             rec.hdr.kind == KLEAK_CACHE_FREE_FROM && bytes.size() >= sizeof(kleak_cache_free_record);
         if (rec.hdr.kind == KLEAK_KFREE || rec.hdr.kind == KLEAK_CACHE_FREE || with_cache) {
             copy_shared_fields(rec, cpu, out);
-            out.bytes_req = out.bytes_alloc = out.tid = 0;
+            out.bytes_req = out.bytes_alloc = out.tid = out.stack = 0;
             out.gfp_flags = rec.hdr.flags;
             out.cache = 0;
             if (with_cache) {

@@ -83,7 +83,8 @@ void Tracker::allocated(const Event& event, SiteId here) {
 
     const ClassId cls = classes_.intern(
         here, event.bytes_alloc,
-        event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache);
+        event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache,
+        Origin{event.stack, event.stack != 0 ? event.tgid : 0});
     if (cls != kOverflowClass) [[likely]] {
         if (cls >= class_live_.size()) class_live_.resize(cls + 1);
         ++class_live_[cls];
@@ -105,7 +106,7 @@ void Tracker::allocated(const Event& event, SiteId here) {
     }
     if (cls == kOverflowClass) {
         ++class_overflows_;
-        overflow_[event.ptr] = {here, event.bytes_alloc};
+        overflow_[event.ptr] = {here, event.bytes_alloc, Origin{event.stack, event.stack != 0 ? event.tgid : 0}};
     }
     ++totals_.outstanding;
     totals_.outstanding_bytes += event.bytes_alloc;

@@ -4,7 +4,8 @@
 // the per-class live counts and the age index are rebuilt on load.
 //
 // One outstanding allocation is written by write_entry() and read by
-// read_entry(), one class by write_class()/read_class(): a field added to
+// read_entry(), one class by write_class() and the class loop of
+// load_image() (a class's stack is not kept: see there): a field added to
 // an entry or a class (attribution, say) goes there, with a bump of
 // kStateFormatVersion (state_image.h).
 #include <algorithm>
@@ -140,13 +141,23 @@ bool Tracker::load_sections(ByteReader& in) {
     }
     const std::uint64_t class_count = in.u64();
     if (!in.can_hold(class_count, 16)) return false;
+    // Classes that differed only by their stack (Origin) become one: a stack
+    // id names a stack in the old process's BPF stack map, which is gone.
+    std::vector<ClassId> saved_to_loaded;
+    saved_to_loaded.reserve(class_count);
     for (std::uint64_t i = 0; i < class_count && in.ok(); ++i) {
         const SiteId site = in.u32();
         const std::uint32_t bytes = in.u32();
         const std::uint64_t cache_key = in.u64();
-        // Interned in id order, each new: the same ids as when saved.
-        if (site >= sites_.size() || classes_.intern(site, bytes, cache_key) != i) return false;
+        if (site >= sites_.size()) return false;
+        saved_to_loaded.push_back(classes_.intern(site, bytes, cache_key));
     }
+    const auto remapped = [&](std::uint64_t packed) {
+        const ClassId cls = class_of(packed);
+        return cls == kOverflowClass || cls >= saved_to_loaded.size()
+                   ? packed
+                   : pack_allocation(saved_to_loaded[cls], unit_of(packed));
+    };
     totals_ = read_totals(in);
     class_overflows_ = in.u64();
     const std::uint64_t caches = in.u64();
@@ -163,15 +174,19 @@ bool Tracker::load_sections(ByteReader& in) {
     if (!in.can_hold(live, 16)) return false;
     live_.reserve(live);  // the entries come in slot order (pointer_table.h)
     for (std::uint64_t i = 0; i < live && in.ok(); ++i) {
-        const Entry e = read_entry(in);
+        Entry e = read_entry(in);
+        if (class_of(e.packed) >= class_count && class_of(e.packed) != kOverflowClass) return false;
+        e.packed = remapped(e.packed);
         if (!valid(e) || !live_.try_emplace(e.ptr, e.packed).second) return false;
         if (class_of(e.packed) == kOverflowClass) overflow_[e.ptr] = e.overflow;
     }
     const std::uint64_t displaced = in.u64();
     if (!in.can_hold(displaced, 24)) return false;
     for (std::uint64_t i = 0; i < displaced && in.ok(); ++i) {
-        const Entry e = read_entry(in);
+        Entry e = read_entry(in);
         const std::uint64_t at_ns = in.u64();
+        if (class_of(e.packed) >= class_count && class_of(e.packed) != kOverflowClass) return false;
+        e.packed = remapped(e.packed);
         if (!valid(e)) return false;
         const ClassId cls = class_of(e.packed);
         displaced_[e.ptr].push_back(

@@ -9,7 +9,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <fstream>
 #include <chrono>
 #include <thread>
@@ -278,6 +280,8 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
             throw StartupError(describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
     }
     map_pending_flags();
+    if (auto error = set_stack_capture(options.stacks, options.stack_sample_shift, {}))
+        throw StartupError(*error);
 
     // Before the kmem programs: no CPU may go offline holding records with
     // nothing in place to flush it. Not fatal: without it only a CPU going
@@ -540,6 +544,56 @@ std::optional<core::CacheInfo> BpfTracer::cache_info(std::uint64_t cache) const 
     out.name.assign(info.name, ::strnlen(info.name, sizeof info.name));
     out.object_size = info.object_size;
     out.reclaimable = info.reclaimable != 0;
+    return out;
+}
+
+std::optional<std::string> BpfTracer::set_stack_capture(core::StackMode mode, std::uint32_t sample_shift,
+                                                        std::span<const std::uint64_t> sites) {
+    std::vector<std::uint64_t> wanted(sites.begin(), sites.end());
+    std::sort(wanted.begin(), wanted.end());
+    wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+    if (wanted.size() > KLEAK_STACK_SITES_MAX) wanted.resize(KLEAK_STACK_SITES_MAX);
+    const int sites_fd = bpf_map__fd(skel_->maps.stack_sites);
+    // Removed first, so the hash never needs room for both sets.
+    std::vector<std::uint64_t> gone;
+    std::set_difference(stack_sites_.begin(), stack_sites_.end(), wanted.begin(), wanted.end(), std::back_inserter(gone));
+    for (const std::uint64_t site : gone) bpf_map_delete_elem(sites_fd, &site);
+    const __u8 yes = 1;
+    for (const std::uint64_t site : wanted) {
+        if (bpf_map_update_elem(sites_fd, &site, &yes, BPF_ANY) != 0)
+            return describe_errno("adding a call site to the BPF map stack_sites failed", -errno);
+    }
+    stack_sites_ = std::move(wanted);
+    kleak_stack_settings settings{};
+    settings.mode = static_cast<__u32>(mode);
+    settings.sample_shift = std::min(sample_shift, kMaxSampleShift);
+    const core::SiteBits bits = core::site_bits(stack_sites_);
+    std::copy(bits.begin(), bits.end(), settings.site_bits);
+    const __u32 key = 0;
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.stack_settings), &key, &settings, BPF_ANY) != 0)
+        return describe_errno("writing the BPF map stack_settings failed", -errno);
+    return std::nullopt;
+}
+
+std::vector<std::uint64_t> BpfTracer::stack_frames(std::uint32_t stack_id) const {
+    std::vector<std::uint64_t> frames(KLEAK_STACK_DEPTH, 0);
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stacks), &stack_id, frames.data()) != 0) return {};
+    // The kernel zero-fills the slots past the stack's depth.
+    while (!frames.empty() && frames.back() == 0) frames.pop_back();
+    return frames;
+}
+
+std::vector<StackCounts> BpfTracer::read_stack_counts() const {
+    std::vector<StackCounts> out(KLEAK_FAMILY_COUNT);
+    for (std::uint32_t f = 0; f < KLEAK_FAMILY_COUNT; ++f) {
+        std::uint64_t* fields[] = {&out[f].captured, &out[f].collided, &out[f].failed};
+        for (std::uint32_t kind = 0; kind < 3; ++kind) {
+            const std::vector<std::uint64_t> per_cpu =
+                read_per_cpu_counter(skel_->maps.stack_counts, f * KLEAK_STACK_COUNT_KINDS + kind);
+            if (per_cpu.empty()) return {};
+            for (const std::uint64_t n : per_cpu) *fields[kind] += n;
+        }
+    }
     return out;
 }
 

@@ -21,6 +21,7 @@
 
 #include "core/sizes.h"
 #include "core/slab_caches.h"
+#include "core/stack_capture.h"
 #include "kernel/attach_mode.h"
 #include "kernel/unique_fd.h"
 
@@ -71,6 +72,17 @@ struct TracerOptions {
     // Skip allocations smaller than this (bytes requested). Their frees are
     // still recorded and show as unmatched frees. 0 keeps everything.
     std::uint32_t min_size = 0;
+    // Kernel stacks from the start (README, "Stacks"); set_stack_capture()
+    // changes them at run time. all mode: 1 in 2^stack_sample_shift pointers.
+    core::StackMode stacks = core::StackMode::suspects;
+    std::uint32_t stack_sample_shift = 0;
+};
+
+// The stack counters of one family, summed over CPUs (enum kleak_stack_count).
+struct StackCounts {
+    std::uint64_t captured = 0;
+    std::uint64_t collided = 0;  // the stack map had no room for a new stack
+    std::uint64_t failed = 0;
 };
 
 inline constexpr std::uint32_t kMaxSampleShift = 32;
@@ -184,6 +196,18 @@ public:
     // us): nullopt when it cannot be read. Works after detach() too.
     std::optional<core::CacheInfo> cache_info(std::uint64_t cache) const;
 
+    // Which allocations get a kernel stack from now on: the mode, and in
+    // suspects mode the call sites (at most KLEAK_STACK_SITES_MAX). Updates
+    // the `stack_sites` hash and then `stack_settings`. Returns what failed,
+    // or nullopt.
+    std::optional<std::string> set_stack_capture(core::StackMode mode, std::uint32_t sample_shift,
+                                                 std::span<const std::uint64_t> sites);
+    std::size_t stack_site_count() const { return stack_sites_.size(); }
+    // One stack's frames, innermost first, by its id; empty if the map has none.
+    std::vector<std::uint64_t> stack_frames(std::uint32_t stack_id) const;
+    // Per family (core::Family order); empty if unreadable.
+    std::vector<StackCounts> read_stack_counts() const;
+
     // Stops new records; the rings stay readable so the tail can be drained.
     void detach();
 
@@ -235,6 +259,7 @@ private:
     bool flushes_offline_cpus_ = false;
     bool families_attached_[4] = {false, false, false, false};
     std::unique_ptr<core::AllocatorText> allocator_text_;  // for the page and vmalloc programs' rodata
+    std::vector<std::uint64_t> stack_sites_;  // what `stack_sites` holds, sorted
 };
 
 }  // namespace kleak

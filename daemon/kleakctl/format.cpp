@@ -190,6 +190,63 @@ std::string format_coverage(const nlohmann::json& c) {
 }
 }  // namespace
 
+std::string format_leaks_by(const nlohmann::json& r) {
+    const std::string by = r.at("by").get<std::string>();
+    std::string out = fmt::format("{} live allocations ({} bytes) carry a process (those with a kernel stack), by {}:\n",
+                                  u64(r, "outstanding"), u64(r, "outstanding_bytes"), by);
+    out += fmt::format("{:>12} {:>14} {:>9}  {}\n", "outstanding", "bytes", "processes", by);
+    for (const auto& row : r.at("rows")) {
+        const std::string key = row.at("key").get<std::string>();
+        out += fmt::format("{:>12} {:>14} {:>9}  {}\n", u64(row, "outstanding"), u64(row, "outstanding_bytes"),
+                           u64(row, "processes"), key.empty() ? "(exited)" : key);
+    }
+    return out;
+}
+
+std::string format_capture(const nlohmann::json& c) {
+    std::string out = fmt::format("stacks: {}", c.at("mode").get<std::string>());
+    if (c.at("mode") == "suspects") {
+        out += fmt::format(" ({} call sites", u64(c, "sites"));
+        if (!c.at("functions").empty()) {
+            std::string names;
+            for (const auto& f : c.at("functions")) names += (names.empty() ? "" : ", ") + f.get<std::string>();
+            out += ", in " + names + " and the growing sites";
+        }
+        out += ")";
+    } else if (c.at("mode") == "all" && u64(c, "sample_shift") != 0) {
+        out += fmt::format(" (1 in {} pointers)", std::uint64_t{1} << u64(c, "sample_shift"));
+    }
+    std::uint64_t captured = 0, collided = 0, failed = 0;
+    for (const auto& [family, n] : c.at("families").items()) {
+        captured += u64(n, "captured");
+        collided += u64(n, "collided");
+        failed += u64(n, "failed");
+    }
+    out += fmt::format("; captured {}, lost {} (stack map full) and {} (failed)\n", captured, collided, failed);
+    return out;
+}
+
+std::string format_stacks(const nlohmann::json& r) {
+    std::string out = fmt::format("{} live allocations ({} bytes) carry a kernel stack\n", u64(r, "outstanding"),
+                                  u64(r, "outstanding_bytes"));
+    for (const auto& s : r.at("stacks")) {
+        out += fmt::format("\n{} bytes in {} allocations at {} ({}):\n", u64(s, "outstanding_bytes"),
+                           u64(s, "outstanding"), s.at("site").get<std::string>(), s.at("family").get<std::string>());
+        for (const auto& frame : s.at("frames")) out += "    " + frame.get<std::string>() + "\n";
+        std::string processes;
+        for (const auto& p : s.at("processes")) {
+            if (!processes.empty()) processes += ", ";
+            processes += fmt::format("{}", u64(p, "tgid"));
+            if (p.contains("comm")) processes += " (" + p.at("comm").get<std::string>() + ")";
+            processes += fmt::format(": {}", u64(p, "outstanding"));
+        }
+        if (!processes.empty()) out += "  site's processes (tgid: live): " + processes + "\n";
+    }
+    if (r.at("stacks").empty()) out += "  (none: see the capture line below)\n";
+    if (r.contains("capture")) out += "\n" + format_capture(r.at("capture"));
+    return out;
+}
+
 std::string format_caches(const nlohmann::json& r) {
     const auto& rows = r.at("caches");
     std::string out = fmt::format("{} slab caches hold kleakd's live allocations; {} of them have fewer active objects "

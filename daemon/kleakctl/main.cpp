@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "core/printk_json.h"
+#include "core/stacks_query.h"
 #include "client/client.h"
 #include "kleakctl/format.h"
 #include "kleakctl/html_command.h"
@@ -39,6 +40,12 @@ struct Options {
     std::string html_output;    // report --html FILE, html -o FILE
     std::string html_snapshot;  // html SNAPSHOT.json
     std::size_t curves = 8;
+    std::string stacks_function;           // stacks FUNCTION
+    std::vector<std::string> capture;      // stacks --capture MODE | FUNCTION...
+    std::uint32_t stacks_sample_shift = 0; // stacks --capture all --sample-shift N
+    bool folded = false;
+    std::string weight = "bytes";
+    std::string by = "site";  // leaks --by
 };
 
 nlohmann::json read_json_file(const std::string& path) {
@@ -103,13 +110,13 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
         print_printk_lines(result, options.json);
         return 0;
     }
-    if (options.json || op == Op::snapshot) {
+    if ((options.json && !options.folded) || op == Op::snapshot) {
         std::cout << result.dump(2) << '\n';
         return 0;
     }
     switch (op) {
         case Op::leaks:
-            std::cout << kleak::ctl::format_leaks(result);
+            std::cout << (result.contains("by") ? kleak::ctl::format_leaks_by(result) : kleak::ctl::format_leaks(result));
             break;
         case Op::stats:
             std::cout << kleak::ctl::format_stats(result);
@@ -131,6 +138,16 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
             break;
         case Op::caches:
             std::cout << kleak::ctl::format_caches(result);
+            break;
+        case Op::stacks:
+            if (options.folded)
+                std::cout << kleak::core::folded_stacks(result, options.weight == "count" ? kleak::core::StackWeight::count
+                                                                                       : kleak::core::StackWeight::bytes);
+            else
+                std::cout << kleak::ctl::format_stacks(result);
+            break;
+        case Op::capture:
+            std::cout << kleak::ctl::format_capture(result);
             break;
         case Op::printk:  // printed above
         case Op::snapshot:
@@ -168,6 +185,13 @@ int main(int argc, char** argv) {
         ->default_str("bytes");
     leaks->add_option("--family,-F", options.family, "Only one allocator family's call sites: slab, page, percpu, vmalloc")
         ->check(CLI::IsMember({"slab", "page", "percpu", "vmalloc"}));
+    leaks
+        ->add_option("--by", options.by,
+                     "Group by call site, or by the allocating process's comm or cgroup (v2 path): only allocations "
+                     "that carry a kernel stack have a process (see `stacks`); --min-age and --family apply to "
+                     "sites only")
+        ->check(CLI::IsMember({"site", "comm", "cgroup"}))
+        ->default_str("site");
     auto* suspects = app.add_subcommand(
         "suspects",
         "Call sites ranked by how likely they leak: growing ones first, with their verdicts, reasons, growth per "
@@ -195,6 +219,26 @@ int main(int argc, char** argv) {
                   "against the kernel's counters (/proc/meminfo, /proc/vmstat)");
     caches->add_option("--top,-n", options.caches_top, "How many caches, most live objects first (0: all)")
         ->check(CLI::Range(0, 100000))
+        ->default_str("0");
+    auto* stacks = app.add_subcommand(
+        "stacks", "Live memory per kernel stack, per call site, most bytes first (stacks are captured at the sites "
+                  "judged growing and those --capture names, or everywhere with --capture all: README, \"Stacks\")");
+    stacks->add_option("function", options.stacks_function, "Only the call sites in this function");
+    stacks->add_option("--top,-n", options.top, "How many stacks (0: all)")->check(CLI::Range(0, 100000))->default_str("20");
+    stacks->add_flag("--folded", options.folded,
+                     "Print folded stacks (outer;...;inner WEIGHT), for flamegraph.pl, inferno or speedscope");
+    stacks->add_option("--weight", options.weight, "With --folded: weigh each stack by its live bytes or count")
+        ->check(CLI::IsMember({"bytes", "count"}))
+        ->default_str("bytes");
+    stacks
+        ->add_option("--capture", options.capture,
+                     "Change which allocations get a stack from now on, then print the capture in force: suspects "
+                     "(the growing sites), all, off, or FUNCTION... (suspects, plus every call site in these "
+                     "functions). Root or socket.admin_group only: it changes what tracing costs")
+        ->expected(1, static_cast<int>(kleak::proto::kMaxCaptureFunctions));
+    stacks->add_option("--sample-shift", options.stacks_sample_shift,
+                       "With --capture all: a stack for 1 in 2^N allocations, by a hash of the pointer")
+        ->check(CLI::Range(0, 32))
         ->default_str("0");
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
@@ -258,6 +302,7 @@ int main(int argc, char** argv) {
         }
         request.leaks.min_age_ns = *age;
         request.leaks.family = options.family;
+        request.leaks.by = options.by;
     } else if (*suspects) {
         request.op = Op::suspects;
         request.suspects.top = options.top;
@@ -270,6 +315,20 @@ int main(int argc, char** argv) {
     } else if (*caches) {
         request.op = Op::caches;
         request.caches.top = options.caches_top;
+    } else if (*stacks && !options.capture.empty()) {
+        request.op = Op::capture;
+        const std::string& first = options.capture.front();
+        if (options.capture.size() == 1 && (first == "suspects" || first == "all" || first == "off")) {
+            request.capture.stacks = first;
+        } else {
+            request.capture.stacks = "suspects";
+            request.capture.functions = options.capture;
+        }
+        request.capture.sample_shift = options.stacks_sample_shift;
+    } else if (*stacks) {
+        request.op = Op::stacks;
+        request.stacks.function = options.stacks_function;
+        request.stacks.top = options.top;
     } else if (*stats) {
         request.op = Op::stats;
     } else if (*report) {

@@ -8,6 +8,8 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/msg.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/utsname.h>
@@ -54,6 +56,7 @@ struct Config {
     std::string log_level = "info";
     std::optional<json> verdicts;  // the "verdicts" section, when a test sets one
     std::optional<json> allocators;  // tracing.allocators, when a test sets it
+    std::optional<std::string> stacks;  // tracing.stacks, when a test sets it
 
     json to_json() const {
         json j = {{"socket", {{"path", socket.string()}, {"group", group}, {"mode", mode}}},
@@ -62,6 +65,7 @@ struct Config {
                   {"log_level", log_level}};
         if (verdicts) j["verdicts"] = *verdicts;
         if (allocators) j["tracing"]["allocators"] = *allocators;
+        if (stacks) j["tracing"]["stacks"] = *stacks;
         return j;
     }
     // JSON with a comment, as an administrator writes it.
@@ -2434,3 +2438,234 @@ TEST(HtmlReport, ALeakAcrossARestartIsDrawnFromTheDaemonAndFromItsSnapshot) {
     EXPECT_NE(refused.err.find("kleakctl: html: "), std::string::npos) << refused.err;
     EXPECT_FALSE(fs::exists(daemon.dir() / "bad.html"));
 }
+
+// --- kernel stacks, processes and cgroups ----------------------------------------------------
+
+namespace {
+
+// A child process, named `comm` (prctl) and, when `cgroup` is not empty,
+// moved into that cgroup v2 directory, holding `count` pipes until destroyed.
+class PipeHolder {
+public:
+    PipeHolder(const std::string& comm, int count, const fs::path& cgroup = {}) {
+        int go[2], ready[2];
+        if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(ready, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+        pid_ = ::fork();
+        if (pid_ < 0) throw std::runtime_error("fork");
+        if (pid_ == 0) {  // async-signal-safe calls only from here
+            ::close(go[1]);
+            ::close(ready[0]);
+            ::prctl(PR_SET_NAME, comm.c_str(), 0, 0, 0);
+            char byte;
+            if (::read(go[0], &byte, 1) != 1) ::_exit(1);  // moved into its cgroup by now
+            int held = 0;
+            for (int i = 0; i < count; ++i) {
+                int fds[2];
+                if (::pipe2(fds, O_CLOEXEC) == 0) ++held;
+            }
+            byte = held == count ? 'y' : 'n';
+            if (::write(ready[1], &byte, 1) != 1) ::_exit(1);
+            while (::read(go[0], &byte, 1) > 0) {
+            }  // until the parent closes its end
+            ::_exit(0);
+        }
+        ::close(go[0]);
+        ::close(ready[1]);
+        go_ = go[1];
+        if (!cgroup.empty()) write_file(cgroup / "cgroup.procs", std::to_string(pid_));
+        char byte = 'g';
+        ok_ = ::write(go_, &byte, 1) == 1 && ::read(ready[0], &byte, 1) == 1 && byte == 'y';
+        ::close(ready[0]);
+    }
+    ~PipeHolder() {
+        ::close(go_);
+        ::waitpid(pid_, nullptr, 0);
+    }
+    PipeHolder(const PipeHolder&) = delete;
+    PipeHolder& operator=(const PipeHolder&) = delete;
+    bool ok() const { return ok_; }
+    pid_t pid() const { return pid_; }
+
+private:
+    pid_t pid_ = -1;
+    int go_ = -1;
+    bool ok_ = false;
+};
+
+// A fresh cgroup v2 directory, removed (once empty) by the destructor.
+class TempCgroup {
+public:
+    TempCgroup() {
+        // The cgroup2 mount: /sys/fs/cgroup on a unified host, .../unified on a hybrid one.
+        for (const char* root : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}) {
+            if (fs::exists(fs::path(root) / "cgroup.procs") && !fs::exists(fs::path(root) / "tasks")) {
+                name_ = "kleak-test-" + std::to_string(::getpid());
+                path_ = fs::path(root) / name_;
+                fs::create_directory(path_);
+                return;
+            }
+        }
+    }
+    ~TempCgroup() {
+        if (!path_.empty()) ::rmdir(path_.c_str());
+    }
+    const fs::path& path() const { return path_; }
+    std::string v2_path() const { return "/" + name_; }
+
+private:
+    std::string name_;
+    fs::path path_;
+};
+
+json stacks_of(const Daemon& daemon, const std::string& function) {
+    return ctl_json(daemon, {"stacks", function, "--top", "0"});
+}
+
+// The live pipes `tgid` holds at alloc_pipe_info according to `stacks`.
+std::uint64_t pipes_of(const json& stacks, pid_t tgid) {
+    std::uint64_t n = 0;
+    for (const auto& s : stacks.at("stacks"))
+        for (const auto& p : s.at("processes"))
+            if (p.at("tgid") == static_cast<std::uint32_t>(tgid)) n += u64(p, "outstanding");
+    return n;
+}
+
+json wait_for_pipes(const Daemon& daemon, pid_t tgid, std::uint64_t count) {
+    json out;
+    for (const auto deadline = Clock::now() + 20s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+        out = stacks_of(daemon, "alloc_pipe_info");
+        // processes are per site: a stack's row lists every process of its site
+        if (pipes_of(out, tgid) >= count) break;
+    }
+    return out;
+}
+
+bool has_frame(const json& frames, const std::string& function) {
+    return std::any_of(frames.begin(), frames.end(), [&](const json& f) {
+        const std::string frame = f.get<std::string>();
+        return frame == function || frame.starts_with(function + "+");
+    });
+}
+
+TEST(Stacks, AllModeShowsThePipeSyscallPathItsProcessAndItsCgroup) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    daemon.config.stacks = "all";
+    ASSERT_TRUE(daemon.start());
+    TempCgroup cgroup;
+    ASSERT_FALSE(cgroup.path().empty()) << "no cgroup v2 mount";
+    const std::string comm = "kstk" + std::to_string(::getpid() % 100000);
+    constexpr int kPipes = 40;
+    PipeHolder holder(comm, kPipes, cgroup.path());
+    ASSERT_TRUE(holder.ok());
+
+    const json result = wait_for_pipes(daemon, holder.pid(), kPipes);
+    json mine;  // the stack with the most of the child's pipes
+    for (const auto& s : result.at("stacks"))
+        if (has_frame(s.at("frames"), "do_pipe2") && (mine.is_null() || u64(s, "outstanding") > u64(mine, "outstanding")))
+            mine = s;
+    ASSERT_FALSE(mine.is_null()) << result.dump(2).substr(0, 4000);
+    // Innermost first, from the call site on: the pipe(2) path.
+    const json& frames = mine.at("frames");
+    EXPECT_TRUE(frames.at(0).get<std::string>().starts_with("alloc_pipe_info+")) << frames.dump();
+    for (const char* f : {"create_pipe_files", "do_pipe2", "do_syscall_64"}) EXPECT_TRUE(has_frame(frames, f)) << f << frames.dump();
+    EXPECT_GE(u64(mine, "outstanding"), static_cast<std::uint64_t>(kPipes));
+    EXPECT_EQ(mine.at("family"), "slab");
+    // The child's comm and cgroup.
+    json child;
+    for (const auto& p : mine.at("processes"))
+        if (p.at("tgid") == static_cast<std::uint32_t>(holder.pid())) child = p;
+    ASSERT_FALSE(child.is_null()) << mine.dump(2);
+    EXPECT_GE(u64(child, "outstanding"), static_cast<std::uint64_t>(kPipes));
+    EXPECT_EQ(child.at("comm"), comm);
+    EXPECT_EQ(child.at("cgroup"), cgroup.v2_path());
+    // leaks --by comm and --by cgroup: the child's pipes under its comm and its cgroup.
+    for (const auto& [by, key] : {std::pair<std::string, std::string>{"comm", comm}, {"cgroup", cgroup.v2_path()}}) {
+        const json rows = ctl_json(daemon, {"leaks", "--by", by, "--top", "100000"});
+        EXPECT_EQ(rows.at("by"), by);
+        json row;
+        for (const auto& r : rows.at("rows"))
+            if (r.at("key") == key) row = r;
+        ASSERT_FALSE(row.is_null()) << by << ": " << rows.dump(2).substr(0, 3000);
+        EXPECT_GE(u64(row, "outstanding"), static_cast<std::uint64_t>(kPipes)) << row.dump();
+        EXPECT_GE(u64(row, "processes"), 1u);
+    }
+
+    // --folded: one line per stack, outermost first, weights summing to the totals.
+    for (const std::string weight : {"count", "bytes"}) {
+        const Result folded = ctl({"--socket", daemon.socket().string(), "stacks", "alloc_pipe_info", "--top", "0",
+                                   "--folded", "--weight", weight});
+        ASSERT_EQ(folded.exit_code, 0) << folded.err;
+        const json now = stacks_of(daemon, "alloc_pipe_info");  // pipes of other processes may come and go
+        std::uint64_t sum = 0;
+        bool saw_path = false;
+        std::istringstream lines(folded.out);
+        for (std::string line; std::getline(lines, line);) {
+            const auto space = line.rfind(' ');
+            ASSERT_NE(space, std::string::npos) << line;
+            sum += std::stoull(line.substr(space + 1));
+            saw_path = saw_path || (line.find("do_pipe2;create_pipe_files;alloc_pipe_info ") != std::string::npos);
+        }
+        EXPECT_TRUE(saw_path) << folded.out;
+        const std::uint64_t total = u64(now, weight == "count" ? "outstanding" : "outstanding_bytes");
+        const std::uint64_t slack = weight == "count" ? 8 : 8 * 4096;  // another process's pipes between the two reads
+        EXPECT_LE(sum, total + slack) << folded.out;
+        EXPECT_GE(sum + slack, total) << folded.out;
+    }
+    const json capture = stats(daemon).at("stacks");
+    EXPECT_EQ(capture.at("mode"), "all");
+    EXPECT_GE(u64(capture.at("families").at("slab"), "captured"), static_cast<std::uint64_t>(kPipes));
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+TEST(Stacks, ANamedFunctionGetsStacksAndNoOtherSiteDoes) {
+    REQUIRE_KERNEL();
+    Daemon daemon;  // suspects mode, the default: no site grows within this test
+    ASSERT_TRUE(daemon.start());
+    {
+        PipeHolder warm_up("kstkwarm", 4);  // the tracker learns alloc_pipe_info's call site
+        ASSERT_TRUE(warm_up.ok());
+    }
+    // Until the site is named, the pipes carry no stack.
+    json capture;
+    for (const auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+        capture = ctl_json(daemon, {"stacks", "--capture", "alloc_pipe_info"});
+        if (u64(capture, "sites") > 0) break;
+    }
+    EXPECT_EQ(capture.at("mode"), "suspects");
+    EXPECT_EQ(capture.at("functions"), json::array({"alloc_pipe_info"}));
+    ASSERT_GE(u64(capture, "sites"), 1u) << capture.dump();
+
+    constexpr int kPipes = 24;
+    PipeHolder holder("kstknamed", kPipes);
+    ASSERT_TRUE(holder.ok());
+    const json result = wait_for_pipes(daemon, holder.pid(), kPipes);
+    EXPECT_GE(pipes_of(result, holder.pid()), static_cast<std::uint64_t>(kPipes)) << result.dump(2).substr(0, 3000);
+    // Every stack the daemon holds is at a site in alloc_pipe_info.
+    const json every = ctl_json(daemon, {"stacks", "--top", "0"});
+    ASSERT_FALSE(every.at("stacks").empty());
+    for (const auto& s : every.at("stacks")) EXPECT_EQ(s.at("function"), "alloc_pipe_info") << s.dump();
+
+    // A reader may look but not change the capture.
+    const Result as_nobody = ctl({"--socket", daemon.socket().string(), "stacks", "--capture", "all"}, Identity{65534, 65534, {}});
+    EXPECT_NE(as_nobody.exit_code, 0);
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+TEST(Stacks, OffCapturesNone) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    daemon.config.stacks = "off";
+    ASSERT_TRUE(daemon.start());
+    PipeHolder holder("kstkoff", 16);
+    ASSERT_TRUE(holder.ok());
+    std::this_thread::sleep_for(1s);
+    const json result = ctl_json(daemon, {"stacks", "--top", "0"});
+    EXPECT_TRUE(result.at("stacks").empty()) << result.dump(2).substr(0, 2000);
+    const json capture = stats(daemon).at("stacks");
+    EXPECT_EQ(capture.at("mode"), "off");
+    for (const auto& [family, n] : capture.at("families").items()) EXPECT_EQ(u64(n, "captured"), 0u) << family;
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+}  // namespace

@@ -11,6 +11,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# cgroup v2, unified: the stacks tests move a child into a cgroup of their own.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 # /tmp stays the initramfs's own (RAM already): a tmpfs over it would hide
 # a build tree that lives under /tmp.
 chmod 1777 /tmp

@@ -15,7 +15,9 @@
 # untracked frees), slab caches (held pipes counted in the caches
 # /proc/slabinfo names, excess by its rule, kmem_buckets objects on 6.11+),
 # allocator families (pipe buffer pages at the pipe write, BPF maps' percpu
-# elements and vmalloc areas, or the warning where a family is missing).
+# elements and vmalloc areas, or the warning where a family is missing),
+# kernel stacks (the stack BPF loads; a held pipe's stack shows the pipe(2)
+# path, its comm and cgroup; a named function's sites only; off captures none).
 b=${kleak_build:?kleak_build= missing from the kernel command line}
 [ -n "${kleak_expect_attach:-}" ] && export KLEAKD_EXPECT_ATTACH=$kleak_expect_attach
 failed=0
@@ -24,7 +26,7 @@ run() {
   "$@" --gtest_color=no || { failed=1; echo "KLEAK-GUEST-FAILED $1"; }
 }
 run "$b/tests/kernel/test_kernel"
-run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Daemon.ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline:Printk.*:Verdicts.*:Caches.*:Families.*'
+run "$b/tests/kernel/test_daemon" --gtest_filter='Daemon.LeaksSeesHeldPipesAndTheirRelease:Daemon.FiftyConcurrentClientsUnderAllocationLoad:Daemon.SigtermDetachesAndRemovesTheSocket:Daemon.ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline:Printk.*:Verdicts.*:Caches.*:Families.*:Stacks.*'
 run "$b/tests/kernel/test_batching"
 run "$b/tests/kernel/test_bpf_knobs"
 exit $failed

@@ -29,7 +29,8 @@ namespace {
 using nlohmann::json;
 
 constexpr std::array kAllOps{Op::version, Op::stats,  Op::leaks,    Op::report,  Op::snapshot,
-                             Op::reset,   Op::printk, Op::suspects, Op::history, Op::caches};
+                             Op::reset,   Op::printk, Op::suspects, Op::history, Op::caches,
+                             Op::stacks,  Op::capture};
 constexpr std::array kAllErrorCodes{ErrorCode::parse_error,         ErrorCode::bad_request, ErrorCode::unknown_op,
                                     ErrorCode::unsupported_version, ErrorCode::too_large,   ErrorCode::internal,
                                     ErrorCode::not_permitted,       ErrorCode::lagged,      ErrorCode::not_found,
@@ -106,6 +107,10 @@ struct RequestGolden {
 std::vector<RequestGolden> request_goldens() {
     Request leaks{.id = 7, .op = Op::leaks, .leaks = {.top = 5, .min_age_ns = 30'000'000'000, .sort = LeakSort::count}};
     Request leaks_defaults{.id = 8, .op = Op::leaks, .leaks = {}};
+    Request stacks{.id = 13, .op = Op::stacks};
+    stacks.stacks = {.function = "alloc_pipe_info", .top = 5};
+    Request capture{.id = 14, .op = Op::capture};
+    capture.capture = {.stacks = "suspects", .functions = {"alloc_pipe_info", "do_inotify_init"}, .sample_shift = 0};
     return {
         {"request_version.jsonl", {.id = 1, .op = Op::version, .leaks = {}}},
         {"request_stats.jsonl", {.id = 2, .op = Op::stats, .leaks = {}}},
@@ -129,6 +134,8 @@ std::vector<RequestGolden> request_goldens() {
           .history = {.site = "alloc_pipe_info+0xd7", .resolution = 1}}},
         {"request_caches.jsonl",
          {.id = 12, .op = Op::caches, .leaks = {}, .printk = {}, .suspects = {}, .history = {}, .caches = {.top = 10}}},
+        {"request_stacks.jsonl", stacks},
+        {"request_capture.jsonl", capture},
     };
 }
 
@@ -476,8 +483,26 @@ TEST(ProtocolNames, RoundTripAndRejectUnknown) {
     EXPECT_FALSE(error_code_from_name("oops"));
 }
 
-TEST(ProtocolOps, OnlyResetChangesState) {
-    for (const Op op : kAllOps) EXPECT_EQ(op_changes_state(op), op == Op::reset) << op_name(op);
+TEST(ProtocolOps, OnlyResetAndCaptureChangeState) {
+    for (const Op op : kAllOps)
+        EXPECT_EQ(op_changes_state(op), op == Op::reset || op == Op::capture) << op_name(op);
+}
+
+TEST(ProtocolDecode, LeaksByIsSiteCommOrCgroup) {
+    const Request by_comm = decode_ok(R"({"v":1,"id":1,"op":"leaks","args":{"by":"comm"}})");
+    EXPECT_EQ(by_comm.leaks.by, "comm");
+    EXPECT_EQ(decode_ok(encode_request(by_comm)), by_comm);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"leaks","args":{"by":"pid"}})").message,
+              "\"args.by\" must be \"site\", \"comm\" or \"cgroup\", got \"pid\"");
+}
+
+TEST(ProtocolDecode, CaptureArgsAreChecked) {
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"capture","args":{"stacks":"some"}})").message,
+              "\"args.stacks\" must be \"suspects\", \"all\" or \"off\", got \"some\"");
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"capture","args":{"functions":[""]}})").code, ErrorCode::bad_request);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"capture","args":{"sample_shift":33}})").code, ErrorCode::bad_request);
+    EXPECT_EQ(decode_error(R"({"v":1,"id":1,"op":"stacks","args":{"weight":"bytes"}})").message,
+              "unknown arg \"args.weight\"; op \"stacks\" takes function, top");
 }
 
 // --- decoding requests: envelope -------------------------------------------------------------
@@ -669,7 +694,7 @@ TEST(ProtocolDecode, UnknownOpListsTheKnownOpsAndEchoesTheId) {
     EXPECT_EQ(decoded.error->code, ErrorCode::unknown_op);
     EXPECT_EQ(decoded.error->message,
               "unknown op \"leak\"; known ops: version, stats, leaks, report, snapshot, reset, printk, suspects, "
-              "history, caches");
+              "history, caches, stacks, capture");
     EXPECT_EQ(decoded.id, 12u);
 }
 
@@ -760,7 +785,8 @@ TEST(ProtocolDecode, EveryNoArgOpDecodesWithoutArgsOrWithEmptyArgs) {
 
 TEST(ProtocolDecode, ArgsOnAnOpWithoutArgsAreABadRequest) {
     for (const Op op : kAllOps) {
-        if (op == Op::leaks || op == Op::printk || op == Op::suspects || op == Op::history || op == Op::caches)
+        if (op == Op::leaks || op == Op::printk || op == Op::suspects || op == Op::history || op == Op::caches ||
+            op == Op::stacks || op == Op::capture)
             continue;
         const std::string name(op_name(op));
         const Error error = decode_error(R"({"v":1,"id":1,"op":")" + name + R"(","args":{"top":5}})");
@@ -821,7 +847,7 @@ TEST(ProtocolLeaksArgs, WrongTypesAreABadRequestNamingTheArg) {
 TEST(ProtocolLeaksArgs, UnknownArgIsABadRequestNamingIt) {
     const Error error = decode_leaks_error(R"({"top":5,"limit":3})");
     EXPECT_EQ(error.code, ErrorCode::bad_request);
-    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort, family");
+    EXPECT_EQ(error.message, "unknown arg \"args.limit\"; op \"leaks\" takes top, min_age, sort, family, by");
 }
 
 TEST(ProtocolLeaksArgs, FamilyNamesOneAllocatorFamily) {

@@ -23,7 +23,7 @@ using test::stale_event;
 
 TEST(DecodeRecord, KmallocAllFields) {
     const Event sent = alloc_event({.ts = 123456789012, .ptr = kPtr, .site = kSite, .req = 100, .alloc = 128,
-                                    .kind = EventKind::kmalloc, .gfp = 0xcc0, .tgid = 4242, .tid = 4243});
+                                    .kind = EventKind::kmalloc, .gfp = 0xcc0, .tgid = 4242, .stack = 4243});
     Event got = stale_event();
     ASSERT_EQ(decode_record(encode_event(sent), 3, got), DecodeStatus::ok);
 
@@ -34,7 +34,7 @@ TEST(DecodeRecord, KmallocAllFields) {
 
 TEST(DecodeRecord, CacheAllocAllFields) {
     const Event sent = alloc_event({.ts = 5, .ptr = kPtr, .site = kSite, .req = 192, .alloc = 192,
-                                    .kind = EventKind::cache_alloc, .gfp = 0x400, .tgid = 1, .tid = 2});
+                                    .kind = EventKind::cache_alloc, .gfp = 0x400, .tgid = 1, .stack = 2});
     Event got = stale_event();
     ASSERT_EQ(decode_record(encode_event(sent), 0, got), DecodeStatus::ok);
 
@@ -49,7 +49,7 @@ constexpr std::uint64_t kCache = 0xffff888100001000;
 
 TEST(DecodeRecord, CacheAllocFromAllFieldsAndItsCache) {
     const Event sent = alloc_event({.ts = 77, .ptr = kPtr, .site = kSite, .req = 232, .alloc = 256,
-                                    .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 9, .tid = 10,
+                                    .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 9, .stack = 10,
                                     .cache = kCache});
     const std::vector<std::byte> bytes = encode_event(sent);
     ASSERT_EQ(bytes.size(), 56u);
@@ -128,7 +128,7 @@ TEST(DecodeRecord, TooShortCacheAllocFrom) {
 
 TEST(DecodeRecord, CacheAllocFromUnaligned) {
     const Event sent = alloc_event({.ts = 0x0102030405060708, .ptr = kPtr, .site = kSite, .req = 33, .alloc = 64,
-                                    .kind = EventKind::cache_alloc, .gfp = 0x10, .tgid = 3, .tid = 4,
+                                    .kind = EventKind::cache_alloc, .gfp = 0x10, .tgid = 3, .stack = 4,
                                     .cache = 0xffff888123456789});
     const std::vector<std::byte> bytes = encode_event(sent);
     for (std::size_t offset : {1u, 3u, 5u, 7u}) {
@@ -271,7 +271,7 @@ TEST(DecodeRecord, UnalignedInputBuffer) {
     // Ring and recording frames give no alignment guarantee: decode from odd
     // offsets of a byte array (run under UBSan to catch misaligned loads).
     const Event alloc = alloc_event({.ts = 0x0102030405060708, .ptr = kPtr, .site = kSite, .req = 33, .alloc = 64,
-                                     .kind = EventKind::kmalloc, .gfp = 0x10, .tgid = 3, .tid = 4});
+                                     .kind = EventKind::kmalloc, .gfp = 0x10, .tgid = 3, .stack = 4});
     const Event free = free_event({.ts = 0x1112131415161718, .ptr = kPtr, .site = kSite + 1,
                                    .kind = EventKind::cache_free, .tgid = 5});
     for (std::size_t offset : {1u, 3u, 5u, 7u}) {

@@ -32,9 +32,9 @@ std::vector<std::vector<std::byte>> sample_records() {
     return {
         encode_event(alloc_event({.ts = 123456789012, .ptr = 0xffff888012345678, .site = 0xffffffff81234567,
                                   .req = 100, .alloc = 128, .kind = EventKind::kmalloc, .gfp = 0xcc0, .tgid = 4242,
-                                  .tid = 4243})),
+                                  .stack = 4243})),
         encode_event(alloc_event({.ts = 5, .ptr = 1, .site = 2, .req = 192, .alloc = 192,
-                                  .kind = EventKind::cache_alloc, .gfp = 0x400, .tgid = 1, .tid = 2})),
+                                  .kind = EventKind::cache_alloc, .gfp = 0x400, .tgid = 1, .stack = 2})),
         encode_event(free_event({.ts = 99, .ptr = 0xffff888012345678, .site = 7, .kind = EventKind::kfree, .tgid = 77})),
         encode_event(free_event({.ts = ~0ull, .ptr = ~0ull, .site = ~0ull, .kind = EventKind::cache_free, .tgid = ~0u})),
         test::printk_record({.ts = 10, .text = "<4>hello\n", .flags = KLEAK_PRINTK_TRUNCATED, .tgid = 3, .tid = 4}),
@@ -45,7 +45,7 @@ std::vector<std::vector<std::byte>> sample_records() {
         // ABI 3: a kmem_cache_alloc that names its cache (56 bytes).
         encode_event(alloc_event({.ts = 31, .ptr = 0xffff888012345678, .site = 0xffffffff81234567, .req = 232,
                                   .alloc = 256, .kind = EventKind::cache_alloc, .gfp = 0x400cc0, .tgid = 5,
-                                  .tid = 6, .cache = 0xffff888100001000})),
+                                  .stack = 6, .cache = 0xffff888100001000})),
         // A kmem_cache_free that names its cache (40 bytes), stamped and not.
         encode_event(free_event({.ts = 32, .ptr = 0xffff888012345678, .site = 0xffffffff81234568,
                                  .kind = EventKind::cache_free, .tgid = 0, .cache = 0xffff888100001000})),
@@ -93,7 +93,7 @@ TEST(FastDecode, CacheAllocFromCarriesItsCacheLikeTheReference) {
     EXPECT_EQ(got.bytes_req, 232u);
     EXPECT_EQ(got.bytes_alloc, 256u);
     EXPECT_EQ(got.gfp_flags, 0x400cc0u);
-    EXPECT_EQ(got.tid, 6u);
+    EXPECT_EQ(got.stack, 6u);
     EXPECT_EQ(got.cpu, 4u);
     // One byte short of its cache: too short, as an ABI 2 allocation's length is too.
     EXPECT_EQ(decode_record_fast(std::span(record).first(record.size() - 1), 4, got), DecodeStatus::too_short);

@@ -63,7 +63,7 @@ struct AllocSpec {
     EventKind kind = EventKind::kmalloc;
     std::uint32_t gfp = 0;
     std::uint32_t tgid = 0;
-    std::uint32_t tid = 0;
+    std::uint32_t stack = 0;  // 1 + a stack id, 0: none
     std::uint64_t cache = 0;  // cache_alloc: its kmem_cache (encoded as KLEAK_CACHE_ALLOC_FROM when set)
 };
 
@@ -91,7 +91,7 @@ inline Event alloc_event(const AllocSpec& s) {
     e.bytes_alloc = s.alloc;
     e.gfp_flags = s.gfp;
     e.tgid = s.tgid;
-    e.tid = s.tid;
+    e.stack = s.stack;
     e.kind = s.kind;
     e.cache = s.cache;
     return e;
@@ -101,7 +101,7 @@ inline Event alloc_event(const AllocSpec& s) {
 inline Event stale_event() {
     Event e;
     e.ts_ns = e.ptr = e.call_site = 0xdeadbeefdeadbeef;
-    e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = 0xdeadbeef;
+    e.bytes_req = e.bytes_alloc = e.gfp_flags = e.tgid = e.tid = e.stack = 0xdeadbeef;
     e.kind = EventKind::cache_alloc;
     e.cpu = 0xdead;
     e.cache = 0xdeadbeefdeadbeef;
@@ -141,7 +141,7 @@ inline kleak_alloc_record alloc_record(const Event& e) {
     rec.bytes_req = e.bytes_req;
     rec.bytes_alloc = e.bytes_alloc;
     rec.gfp_flags = e.gfp_flags;
-    rec.tid = e.tid;
+    rec.stack = e.stack;
     return rec;
 }
 
@@ -224,7 +224,7 @@ inline std::vector<std::byte> printk_record(const PrintkSpec& s) {
 // Every field of an Event, for exact comparisons with readable failures.
 inline auto event_fields(const Event& e) {
     return std::make_tuple(e.ts_ns, e.cpu, static_cast<int>(e.kind), e.ptr, e.call_site, e.bytes_req, e.bytes_alloc,
-                           e.gfp_flags, e.tgid, e.tid, e.cache);
+                           e.gfp_flags, e.tgid, e.tid, e.stack, e.cache);
 }
 
 // --- tracker aggregates -----------------------------------------------------------

@@ -120,7 +120,7 @@ TrueStream generate(const Scenario& s, Prng& rng) {
                 .kind = cache ? EventKind::cache_alloc : EventKind::kmalloc,
                 .gfp = static_cast<std::uint32_t>(rng.below(0x1000)),
                 .tgid = tgid,
-                .tid = tgid + static_cast<std::uint32_t>(rng.below(4)),
+                .stack = static_cast<std::uint32_t>(rng.below(4)),  // 0: none; else a stack, so classes carry origins
             }));
             ++out.allocs;
             continue;

@@ -122,6 +122,30 @@ TEST(StateImage, RoundTripThenBothGoOnAlike) {
     expect_same(original, loaded);
 }
 
+// Allocations that differed only by their kernel stack are one class after a
+// restart: the stack ids named stacks in the old process's BPF map.
+TEST(StateImage, ClassesThatDifferedOnlyByStackBecomeOne) {
+    Tracker original;
+    constexpr std::uint64_t kSite = 0xffffffff81000100ULL;
+    for (std::uint32_t i = 0; i < 6; ++i)
+        original.apply(alloc_event({.ts = 1000 + i, .ptr = 0xffff888000001000ULL + i * 64, .site = kSite, .req = 64,
+                                    .alloc = 64, .tgid = 100 + i % 2, .stack = 1 + i % 3}));
+    const std::vector<std::byte> image = write_state_image(meta(), original, nullptr, nullptr);
+    Tracker loaded;
+    const LoadedState state = read_state_image(image, kHere, loaded, nullptr);
+    ASSERT_TRUE(state.meta) << state.error;
+    EXPECT_EQ(original.class_count(), 6u);  // (site, 64 bytes) x 3 stacks x 2 processes
+    EXPECT_EQ(loaded.class_count(), 1u);
+    EXPECT_EQ(live_of(loaded), live_of(original));
+    EXPECT_EQ(loaded.sites()[0].outstanding, 6u);
+    // And they free as they were: every one, none unmatched.
+    for (std::uint32_t i = 0; i < 6; ++i)
+        loaded.apply(free_event({.ts = 2000 + i, .ptr = 0xffff888000001000ULL + i * 64, .site = kSite + 8}));
+    EXPECT_EQ(loaded.totals().outstanding, 0u);
+    EXPECT_EQ(loaded.totals().unmatched_frees, 0u);
+    EXPECT_EQ(loaded.sites()[0].outstanding_bytes, 0u);
+}
+
 TEST(StateImage, AgeIndexRebuilt) {
     Tracker original, loaded;
     original.index_ages();
