@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "app/history_restore.h"
+#include "app/priority.h"
 #include "core/history_section.h"
 #include "core/leaks_query.h"
 #include "core/printk_json.h"
@@ -756,6 +757,9 @@ int run_serve(const ServeCommand& command) {
     spdlog::set_level(spdlog::level::from_str(result.settings->log_level));
     SignalFd signals{SIGINT, SIGTERM, SIGHUP};
     Daemon daemon(command, std::move(*result.settings), signals);
+    // As trace and record do, and as kleakd.service's Nice= does: started from
+    // a shell at nice 0 on a loaded host, the daemon lost records (bench/soak.py).
+    raise_priority_to(kTracingNice);
     daemon.run();
     return 0;
 }

@@ -150,7 +150,8 @@ int main(int argc, char** argv) {
     serve_cmd->footer(
         "Under systemd (kleakd.service) the daemon keeps its state across restarts, upgrades and crashes in "
         "systemd's file descriptor store: stored on SIGTERM and every snapshots.checkpoint_interval, restored at "
-        "start. Started from a shell it stores and restores nothing.");
+        "start. Started from a shell it stores and restores nothing. It runs at nice -10 (or lower if started "
+        "lower), as the service does, so that a loaded host cannot starve it of the CPU it drains the rings with.");
     serve_cmd->add_option("--config,-c", serve.config_path, "Daemon configuration file")
         ->default_str(kleak::kDefaultConfigPath);
     add_timing_options(*serve_cmd, serve.timing);
