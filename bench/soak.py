@@ -54,6 +54,8 @@ Usage: sudo bench/soak.py [--minutes 30] [--warmup MIN] [--clients 100] [--daemo
 """
 import argparse, json, os, random, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
+from verdicts import mixed_step  # bench/verdicts.py: the same no-leak load
+
 BUILD = os.environ.get("BUILD_DIR", "build")
 KLEAKD = f"{BUILD}/kleakd"
 LOADGEN = f"{BUILD}/bench/kleakd-loadgen"
@@ -310,23 +312,9 @@ class Load:
         i = 0
         while not self.stop.is_set():
             i += 1
-            subprocess.run(["true"])
+            mixed_step(i, self.tmpfs, 8192)
             self.stats["processes"] += 1
-            a, b = socket.socketpair()
-            a.send(b"x" * 100)
-            b.recv(100)
-            a.close()
-            b.close()
-            r, w = os.pipe()
-            os.write(w, b"y")
-            os.close(r)
-            os.close(w)
-            path = os.path.join(self.tmpfs, f"f{i % 50}")
-            with open(path, "w") as f:
-                f.write("z" * 8192)
             self.stats["files"] += 1
-            if i % 3 == 0:
-                os.unlink(path)
             self.stop.wait(0.02)
 
     def holder(self):

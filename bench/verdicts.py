@@ -192,6 +192,26 @@ def phase_churn(d, seconds, mas):
           f"{growing} of {polls} polls (target 0)")
 
 
+def mixed_step(i, tmpfs, file_bytes):
+    """One round of the mixed no-leak load (bench/soak.py uses it too): a
+    process, a socket pair, a pipe, a tmpfs file written (a third removed)."""
+    subprocess.run(["true"])
+    a, b = socket.socketpair()
+    a.send(b"x" * 100)
+    b.recv(100)
+    a.close()
+    b.close()
+    r, w = os.pipe()
+    os.write(w, b"y")
+    os.close(r)
+    os.close(w)
+    path = os.path.join(tmpfs, f"f{i % 50}")
+    with open(path, "w") as f:
+        f.write("z" * file_bytes)
+    if i % 3 == 0:
+        os.unlink(path)
+
+
 def phase_mixed(d, seconds, mas, tmp):
     src = os.path.join(tmp, "prog.c")
     with open(src, "w") as f:
@@ -204,21 +224,7 @@ def phase_mixed(d, seconds, mas, tmp):
         i = 0
         while not stop.is_set():
             i += 1
-            subprocess.run(["true"])
-            a, b = socket.socketpair()
-            a.send(b"x" * 100)
-            b.recv(100)
-            a.close()
-            b.close()
-            r, w = os.pipe()
-            os.write(w, b"y")
-            os.close(r)
-            os.close(w)
-            path = os.path.join(tmpfs, f"f{i % 50}")
-            with open(path, "w") as f:
-                f.write("z" * 4096)
-            if i % 3 == 0:
-                os.unlink(path)
+            mixed_step(i, tmpfs, 4096)
             if i % 40 == 0:
                 subprocess.run(["cc", "-O2", "-o", os.path.join(tmp, "prog"), src])
             stop.wait(0.01)
