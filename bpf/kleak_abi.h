@@ -182,6 +182,13 @@ struct kleak_printk_record {
 #define KLEAK_BATCH_BYTES 4096
 #define KLEAK_TIME_MARK_BYTES 16
 
+/*
+ * The ring of a CPU offline when the daemon started, until the CPU comes
+ * online and the daemon gives it a full one: a few batches' room. Such a
+ * ring wakes its consumer at a quarter full, whatever the full rings' mark.
+ */
+#define KLEAK_SMALL_RING_BYTES 16384
+
 /* Index of the slab family's slot of the per-CPU `drops` array. */
 #define KLEAK_DROPS_KEY KLEAK_FAMILY_SLAB
 

@@ -7,6 +7,7 @@
 
 #include "core/sizes.h"
 #include "kernel/host_info.h"
+#include "kernel/ring_mapping.h"
 
 namespace kleak {
 
@@ -54,14 +55,16 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
     unsigned grown = 0;
     for (const unsigned cpu : small) {
         if (!std::binary_search(online->begin(), online->end(), cpu)) continue;
+        // Mapped, then installed for the programs, then read: a failure
+        // leaves the CPU writing into its small ring, still drained.
         UniqueFd ring = tracer_.make_full_ring();
+        std::unique_ptr<RingMapping> mapping;
         std::string failure;
         if (!ring) {
             failure = std::string("creating it failed: ") + std::strerror(errno);
         } else {
             try {
-                // Mapped before the programs write into it; the old ring's records go first.
-                consumer_.replace_ring(cpu, ring.get());
+                mapping = std::make_unique<RingMapping>(ring.get(), cpu);
             } catch (const std::exception& e) {
                 failure = e.what();
             }
@@ -72,13 +75,14 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
                 failure = std::string("installing it failed: ") + std::strerror(-err);
         }
         if (!failure.empty()) {
-            // The CPU keeps writing into its small ring, which is still drained; retried each second.
+            // Retried each second.
             if (failed_growths_++ % 60 == 0)
                 spdlog::warn("CPU {} is online but its ring cannot grow to {}: {}; it drops what its small ring "
                              "cannot hold ({} failures)",
                              cpu, core::format_size(tracer_.buffer_size()), failure, failed_growths_);
             continue;
         }
+        consumer_.replace_ring(cpu, std::move(mapping));
         try {
             if (loop_ != nullptr) loop_->watch(fd, [this]() { drain(); }, EventLoop::Trigger::edge);
         } catch (const std::exception& e) {

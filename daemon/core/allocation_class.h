@@ -69,6 +69,12 @@ constexpr std::uint64_t unit_of(std::uint64_t packed) { return packed >> kClassB
 // Who made an allocation, when its record says (a stack was captured): the
 // kernel stack (1 + its id in the BPF stack map) and the process (tgid).
 // {0, 0}: not known.
+// Classes are never freed, and a class per (stack, process) grows with every
+// short-lived process allocating at a site whose stacks are captured: past
+// this many classes, new ones keep their stack but not their process (at most
+// ~5 MiB of classes; `leaks --by comm|cgroup` then counts them as unknown).
+inline constexpr std::size_t kProcessClassLimit = std::size_t{1} << 16;
+
 struct Origin {
     std::uint32_t stack = 0;
     std::uint32_t tgid = 0;

@@ -84,7 +84,7 @@ void Tracker::allocated(const Event& event, SiteId here) {
     const ClassId cls = classes_.intern(
         here, event.bytes_alloc,
         event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache,
-        Origin{event.stack, event.stack != 0 ? event.tgid : 0});
+        Origin{event.stack, event.stack != 0 && classes_.size() < kProcessClassLimit ? event.tgid : 0});
     if (cls != kOverflowClass) [[likely]] {
         if (cls >= class_live_.size()) class_live_.resize(cls + 1);
         ++class_live_[cls];

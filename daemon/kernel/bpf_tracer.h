@@ -24,6 +24,7 @@
 #include "core/stack_capture.h"
 #include "kernel/attach_mode.h"
 #include "kernel/unique_fd.h"
+#include "kleak_abi.h"
 
 struct kleak_bpf;           // the bpftool skeleton
 struct kleak_pending_slot;  // kleak_abi.h
@@ -87,9 +88,9 @@ struct StackCounts {
 
 inline constexpr std::uint32_t kMaxSampleShift = 32;
 
-// The ring of a CPU offline at start, until it comes online: the smallest
-// that holds a few record batches.
-inline constexpr std::uint64_t kOfflineRingBytes = core::kMinBufferSize;
+// The ring of a CPU offline at start, until it comes online (kleak_abi.h).
+inline constexpr std::uint64_t kOfflineRingBytes = KLEAK_SMALL_RING_BYTES;
+static_assert(kOfflineRingBytes >= core::kMinBufferSize);
 
 // One attached program's kernel-side statistics (bpf_prog_info).
 struct ProgramStats {

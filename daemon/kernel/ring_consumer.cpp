@@ -120,9 +120,8 @@ std::uint64_t RingConsumer::drain_retired(unsigned cpu, Ring& ring) {
     return hand_on(cpu, stragglers.bytes());
 }
 
-void RingConsumer::replace_ring(unsigned cpu, int ring_fd) {
+void RingConsumer::replace_ring(unsigned cpu, std::unique_ptr<RingMapping> mapping) {
     Ring& ring = *rings_.at(cpu);
-    auto mapping = std::make_unique<RingMapping>(ring_fd, cpu);
     const std::lock_guard hold(ring.lock);
     // After what a reader copied out already, before anything the new ring gets.
     const RingMapping& old = *ring.mapping;

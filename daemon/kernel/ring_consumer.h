@@ -82,13 +82,13 @@ public:
     std::uint64_t backlog_bytes(unsigned cpu) const;
     std::size_t ring_bytes(unsigned cpu) const;
 
-    // CPU `cpu` writes into `ring_fd` from now on (its ring grew when it came
-    // online): what its old ring holds is copied out first, to be handed on
-    // before the new ring's records; the old ring stays mapped, and is
-    // drained before the new one, for records still in flight into it.
-    // Throws StartupError if the new ring cannot be mapped. The draining
-    // thread only.
-    void replace_ring(unsigned cpu, int ring_fd);
+    // CPU `cpu` writes into `ring` from now on (its ring grew when it came
+    // online; map it with RingMapping(fd, cpu), which throws StartupError,
+    // and install it for the programs first): what its old ring holds is
+    // copied out, to be handed on before the new ring's records; the old ring
+    // stays mapped, and is drained before the new one, for records still in
+    // flight into it. The draining thread only.
+    void replace_ring(unsigned cpu, std::unique_ptr<RingMapping> ring);
 
     std::uint64_t records() const { return records_; }
     // The most bytes one ring held when it was read: how close it came to overflowing.

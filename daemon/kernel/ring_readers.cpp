@@ -82,10 +82,14 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
         }
         for (int i = 0; i < n; ++i)
             if (events[i].data.fd == stop_.fd()) return;
-        // Its CPU was offline at start: it wakes us once it runs producers.
-        if (!pinned && ::sched_setaffinity(0, sizeof only, &only) == 0) {
-            pinned = true;
-            unpinned_.fetch_sub(1, std::memory_order_relaxed);
+        // Not on its CPU: that CPU was offline at start, or went offline
+        // since (the kernel then widens the thread's affinity for good).
+        // It wakes us once it runs producers again.
+        if (::sched_getcpu() != static_cast<int>(cpu)) {
+            const bool now_pinned = ::sched_setaffinity(0, sizeof only, &only) == 0;
+            if (now_pinned && !pinned) unpinned_.fetch_sub(1, std::memory_order_relaxed);
+            if (!now_pinned && pinned) unpinned_.fetch_add(1, std::memory_order_relaxed);
+            pinned = now_pinned;
         }
         // The loop is woken by the same wake-up and drains from the other
         // CPU; copying on this one costs the traced code here its cache and

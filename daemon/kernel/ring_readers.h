@@ -40,8 +40,9 @@ public:
     // Readable after a reader copied records out: lower it, then drain.
     WakeFd& notify() { return notify_; }
 
-    // Readers not pinned to their CPU (offline at start; each tries again
-    // when woken): they still copy, from wherever the scheduler runs them.
+    // Readers not pinned to their CPU (offline at start, or since; each
+    // tries again when woken off it): they still copy, from wherever the
+    // scheduler runs them.
     unsigned unpinned() const { return unpinned_.load(std::memory_order_relaxed); }
 
 private:

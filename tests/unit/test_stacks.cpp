@@ -69,6 +69,19 @@ TEST(ClassTable, TheOriginMakesItsOwnClass) {
     EXPECT_EQ(table[plain].origin, Origin{});
 }
 
+// Every short-lived process at a captured site would add a class forever:
+// past kProcessClassLimit classes the process is dropped, the stack kept.
+TEST(ClassTable, ProcessesStopMakingClassesPastTheLimit) {
+    Tracker tracker;
+    const std::uint32_t processes = static_cast<std::uint32_t>(kProcessClassLimit) + 5000;
+    for (std::uint32_t i = 0; i < processes; ++i)
+        tracker.apply(test::alloc_event({.ts = 1000 + i, .ptr = 0xffff888000000000ULL + std::uint64_t{i} * 64,
+                                         .site = 0xffffffff81000100ULL, .req = 64, .alloc = 64, .tgid = 1000 + i,
+                                         .stack = 7}));
+    EXPECT_EQ(tracker.class_count(), kProcessClassLimit + 1);  // the last one: stack 7, no process
+    EXPECT_EQ(tracker.totals().outstanding, processes);
+}
+
 TEST(StacksQuery, AddsUpLiveAllocationsPerSiteAndStack) {
     Tracker tracker;
     // Stack 0 (wire value 1) three times, one freed; stack 1 once; one without a stack.
