@@ -109,13 +109,9 @@ std::uint64_t RingConsumer::drain_retired(unsigned cpu, Ring& ring) {
     SampleBuffer stragglers;
     {
         const std::lock_guard hold(ring.lock);
-        for (const auto& old : ring.retired) {
-            const unsigned long start = load_acquire(old->consumer_pos());
-            unsigned long end = start;
-            std::uint64_t sample_bytes = 0;
-            copy_samples(*old, start, SIZE_MAX, stragglers, sample_bytes, end);  // a damaged one: the rest waits
-            if (end != start) store_release(old->consumer_pos(), end);
-        }
+        std::uint64_t sample_bytes = 0;
+        for (const auto& old : ring.retired)
+            take_samples(*old, SIZE_MAX, stragglers, sample_bytes);  // a damaged one: the rest waits
     }
     return hand_on(cpu, stragglers.bytes());
 }
@@ -124,12 +120,8 @@ void RingConsumer::replace_ring(unsigned cpu, std::unique_ptr<RingMapping> mappi
     Ring& ring = *rings_.at(cpu);
     const std::lock_guard hold(ring.lock);
     // After what a reader copied out already, before anything the new ring gets.
-    const RingMapping& old = *ring.mapping;
-    const unsigned long start = load_acquire(old.consumer_pos());
-    unsigned long end = start;
     std::uint64_t sample_bytes = 0;
-    copy_samples(old, start, SIZE_MAX, ring.copied, sample_bytes, end);
-    if (end != start) store_release(old.consumer_pos(), end);
+    take_samples(*ring.mapping, SIZE_MAX, ring.copied, sample_bytes);
     ring.retired.push_back(std::move(ring.mapping));
     ring.mapping = std::move(mapping);
 }
@@ -144,14 +136,20 @@ std::int64_t RingConsumer::spill(unsigned cpu) {
     Ring& ring = *rings_.at(cpu);
     const std::lock_guard hold(ring.lock);
     const RingMapping& m = *ring.mapping;
-    const unsigned long start = load_acquire(m.consumer_pos());
-    unsigned long end = start;
     std::uint64_t sample_bytes = 0;
     // Up to twice the ring: with the ring itself, three rings' worth of time
     // before anything is dropped (~200 ms for 8 MiB at full rate here).
-    const std::int64_t error = copy_samples(m, start, 2 * m.size(), ring.copied, sample_bytes, end);
-    if (end != start) store_release(m.consumer_pos(), end);
+    const std::int64_t taken = take_samples(m, 2 * m.size(), ring.copied, sample_bytes);
     spilled_bytes_.fetch_add(sample_bytes, std::memory_order_relaxed);
+    return taken;
+}
+
+std::int64_t RingConsumer::take_samples(const RingMapping& m, std::size_t cap, SampleBuffer& out,
+                                        std::uint64_t& sample_bytes) {
+    const unsigned long start = load_acquire(m.consumer_pos());
+    unsigned long end = start;
+    const std::int64_t error = copy_samples(m, start, cap, out, sample_bytes, end);
+    if (end != start) store_release(m.consumer_pos(), end);
     if (error < 0) return error;
     return static_cast<std::int64_t>(end - start);
 }

@@ -121,6 +121,12 @@ private:
     // header at `end`; what came before it is in `out`).
     std::int64_t copy_samples(const RingMapping& m, unsigned long from, std::size_t cap, SampleBuffer& out,
                               std::uint64_t& sample_bytes, unsigned long& end);
+    // copy_samples() from `m`'s consumer position, then moves that position
+    // past what was copied: the caller holds the ring's lock. Returns the
+    // bytes taken from the ring, or -EBADMSG (what came before the damage is
+    // taken and in `out`).
+    std::int64_t take_samples(const RingMapping& m, std::size_t cap, SampleBuffer& out,
+                              std::uint64_t& sample_bytes);
     // Records that reached a retired ring of `ring` after replace_ring():
     // consumed and handed on.
     std::uint64_t drain_retired(unsigned cpu, Ring& ring);
