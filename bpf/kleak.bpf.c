@@ -300,12 +300,7 @@ static __always_inline void *this_cpu_ring(void)
 
 static __always_inline __u64 submit_flags(void *ring)
 {
-	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
-
-	if (avail >= wakeup_backlog_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	/* A small ring (KLEAK_SMALL_RING_BYTES) would never reach the full rings' mark. */
-	if (avail >= KLEAK_SMALL_RING_BYTES / 4 && bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) <= KLEAK_SMALL_RING_BYTES)
+	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_backlog_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }

@@ -184,8 +184,7 @@ struct kleak_printk_record {
 
 /*
  * The ring of a CPU offline when the daemon started, until the CPU comes
- * online and the daemon gives it a full one: a few batches' room. Such a
- * ring wakes its consumer at a quarter full, whatever the full rings' mark.
+ * online and the daemon gives it a full one: a few batches' room.
  */
 #define KLEAK_SMALL_RING_BYTES 16384
 
