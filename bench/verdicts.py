@@ -18,7 +18,11 @@ below, polls `suspects` every 5 s and prints what it saw:
               after the first two minutes (target 0), with their reasons.
   Throughout: every mas_* site's verdicts (target: never `growing`).
 
-Usage: sudo bench/verdicts.py [--mixed-minutes N] [--quick]
+With --dump FILE, every poll's suspects rows and the history (every sample)
+of each site judged `growing` at that poll go to FILE as JSON lines, for
+trying verdict rules offline on real series.
+
+Usage: sudo bench/verdicts.py [--mixed-minutes N] [--quick] [--phases LIST] [--dump FILE]
   BUILD_DIR (default build) holds kleakd, kleakctl and bench/kleakd-loadgen.
 About 17 minutes with the defaults (10 of them the mixed phase).
 """
@@ -28,6 +32,7 @@ BUILD = os.environ.get("BUILD_DIR", "build")
 KLEAKD, KLEAKCTL = f"{BUILD}/kleakd", f"{BUILD}/kleakctl"
 LOADGEN = f"{BUILD}/bench/kleakd-loadgen"
 POLL = 5.0
+DUMP = None  # a file opened by --dump
 
 
 class Daemon:
@@ -52,8 +57,14 @@ class Daemon:
             raise RuntimeError(out.stderr)
         return json.loads(out.stdout)
 
-    def suspects(self):
-        return self.ctl("suspects", "--top", "100000")
+    def suspects(self, phase=""):
+        result = self.ctl("suspects", "--top", "100000")
+        if DUMP:
+            rows = [{k: r[k] for k in ("site", "verdict", "outstanding")} for r in result["suspects"]]
+            histories = {r["site"]: self.ctl("history", r["site"]) for r in result["suspects"]
+                         if r["verdict"] == "growing"}
+            DUMP.write(json.dumps({"phase": phase, "t": time.time(), "rows": rows, "growing": histories}) + "\n")
+        return result
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -109,7 +120,7 @@ def phase_leak(d, seconds, mas):
     first_growing = rank_then = None
     while time.monotonic() - start < seconds:
         time.sleep(POLL)
-        s = d.suspects()
+        s = d.suspects("leak")
         mas_check(s, mas)
         rank = growing_rank(s, "alloc_pipe_info")
         if rank and first_growing is None:
@@ -144,7 +155,7 @@ def phase_plateau(d, seconds, mas):
     seen_growing = False
     while time.monotonic() - flat_since < seconds:
         time.sleep(POLL)
-        s = d.suspects()
+        s = d.suspects("plateau")
         mas_check(s, mas)
         growing = any(r["verdict"] == "growing" for r in rows_of(s, "alloc_pipe_info"))
         seen_growing |= growing
@@ -183,7 +194,7 @@ def phase_churn(d, seconds, mas):
     polls = growing = 0
     while time.monotonic() - start < seconds:
         time.sleep(POLL)
-        s = d.suspects()
+        s = d.suspects("churn")
         mas_check(s, mas)
         polls += 1
         growing += any(r["verdict"] == "growing" for r in rows_of(s, "alloc_pipe_info"))
@@ -235,7 +246,7 @@ def phase_mixed(d, seconds, mas, tmp):
     polls = 0
     while time.monotonic() - start < seconds:
         time.sleep(POLL)
-        s = d.suspects()
+        s = d.suspects("mixed")
         mas_check(s, mas)
         if time.monotonic() - start < 120:
             continue
@@ -255,7 +266,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mixed-minutes", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="shorter phases (a smoke run, not the figures)")
+    p.add_argument("--phases", default="leak,plateau,churn,mixed", help="which phases, comma-separated")
+    p.add_argument("--dump", help="write every poll's rows and the growing sites' histories here (JSON lines)")
     a = p.parse_args()
+    global DUMP
+    DUMP = open(a.dump, "w") if a.dump else None
+    phases = a.phases.split(",")
     if os.geteuid() != 0:
         sys.exit("verdicts.py: run as root (BPF)")
     for f in (KLEAKD, KLEAKCTL, LOADGEN):
@@ -271,17 +287,21 @@ def main():
     try:
         for name, phase, secs in (("leak", phase_leak, leak_s), ("plateau", phase_plateau, plateau_s),
                                   ("churn", phase_churn, churn_s)):
+            if name not in phases:
+                continue
             d = Daemon(tmp)
             time.sleep(2)
             try:
                 phase(d, secs, mas)
             finally:
                 d.stop()
-        d = Daemon(tmp)
+        d = Daemon(tmp) if "mixed" in phases else None
         try:
-            phase_mixed(d, mixed_s, mas, tmp)
+            if d:
+                phase_mixed(d, mixed_s, mas, tmp)
         finally:
-            d.stop()
+            if d:
+                d.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     growing_mas = sorted(s for s, v in mas.items() if "growing" in v)

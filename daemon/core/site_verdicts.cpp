@@ -3,6 +3,8 @@
 #include <absl/container/flat_hash_map.h>
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 
 namespace kleak::core {
 
@@ -61,13 +63,25 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
     for (SiteId id = 0; id < sites.size(); ++id) {
         SiteJudgement& j = judgements_[id];
         // Allocations made before tracing started are invisible, so every
-        // cache fills up from empty in kleakd's first minutes: say so while
-        // the history that shows growth began with kleakd's.
+        // cache fills up from empty in kleakd's first minutes: while the
+        // history that shows growth began with kleakd's, growth must be
+        // steadier (verdict.h), and the reason says so.
         // (History times are kept to the millisecond.)
         if (j.verdict == Verdict::growing && j.history_ns < rules_.window_ns &&
-            j.window_start_ns < first_sample_ns_ + 1'000'000)
-            j.reason += "; kleakd started only " + std::to_string((now_ns - first_sample_ns_) / 1'000'000'000) +
-                        "s ago and caches also fill up from empty then: the full window tells them apart";
+            j.window_start_ns < first_sample_ns_ + 1'000'000) {
+            const std::string started =
+                "kleakd started only " + std::to_string((now_ns - first_sample_ns_) / 1'000'000'000) + "s ago";
+            if (j.rising_share < rules_.min_rising_fraction_first_window) {
+                j.verdict = Verdict::young;
+                j.reason = "not judged yet, maybe filling up: " + started + ", caches fill up from empty then, and only " +
+                           std::to_string(static_cast<int>(100 * j.rising_share)) +
+                           "% of its changes rise (a leak in kleakd's first window needs " +
+                           std::to_string(static_cast<int>(std::lround(100 * rules_.min_rising_fraction_first_window))) +
+                           "%): " + j.reason;
+            } else {
+                j.reason += "; " + started + " and caches also fill up from empty then: the full window tells them apart";
+            }
+        }
         growing_ += j.verdict == Verdict::growing;
     }
 }

@@ -35,7 +35,9 @@ nlohmann::json rules_json(const SiteVerdicts& verdicts) {
             {"window_ns", r.window_ns},
             {"recent_ns", r.recent_ns},
             {"min_rise", r.min_rise},
-            {"min_rising_share", r.min_rising_fraction}};
+            {"min_rising_share", r.min_rising_fraction},
+            {"min_rising_share_first_window", r.min_rising_fraction_first_window},
+            {"max_step_share", r.max_step_share}};
 }
 
 nlohmann::json judgement_json(const SiteJudgement& j) {

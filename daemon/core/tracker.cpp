@@ -81,9 +81,12 @@ void Tracker::allocated(const Event& event, SiteId here) {
     totals_.bytes_alloc += event.bytes_alloc;
     totals_.bytes_req += event.bytes_req;
 
+    const std::uint64_t cache_key =
+        event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache;
+    if (cache_key != 0 && unseen_kfree_slots_.take(event.ptr)) [[unlikely]]
+        ++unseen_frees_by_cache_[cache_key];
     const ClassId cls = classes_.intern(
-        here, event.bytes_alloc,
-        event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache,
+        here, event.bytes_alloc, cache_key,
         Origin{event.stack, event.stack != 0 && classes_.size() < kProcessClassLimit ? event.tgid : 0});
     if (cls != kOverflowClass) [[likely]] {
         if (cls >= class_live_.size()) class_live_.resize(cls + 1);
@@ -119,7 +122,10 @@ void Tracker::freed(const Event& event, SiteId here) {
     if (!live_.erase(event.ptr, &packed)) {
         ++sites_[here].unmatched_frees;
         ++totals_.unmatched_frees;
-        if (event.cache != 0) ++unseen_frees_by_cache_[event.cache];
+        if (event.cache != 0)
+            ++unseen_frees_by_cache_[event.cache];
+        else if (event.kind == EventKind::kfree)
+            unseen_kfree_slots_.freed(event.ptr, event.ts_ns);
         return;
     }
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
@@ -211,7 +217,8 @@ std::size_t Tracker::memory_bytes() const {
     const std::size_t side_maps = overflow_.capacity() * (sizeof(std::pair<std::uint64_t, AllocationClass>) + 1) +
                                   displaced_.capacity() * (sizeof(DisplacedMap::value_type) + 1) +
                                   displacements_.size() * sizeof(Displacement) +
-                                  unseen_frees_by_cache_.capacity() * (2 * sizeof(std::uint64_t) + 1);
+                                  unseen_frees_by_cache_.capacity() * (2 * sizeof(std::uint64_t) + 1) +
+                                  unseen_kfree_slots_.memory_bytes();
     return live_.memory_bytes() + classes_.memory_bytes() + class_live_.capacity() * sizeof(std::uint64_t) + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
            sizeof(site_cache_) + ages_.memory_bytes();
 }
@@ -223,6 +230,7 @@ void Tracker::reset() {
     class_live_.clear();
     overflow_.clear();
     unseen_frees_by_cache_.clear();
+    unseen_kfree_slots_.clear();
     displaced_.clear();
     displaced_entries_ = 0;
     displacements_.clear();

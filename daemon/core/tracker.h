@@ -44,6 +44,7 @@
 #include "event.h"
 #include "pointer_table.h"
 #include "state_bytes.h"
+#include "unseen_free_slots.h"
 
 namespace kleak::core {
 
@@ -163,9 +164,11 @@ public:
     std::vector<SiteAge> outstanding_born_by_epochs(std::uint64_t born_before_ns) const;
 
     // Frees of objects never seen allocated (made before tracing started, or
-    // their record lost), per kmem_cache address, from records that name
-    // their cache (6.1+): cumulative since reset(). A cache that has them is
-    // still replacing objects kleakd cannot see (verdict.h, "filling up").
+    // their record lost), per slab cache key (slab_caches.h): cumulative since
+    // reset(). kmem_cache_free names its cache (6.1+); a kfree's cache is
+    // named by the next allocation at its address (unseen_free_slots.h). A
+    // cache that has them is still replacing objects kleakd cannot see
+    // (verdict.h, "filling up").
     const absl::flat_hash_map<std::uint64_t, std::uint64_t>& unseen_frees_by_cache() const {
         return unseen_frees_by_cache_;
     }
@@ -234,6 +237,7 @@ private:
     absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
     std::uint64_t class_overflows_ = 0;
     absl::flat_hash_map<std::uint64_t, std::uint64_t> unseen_frees_by_cache_;
+    UnseenFreeSlots unseen_kfree_slots_;
     struct Displaced {
         AllocationClass cls;
         ClassId class_id;  // its id in classes_ (kOverflowClass: not interned)

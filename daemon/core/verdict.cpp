@@ -124,10 +124,21 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
         return j;
     }
     const double rising = rising_share(counts, kTrendPoints);
+    j.rising_share = rising;
     if (rising < rules.min_rising_fraction) {
         j.verdict = Verdict::steady;
         j.reason = "noise around a level: " + trend + ", but only " + number_text(100 * rising) +
                    "% of its changes rise";
+        return j;
+    }
+    std::uint64_t biggest_step = 0;
+    for (std::size_t i = 1; i < window.size(); ++i)
+        if (window[i].outstanding > window[i - 1].outstanding)
+            biggest_step = std::max(biggest_step, window[i].outstanding - window[i - 1].outstanding);
+    if (j.window_rise > 0 && static_cast<double>(biggest_step) > rules.max_step_share * static_cast<double>(j.window_rise)) {
+        j.verdict = Verdict::steady;
+        j.reason = "a step, not a climb: " + std::to_string(biggest_step) + " of its rise of " +
+                   std::to_string(j.window_rise) + " came between two samples (" + trend + ")";
         return j;
     }
     if (recent_peak <= older_peak) {

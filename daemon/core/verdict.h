@@ -3,11 +3,13 @@
 //
 //   growing          outstanding rises over the window, steadily (most pairs
 //                    of samples that differ rise, the Theil-Sen trend is at
-//                    least min_rise over the window), and reached a new high
-//                    within `recent`: the leak signature.
+//                    least min_rise over the window, no one interval made
+//                    most of the rise), and reached a new high within
+//                    `recent`: the leak signature.
 //   steady           bounded: flat, or noise around a level (a cache, churn
 //                    at a constant population), or a plateau it stopped
-//                    climbing to (a one-time leak or a filled cache), or
+//                    climbing to (a one-time leak or a filled cache), a step
+//                    (most of its rise in one interval: a burst held), or
 //                    filling up: a rise its cache's frees of objects kleakd
 //                    never saw allocated account for (cache_turnover.h).
 //   reclaimable      would be growing, but it allocates reclaimable memory (a
@@ -20,7 +22,9 @@
 //                    (cache_reconciliation.h): frees the tracepoints do not
 //                    show (the maple tree's bulk and RCU paths). Its
 //                    outstanding count overstates what it holds; never a leak.
-//   young            less history than min_history: not judged yet.
+//   young            not judged yet: less history than min_history, or a
+//                    rise in kleakd's first window not steady enough to tell
+//                    from a cache filling up (site_verdicts.cpp).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +51,11 @@ struct VerdictRules {
     std::uint64_t min_history_ns = 60ull * 1'000'000'000;  // younger sites are `young`
     double min_rise = 4;                 // allocations the trend adds over the window, at least
     double min_rising_fraction = 0.8;    // of the sample pairs that differ, the share that rise
+    // ... while the history began with kleakd's own start and is shorter
+    // than the window: every cache is filling up from empty then, and only
+    // a leak's steadiness sets it apart from a cache following the host's work.
+    double min_rising_fraction_first_window = 0.95;
+    double max_step_share = 0.5;         // of the window's rise, the most one interval may make
     double untracked_min_share = 0.01;   // replaced / allocs from which frees count as untracked
     std::uint64_t untracked_min_replaced = 8;
     bool operator==(const VerdictRules&) const = default;
@@ -60,6 +69,7 @@ struct SiteJudgement {
     std::uint64_t history_ns = 0;      // span of the history judged
     std::uint64_t window_start_ns = 0; // its first sample
     std::int64_t window_rise = 0;      // outstanding at its newest sample minus at its first
+    double rising_share = 0;           // of the trend's sample pairs that differ, those that rise
     // untracked-frees by its cache's excess: of its outstanding, how many are
     // estimated freed unseen (0 otherwise).
     std::uint64_t untracked_estimate = 0;

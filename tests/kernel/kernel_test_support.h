@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -239,6 +240,33 @@ public:
         fds_.clear();
     }
     int count() const { return static_cast<int>(fds_.size() / 2); }
+
+private:
+    std::vector<int> fds_;
+};
+
+// Eventfds held open: each kmallocs its eventfd_ctx in do_eventfd, a site
+// nothing else on a busy host churns (pipes are: every build opens and
+// closes thousands, and their noise can keep a pipe leak's verdict steady).
+class HeldEventfds {
+public:
+    void add() {
+        const int fd = ::eventfd(0, EFD_CLOEXEC);
+        if (fd >= 0) fds_.push_back(fd);
+    }
+    // Closes the i-th and opens another in its place.
+    void replace(std::size_t i) {
+        ::close(fds_.at(i));
+        fds_[i] = ::eventfd(0, EFD_CLOEXEC);
+    }
+    std::size_t count() const { return fds_.size(); }
+    HeldEventfds() = default;
+    HeldEventfds(const HeldEventfds&) = delete;
+    HeldEventfds& operator=(const HeldEventfds&) = delete;
+    ~HeldEventfds() {
+        for (const int fd : fds_)
+            if (fd >= 0) ::close(fd);
+    }
 
 private:
     std::vector<int> fds_;

@@ -10,7 +10,9 @@
 #include "core/cache_reconciliation.h"
 #include "core/cache_turnover.h"
 #include "core/site_verdicts.h"
+#include "core/slab_caches.h"
 #include "core/tracker.h"
+#include "core/unseen_free_slots.h"
 #include "core/verdict.h"
 #include "test_helpers.h"
 
@@ -83,12 +85,65 @@ TEST(TrackerUnseenFrees, OnlyFreesOfObjectsNeverSeenCountAndOnlyWithTheirCache) 
                               .cache = kCacheB}));
     tracker.apply(free_event({.ts = 5, .ptr = 0x4000, .site = 0xffffffff81000020, .kind = EventKind::cache_free,
                               .cache = kCacheB}));
-    // No cache known (kfree, or kmem_cache_free before 6.1): counted as unmatched only.
+    // No cache known (kfree): counted as unmatched, its cache still to learn.
     tracker.apply(free_event({.ts = 6, .ptr = 0x5000, .site = 0xffffffff81000030, .kind = EventKind::kfree}));
     EXPECT_EQ(tracker.totals().unmatched_frees, 4u);
     EXPECT_EQ(tracker.unseen_frees_by_cache(), counts(1, 2));
     tracker.reset();
     EXPECT_TRUE(tracker.unseen_frees_by_cache().empty());
+}
+
+// A kfree names no cache; the next allocation at its address does (a slab
+// slot is only reused by its own cache).
+TEST(TrackerUnseenFrees, AKfreesCacheIsTheOneOfTheNextAllocationAtItsAddress) {
+    constexpr std::uint64_t kSite = 0xffffffff81000010, kFreeSite = 0xffffffff81000030;
+    constexpr std::uint32_t kGfpKernel = 0xcc0;
+    Tracker tracker;
+    tracker.apply(free_event({.ts = 1, .ptr = 0x5000, .site = kFreeSite, .kind = EventKind::kfree}));
+    tracker.apply(free_event({.ts = 2, .ptr = 0x6000, .site = kFreeSite, .kind = EventKind::kfree}));
+    EXPECT_TRUE(tracker.unseen_frees_by_cache().empty());
+    tracker.apply(alloc_event({.ts = 3, .ptr = 0x7000, .site = kSite, .req = 100, .alloc = 128, .gfp = kGfpKernel}));
+    EXPECT_TRUE(tracker.unseen_frees_by_cache().empty());  // another address
+    tracker.apply(alloc_event({.ts = 4, .ptr = 0x5000, .site = kSite, .req = 100, .alloc = 128, .gfp = kGfpKernel}));
+    const std::uint64_t kmalloc_128 = kmalloc_cache_key(kGfpKernel, 128);
+    EXPECT_EQ(tracker.unseen_frees_by_cache().at(kmalloc_128), 1u);
+    // Taken once: freed seen and allocated again, nothing more is counted.
+    tracker.apply(free_event({.ts = 5, .ptr = 0x5000, .site = kFreeSite, .kind = EventKind::kfree}));
+    tracker.apply(alloc_event({.ts = 6, .ptr = 0x5000, .site = kSite, .req = 100, .alloc = 128, .gfp = kGfpKernel}));
+    EXPECT_EQ(tracker.unseen_frees_by_cache().at(kmalloc_128), 1u);
+    // A kmem_cache allocation names its cache too (kfree of a cache's object).
+    tracker.apply(alloc_event({.ts = 7, .ptr = 0x6000, .site = kSite, .req = 64, .alloc = 64,
+                               .kind = EventKind::cache_alloc, .cache = kCacheA}));
+    EXPECT_EQ(tracker.unseen_frees_by_cache().at(kCacheA), 1u);
+    EXPECT_EQ(tracker.totals().unmatched_frees, 2u);
+}
+
+TEST(UnseenFreeSlots, ForgetsASlotNotTakenWithinTwoGenerations) {
+    constexpr std::uint64_t gen = UnseenFreeSlots::kGenerationNs;
+    UnseenFreeSlots slots;
+    slots.freed(0x1000, 1);
+    slots.freed(0x2000, 1 + gen);  // a new generation: 0x1000 is in the older one
+    EXPECT_TRUE(slots.take(0x1000));
+    EXPECT_FALSE(slots.take(0x1000));
+    slots.freed(0x3000, 1 + 2 * gen);
+    EXPECT_TRUE(slots.take(0x2000));
+    slots.freed(0x4000, 1 + 3 * gen);  // 0x3000's generation is now the older
+    slots.freed(0x5000, 1 + 4 * gen);  // ... and now gone
+    EXPECT_FALSE(slots.take(0x3000));
+    EXPECT_TRUE(slots.take(0x4000));
+    EXPECT_TRUE(slots.take(0x5000));
+}
+
+TEST(UnseenFreeSlots, ABoundedNumberPerGenerationTheRestCounted) {
+    UnseenFreeSlots slots;
+    for (std::uint64_t i = 0; i < UnseenFreeSlots::kMaxPerGeneration + 10; ++i) slots.freed(0x10000 + 64 * i, 5);
+    EXPECT_EQ(slots.dropped(), 10u);
+    EXPECT_TRUE(slots.take(0x10000));
+    EXPECT_FALSE(slots.take(0x10000 + 64 * UnseenFreeSlots::kMaxPerGeneration));
+    EXPECT_LT(slots.memory_bytes(), std::size_t{4} << 20);
+    slots.clear();
+    EXPECT_FALSE(slots.take(0x10040));
+    EXPECT_EQ(slots.dropped(), 0u);
 }
 
 // --- the verdict ---------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ Live live_of(const Tracker& t) {
     return out;
 }
 
-void expect_same(const Tracker& a, const Tracker& b) {
+// pending_slots: whether both saw the same kfrees of unseen objects still
+// waiting for an allocation to name their cache (unseen_free_slots.h); the
+// image does not keep those (at most a minute of evidence).
+void expect_same(const Tracker& a, const Tracker& b, bool pending_slots = true) {
     ASSERT_EQ(a.sites().size(), b.sites().size());
     for (std::size_t i = 0; i < a.sites().size(); ++i) {
         const SiteStats &x = a.sites()[i], &y = b.sites()[i];
@@ -84,7 +87,7 @@ void expect_same(const Tracker& a, const Tracker& b) {
     EXPECT_EQ(a.class_count(), b.class_count());
     EXPECT_EQ(a.class_overflows(), b.class_overflows());
     EXPECT_EQ(a.overflow_count(), b.overflow_count());
-    EXPECT_EQ(a.unseen_frees_by_cache(), b.unseen_frees_by_cache());
+    if (pending_slots) EXPECT_EQ(a.unseen_frees_by_cache(), b.unseen_frees_by_cache());
     EXPECT_EQ(live_of(a), live_of(b));
     std::vector<std::tuple<SiteId, std::uint32_t, std::uint64_t, std::uint64_t>> ca, cb;
     a.for_each_class([&](const AllocationClass& c, std::uint64_t key, std::uint64_t n) { ca.emplace_back(c.site, c.bytes_alloc, key, n); });
@@ -119,7 +122,9 @@ TEST(StateImage, RoundTripThenBothGoOnAlike) {
     loaded.apply(more);
     original.settle();
     loaded.settle();
-    expect_same(original, loaded);
+    expect_same(original, loaded, /*pending_slots=*/false);
+    // The loaded tracker named fewer kfrees' caches: those freed before the image.
+    for (const auto& [cache, n] : loaded.unseen_frees_by_cache()) EXPECT_LE(n, original.unseen_frees_by_cache().at(cache));
 }
 
 // Allocations that differed only by their kernel stack are one class after a

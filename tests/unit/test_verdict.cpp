@@ -126,6 +126,21 @@ TEST(Verdict, AStepIsSteadyOnceFlat) {
     EXPECT_EQ(judge(series(400, step)).verdict, Verdict::steady);
 }
 
+TEST(Verdict, AStepIsNotGrowingEvenWhileItIsTheNewestHigh) {
+    // 100 for 50 s, then 5,000: 50 s later the trend rises and it is the
+    // newest high, but one interval made the whole rise (a burst held, a BPF
+    // map).
+    auto step = [](double t) { return t < 50 ? 100.0 : 5000.0; };
+    const SiteJudgement j = judge(series(100, step));
+    EXPECT_EQ(j.verdict, Verdict::steady) << j.reason;
+    EXPECT_NE(j.reason.find("a step, not a climb: 4900 of its rise of 4900 came between two samples"),
+              std::string::npos)
+        << j.reason;
+    // Steps of a tenth each (a leak in bursts) are a climb.
+    const SiteJudgement bursts = judge(series(100, [](double t) { return 100 + 500 * std::floor(t / 20); }));
+    EXPECT_EQ(bursts.verdict, Verdict::growing) << bursts.reason;
+}
+
 TEST(Verdict, ChurnAtAConstantPopulationIsNeverGrowing) {
     std::mt19937 rng(7);
     for (int run = 0; run < 50; ++run) {
@@ -473,6 +488,34 @@ TEST(SuspectsQuery, GrowthInKleakdsFirstWindowSaysCachesFillUpThen) {
     const SiteJudgement settled = later.verdicts.judgement(*find_site(later.tracker, "leaky_alloc", symbols));
     EXPECT_EQ(settled.verdict, Verdict::growing);
     EXPECT_EQ(settled.reason.find("kleakd started"), std::string::npos) << settled.reason;
+}
+
+// In kleakd's first window a rise must be steadier: caches refill from empty
+// then, following the host's work up and down; a leak climbs.
+TEST(SiteVerdicts, AnUnsteadyRiseInKleakdsFirstWindowIsNotJudgedYet) {
+    SiteVerdicts verdicts(kPeriod, VerdictRules{});
+    std::vector<SiteStats> sites(1);
+    sites[0].allocs = 100000;
+    // +3 a sample, every third sample -4: 5 of 6 changes rise, a net climb.
+    std::uint64_t n = 100;
+    for (int k = 0; k < 30; ++k) {
+        n = k % 3 == 2 ? n - 4 : n + 3;
+        sites[0].outstanding = n;
+        verdicts.sample(sites, 1000 * kSecond + static_cast<std::uint64_t>(k) * kPeriod);
+    }
+    const SiteJudgement j = verdicts.judgement(0);
+    EXPECT_EQ(j.verdict, Verdict::young) << j.reason;
+    EXPECT_NE(j.reason.find("not judged yet, maybe filling up: kleakd started only 290s ago"), std::string::npos)
+        << j.reason;
+    EXPECT_GE(j.rising_share, 0.8);
+    EXPECT_LT(j.rising_share, 0.95);
+    // The same climb once kleakd has run a whole window: growing.
+    for (int k = 30; k < 150; ++k) {
+        n = k % 3 == 2 ? n - 4 : n + 3;
+        sites[0].outstanding = n;
+        verdicts.sample(sites, 1000 * kSecond + static_cast<std::uint64_t>(k) * kPeriod);
+    }
+    EXPECT_EQ(verdicts.judgement(0).verdict, Verdict::growing) << verdicts.judgement(0).reason;
 }
 
 TEST(Trend, EvenCountsTakeTheMeanOfTheTwoMiddleSlopes) {
