@@ -19,7 +19,7 @@ below, polls `suspects` every 5 s and prints what it saw:
   Throughout: every mas_* site's verdicts (target: never `growing`).
 
 With --dump FILE, every poll's suspects rows and the history (every sample)
-of each site judged `growing` at that poll go to FILE as JSON lines, for
+of each site judged `growing` (or not judged yet, maybe filling up) at that poll go to FILE as JSON lines, for
 trying verdict rules offline on real series.
 
 Usage: sudo bench/verdicts.py [--mixed-minutes N] [--quick] [--phases LIST] [--dump FILE]
@@ -62,7 +62,7 @@ class Daemon:
         if DUMP:
             rows = [{k: r[k] for k in ("site", "verdict", "outstanding")} for r in result["suspects"]]
             histories = {r["site"]: self.ctl("history", r["site"]) for r in result["suspects"]
-                         if r["verdict"] == "growing"}
+                         if r["verdict"] == "growing" or r["reasons"][0].startswith("not judged yet, maybe")}
             DUMP.write(json.dumps({"phase": phase, "t": time.time(), "rows": rows, "growing": histories}) + "\n")
         return result
 

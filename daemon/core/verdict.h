@@ -54,7 +54,7 @@ struct VerdictRules {
     // ... while the history began with kleakd's own start and is shorter
     // than the window: every cache is filling up from empty then, and only
     // a leak's steadiness sets it apart from a cache following the host's work.
-    double min_rising_fraction_first_window = 0.95;
+    double min_rising_fraction_first_window = 0.9;
     double max_step_share = 0.5;         // of the window's rise, the most one interval may make
     double untracked_min_share = 0.01;   // replaced / allocs from which frees count as untracked
     std::uint64_t untracked_min_replaced = 8;
