@@ -198,10 +198,7 @@ TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) 
 TEST(KernelBatching, CpuGoingOfflinePushesItsBatchIntoItsRing) {
     REQUIRE_KERNEL();
     constexpr unsigned kCpu = 1;
-    if (::access(kCpu1Online, W_OK) != 0)
-        SKIP_LOUDLY(std::string(kCpu1Online) + " is missing or not writable (" + std::strerror(errno) +
-                    "): cannot take CPU 1 offline");
-    if (read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");
+    SKIP_UNLESS_CPU1_CAN_GO_OFFLINE();
 
     Traced t;
     auto& [tracer, sink, consumer, symbols] = t;
@@ -271,10 +268,7 @@ TEST(KernelBatching, CpuGoingOfflinePushesItsBatchIntoItsRing) {
 TEST(KernelBatching, ACpusSmallRingWakesItsConsumer) {
     REQUIRE_KERNEL();
     constexpr unsigned kCpu = 1;
-    if (::access(kCpu1Online, W_OK) != 0)
-        SKIP_LOUDLY(std::string(kCpu1Online) + " is missing or not writable (" + std::strerror(errno) +
-                    "): cannot take CPU 1 offline");
-    if (read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");
+    SKIP_UNLESS_CPU1_CAN_GO_OFFLINE();
 
     std::optional<kleak::BpfTracer> tracer;
     {
