@@ -37,6 +37,16 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 wakeup_backlog_bytes = 0;
 
 /*
+ * The configured ring size (buffer_size). A ring smaller than it is the
+ * small ring of a CPU offline at start (KLEAK_SMALL_RING_BYTES), not grown
+ * yet: it would never reach wakeup_backlog_bytes, and holds only four
+ * batches, so it wakes its consumer at every batch (for at most the second
+ * the daemon takes to grow it). A user's ring of that same size keeps
+ * wakeup_backlog_bytes (--wakeup-backlog).
+ */
+const volatile __u64 full_ring_bytes = 0;
+
+/*
  * Cost knobs, set through rodata before load. The verifier knows their
  * values and removes the branches they turn off, so a knob at its default
  * costs next to nothing. bench/RESULTS.md has what each one buys.
@@ -301,6 +311,9 @@ static __always_inline void *this_cpu_ring(void)
 static __always_inline __u64 submit_flags(void *ring)
 {
 	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_backlog_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	/* BPF_RB_RING_SIZE: Linux 5.8, with the ring buffer itself. */
+	if (bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) < full_ring_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }

@@ -184,7 +184,9 @@ struct kleak_printk_record {
 
 /*
  * The ring of a CPU offline when the daemon started, until the CPU comes
- * online and the daemon gives it a full one: a few batches' room.
+ * online and the daemon gives it a full one: a few batches' room. Such a
+ * ring wakes its consumer at every batch (full_ring_bytes in kleak.bpf.c),
+ * as the full rings' mark would never be reached in it.
  */
 #define KLEAK_SMALL_RING_BYTES 16384
 

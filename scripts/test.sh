@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit tests, the real-kernel tests
 # (root and BTF needed; they fail, loudly, where they cannot run), again with
-# another kleakd running (scripts/with-other-kleakd.sh), the unit tests built
-# with ASan+UBSan (build-asan), each fuzz target for 30 s from its seed
+# another kleakd running (scripts/with-other-kleakd.sh), the unit and kernel
+# tests built with ASan+UBSan (build-asan), the threaded tests built with
+# TSan (build-tsan, scripts/tsan.sh), each fuzz target for 30 s from its seed
 # corpus (build-fuzz; any crash, leak or timeout fails), the kernel tests on
 # Debian's 6.1 and 6.12 kernels booted in qemu (the kernel matrix,
 # tests/kernels), and the systemd service and package tests (systemd booted
@@ -21,12 +22,19 @@ scripts/build.sh
   BUILD_DIR="$PWD" "$root/scripts/with-other-kleakd.sh" ctest --output-on-failure -L '^kernel$'
 )
 
-# Sanitizers: the unit tests under ASan+UBSan. -O1 -g1 (line tables only)
-# compiles faster than -O2 -g and still gives every report its file and line.
-# (The kernel tests under ASan run by hand: docs/ARCHITECTURE.md, "Hardening".)
+# Sanitizers: the unit and real-kernel tests under ASan+UBSan (the kernel
+# tests start the ASan-built kleakd and kleakctl, so LeakSanitizer checks
+# them at exit too; ~5 min), then the threaded tests under TSan
+# (scripts/tsan.sh, ~10 min). -O1 -g1 (line tables only) compiles faster
+# than -O2 -g and still gives every report its file and line.
 BUILD_DIR=build-asan scripts/build.sh -DKLEAKD_SANITIZE=address,undefined -DKLEAKD_BUILD_BENCH=OFF \
   "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
-(cd build-asan && ctest --output-on-failure -L unit)
+(
+  cd build-asan
+  ctest --output-on-failure -L unit
+  ctest --output-on-failure -L '^kernel$'
+)
+scripts/tsan.sh
 scripts/fuzz.sh --time 30
 
 cd "$build_dir"

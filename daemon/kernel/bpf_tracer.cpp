@@ -342,6 +342,7 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
         options.wakeup_backlog_bytes != 0
             ? options.wakeup_backlog_bytes
             : std::min(options.buffer_size / 4, options.buffer_size - 2 * (KLEAK_BATCH_BYTES + 8));
+    skel_->rodata->full_ring_bytes = options.buffer_size;
     skel_->rodata->emit_records = options.emit_records;
     skel_->rodata->sample_shift = options.sample_shift;
     skel_->rodata->min_size = options.min_size;

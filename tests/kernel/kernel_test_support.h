@@ -362,6 +362,16 @@ inline std::string read_cpu1_online() {
     return value;
 }
 
+// Skips, loudly, a test that takes CPU 1 offline where it cannot (a host
+// without CPU hotplug, or CPU 1 offline already).
+#define SKIP_UNLESS_CPU1_CAN_GO_OFFLINE()                                                                      \
+    do {                                                                                                       \
+        if (::access(kleak_test::kCpu1Online, W_OK) != 0)                                                      \
+            SKIP_LOUDLY(std::string(kleak_test::kCpu1Online) + " is missing or not writable (" +              \
+                        std::strerror(errno) + "): cannot take CPU 1 offline");                                \
+        if (kleak_test::read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");           \
+    } while (0)
+
 // Takes CPU 1 offline for the scope; brings it back however the scope ends,
 // a failed assertion included, and says so loudly if it cannot.
 class Cpu1Offline {

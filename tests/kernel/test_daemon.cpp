@@ -1524,10 +1524,7 @@ TEST(Daemon, HalfClosedClientWithPendingRepliesDoesNotSpin) {
 // records are ~100 KiB, drained only every 100 ms.
 TEST(Daemon, ACpuOfflineAtStartGetsItsFullRingWhenItComesOnline) {
     REQUIRE_KERNEL();
-    if (::access(kCpu1Online, W_OK) != 0)
-        SKIP_LOUDLY(std::string(kCpu1Online) + " is missing or not writable (" + std::strerror(errno) +
-                    "): cannot take CPU 1 offline");
-    if (read_cpu1_online() != "1") SKIP_LOUDLY("CPU 1 is not online to begin with");
+    SKIP_UNLESS_CPU1_CAN_GO_OFFLINE();
     Cpu1Offline offline;
     ASSERT_EQ(offline.error(), 0) << "taking CPU 1 offline failed: " << std::strerror(offline.error());
 

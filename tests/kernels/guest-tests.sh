@@ -9,7 +9,8 @@
 # when closed (record and report, trace, the daemon's leaks), the
 # trace/record/report round trip, printk capture, no drops at a moderate load
 # (50 clients while allocating), the attach mode and its error, per-CPU
-# batches and CPU hotplug, rings for the online CPUs (the guest boots with
+# batches and CPU hotplug (an offline CPU's small ring wakes its consumer),
+# rings for the online CPUs (the guest boots with
 # 4 possible CPUs and 2 online), the BPF knobs, detach leaving nothing, verdicts
 # (a leak growing, a plateau not, caches reclaimable, the maple tree's
 # untracked frees), slab caches (held pipes counted in the caches
