@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
     trace_cmd
         ->add_option_function<std::string>(
             "--stacks", [&trace](const std::string& mode) { trace.tracer.stacks = *kleak::core::parse_stack_mode(mode); },
-            "Kernel stacks: all (every slab, percpu and vmalloc allocation; the report ends with live bytes per "
+            "Kernel stacks: all (slab, percpu and vmalloc allocations, 1 in 2^--stack-sample-shift; the report ends with live bytes per "
             "stack, folded, and its JSON carries them as `kleakctl stacks --json` does), off, or suspects (the "
             "daemon's default; trace judges no site, so it captures nothing here, at the cost the daemon's "
             "default has on a host where no site grows: see `kleakctl stacks`)")

@@ -31,8 +31,8 @@ std::optional<StackMode> parse_stack_mode(std::string_view name);
 // `all` mode's default sample: a stack for 1 in 2^N pointers (the config's
 // tracing.stack_sample_shift, `kleakd trace --stack-sample-shift`, and a
 // `capture` that names no shift). A stack walk costs ~2.5 us per allocation
-// here; at 1 in 8 the writev loop keeps 0.5 of its untraced speed instead of
-// 0.18 (bench/RESULTS.md, "Sampled stacks").
+// here; at 1 in 8 the pipe loop keeps 0.51 of its untraced CPU rate instead
+// of 0.17 (bench/RESULTS.md, "Sampled stacks").
 inline constexpr std::uint32_t kDefaultStackSampleShift = 3;
 
 struct StackCapture {
