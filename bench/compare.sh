@@ -12,7 +12,9 @@
 #      D bench/peer-memleak.bt under bpftrace (the peer)
 #      O `kleakd trace` of another build (--baseline DIR: an older commit's
 #        build directory, to measure a change against it in the same run)
-#      S `kleakd trace --stacks all` (--stacks: a kernel stack per allocation)
+#      S `kleakd trace --stacks all` (--stacks: a kernel stack per allocation;
+#        --stack-shifts "0 2 4": one run per shift N, a stack for 1 in 2^N
+#        pointers, `--stack-sample-shift N`)
 #      T bench/peer-memleak-stacks.bt (--stacks, with the peer: a stack per
 #        allocation, as bcc's memleak keeps; memleak-bpfcc itself needs
 #        kernel headers to build its programs)
@@ -37,7 +39,7 @@
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECONDS] [--no-peer] [--no-raw-tp] [--quick]
 #                         [--baseline BUILD_DIR] [--loop writev|pipe|pipebuf] [--kleakd-args "ARGS"]
-#                         [--stacks] [--throughput-only]
+#                         [--stacks] [--stack-shifts "N..."] [--throughput-only]
 #   --loop pipe: section 1 loops pipe()+close() instead of writev (slab
 #   caches: kmem_cache_alloc/free of files, inodes, dentries, RCU frees).
 #   --loop pipebuf: 64 KiB written into a pipe and read back (16 buffer
@@ -60,6 +62,7 @@ baseline_build=
 loop_mode=writev
 kleakd_args=()
 stacks=0
+stack_shifts=(0)
 throughput_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -72,6 +75,7 @@ while [ $# -gt 0 ]; do
     --loop) loop_mode=$2; shift 2 ;;
     --kleakd-args) read -r -a kleakd_args <<< "$2"; shift 2 ;;
     --stacks) stacks=1; shift ;;
+    --stack-shifts) stacks=1; read -r -a stack_shifts <<< "$2"; shift 2 ;;
     --throughput-only) throughput_only=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
@@ -198,14 +202,16 @@ configs=(untraced kleakd)
 [ "$raw_tp" = 1 ] && configs+=(rawtp)
 configs+=(noemit)
 [ "$peer" = 1 ] && configs+=(peer)
-[ "$stacks" = 1 ] && configs+=(stacksall)
+if [ "$stacks" = 1 ]; then
+  for shift_n in "${stack_shifts[@]}"; do configs+=("stacksall$shift_n"); done
+fi
 [ "$stacks" = 1 ] && [ "$peer" = 1 ] && configs+=(peerstacks)
 for round in $(seq 1 "$rounds"); do
   for config in "${configs[@]}"; do
     case "$config" in
       noemit) measure "$round" noemit 1 --no-emit ;;
       rawtp) measure "$round" rawtp 1 --attach raw_tp ;;
-      stacksall) measure "$round" stacksall 1 --stacks all ;;
+      stacksall*) measure "$round" "$config" 1 --stacks all --stack-sample-shift "${config#stacksall}" ;;
       *) measure "$round" "$config" 1 ;;
     esac
   done
@@ -223,7 +229,10 @@ names = {"untraced": "untraced", "kleakd": "kleakd trace", "rawtp": "kleakd trac
          "baseline": "baseline build's kleakd trace",
          "noemit": "kleakd trace --no-emit (floor)",
          "peer": "bpftrace peer-memleak.bt",
-         "stacksall": "kleakd trace --stacks all", "peerstacks": "bpftrace peer-memleak-stacks.bt"}
+         "peerstacks": "bpftrace peer-memleak-stacks.bt"}
+stack_configs = sorted((c for c in by if c.startswith("stacksall")), key=lambda c: int(c[9:]))
+for c in stack_configs:
+    names[c] = "kleakd trace --stacks all" + (f" --stack-sample-shift {c[9:]}" if c != "stacksall0" else "")
 base = by["untraced"]
 def column(c, i):
     rates = [float(r[i]) for r in by[c].values()]
@@ -233,7 +242,7 @@ print()
 print(f"{'':34} {'--- wall: iterations/s of the run ---':^52}   {'--- CPU: iterations/s of loader CPU ---':^40}")
 print(f"{'configuration':34} {'median':>11} {'min':>11} {'max':>11} {'ratio':>7} {'min-max':>11}   "
       f"{'median':>11} {'ratio':>7} {'min-max':>11}")
-for c in ["untraced", "kleakd", "baseline", "rawtp", "noemit", "peer", "stacksall", "peerstacks"]:
+for c in ["untraced", "kleakd", "baseline", "rawtp", "noemit", "peer"] + stack_configs + ["peerstacks"]:
     if c not in by: continue
     wall, wall_ratio = column(c, 2)
     cpu, cpu_ratio = column(c, 10)
@@ -258,7 +267,7 @@ for i, what in ((2, "wall"), (10, "CPU")):
 print()
 print(f"{'kleakd':34} {'records/s':>13} {'drops':>8} {'late':>6} {'daemon CPU%':>12} {'records/CPU-s':>14} {'RSS MiB':>8}"
       f" {'steal ms':>9}")
-for c in ["kleakd", "baseline", "rawtp", "noemit", "stacksall"]:
+for c in ["kleakd", "baseline", "rawtp", "noemit"] + stack_configs:
     if c not in by: continue
     for k, r in sorted(by[c].items()):
         rec, drops, late, cpu, secs, rss = int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]), int(r[8])

@@ -580,9 +580,8 @@ std::string encode_request(const Request& request) {
     if (request.op == Op::stacks)
         message["args"] = ordered_json{{"function", request.stacks.function}, {"top", request.stacks.top}};
     if (request.op == Op::capture) {
-        message["args"] = ordered_json{{"stacks", request.capture.stacks},
-                                       {"functions", request.capture.functions},
-                                       {"sample_shift", request.capture.sample_shift}};
+        message["args"] = ordered_json{{"stacks", request.capture.stacks}, {"functions", request.capture.functions}};
+        if (request.capture.sample_shift) message["args"]["sample_shift"] = *request.capture.sample_shift;
     }
     if (request.op == Op::history)
         message["args"] = ordered_json{{"site", request.history.site}, {"resolution", request.history.resolution}};

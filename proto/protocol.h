@@ -103,12 +103,12 @@ struct StacksArgs {
 // Which allocations get a stack from now on: `stacks` "suspects", "all" or
 // "off"; `functions`: in suspects mode, the sites in these functions too
 // (replacing the ones named before); `sample_shift`: in all mode, 1 in 2^N
-// pointers.
+// pointers (absent: the daemon's tracing.stack_sample_shift).
 inline constexpr std::size_t kMaxCaptureFunctions = 64;
 struct CaptureArgs {
     std::string stacks = "suspects";
     std::vector<std::string> functions;
-    std::uint32_t sample_shift = 0;
+    std::optional<std::uint32_t> sample_shift;
     bool operator==(const CaptureArgs&) const = default;
 };
 

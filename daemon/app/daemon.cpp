@@ -55,6 +55,7 @@ TracerOptions tracer_options(const config::Settings& settings) {
     options.trace_printk = settings.printk.enabled;
     options.attach = parse_attach_mode(settings.tracing.attach).value_or(AttachMode::automatic);  // validated
     options.stacks = core::parse_stack_mode(settings.tracing.stacks).value_or(core::StackMode::suspects);  // validated
+    options.stack_sample_shift = settings.tracing.stack_sample_shift;
     return options;
 }
 
@@ -144,7 +145,8 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       session_(tracer_options(settings_), sink_),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
-      stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects)),
+      stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects),
+              settings_.tracing.stack_sample_shift),
       snapshot_timer_(settings_.snapshots.interval),
       status_timer_(kStatusPeriod),
       verdict_timer_(settings_.verdicts.interval),
@@ -410,6 +412,7 @@ nlohmann::json Daemon::snapshot() {
     nlohmann::json doc = core::snapshot_document(context, build_report());
     doc["verdicts"] =
         core::annotate_verdicts(doc["sites"], pipeline_.tracker(), verdicts_, slabs_.site_caches(pipeline_.tracker()));
+    name_site_processes(doc["sites"]);
     doc["caches"] = core::caches_to_json(slabs_.reconcile(pipeline_.tracker()), 0);
     doc["state"] = state_.to_json(pipeline_.tracker());
     // The stacks of the suspect sites (README, "Stacks"), as `stacks` gives them.
@@ -538,15 +541,20 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
             query.site_caches = caches;
             query.family = core::parse_family(request.leaks.family);
-            return core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, &verdicts_), query);
+            nlohmann::json out =
+                core::leaks_to_json(core::query_leaks(pipeline_.tracker(), query, *symbolizer_, &verdicts_), query);
+            name_site_processes(out["sites"]);
+            return out;
         }
         case proto::Op::suspects: {
             name_new_call_sites(Naming::at_most_every_10s);
             const std::vector<std::string> caches = slabs_.site_caches(pipeline_.tracker());
             const core::SuspectsQuery query{request.suspects.top, monotonic_now_ns(), caches,
                                             core::parse_family(request.suspects.family)};
-            return core::suspects_to_json(core::query_suspects(pipeline_.tracker(), verdicts_, query, *symbolizer_),
-                                          verdicts_);
+            nlohmann::json out = core::suspects_to_json(
+                core::query_suspects(pipeline_.tracker(), verdicts_, query, *symbolizer_), verdicts_);
+            name_site_processes(out["suspects"]);
+            return out;
         }
         case proto::Op::history: {
             name_new_call_sites(Naming::at_most_every_10s);
@@ -642,10 +650,17 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::capture(c
     next.mode = core::parse_stack_mode(args.stacks).value_or(core::StackMode::suspects);  // validated by the codec
     next.functions = args.functions;
     if (!next.functions.empty()) name_new_call_sites(Naming::whenever_new);
-    if (auto error = stacks_.set(std::move(next), args.sample_shift, pipeline_.tracker(), verdicts_, *symbolizer_))
+    const std::uint32_t shift = args.sample_shift.value_or(settings_.tracing.stack_sample_shift);
+    if (auto error = stacks_.set(std::move(next), shift, pipeline_.tracker(), verdicts_, *symbolizer_))
         return proto::Error{proto::ErrorCode::internal, *error};
     spdlog::info("stacks: capture {} from now on", core::stack_mode_name(stacks_.capture().mode));
     return stacks_.to_json();
+}
+
+// Each row's top comms and cgroups, from its allocations that carry a process
+// (README, "Stacks"): one pass over the classes, one /proc read per process.
+void Daemon::name_site_processes(nlohmann::json& rows) {
+    ProcessNamer().annotate_sites(rows, core::processes_by_site(pipeline_.tracker(), *symbolizer_));
 }
 
 nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
@@ -663,7 +678,7 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     frames_to_name_.clear();
     nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
     ProcessNamer().annotate_stacks(out);
-    out["capture"] = stacks_.to_json();
+    stacks_.label(out);
     return out;
 }
 

@@ -86,6 +86,7 @@ private:
     nlohmann::json printk_query(const proto::PrintkArgs& args) const;
     std::variant<nlohmann::json, proto::Error, service::Subscribe> capture(const proto::CaptureArgs& args);
     nlohmann::json stacks_query(const proto::StacksArgs& args);
+    void name_site_processes(nlohmann::json& rows);
     // The `stacks` result of `query`, its frames named, with the capture in force.
     nlohmann::json live_stacks(const core::StacksQuery& query);
     // Stack frames to name with the call sites at the next kallsyms read

@@ -73,4 +73,15 @@ nlohmann::json ProcessNamer::group(std::span<const core::ProcessTotal> processes
     return {{"by", by}, {"rows", std::move(out_rows)}, {"outstanding", outstanding}, {"outstanding_bytes", outstanding_bytes}};
 }
 
+void ProcessNamer::annotate_sites(nlohmann::json& rows,
+                                  const std::map<std::string, std::vector<core::ProcessTotal>>& by_site) {
+    if (by_site.empty()) return;
+    for (auto& row : rows) {
+        const auto it = by_site.find(row.at("site").get<std::string>());
+        if (it == by_site.end()) continue;
+        row["comms"] = group(it->second, "comm", true, kTopPerSite).at("rows");
+        row["cgroups"] = group(it->second, "cgroup", true, kTopPerSite).at("rows");
+    }
+}
+
 }  // namespace kleak

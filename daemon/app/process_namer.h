@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -31,6 +32,12 @@ public:
     //  "outstanding", "outstanding_bytes"}.
     nlohmann::json group(std::span<const core::ProcessTotal> processes, const std::string& by, bool by_bytes,
                          std::size_t top);
+    // Adds "comms" and "cgroups" (group()'s rows, the top kTopPerSite of
+    // each by bytes) to every row of `rows` (objects with a "site") whose
+    // site has live allocations that carry a process; other rows stay as
+    // they are. Bounded: a row gains at most 2 * kTopPerSite entries.
+    static constexpr std::size_t kTopPerSite = 3;
+    void annotate_sites(nlohmann::json& rows, const std::map<std::string, std::vector<core::ProcessTotal>>& by_site);
 
 private:
     std::unordered_map<std::uint32_t, ProcessName> names_;

@@ -37,6 +37,11 @@ std::optional<std::string> StackControl::apply(const core::Tracker& tracker, con
     return tracer_.set_stack_capture(capture_.mode, sample_shift_, sites_);
 }
 
+void StackControl::label(nlohmann::json& stacks_result) const {
+    stacks_result["capture"] = to_json();
+    stacks_result["sample_shift"] = capture_.mode == core::StackMode::all ? sample_shift_ : 0;
+}
+
 nlohmann::json StackControl::to_json() const {
     nlohmann::json families = nlohmann::json::object();
     const std::vector<StackCounts> counts = tracer_.read_stack_counts();

@@ -53,6 +53,11 @@ public:
     // {"mode", "functions", "sample_shift", "sites", "families": {family:
     // {"captured", "collided", "failed"}}}: what `stats` and `capture` show.
     nlohmann::json to_json() const;
+    // Adds "capture" (to_json()) and "sample_shift" to a `stacks` result:
+    // N > 0 while `all` mode samples, so its stacks' totals count 1 in 2^N
+    // allocations (labelled, not scaled: stacks captured at suspect sites
+    // before or since count every allocation).
+    void label(nlohmann::json& stacks_result) const;
 
 private:
     std::optional<std::string> apply(const core::Tracker& tracker, const core::SiteVerdicts& verdicts,

@@ -121,7 +121,7 @@ int run_trace(const TraceCommand& command) {
     if (command.tracer.stacks != core::StackMode::off) {
         TracerStackSource source(session.tracer());
         stacks = core::stacks_to_json(pipeline.tracker(), source, *symbolizer, {.function = "", .top = command.top});
-        stacks["capture"] = StackControl(session.tracer(), command.tracer.stacks, command.tracer.stack_sample_shift).to_json();
+        StackControl(session.tracer(), command.tracer.stacks, command.tracer.stack_sample_shift).label(stacks);
     }
     if (command.json) {
         nlohmann::json out = core::report_to_json(report);
@@ -132,6 +132,7 @@ int run_trace(const TraceCommand& command) {
         std::cout << '\n' << core::report_to_text(report, command.top) << summary_text(run);
         if (!stacks.is_null())
             std::cout << "\nLive bytes per kernel stack (folded, outermost first):\n"
+                      << (core::sampled_note(stacks).empty() ? "" : "(" + core::sampled_note(stacks) + ")\n")
                       << core::folded_stacks(stacks, core::StackWeight::bytes);
     }
     std::cout.flush();

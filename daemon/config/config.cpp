@@ -107,6 +107,7 @@ const std::string kAllocatorNameRule = "one of " + join(kAllocatorNames, "\"");
 const std::string kLogLevelRule = "one of " + join(kLogLevels, "");
 const std::string kAttachRule = "one of " + join(kAttachModes, "\"");
 const std::string kStacksRule = "one of " + join(kStackModes, "\"");
+constexpr std::string_view kStackSampleShiftRule = "an integer from 0 to 32";
 constexpr std::string_view kMinRiseRule = "an integer from 1 to 1000000";
 constexpr std::string_view kVerdictIntervalRule =
     "a duration from 1s to 10m: a number with a unit (\"10s\", \"1m\") or an integer of seconds";
@@ -266,6 +267,7 @@ struct RawTracing {
     std::optional<Raw<std::vector<Raw<std::string>>>> allocators;  // only the elements that are strings
     std::optional<Raw<std::string>> attach;
     std::optional<Raw<std::string>> stacks;
+    std::optional<Raw<std::int64_t>> stack_sample_shift;
 };
 struct RawPrintk {
     std::optional<Raw<bool>> enabled;
@@ -431,6 +433,7 @@ RawConfig read_raw_config(const json& document, Errors& errors) {
     raw.tracing.allocators = tracing.string_array("allocators", kAllocatorsRule, kAllocatorNameRule);
     raw.tracing.attach = tracing.string("attach", kAttachRule);
     raw.tracing.stacks = tracing.string("stacks", kStacksRule);
+    raw.tracing.stack_sample_shift = tracing.integer("stack_sample_shift", kStackSampleShiftRule);
     tracing.report_unknown_keys();
 
     ObjectReader verdicts = top.section("verdicts");
@@ -689,6 +692,10 @@ std::optional<std::string> check_stacks(const Raw<std::string>& raw, Errors& err
     return std::nullopt;
 }
 
+std::optional<std::uint32_t> check_stack_sample_shift(const Raw<std::int64_t>& raw, Errors& errors) {
+    return check_integer_range<std::uint32_t>(raw, errors, 0, 32, kStackSampleShiftRule);
+}
+
 std::optional<std::string> check_log_level(const Raw<std::string>& raw, Errors& errors) {
     if (std::find(kLogLevels.begin(), kLogLevels.end(), raw.value) != kLogLevels.end()) return raw.value;
     report_invalid(errors, raw.key, in_quotes(raw.value) + " is not a log level", kLogLevelRule,
@@ -726,6 +733,7 @@ Settings compile(const RawConfig& raw, Errors& errors) {
     }
     apply(raw.tracing.attach, check_attach, settings.tracing.attach, errors);
     apply(raw.tracing.stacks, check_stacks, settings.tracing.stacks, errors);
+    apply(raw.tracing.stack_sample_shift, check_stack_sample_shift, settings.tracing.stack_sample_shift, errors);
     apply(raw.printk.enabled, check_boolean, settings.printk.enabled, errors);
     apply(raw.printk.lines, check_printk_lines, settings.printk.lines, errors);
     apply(raw.printk.file_enabled, check_boolean, settings.printk.file_enabled, errors);
@@ -816,7 +824,8 @@ nlohmann::json settings_to_json(const Settings& settings) {
          {{"buffer_size", core::format_size(settings.tracing.buffer_size)},
           {"allocators", allocators},
           {"attach", settings.tracing.attach},
-          {"stacks", settings.tracing.stacks}}},
+          {"stacks", settings.tracing.stacks},
+          {"stack_sample_shift", settings.tracing.stack_sample_shift}}},
         {"verdicts",
          {{"interval", std::to_string(settings.verdicts.interval.count()) + "s"},
           {"window", std::to_string(settings.verdicts.window.count()) + "s"},

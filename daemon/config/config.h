@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/sizes.h"
+#include "core/stack_capture.h"
 
 namespace kleak::config {
 
@@ -57,6 +58,8 @@ struct TracingSettings {
     // Kernel stacks at start-up (core/stack_capture.h): "suspects", "all" or
     // "off"; `kleakctl stacks --capture` changes them at run time.
     std::string stacks = "suspects";
+    // In "all" mode, a stack for 1 in 2^N pointers (0..32; 0: every one).
+    std::uint32_t stack_sample_shift = core::kDefaultStackSampleShift;
 
     bool operator==(const TracingSettings&) const = default;
 };

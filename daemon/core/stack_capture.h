@@ -28,6 +28,13 @@ enum class StackMode : std::uint32_t {
 std::string_view stack_mode_name(StackMode mode);  // "off", "suspects", "all"
 std::optional<StackMode> parse_stack_mode(std::string_view name);
 
+// `all` mode's default sample: a stack for 1 in 2^N pointers (the config's
+// tracing.stack_sample_shift, `kleakd trace --stack-sample-shift`, and a
+// `capture` that names no shift). A stack walk costs ~2.5 us per allocation
+// here; at 1 in 8 the pipe loop keeps 0.51 of its untraced CPU rate instead
+// of 0.17 (bench/RESULTS.md, "Sampled stacks").
+inline constexpr std::uint32_t kDefaultStackSampleShift = 3;
+
 struct StackCapture {
     StackMode mode = StackMode::suspects;
     // suspects mode: the call sites in these functions are captured too.

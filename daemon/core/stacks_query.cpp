@@ -65,6 +65,25 @@ std::vector<ProcessTotal> live_processes(const Tracker& tracker, std::optional<S
     return rows;
 }
 
+std::map<std::string, std::vector<ProcessTotal>> processes_by_site(const Tracker& tracker, Symbolizer& symbolizer) {
+    std::map<SiteId, std::map<std::uint32_t, ProcessTotal>> by_site;
+    tracker.for_each_class([&](const AllocationClass& cls, std::uint64_t, std::uint64_t live) {
+        if (cls.origin.stack == 0 || live == 0) return;
+        ProcessTotal& row = by_site[cls.site][cls.origin.tgid];
+        row.tgid = cls.origin.tgid;
+        row.outstanding += live;
+        row.outstanding_bytes += live * cls.bytes_alloc;
+    });
+    std::map<std::string, std::vector<ProcessTotal>> out;
+    for (const auto& [site, by_tgid] : by_site) {
+        const std::uint64_t call_site = tracker.sites()[site].call_site;
+        std::vector<ProcessTotal>& rows = out[format_site(call_site, symbolizer.resolve(call_site))];
+        for (const auto& [tgid, row] : by_tgid) rows.push_back(row);
+        sort_by_bytes(rows);
+    }
+    return out;
+}
+
 std::span<const std::uint64_t> from_call_site(std::span<const std::uint64_t> frames, std::uint64_t call_site) {
     const auto at = std::find(frames.begin(), frames.end(), call_site);
     return at == frames.end() ? frames : std::span<const std::uint64_t>(at, frames.end());
@@ -129,6 +148,14 @@ std::string folded_frame(const std::string& frame) {
 }
 
 }  // namespace
+
+std::string sampled_note(const nlohmann::json& result) {
+    const std::uint64_t shift = result.value("sample_shift", std::uint64_t{0});
+    if (shift == 0 || shift > 32) return "";
+    const std::uint64_t factor = std::uint64_t{1} << shift;
+    return "sampled: 1 in " + std::to_string(factor) + " allocations get a stack, so these totals are about 1/" +
+           std::to_string(factor) + " of the live ones";
+}
 
 std::string folded_stacks(const nlohmann::json& result, StackWeight weight) {
     std::map<std::string, std::uint64_t> lines;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,6 +48,11 @@ struct ProcessTotal {
 };
 std::vector<ProcessTotal> live_processes(const Tracker& tracker, std::optional<SiteId> site);
 
+// live_processes() of every site that has any, in one pass over the classes,
+// keyed by the site as rows print it (format_site): what the rows of `leaks`,
+// `suspects` and snapshots are annotated with (app/process_namer.h).
+std::map<std::string, std::vector<ProcessTotal>> processes_by_site(const Tracker& tracker, Symbolizer& symbolizer);
+
 // A captured stack starts inside the tracer and the allocator: the frames
 // before the one at the allocation's call site are theirs, and dropped. A
 // stack without that frame is kept whole.
@@ -76,5 +82,10 @@ std::vector<std::uint64_t> stack_frame_addresses(const Tracker& tracker, StackSo
 // its function ("func" or "func [module]": offsets would split one function's
 // box into several), identical stacks merged, sorted by line.
 std::string folded_stacks(const nlohmann::json& result, StackWeight weight);
+
+// "" unless the result's "sample_shift" N is set: then "sampled: 1 in 2^N
+// allocations get a stack, so these totals are about 1/2^N of the live
+// ones", for every printed form of the stacks (folded lines carry no room).
+std::string sampled_note(const nlohmann::json& result);
 
 }  // namespace kleak::core

@@ -76,7 +76,7 @@ struct TracerOptions {
     // Kernel stacks from the start (README, "Stacks"); set_stack_capture()
     // changes them at run time. all mode: 1 in 2^stack_sample_shift pointers.
     core::StackMode stacks = core::StackMode::suspects;
-    std::uint32_t stack_sample_shift = 0;
+    std::uint32_t stack_sample_shift = core::kDefaultStackSampleShift;
 };
 
 // The stack counters of one family, summed over CPUs (enum kleak_stack_count).

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/report.h"
+#include "core/stacks_query.h"
 #include "proto/protocol.h"
 
 namespace kleak::ctl {
@@ -36,6 +37,17 @@ std::string with_family(const nlohmann::json& row, std::string site) {
     const std::string family = row.value("family", "slab");
     return family == "slab" ? site : "[" + family + "] " + site;
 }
+
+// "  (by sshd in /system.slice/ssh.service)": the row's top comm and cgroup,
+// when its site has live allocations that carry a process; "" otherwise.
+std::string top_process(const nlohmann::json& row) {
+    if (!row.contains("comms") || row.at("comms").empty()) return "";
+    const auto key = [](const nlohmann::json& rows) {
+        const std::string k = rows.empty() ? std::string() : rows.front().at("key").get<std::string>();
+        return k.empty() ? std::string("(exited)") : k;
+    };
+    return "  (by " + key(row.at("comms")) + " in " + key(row.value("cgroups", nlohmann::json::array())) + ")";
+}
 }  // namespace
 
 std::string format_leaks(const nlohmann::json& result) {
@@ -55,7 +67,8 @@ std::string format_leaks(const nlohmann::json& result) {
             "{:>12} {:>14} {:>10} {:>10} {:>9}{}{}  {}\n", u64(s, "outstanding"), u64(s, "outstanding_bytes"),
             u64(s, "allocs"), u64(s, "frees"), u64(s, "replaced"),
             ages && s.contains("oldest_age_ns") ? fmt::format(" {:>8}", human_age(u64(s, "oldest_age_ns"))) : "",
-            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "", with_family(s, site_with_cache(s)));
+            verdicts ? fmt::format(" {:<15}", s.value("verdict", "")) : "",
+            with_family(s, site_with_cache(s)) + top_process(s));
     }
     if (sites.empty()) out += "  (none)\n";
     return out;
@@ -145,7 +158,7 @@ std::string format_suspects(const nlohmann::json& r) {
                            s.at("verdict").get<std::string>(), u64(s, "outstanding"), u64(s, "outstanding_bytes"),
                            s.at("growth_per_hour").get<double>(), s.at("growth_bytes_per_hour").get<double>(),
                            human_age(u64(s, "age_p50_ns")), human_age(u64(s, "age_p90_ns")),
-                           human_age(u64(s, "oldest_age_ns")), with_family(s, site_with_cache(s)));
+                           human_age(u64(s, "oldest_age_ns")), with_family(s, site_with_cache(s)) + top_process(s));
         for (const auto& reason : s.at("reasons")) out += fmt::format("{:<15} {}\n", "", reason.get<std::string>());
     }
     if (rows.empty()) out += "  (no call site has anything outstanding)\n";
@@ -229,6 +242,7 @@ std::string format_capture(const nlohmann::json& c) {
 std::string format_stacks(const nlohmann::json& r) {
     std::string out = fmt::format("{} live allocations ({} bytes) carry a kernel stack\n", u64(r, "outstanding"),
                                   u64(r, "outstanding_bytes"));
+    if (const std::string note = core::sampled_note(r); !note.empty()) out += "(" + note + ")\n";
     for (const auto& s : r.at("stacks")) {
         out += fmt::format("\n{} bytes in {} allocations at {} ({}):\n", u64(s, "outstanding_bytes"),
                            u64(s, "outstanding"), s.at("site").get<std::string>(), s.at("family").get<std::string>());

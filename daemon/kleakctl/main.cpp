@@ -42,7 +42,7 @@ struct Options {
     std::size_t curves = 8;
     std::string stacks_function;           // stacks FUNCTION
     std::vector<std::string> capture;      // stacks --capture MODE | FUNCTION...
-    std::uint32_t stacks_sample_shift = 0; // stacks --capture all --sample-shift N
+    std::optional<std::uint32_t> stacks_sample_shift;  // stacks --capture all --sample-shift N
     bool folded = false;
     std::string weight = "bytes";
     std::string by = "site";  // leaks --by
@@ -140,6 +140,8 @@ int print_result(Op op, const Options& options, const nlohmann::json& result) {
             std::cout << kleak::ctl::format_caches(result);
             break;
         case Op::stacks:
+            if (options.folded && !kleak::core::sampled_note(result).empty())
+                std::cerr << "kleakctl: " << kleak::core::sampled_note(result) << '\n';  // stdout stays folded lines
             if (options.folded)
                 std::cout << kleak::core::folded_stacks(result, options.weight == "count" ? kleak::core::StackWeight::count
                                                                                        : kleak::core::StackWeight::bytes);
@@ -237,9 +239,9 @@ int main(int argc, char** argv) {
                      "functions). Root or socket.admin_group only: it changes what tracing costs")
         ->expected(1, static_cast<int>(kleak::proto::kMaxCaptureFunctions));
     stacks->add_option("--sample-shift", options.stacks_sample_shift,
-                       "With --capture all: a stack for 1 in 2^N allocations, by a hash of the pointer")
-        ->check(CLI::Range(0, 32))
-        ->default_str("0");
+                       "With --capture all: a stack for 1 in 2^N allocations, by a hash of the pointer (default: the "
+                       "daemon's tracing.stack_sample_shift)")
+        ->check(CLI::Range(0, 32));
     auto* stats = app.add_subcommand("stats", "Event rates, totals, drops per CPU, late records, tracker memory");
     auto* report = app.add_subcommand("report", "The full kleak report (same JSON as `kleakd report --json`)");
     report->add_option("--top,-n", options.report_top, "Rows per report section (0: all)")->default_str("10");

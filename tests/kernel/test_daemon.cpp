@@ -57,6 +57,7 @@ struct Config {
     std::optional<json> verdicts;  // the "verdicts" section, when a test sets one
     std::optional<json> allocators;  // tracing.allocators, when a test sets it
     std::optional<std::string> stacks;  // tracing.stacks, when a test sets it
+    std::optional<std::uint32_t> stack_sample_shift;  // tracing.stack_sample_shift, when a test sets it
 
     json to_json() const {
         json j = {{"socket", {{"path", socket.string()}, {"group", group}, {"mode", mode}}},
@@ -66,6 +67,7 @@ struct Config {
         if (verdicts) j["verdicts"] = *verdicts;
         if (allocators) j["tracing"]["allocators"] = *allocators;
         if (stacks) j["tracing"]["stacks"] = *stacks;
+        if (stack_sample_shift) j["tracing"]["stack_sample_shift"] = *stack_sample_shift;
         return j;
     }
     // JSON with a comment, as an administrator writes it.
@@ -2567,6 +2569,7 @@ TEST(Stacks, AllModeShowsThePipeSyscallPathItsProcessAndItsCgroup) {
     REQUIRE_KERNEL();
     Daemon daemon;
     daemon.config.stacks = "all";
+    daemon.config.stack_sample_shift = 0;  // every allocation: the counts below are exact
     ASSERT_TRUE(daemon.start());
     TempCgroup cgroup;
     ASSERT_FALSE(cgroup.path().empty()) << "no cgroup v2 mount";
@@ -2665,6 +2668,119 @@ TEST(Stacks, ANamedFunctionGetsStacksAndNoOtherSiteDoes) {
     // A reader may look but not change the capture.
     const Result as_nobody = ctl({"--socket", daemon.socket().string(), "stacks", "--capture", "all"}, Identity{65534, 65534, {}});
     EXPECT_NE(as_nobody.exit_code, 0);
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+// The child's live allocations at each alloc_pipe_info call site, from the
+// `leaks` rows' comms (its comm is its own), once two reads agree.
+std::map<std::string, std::uint64_t> pipe_rows_of(const Daemon& daemon, const std::string& comm, json* last = nullptr) {
+    std::map<std::string, std::uint64_t> counts, before;
+    for (const auto deadline = Clock::now() + 15s; Clock::now() < deadline; std::this_thread::sleep_for(400ms)) {
+        const json leaks = ctl_json(daemon, {"leaks", "--top", "100000"});
+        counts.clear();
+        for (const auto& row : leaks.at("sites")) {
+            if (row.at("function") != "alloc_pipe_info" || !row.contains("comms")) continue;
+            for (const auto& c : row.at("comms"))
+                if (c.at("key") == comm) counts[row.at("site").get<std::string>()] = u64(c, "outstanding");
+        }
+        if (last) *last = leaks;
+        if (counts.size() == 2 && counts == before) break;
+        before = counts;
+    }
+    return counts;
+}
+
+// Sampled `all` mode: a pointer gets a stack when its hash falls in 1/2^N of
+// the space, so 400 held pipes (800 fds, under the usual limit of 1024) give
+// about 400/4 stack-carrying allocations at each of alloc_pipe_info's two
+// sites at N = 2 (binomial: 100, standard deviation 8.7). The range fails
+// with sampling off (400), at N = 1 (200) or broken (0).
+TEST(Stacks, AllModeSamplesOneInTwoToTheNPointers) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    daemon.config.stacks = "all";
+    daemon.config.stack_sample_shift = 2;
+    ASSERT_TRUE(daemon.start());
+    const std::string comm = "ksmp" + std::to_string(::getpid() % 100000);
+    constexpr int kPipes = 400;
+    PipeHolder holder(comm, kPipes);
+    ASSERT_TRUE(holder.ok()) << "the child could not open " << kPipes << " pipes";
+    json leaks;
+    const auto counts = pipe_rows_of(daemon, comm, &leaks);
+    ASSERT_EQ(counts.size(), 2u) << leaks.dump(2).substr(0, 4000);
+    for (const auto& [site, n] : counts) {
+        EXPECT_GE(n, 60u) << site;
+        EXPECT_LE(n, 150u) << site;
+    }
+    // Labelled as sampled: in the result, the text, and on stderr beside folded lines.
+    const json stacks = stacks_of(daemon, "alloc_pipe_info");
+    EXPECT_EQ(stacks.at("sample_shift"), 2u);
+    EXPECT_EQ(stacks.at("capture").at("sample_shift"), 2u);
+    const Result folded =
+        ctl({"--socket", daemon.socket().string(), "stacks", "alloc_pipe_info", "--top", "0", "--folded"});
+    ASSERT_EQ(folded.exit_code, 0) << folded.err;
+    EXPECT_NE(folded.err.find("sampled: 1 in 4 allocations"), std::string::npos) << folded.err;
+    EXPECT_EQ(folded.out.find("sampled"), std::string::npos);
+    // A capture that names no shift takes the configured one; one that does, its own.
+    EXPECT_EQ(ctl_json(daemon, {"stacks", "--capture", "all"}).at("sample_shift"), 2u);
+    EXPECT_EQ(ctl_json(daemon, {"stacks", "--capture", "all", "--sample-shift", "0"}).at("sample_shift"), 0u);
+    EXPECT_EQ(stacks_of(daemon, "alloc_pipe_info").at("sample_shift"), 0u);
+    EXPECT_CLEAN_STOP(daemon);
+}
+
+// Each site row of `leaks`, `suspects` and snapshots names its top comms and
+// cgroups: a child in its own cgroup holding 128 pipes is the top one of
+// alloc_pipe_info's rows (no other process on the host holds as many).
+// Stacks only in alloc_pipe_info (every allocation there, unsampled): `all`
+// everywhere makes the snapshot too slow for kCtlTimeout on a TCG guest.
+TEST(Stacks, SiteRowsNameTheirTopCommAndCgroup) {
+    REQUIRE_KERNEL();
+    Daemon daemon;
+    ASSERT_TRUE(daemon.start());
+    {
+        PipeHolder warm_up("kwhowarm", 4);  // the tracker learns alloc_pipe_info's call sites
+        ASSERT_TRUE(warm_up.ok());
+    }
+    json capture;
+    for (const auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+        capture = ctl_json(daemon, {"stacks", "--capture", "alloc_pipe_info"});
+        if (u64(capture, "sites") >= 2) break;
+    }
+    ASSERT_GE(u64(capture, "sites"), 2u) << capture.dump();
+    TempCgroup cgroup;
+    ASSERT_FALSE(cgroup.path().empty()) << "no cgroup v2 mount";
+    const std::string comm = "kwho" + std::to_string(::getpid() % 100000);
+    constexpr int kPipes = 128;
+    PipeHolder holder(comm, kPipes, cgroup.path());
+    ASSERT_TRUE(holder.ok());
+    json leaks;
+    const auto counts = pipe_rows_of(daemon, comm, &leaks);
+    ASSERT_EQ(counts.size(), 2u) << leaks.dump(2).substr(0, 4000);
+    for (const auto& [site, n] : counts) EXPECT_GE(n, static_cast<std::uint64_t>(kPipes)) << site;
+
+    // The first comm and cgroup of each alloc_pipe_info row, in each view.
+    const auto check_rows = [&](const json& rows, const std::string& view) {
+        int seen = 0;
+        for (const auto& row : rows) {
+            if (row.value("function", "") != "alloc_pipe_info") continue;
+            ++seen;
+            ASSERT_TRUE(row.contains("comms") && row.contains("cgroups")) << view << ": " << row.dump();
+            EXPECT_LE(row.at("comms").size(), 3u) << view;
+            EXPECT_LE(row.at("cgroups").size(), 3u) << view;
+            ASSERT_FALSE(row.at("comms").empty()) << view;
+            EXPECT_EQ(row.at("comms")[0].at("key"), comm) << view << ": " << row.dump();
+            EXPECT_EQ(row.at("cgroups")[0].at("key"), cgroup.v2_path()) << view << ": " << row.dump();
+            EXPECT_GE(u64(row.at("comms")[0], "outstanding"), static_cast<std::uint64_t>(kPipes)) << view;
+        }
+        EXPECT_EQ(seen, 2) << view;
+    };
+    check_rows(ctl_json(daemon, {"leaks", "--top", "100000"}).at("sites"), "leaks");
+    check_rows(ctl_json(daemon, {"suspects", "--top", "100000"}).at("suspects"), "suspects");
+    check_rows(ctl_json(daemon, {"snapshot"}).at("sites"), "snapshot");
+    // The text table's compact column.
+    const Result text = ctl({"--socket", daemon.socket().string(), "leaks", "--top", "100000"});
+    ASSERT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_NE(text.out.find("(by " + comm + " in " + cgroup.v2_path() + ")"), std::string::npos) << text.out;
     EXPECT_CLEAN_STOP(daemon);
 }
 

@@ -217,6 +217,13 @@ INSTANTIATE_TEST_SUITE_P(
         Accepted{"attach_tp_btf", R"({"tracing": {"attach": "tp_btf"}})",
                  with([](Settings& s) { s.tracing.attach = "tp_btf"; })},
         Accepted{"attach_auto", R"({"tracing": {"attach": "auto"}})", Settings{}},
+        Accepted{"stack_sample_shift_0", R"({"tracing": {"stacks": "all", "stack_sample_shift": 0}})",
+                 with([](Settings& s) {
+                     s.tracing.stacks = "all";
+                     s.tracing.stack_sample_shift = 0;
+                 })},
+        Accepted{"stack_sample_shift_32", R"({"tracing": {"stack_sample_shift": 32}})",
+                 with([](Settings& s) { s.tracing.stack_sample_shift = 32; })},
         Accepted{"verdicts_fast", R"({"verdicts": {"interval": "1s", "window": "60s", "recent": "5s", "min_rise": 2}})",
                  with([](Settings& s) { s.verdicts = {std::chrono::seconds{1}, std::chrono::seconds{60},
                                                       std::chrono::seconds{5}, 2}; })},
@@ -415,6 +422,10 @@ INSTANTIATE_TEST_SUITE_P(
                  "'fentry' is not an attach mode; must be one of \"auto\", \"tp_btf\", \"raw_tp\""},
         Rejected{"attach_typo", R"({"tracing": {"attach": "raw-tp"}})", "tracing.attach", "did you mean \"raw_tp\"?"},
         Rejected{"attach_type", R"({"tracing": {"attach": true}})", "tracing.attach", "is a boolean"},
+        Rejected{"stack_sample_shift_range", R"({"tracing": {"stack_sample_shift": 33}})", "tracing.stack_sample_shift",
+                 "33 is out of range; must be an integer from 0 to 32"},
+        Rejected{"stack_sample_shift_type", R"({"tracing": {"stack_sample_shift": "3"}})", "tracing.stack_sample_shift",
+                 "is a string"},
         // log_level
         Rejected{"log_level_unknown", R"({"log_level": "verbose"})", "log_level",
                  "'verbose' is not a log level; must be one of trace, debug, info, warn, error, critical, off"},
@@ -600,7 +611,7 @@ TEST(Config, InForceUsesTheFileFormat) {
         "snapshots": {"directory": "/var/lib/kleakd/snapshots", "interval": "60s", "retention": 60,
                       "checkpoint_interval": "60s"},
         "tracing": {"buffer_size": "8M", "allocators": ["kmalloc", "kmem_cache", "percpu", "vmalloc"], "attach": "auto",
-                    "stacks": "suspects"},
+                    "stacks": "suspects", "stack_sample_shift": 3},
         "verdicts": {"interval": "10s", "window": "900s", "recent": "60s", "min_rise": 4},
         "printk": {"enabled": true, "lines": 10000,
                    "file": {"enabled": false, "directory": "/var/lib/kleakd/printk", "max_size": "16M",
@@ -613,7 +624,7 @@ TEST(Config, InForceRoundTripsThroughTheParser) {
     Settings custom;
     custom.socket = {"/tmp/x/k.sock", "wheel", 0600};
     custom.snapshots = {"/srv/snaps", std::chrono::hours{2}, 10000, std::chrono::minutes{5}};
-    custom.tracing = {16384, true, false, /*page=*/true, /*percpu=*/false, /*vmalloc=*/true, "raw_tp"};
+    custom.tracing = {16384, true, false, /*page=*/true, /*percpu=*/false, /*vmalloc=*/true, "raw_tp", "all", 0};
     custom.printk = {false, 1000000, true, "/var/log/kleakd printk", 100000, 1000};
     custom.log_level = "trace";
     Settings byte_exact;  // sizes with no exact K/M/G form go out as plain byte counts

@@ -110,6 +110,40 @@ TEST(StacksQuery, AddsUpLiveAllocationsPerSiteAndStack) {
     EXPECT_EQ(processes[1].outstanding, 1u);
 }
 
+// What `leaks`, `suspects` and snapshots name each site row's comms and
+// cgroups from: per site, keyed as its rows print it, its processes by bytes.
+TEST(StacksQuery, ProcessesBySiteKeepsEachSitesProcessesApart) {
+    Tracker tracker;
+    tracker.apply(alloc_event({.ts = 1, .ptr = 0x10, .site = kPipeSite, .alloc = 192, .tgid = 7, .stack = 1}));
+    tracker.apply(alloc_event({.ts = 2, .ptr = 0x20, .site = kPipeSite, .alloc = 192, .tgid = 7, .stack = 2}));
+    tracker.apply(alloc_event({.ts = 3, .ptr = 0x30, .site = kPipeSite, .alloc = 1024, .tgid = 8, .stack = 1}));
+    tracker.apply(alloc_event({.ts = 4, .ptr = 0x40, .site = kOtherSite, .alloc = 64, .tgid = 7, .stack = 3}));
+    tracker.apply(alloc_event({.ts = 5, .ptr = 0x50, .site = kOtherSite, .alloc = 64, .tgid = 9, .stack = 3}));
+    tracker.apply(free_event({.ts = 6, .ptr = 0x50, .site = kOtherSite}));  // tgid 9 has nothing live
+    tracker.apply(alloc_event({.ts = 7, .ptr = 0x60, .site = 0xffffffff81600000, .alloc = 64}));  // no stack: no row
+    FixedSymbolizer names = symbols();
+
+    const auto by_site = processes_by_site(tracker, names);
+    ASSERT_EQ(by_site.size(), 2u);
+    const std::vector<ProcessTotal>& pipe = by_site.at("alloc_pipe_info+0x10");
+    ASSERT_EQ(pipe.size(), 2u);
+    EXPECT_EQ(pipe[0].tgid, 8u);  // most bytes first: 1024 against 2 x 192
+    EXPECT_EQ(pipe[0].outstanding_bytes, 1024u);
+    EXPECT_EQ(pipe[1].tgid, 7u);
+    EXPECT_EQ(pipe[1].outstanding, 2u);  // both stacks
+    const std::vector<ProcessTotal>& other = by_site.at("other_alloc+0x20");
+    ASSERT_EQ(other.size(), 1u);
+    EXPECT_EQ(other[0].tgid, 7u);
+}
+
+// Sampled `all` mode is labelled wherever stacks are printed; folded lines have no room.
+TEST(StacksQuery, SampledNoteOnlyWhenTheResultIsSampled) {
+    EXPECT_EQ(sampled_note(nlohmann::json{{"stacks", nlohmann::json::array()}}), "");
+    EXPECT_EQ(sampled_note(nlohmann::json{{"sample_shift", 0}}), "");
+    EXPECT_EQ(sampled_note(nlohmann::json{{"sample_shift", 3}}),
+              "sampled: 1 in 8 allocations get a stack, so these totals are about 1/8 of the live ones");
+}
+
 TEST(StacksQuery, DropsTheFramesBeforeTheCallSite) {
     const std::vector<std::uint64_t> frames{kKmalloc, kPipeSite, kCreate};
     const auto kept = from_call_site(frames, kPipeSite);
