@@ -97,6 +97,37 @@ void StateKeeping::save(core::StateKind kind, std::uint64_t tracked_until_ns, co
                      last_save_ms_);
 }
 
+void StateKeeping::keep_programs(const BpfTracer& tracer) {
+    programs_ = continuity_name(tracer.continuity());
+    if (!store_.active()) return;
+    if (tracer.continuity() == Continuity::adopted) {
+        programs_kept_ = true;  // still in the store, as they were handed over
+        if (restored_from_ == core::state_kind_name(core::StateKind::clean_stop))
+            tracing_started_ns_ = image_tracked_until_ns_;  // the programs never stopped: no gap
+        return;
+    }
+    for (const std::string& name : tracer.handed_over_names()) store_.remove(name);  // the old links detach
+    const std::string& identity = tracer.identity();
+    std::optional<std::string> error =
+        store_.store_bytes(identity_fd_name(), std::as_bytes(std::span(identity.data(), identity.size())));
+    const auto fds = tracer.handover_fds();
+    std::vector<std::string> stored;
+    for (const auto& [name, fd] : fds) {
+        if (error) break;
+        error = store_.store_fd(name, fd);
+        stored.push_back(name);
+    }
+    if (error) {
+        // Half a set is of no use to the next process: none, and stops detach as before.
+        spdlog::warn("handing the BPF links and maps to systemd failed ({}): a restart will re-attach", *error);
+        for (const std::string& name : stored) store_.remove(name);
+        store_.remove(identity_fd_name());
+        return;
+    }
+    programs_kept_ = true;
+    spdlog::info("{} BPF links and maps handed to systemd: they stay attached across a restart", fds.size());
+}
+
 void StateKeeping::forget() {
     store_.remove();
     restored_from_.clear();
@@ -117,7 +148,8 @@ nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
                                                     ? tracker.outstanding_born_by_epochs(image_tracked_until_ns_)
                                                     : tracker.outstanding_born_by(image_tracked_until_ns_);
         std::uint64_t before = 0;
-        for (const core::SiteAge& s : born) before += s.count;
+        if (gap_ns() > 0)
+            for (const core::SiteAge& s : born) before += s.count;
         gap = {{"from_ns", image_tracked_until_ns_},
                {"to_ns", tracing_started_ns_},
                {"ns", gap_ns()},
@@ -125,6 +157,8 @@ nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
     }
     return {
         {"stored", store_.active()},
+        {"programs", programs_},
+        {"programs_kept", programs_kept_},
         {"restored_from", restored_from_.empty() ? nlohmann::json(nullptr) : nlohmann::json(restored_from_)},
         {"refused", refused_.empty() ? nlohmann::json(nullptr) : nlohmann::json(refused_)},
         {"restored_outstanding", restored_outstanding_},

@@ -19,7 +19,10 @@ PassedFds take_passed_fds() {
     for (int i = 0; i < n; ++i) {
         const std::string_view name = names != nullptr && names[i] != nullptr ? names[i] : "";
         UniqueFd fd(SD_LISTEN_FDS_START + i);
-        (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
+        if (is_handover_name(name))
+            out.bpf.push_back({std::string(name), std::move(fd)});
+        else
+            (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
     }
     if (names != nullptr) {
         for (int i = 0; i < n; ++i) std::free(names[i]);
@@ -48,30 +51,42 @@ StateStore::StateStore() : active_(std::getenv("NOTIFY_SOCKET") != nullptr) {}
 
 std::optional<std::string> StateStore::store(std::span<const std::byte> image) {
     if (!active_) return std::nullopt;
-    UniqueFd fd(::memfd_create(kStateFdName, MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!fd) return std::string("memfd_create: ") + std::strerror(errno);
-    for (std::size_t done = 0; done < image.size();) {
-        const ssize_t n = ::write(fd.get(), image.data() + done, image.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return std::string("writing the state memfd: ") + std::strerror(errno);
-        done += static_cast<std::size_t>(n);
-    }
-    ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
     // The old image goes first: systemd keeps fds by identity, not by name,
     // and would hand both back. A crash between the two loses the state (the
     // next start is fresh), never mixes two.
-    remove();
-    const int fds[1] = {fd.get()};
-    const std::string message = std::string("FDSTORE=1\nFDNAME=") + kStateFdName;
-    const int r = sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1);
-    if (r < 0) return std::string("handing the state to systemd (FDSTORE=1): ") + std::strerror(-r);
-    if (r == 0) return std::string("NOTIFY_SOCKET vanished: the state was not stored");
-    return std::nullopt;  // systemd holds its own copy of the fd; ours closes here
+    return store_bytes(kStateFdName, image);
 }
 
-void StateStore::remove() {
+void StateStore::remove() { remove(kStateFdName); }
+
+std::optional<std::string> StateStore::store_bytes(const std::string& name, std::span<const std::byte> bytes) {
+    if (!active_) return std::nullopt;
+    UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd) return std::string("memfd_create: ") + std::strerror(errno);
+    for (std::size_t done = 0; done < bytes.size();) {
+        const ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return "writing the memfd " + name + ": " + std::strerror(errno);
+        done += static_cast<std::size_t>(n);
+    }
+    ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    remove(name);
+    return store_fd(name, fd.get());  // systemd holds its own copy of the fd; ours closes here
+}
+
+std::optional<std::string> StateStore::store_fd(const std::string& name, int fd) {
+    if (!active_) return std::nullopt;
+    const int fds[1] = {fd};
+    const std::string message = "FDSTORE=1\nFDNAME=" + name;
+    const int r = sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1);
+    if (r < 0) return "handing " + name + " to systemd (FDSTORE=1): " + std::strerror(-r);
+    if (r == 0) return "NOTIFY_SOCKET vanished: " + name + " was not stored";
+    return std::nullopt;
+}
+
+void StateStore::remove(const std::string& name) {
     if (!active_) return;
-    const std::string message = std::string("FDSTOREREMOVE=1\nFDNAME=") + kStateFdName;
+    const std::string message = "FDSTOREREMOVE=1\nFDNAME=" + name;
     sd_pid_notify(0, 0, message.c_str());
 }
 

@@ -6,6 +6,9 @@
 // watchdog kill, the package's restart after an upgrade. `systemctl stop`
 // and a reboot empty the store. Without systemd (NOTIFY_SOCKET unset, as for
 // `kleakd serve` from a shell) nothing is passed and storing is a no-op.
+//
+// The same store keeps the BPF links and maps (kernel/bpf_handover.h), so
+// that the programs stay attached while no kleakd runs.
 #pragma once
 
 #include <cstddef>
@@ -14,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "kernel/bpf_handover.h"
 #include "kernel/unique_fd.h"
 
 namespace kleak::service {
@@ -24,6 +28,7 @@ inline constexpr const char* kStateFdName = "kleakd-state";
 struct PassedFds {
     std::vector<UniqueFd> sockets;  // kleakd.socket's (socket activation)
     std::vector<UniqueFd> states;   // stored state memfds: one, unless a store raced a crash
+    std::vector<NamedFd> bpf;       // links, maps and their identity (is_handover_name)
 };
 
 // Takes every fd systemd passed, sorted by name, and unsets LISTEN_* so
@@ -42,6 +47,13 @@ public:
     std::optional<std::string> store(std::span<const std::byte> image);
     // Empties the store (a `reset` forgets the state: a restart must too).
     void remove();
+
+    // Any fd under `name` (systemd keeps it, a dup, until FDSTOREREMOVE or a stop).
+    std::optional<std::string> store_fd(const std::string& name, int fd);
+    // A sealed memfd holding `bytes`, under `name`.
+    std::optional<std::string> store_bytes(const std::string& name, std::span<const std::byte> bytes);
+    // Drops every fd stored under `name`.
+    void remove(const std::string& name);
 
 private:
     bool active_ = false;
