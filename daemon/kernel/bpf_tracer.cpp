@@ -383,7 +383,11 @@ bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {
     ::bpf_map* map = nullptr;
     bpf_object__for_each_map(map, skel_->obj) {
         if (!handover_.has(map_fd_name(bpf_map__name(map)))) {
-            handover_refusal_ = std::string("the map ") + bpf_map__name(map) + " was not handed over";
+            // systemd tells stored fds apart with kcmp(2); where PID 1 may not
+            // call it, it takes BPF fds (one anonymous inode) for duplicates.
+            handover_refusal_ = std::string("the map ") + bpf_map__name(map) +
+                                " was not handed over; systemd keeps one of the fds it cannot tell apart when kcmp(2) "
+                                "is denied to it";
             return false;
         }
     }
