@@ -141,7 +141,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       verdicts_(restored_verdicts(settings_)),
       state_(std::move(passed_fds_.states), with_ages_indexed(pipeline_),
              settings_.printk.enabled ? &printk_log_ : nullptr, verdicts_),
-      session_(tracer_options(settings_), sink_, Handover(std::move(passed_fds_.bpf))),
+      session_(tracer_options(settings_), sink_, std::move(passed_fds_.bpf)),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
       stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects)),
@@ -238,7 +238,8 @@ void Daemon::run() {
     }
     write_snapshot();
     spdlog::info("{}; final snapshot in {}",
-                 handing_over ? "programs left attached for the next kleakd (systemd holds their links)" : "detached",
+                 handing_over ? "programs left attached in systemd's fd store (a restart adopts them, a stop detaches them)"
+                              : "detached",
                  snapshots_.directory().string());
 }
 

@@ -106,22 +106,10 @@ void StateKeeping::keep_programs(const BpfTracer& tracer) {
             tracing_started_ns_ = image_tracked_until_ns_;  // the programs never stopped: no gap
         return;
     }
-    for (const std::string& name : tracer.handed_over_names()) store_.remove(name);  // the old links detach
-    const std::string& identity = tracer.identity();
-    std::optional<std::string> error =
-        store_.store_bytes(identity_fd_name(), std::as_bytes(std::span(identity.data(), identity.size())));
+    // Replaces the set stored before, if any: the old links detach.
     const auto fds = tracer.handover_fds();
-    std::vector<std::string> stored;
-    for (const auto& [name, fd] : fds) {
-        if (error) break;
-        error = store_.store_fd(name, fd);
-        stored.push_back(name);
-    }
-    if (error) {
-        // Half a set is of no use to the next process: none, and stops detach as before.
+    if (const auto error = store_.store_bpf_set(tracer.identity(), fds)) {
         spdlog::warn("handing the BPF links and maps to systemd failed ({}): a restart will re-attach", *error);
-        for (const std::string& name : stored) store_.remove(name);
-        store_.remove(identity_fd_name());
         return;
     }
     programs_kept_ = true;

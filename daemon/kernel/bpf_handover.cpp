@@ -1,28 +1,14 @@
 #include "kernel/bpf_handover.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 
 namespace kleak {
 
-std::string identity_fd_name() { return std::string(kHandoverPrefix) + "identity"; }
-std::string map_fd_name(std::string_view map) { return std::string(kHandoverPrefix) + "map-" + std::string(map); }
-std::string link_fd_name(std::string_view program) {
-    return std::string(kHandoverPrefix) + "link-" + std::string(program);
-}
-bool is_handover_name(std::string_view name) { return name.starts_with(kHandoverPrefix); }
+std::string map_fd_name(std::string_view map) { return "kleakd-bpf-map-" + std::string(map); }
+std::string link_fd_name(std::string_view program) { return "kleakd-bpf-link-" + std::string(program); }
 
-Handover::Handover(std::vector<NamedFd> fds) : fds_(std::move(fds)) {
-    for (const NamedFd& f : fds_) names_.push_back(f.name);
-    std::sort(names_.begin(), names_.end());
-    names_.erase(std::unique(names_.begin(), names_.end()), names_.end());
-    const auto it = std::find_if(fds_.begin(), fds_.end(), [](const NamedFd& f) { return f.name == identity_fd_name(); });
-    if (it == fds_.end()) return;
-    char buf[512];
-    const ssize_t n = ::pread(it->fd.get(), buf, sizeof buf, 0);
-    if (n > 0) identity_.assign(buf, static_cast<std::size_t>(n));
-}
+Handover::Handover(std::vector<NamedFd> fds, std::string identity)
+    : fds_(std::move(fds)), identity_(std::move(identity)) {}
 
 UniqueFd Handover::take(const std::string& name) {
     // The last one of a name: a store that raced a crash may have left two.

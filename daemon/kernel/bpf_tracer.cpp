@@ -176,14 +176,31 @@ constexpr const char* kCpuDownTracepoint = "cpuhp_enter";
 
 }  // namespace
 
+namespace {
+
+// FNV-1a: a digest, not a defence (nothing here is adversarial).
+struct Fnv1a {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    void mix(const void* data, std::size_t size) {
+        const auto* bytes = static_cast<const unsigned char*>(data);
+        for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+    }
+    void mix(const char* text) { mix(text, std::strlen(text) + 1); }
+    std::string hex() const {
+        char out[17];
+        std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+        return out;
+    }
+};
+
+}  // namespace
+
 std::string bpf_object_digest() {
     std::size_t size = 0;
-    const auto* bytes = static_cast<const unsigned char*>(::kleak_bpf__elf_bytes(&size));
-    std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a: once at start-up, ~1 ms
-    for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-    return hex;
+    const void* bytes = ::kleak_bpf__elf_bytes(&size);
+    Fnv1a digest;  // once or twice at start-up, ~1 ms
+    digest.mix(bytes, size);
+    return digest.hex();
 }
 
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
@@ -193,7 +210,7 @@ void PendingUnmapper::operator()(const ::kleak_pending_slot* slots) const {
 }
 
 BpfTracer::BpfTracer(const TracerOptions& options, Handover handed_over)
-    : buffer_size_(options.buffer_size), handover_(std::move(handed_over)), handed_over_names_(handover_.names()) {
+    : buffer_size_(options.buffer_size), handover_(std::move(handed_over)), handed_over_(!handover_.empty()) {
     libbpf_set_print(print_libbpf);
     check_btf_present();
     check_privileges();
@@ -304,7 +321,7 @@ BpfTracer::BpfTracer(const TracerOptions& options, Handover handed_over)
         for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu)
             run_on_cpu(skel_->progs.kleak__reset_freed, cpu);  // fails only offline: nothing to reset there
     }
-    if (!adopting && !handed_over_names_.empty()) {
+    if (!adopting && handed_over_) {
         continuity_ = Continuity::replaced;
         spdlog::warn("the programs the previous kleakd left attached do not fit this one ({}): attached anew, the old "
                      "ones detach; what the kernel did between the previous kleakd's exit and now was not traced",
@@ -356,20 +373,14 @@ std::string BpfTracer::configured_identity(const TracerOptions& options, const s
     // FNV-1a over what the programs were loaded with: the rodata knobs (text
     // ranges included), the ring and CPU counts, the attach mode and which
     // programs load. A different value means other records or other hooks.
-    std::uint64_t h = 0xcbf29ce484222325ULL;
-    const auto mix = [&h](const void* data, std::size_t size) {
-        const auto* bytes = static_cast<const unsigned char*>(data);
-        for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
-    };
-    mix(skel_->rodata, sizeof *skel_->rodata);
+    Fnv1a config;
+    config.mix(skel_->rodata, sizeof *skel_->rodata);
     const std::uint64_t sizes[] = {ring_fds_.size(), options.buffer_size, static_cast<std::uint64_t>(attach_.mode)};
-    mix(sizes, sizeof sizes);
+    config.mix(sizes, sizeof sizes);
     for (const ProgramSpec& spec : specs)
-        if (spec.wanted) mix(bpf_program__name(spec.program), std::strlen(bpf_program__name(spec.program)) + 1);
-    if (cpu_down_.program != nullptr) mix(bpf_program__name(cpu_down_.program), 1 + std::strlen(bpf_program__name(cpu_down_.program)));
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-    return "abi " + std::to_string(KLEAK_ABI_VERSION) + " object " + bpf_object_digest() + " config " + hex;
+        if (spec.wanted) config.mix(bpf_program__name(spec.program));
+    if (cpu_down_.program != nullptr) config.mix(bpf_program__name(cpu_down_.program));
+    return "abi " + std::to_string(KLEAK_ABI_VERSION) + " object " + bpf_object_digest() + " config " + config.hex();
 }
 
 bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {
@@ -383,11 +394,7 @@ bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {
     ::bpf_map* map = nullptr;
     bpf_object__for_each_map(map, skel_->obj) {
         if (!handover_.has(map_fd_name(bpf_map__name(map)))) {
-            // systemd tells stored fds apart with kcmp(2); where PID 1 may not
-            // call it, it takes BPF fds (one anonymous inode) for duplicates.
-            handover_refusal_ = std::string("the map ") + bpf_map__name(map) +
-                                " was not handed over; systemd keeps one of the fds it cannot tell apart when kcmp(2) "
-                                "is denied to it";
+            handover_refusal_ = std::string("the map ") + bpf_map__name(map) + " was not handed over";
             return false;
         }
     }

@@ -237,9 +237,6 @@ public:
     // What to hand the next process, by fd name (bpf_handover.h): every map
     // and every attached program's link. The fds stay owned here.
     std::vector<std::pair<std::string, int>> handover_fds() const;
-    // The names the previous process handed over: the store drops them when
-    // they were replaced, so the old links detach.
-    const std::vector<std::string>& handed_over_names() const { return handed_over_names_; }
 
 private:
     struct LoadRefusal {
@@ -304,7 +301,7 @@ private:
     std::unique_ptr<core::AllocatorText> allocator_text_;  // for the page and vmalloc programs' rodata
     std::vector<std::uint64_t> stack_sites_;  // what `stack_sites` holds, sorted
     Handover handover_;                       // until adopted or replaced
-    std::vector<std::string> handed_over_names_;
+    bool handed_over_ = false;                // something was offered
     Continuity continuity_ = Continuity::fresh;
     std::string identity_;
     std::string handover_refusal_;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -12,6 +13,47 @@
 
 namespace kleak::service {
 
+namespace {
+
+// The set's message: the identity, then one name a line, in fd order.
+constexpr std::size_t kMaxSetFds = 253;  // SCM_MAX_FD
+
+// A copy of each fd of the message queued in `socket`, which stays queued.
+Handover peek_bpf_set(int socket) {
+    std::vector<char> text(1 << 16);
+    std::vector<char> control(CMSG_SPACE(kMaxSetFds * sizeof(int)));
+    iovec iov{text.data(), text.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    const ssize_t n = ::recvmsg(socket, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    std::vector<UniqueFd> fds;
+    for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+            int fd = -1;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            fds.emplace_back(fd);
+        }
+    }
+    if (n <= 0) return {};
+    std::vector<std::string> lines;
+    std::string_view rest(text.data(), static_cast<std::size_t>(n));
+    for (std::size_t at; (at = rest.find('\n')) != std::string_view::npos; rest.remove_prefix(at + 1))
+        lines.emplace_back(rest.substr(0, at));
+    lines.emplace_back(rest);
+    // A truncated message (names without their fds, or the reverse) hands over nothing.
+    if (lines.size() != fds.size() + 1 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) return {};
+    std::vector<NamedFd> named;
+    for (std::size_t i = 0; i < fds.size(); ++i) named.push_back({lines[i + 1], std::move(fds[i])});
+    return Handover(std::move(named), lines[0]);
+}
+
+}  // namespace
+
 PassedFds take_passed_fds() {
     PassedFds out;
     char** names = nullptr;
@@ -19,8 +61,8 @@ PassedFds take_passed_fds() {
     for (int i = 0; i < n; ++i) {
         const std::string_view name = names != nullptr && names[i] != nullptr ? names[i] : "";
         UniqueFd fd(SD_LISTEN_FDS_START + i);
-        if (is_handover_name(name))
-            out.bpf.push_back({std::string(name), std::move(fd)});
+        if (name == kBpfSetFdName)
+            out.bpf = peek_bpf_set(fd.get());  // systemd keeps the socket, with the message
         else
             (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
     }
@@ -58,6 +100,41 @@ std::optional<std::string> StateStore::store(std::span<const std::byte> image) {
 }
 
 void StateStore::remove() { remove(kStateFdName); }
+
+std::optional<std::string> StateStore::store_bpf_set(const std::string& identity,
+                                                     const std::vector<std::pair<std::string, int>>& fds) {
+    if (!active_) return std::nullopt;
+    if (fds.size() > kMaxSetFds) return "more than " + std::to_string(kMaxSetFds) + " BPF fds to store";
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair) != 0)
+        return std::string("socketpair: ") + std::strerror(errno);
+    const UniqueFd sender(pair[0]);
+    const UniqueFd holder(pair[1]);
+    std::string text = identity;
+    std::vector<int> raw;
+    for (const auto& [name, fd] : fds) {
+        text += "\n" + name;
+        raw.push_back(fd);
+    }
+    std::vector<char> control(CMSG_SPACE(raw.size() * sizeof(int)));
+    iovec iov{text.data(), text.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (!raw.empty()) {
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(raw.size() * sizeof(int));
+        std::memcpy(CMSG_DATA(c), raw.data(), raw.size() * sizeof(int));
+    }
+    if (::sendmsg(sender.get(), &msg, MSG_NOSIGNAL) < 0)
+        return std::string("queuing the BPF fds in their socket: ") + std::strerror(errno);
+    remove(kBpfSetFdName);  // the old set's links detach once nothing else holds them
+    return store_fd(kBpfSetFdName, holder.get());
+}
 
 std::optional<std::string> StateStore::store_bytes(const std::string& name, std::span<const std::byte> bytes) {
     if (!active_) return std::nullopt;

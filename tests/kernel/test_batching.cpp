@@ -11,7 +11,6 @@
 // after it is gone and are adopted by the next one (kernel/bpf_handover.h).
 // Counts and order only: nothing here asserts on timing.
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sched.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -412,22 +411,20 @@ TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
 }
 
 // What systemd's fd store would hold for `tracer`: a dup of each of its
-// maps and links, and its identity in a memfd.
+// maps and links (service/fd_store.h queues them in a socket).
 std::vector<kleak::NamedFd> store_of(const kleak::BpfTracer& tracer) {
     std::vector<kleak::NamedFd> store;
     for (const auto& [name, fd] : tracer.handover_fds())
         store.push_back({name, kleak::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3))});
-    kleak::UniqueFd identity(::memfd_create("identity", MFD_CLOEXEC));
-    const std::string& text = tracer.identity();
-    EXPECT_EQ(::write(identity.get(), text.data(), text.size()), static_cast<ssize_t>(text.size()));
-    store.push_back({kleak::identity_fd_name(), std::move(identity)});
     return store;
 }
+
 // What systemd hands a restarted process: copies, the store keeps its own.
-kleak::Handover handed(const std::vector<kleak::NamedFd>& store) {
+kleak::Handover handed(const std::vector<kleak::NamedFd>& store, const std::string& identity) {
     std::vector<kleak::NamedFd> copies;
-    for (const kleak::NamedFd& f : store) copies.push_back({f.name, kleak::UniqueFd(::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 3))});
-    return kleak::Handover(std::move(copies));
+    for (const kleak::NamedFd& f : store)
+        copies.push_back({f.name, kleak::UniqueFd(::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 3))});
+    return kleak::Handover(std::move(copies), identity);
 }
 
 std::set<std::uint32_t> link_ids(const std::vector<std::pair<std::string, int>>& fds) {
@@ -450,10 +447,12 @@ TEST(KernelHandover, AdoptedProgramsStayAttachedAndTheirRingsKeepWhatWasWrittenM
     REQUIRE_KERNEL();
     std::vector<kleak::NamedFd> store;
     std::set<std::uint32_t> links;
+    std::string identity;
     {
         kleak::BpfTracer first(small_tracer());
         EXPECT_EQ(first.continuity(), kleak::Continuity::fresh);
         store = store_of(first);
+        identity = first.identity();
         links = link_ids(first.handover_fds());
         ASSERT_GE(links.size(), 3u);
         CollectingSink sink(first.cpu_count());
@@ -465,7 +464,7 @@ TEST(KernelHandover, AdoptedProgramsStayAttachedAndTheirRingsKeepWhatWasWrittenM
     HeldPipes pipes(kPipes);  // while no tracer exists
     ASSERT_EQ(pipes.count(), kPipes);
 
-    kleak::BpfTracer second(small_tracer(), handed(store));
+    kleak::BpfTracer second(small_tracer(), handed(store, identity));
     ASSERT_EQ(second.continuity(), kleak::Continuity::adopted) << second.handover_refusal();
     EXPECT_EQ(link_ids(second.handover_fds()), links) << "no new link";
     CollectingSink sink(second.cpu_count());
@@ -481,7 +480,7 @@ TEST(KernelHandover, AdoptedProgramsStayAttachedAndTheirRingsKeepWhatWasWrittenM
 
     kleak::TracerOptions other = small_tracer();
     other.buffer_size /= 2;
-    kleak::BpfTracer third(other, handed(store));
+    kleak::BpfTracer third(other, handed(store, identity));
     EXPECT_EQ(third.continuity(), kleak::Continuity::replaced);
     EXPECT_NE(third.handover_refusal().find("this kleakd loads"), std::string::npos) << third.handover_refusal();
     std::set<std::uint32_t> shared;

@@ -10,7 +10,8 @@ another kleakd (private socket, snapshot directory and notify socket).
 
 Checks:
   1. a clean stop (SIGTERM) stores an image, and the BPF links and maps stay
-     in the store (the programs stay attached); the next kleakd restores the
+     in the store (the programs stay attached; one socket, FDNAME=kleakd-bpf,
+     holds them all in one queued message); the next kleakd restores the
      image and adopts the programs (the same link ids, no new link, gap 0):
      64 pipes held across the restart are still outstanding at
      alloc_pipe_info, and closing them frees them there (outstanding down by
@@ -97,11 +98,36 @@ class FakeSystemd:
         with self.lock:
             return [(name, os.dup(fd)) for name, fds in sorted(self.stored.items()) for fd in fds]
 
-    def link_ids(self):
-        """The BPF link ids among the stored fds (from fdinfo)."""
+    def bpf_set(self):
+        """The identity and the names queued in the stored kleakd-bpf socket
+        with each link's id (None for a map), peeked as kleakd does (the
+        message stays for the next one); the peeked copies are closed."""
         with self.lock:
-            fds = [fd for name, fds in self.stored.items() if name.startswith("kleakd-bpf-link-") for fd in fds]
-        return sorted(fdinfo_field(os.getpid(), fd, "link_id") for fd in fds)
+            held = self.stored.get("kleakd-bpf", [])
+            if not held:
+                return None, []
+            sock = socket.socket(fileno=os.dup(held[-1]))
+        try:
+            fd_size = array.array("i").itemsize
+            msg, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * fd_size), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            sock.close()
+        fds = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % fd_size]))
+        lines = msg.decode().split("\n")
+        named = [(name, fdinfo_field(os.getpid(), fd, "link_id")) for name, fd in zip(lines[1:], fds)]
+        for fd in fds:
+            os.close(fd)
+        return lines[0], named
+
+    def link_ids(self):
+        """The BPF link ids in the stored set."""
+        return sorted(i for name, i in self.bpf_set()[1] if name.startswith("kleakd-bpf-link-"))
+
+    def map_count(self):
+        return sum(1 for name, _ in self.bpf_set()[1] if name.startswith("kleakd-bpf-map-"))
 
     def stop_service(self):
         """systemctl stop: the store is emptied and its fds closed."""
@@ -255,9 +281,10 @@ def main():
         first = Kleakd(work, notify=systemd.path)
         check(first.wait_log("queries on") and systemd.ready.wait(20), "kleakd 1 started (READY=1 received)")
         links = systemd.link_ids()
-        check(len(links) >= 6 and "kleakd-bpf-identity" in systemd.stored and "kleakd-bpf-map-rings" in systemd.stored,
-              "kleakd 1 stored its links (ids %s), its maps (%d) and their identity"
-              % (links, sum(1 for n in systemd.stored if n.startswith("kleakd-bpf-map-"))))
+        identity, _ = systemd.bpf_set()
+        check(len(links) >= 6 and systemd.map_count() >= 10 and identity.startswith("abi "),
+              "kleakd 1 stored its links (ids %s), its maps (%d) and their identity (%s) in one socket"
+              % (links, systemd.map_count(), identity))
         pipes = hold_pipes()
         closed_in_gap = hold_pipes()
         check(wait_until(lambda: first.pipes_outstanding() >= 128), "kleakd 1 sees the 128 held pipes")
@@ -341,6 +368,8 @@ def main():
         sixth = Kleakd(work, notify=systemd.path, stored=systemd.handoff(), buffer_size="4M")
         check(sixth.wait_log("queries on"), "kleakd 6 (4M rings) started with the 8M daemon's programs")
         state = sixth.ctl("stats")["state"]
+        # The fake store reads its datagrams on a thread of its own: wait for the new set.
+        wait_until(lambda: systemd.link_ids() and not set(systemd.link_ids()) & set(links))
         new_links = systemd.link_ids()
         check(state["programs"] == "replaced" and "do not fit" in sixth.text(),
               "kleakd 6: programs %r (%s)" % (state["programs"],
