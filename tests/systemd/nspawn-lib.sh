@@ -433,12 +433,9 @@ nspawn_boot() {
         -D "$ROOT" --machine="$MACHINE" --volatile=overlay -b --register=no
         --console=passive --private-network
         # CAP_BPF/CAP_PERFMON to load and attach, CAP_SYSLOG for /proc/kallsyms
-        # addresses: nspawn's default bounding set has none of them. kcmp: the
-        # container's systemd tells the BPF fds kleakd stores apart with it
-        # (they share one anonymous inode; without kcmp systemd 252 keeps
-        # only the first as the others' duplicate), as a host's systemd does.
+        # addresses: nspawn's default bounding set has none of them.
         --capability=CAP_SYS_RAWIO,CAP_BPF,CAP_PERFMON,CAP_SYSLOG
-        --system-call-filter='bpf perf_event_open kcmp'
+        --system-call-filter='bpf perf_event_open'
         --bind=/sys/fs/bpf
     )
     for d in "$@"; do nspawn_args+=(--bind="$d"); done
