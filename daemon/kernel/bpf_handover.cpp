@@ -6,6 +6,7 @@ namespace kleak {
 
 std::string map_fd_name(std::string_view map) { return "kleakd-bpf-map-" + std::string(map); }
 std::string link_fd_name(std::string_view program) { return "kleakd-bpf-link-" + std::string(program); }
+std::string ring_fd_name(unsigned cpu) { return "kleakd-bpf-ring-" + std::to_string(cpu); }
 
 Handover::Handover(std::vector<NamedFd> fds, std::string identity)
     : fds_(std::move(fds)), identity_(std::move(identity)) {}
@@ -21,8 +22,10 @@ UniqueFd Handover::take(const std::string& name) {
     return UniqueFd();
 }
 
-bool Handover::has(const std::string& name) const {
-    return std::any_of(fds_.begin(), fds_.end(), [&](const NamedFd& f) { return f.name == name; });
+int Handover::peek(const std::string& name) const {
+    for (auto it = fds_.rbegin(); it != fds_.rend(); ++it)
+        if (it->name == name) return it->fd.get();
+    return -1;
 }
 
 }  // namespace kleak

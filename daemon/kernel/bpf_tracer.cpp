@@ -398,6 +398,21 @@ bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {
             return false;
         }
     }
+    // Each CPU's ring, still the one the `rings` map holds: a ring grown
+    // after the set was stored would be read stale.
+    const int rings = handover_.peek(map_fd_name(bpf_map__name(skel_->maps.rings)));
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        const __u32 key = static_cast<__u32>(cpu);
+        __u32 installed = 0;
+        bpf_map_info info{};
+        __u32 len = sizeof info;
+        const int ring = handover_.peek(ring_fd_name(key));
+        if (ring < 0 || bpf_map_lookup_elem(rings, &key, &installed) != 0 ||
+            bpf_obj_get_info_by_fd(ring, &info, &len) != 0 || info.id != installed) {
+            handover_refusal_ = "the ring of CPU " + std::to_string(cpu) + " was not handed over, or was replaced since";
+            return false;
+        }
+    }
     for (const ProgramSpec& spec : specs) {
         if (spec.wanted && !handover_.has(link_fd_name(bpf_program__name(spec.program)))) {
             handover_refusal_ = "no link of " + full_name(spec) + " was handed over";
@@ -419,17 +434,13 @@ void BpfTracer::reuse_handed_maps() {
 }
 
 void BpfTracer::adopt_rings() {
-    const int rings_fd = bpf_map__fd(skel_->maps.rings);
     for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
-        const __u32 key = static_cast<__u32>(cpu);
-        __u32 id = 0;
-        UniqueFd ring;
-        if (bpf_map_lookup_elem(rings_fd, &key, &id) == 0) ring = UniqueFd(bpf_map_get_fd_by_id(id));
+        UniqueFd ring = handover_.take(ring_fd_name(static_cast<unsigned>(cpu)));  // handover_fits() said so
         bpf_map_info info{};
         __u32 len = sizeof info;
-        if (!ring || bpf_obj_get_info_by_fd(ring.get(), &info, &len) != 0)
-            throw StartupError(describe_errno("finding the ring of CPU " + std::to_string(cpu) +
-                                                  " the previous kleakd left in the rings map failed",
+        if (bpf_obj_get_info_by_fd(ring.get(), &info, &len) != 0)
+            throw StartupError(describe_errno("reading the ring of CPU " + std::to_string(cpu) +
+                                                  " the previous kleakd handed over failed",
                                               -errno));
         ring_fds_[cpu] = std::move(ring);  // the one created for it is not needed
         ring_bytes_[cpu] = info.max_entries;
@@ -480,6 +491,8 @@ std::vector<std::pair<std::string, int>> BpfTracer::handover_fds() const {
     bpf_object__for_each_map(map, skel_->obj) out.emplace_back(map_fd_name(bpf_map__name(map)), bpf_map__fd(map));
     for (std::size_t i = 0; i < attached_programs_.size(); ++i)
         if (link_fds_[i] >= 0) out.emplace_back(link_fd_name(bpf_program__name(attached_programs_[i])), link_fds_[i]);
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu)
+        out.emplace_back(ring_fd_name(static_cast<unsigned>(cpu)), ring_fds_[cpu].get());
     if (cpu_down_link_fd_ >= 0) out.emplace_back(link_fd_name(bpf_program__name(cpu_down_.program)), cpu_down_link_fd_);
     return out;
 }

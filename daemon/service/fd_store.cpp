@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <string_view>
 
 namespace kleak::service {
@@ -18,8 +19,13 @@ namespace {
 // The set's message: the identity, then one name a line, in fd order.
 constexpr std::size_t kMaxSetFds = 253;  // SCM_MAX_FD
 
+struct PeekedSet {
+    std::string identity;
+    std::vector<NamedFd> fds;
+};
+
 // A copy of each fd of the message queued in `socket`, which stays queued.
-Handover peek_bpf_set(int socket) {
+PeekedSet peek_bpf_set(int socket) {
     std::vector<char> text(1 << 16);
     std::vector<char> control(CMSG_SPACE(kMaxSetFds * sizeof(int)));
     iovec iov{text.data(), text.size()};
@@ -47,25 +53,30 @@ Handover peek_bpf_set(int socket) {
     lines.emplace_back(rest);
     // A truncated message (names without their fds, or the reverse) hands over nothing.
     if (lines.size() != fds.size() + 1 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) return {};
-    std::vector<NamedFd> named;
-    for (std::size_t i = 0; i < fds.size(); ++i) named.push_back({lines[i + 1], std::move(fds[i])});
-    return Handover(std::move(named), lines[0]);
+    PeekedSet set{lines[0], {}};
+    for (std::size_t i = 0; i < fds.size(); ++i) set.fds.push_back({lines[i + 1], std::move(fds[i])});
+    return set;
 }
 
 }  // namespace
 
 PassedFds take_passed_fds() {
     PassedFds out;
+    PeekedSet bpf;  // from one socket or several (over SCM_MAX_FD fds)
     char** names = nullptr;
     const int n = sd_listen_fds_with_names(1, &names);  // 1: unset LISTEN_* for children
     for (int i = 0; i < n; ++i) {
         const std::string_view name = names != nullptr && names[i] != nullptr ? names[i] : "";
         UniqueFd fd(SD_LISTEN_FDS_START + i);
-        if (name == kBpfSetFdName)
-            out.bpf = peek_bpf_set(fd.get());  // systemd keeps the socket, with the message
-        else
+        if (name == kBpfSetFdName) {
+            PeekedSet part = peek_bpf_set(fd.get());  // systemd keeps the socket, with the message
+            bpf.identity = part.identity;
+            for (NamedFd& f : part.fds) bpf.fds.push_back(std::move(f));
+        } else {
             (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
+        }
     }
+    if (!bpf.fds.empty()) out.bpf = Handover(std::move(bpf.fds), std::move(bpf.identity));
     if (names != nullptr) {
         for (int i = 0; i < n; ++i) std::free(names[i]);
         std::free(names);
@@ -104,24 +115,26 @@ void StateStore::remove() { remove(kStateFdName); }
 std::optional<std::string> StateStore::store_bpf_set(const std::string& identity,
                                                      const std::vector<std::pair<std::string, int>>& fds) {
     if (!active_) return std::nullopt;
-    if (fds.size() > kMaxSetFds) return "more than " + std::to_string(kMaxSetFds) + " BPF fds to store";
-    int pair[2];
-    if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair) != 0)
-        return std::string("socketpair: ") + std::strerror(errno);
-    const UniqueFd sender(pair[0]);
-    const UniqueFd holder(pair[1]);
-    std::string text = identity;
-    std::vector<int> raw;
-    for (const auto& [name, fd] : fds) {
-        text += "\n" + name;
-        raw.push_back(fd);
-    }
-    std::vector<char> control(CMSG_SPACE(raw.size() * sizeof(int)));
-    iovec iov{text.data(), text.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (!raw.empty()) {
+    remove(kBpfSetFdName);  // the old set's links detach once nothing else holds them
+    // One socket per SCM_MAX_FD fds (a host with over ~200 possible CPUs needs two).
+    for (std::size_t first = 0; first < fds.size(); first += kMaxSetFds) {
+        const std::size_t count = std::min(kMaxSetFds, fds.size() - first);
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair) != 0)
+            return std::string("socketpair: ") + std::strerror(errno);
+        const UniqueFd sender(pair[0]);
+        const UniqueFd holder(pair[1]);
+        std::string text = identity;
+        std::vector<int> raw;
+        for (std::size_t i = first; i < first + count; ++i) {
+            text += "\n" + fds[i].first;
+            raw.push_back(fds[i].second);
+        }
+        std::vector<char> control(CMSG_SPACE(raw.size() * sizeof(int)));
+        iovec iov{text.data(), text.size()};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
         msg.msg_control = control.data();
         msg.msg_controllen = control.size();
         cmsghdr* c = CMSG_FIRSTHDR(&msg);
@@ -129,11 +142,17 @@ std::optional<std::string> StateStore::store_bpf_set(const std::string& identity
         c->cmsg_type = SCM_RIGHTS;
         c->cmsg_len = CMSG_LEN(raw.size() * sizeof(int));
         std::memcpy(CMSG_DATA(c), raw.data(), raw.size() * sizeof(int));
+        std::optional<std::string> error;
+        if (::sendmsg(sender.get(), &msg, MSG_NOSIGNAL) < 0)
+            error = std::string("queuing the BPF fds in their socket: ") + std::strerror(errno);
+        else
+            error = store_fd(kBpfSetFdName, holder.get());
+        if (error) {
+            remove(kBpfSetFdName);  // part of a set is of no use to the next process
+            return error;
+        }
     }
-    if (::sendmsg(sender.get(), &msg, MSG_NOSIGNAL) < 0)
-        return std::string("queuing the BPF fds in their socket: ") + std::strerror(errno);
-    remove(kBpfSetFdName);  // the old set's links detach once nothing else holds them
-    return store_fd(kBpfSetFdName, holder.get());
+    return std::nullopt;
 }
 
 std::optional<std::string> StateStore::store_bytes(const std::string& name, std::span<const std::byte> bytes) {
