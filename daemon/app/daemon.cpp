@@ -680,6 +680,11 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
 }
 
 void Daemon::update_status() {
+    // A CPU that came online got a new ring: the stored set must name it.
+    if (session_.rings_grown() != rings_grown_stored_) {
+        rings_grown_stored_ = session_.rings_grown();
+        state_.programs_changed(session_.tracer());
+    }
     const std::uint64_t now = monotonic_now_ns();
     const std::uint64_t records = pipeline_.records();
     records_per_second_ = static_cast<double>(records - rate_window_records_) * 1e9 /

@@ -106,14 +106,22 @@ void StateKeeping::keep_programs(const BpfTracer& tracer) {
             tracing_started_ns_ = image_tracked_until_ns_;  // the programs never stopped: no gap
         return;
     }
-    // Replaces the set stored before, if any: the old links detach.
+    programs_kept_ = store_programs(tracer);
+}
+
+void StateKeeping::programs_changed(const BpfTracer& tracer) {
+    if (programs_kept_) programs_kept_ = store_programs(tracer);
+}
+
+bool StateKeeping::store_programs(const BpfTracer& tracer) {
+    // Replaces the set stored before, if any: links no longer in it detach.
     const auto fds = tracer.handover_fds();
     if (const auto error = store_.store_bpf_set(tracer.identity(), fds)) {
         spdlog::warn("handing the BPF links and maps to systemd failed ({}): a restart will re-attach", *error);
-        return;
+        return false;
     }
-    programs_kept_ = true;
-    spdlog::info("{} BPF links and maps handed to systemd: they stay attached across a restart", fds.size());
+    spdlog::info("{} BPF links, maps and rings handed to systemd: they stay attached across a restart", fds.size());
+    return true;
 }
 
 void StateKeeping::forget() {

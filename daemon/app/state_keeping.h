@@ -52,6 +52,8 @@ public:
     // adopted them from there, dropping the old ones it replaced. A clean
     // stop's image with adopted programs leaves no gap.
     void keep_programs(const BpfTracer& tracer);
+    // The tracer's rings changed (a CPU came online): the stored set is replaced.
+    void programs_changed(const BpfTracer& tracer);
     // Whether systemd holds the links: a stop then leaves the programs
     // attached for the next process (systemd closes them on `systemctl stop`).
     bool programs_kept() const { return programs_kept_; }
@@ -86,6 +88,9 @@ private:
     std::uint64_t save_failures_ = 0;
     std::uint64_t last_image_bytes_ = 0;
     double last_save_ms_ = 0;
+    // Hands the links, maps and rings to systemd; false (logged) on failure.
+    bool store_programs(const BpfTracer& tracer);
+
     const char* programs_ = "fresh";  // continuity_name()
     bool programs_kept_ = false;
 };
