@@ -24,16 +24,22 @@ struct PeekedSet {
     std::vector<NamedFd> fds;
 };
 
-// A copy of each fd of the message queued in `socket`, which stays queued.
-PeekedSet peek_bpf_set(int socket) {
-    std::vector<char> text(1 << 16);
-    std::vector<char> control(CMSG_SPACE(kMaxSetFds * sizeof(int)));
-    iovec iov{text.data(), text.size()};
+// One datagram: its text in `iov`, its fds' room in `control`.
+msghdr datagram(iovec& iov, std::vector<char>& control) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.data();
     msg.msg_controllen = control.size();
+    return msg;
+}
+
+// A copy of each fd of the message queued in `socket`, which stays queued.
+PeekedSet peek_bpf_set(int socket) {
+    std::vector<char> text(1 << 16);
+    std::vector<char> control(CMSG_SPACE(kMaxSetFds * sizeof(int)));
+    iovec iov{text.data(), text.size()};
+    msghdr msg = datagram(iov, control);
     const ssize_t n = ::recvmsg(socket, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     std::vector<UniqueFd> fds;
     for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -132,11 +138,7 @@ std::optional<std::string> StateStore::store_bpf_set(const std::string& identity
         }
         std::vector<char> control(CMSG_SPACE(raw.size() * sizeof(int)));
         iovec iov{text.data(), text.size()};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.data();
-        msg.msg_controllen = control.size();
+        msghdr msg = datagram(iov, control);
         cmsghdr* c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
