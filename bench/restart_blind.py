@@ -62,7 +62,7 @@ def one_restart(work, keep_programs, rate):
     first.stop()
     image = systemd.take()
     if not keep_programs:  # the baseline: the links closed with the process, as before
-        for name in [n for n in systemd.stored if n.startswith("kleakd-bpf-")]:
+        for name in [n for n in systemd.stored if n == "kleakd-bpf"]:
             for fd in systemd.stored.pop(name):
                 os.close(fd)
     second = t.Kleakd(work, notify=systemd.path, stored_fd=image, stored=systemd.handoff())
@@ -75,10 +75,10 @@ def one_restart(work, keep_programs, rate):
     second.stop()
     systemd.stop_service()
     made = 2 * count[0]
-    rate = made / seconds
-    blind_ms = max(made - seen, 0) / rate * 1000
+    alloc_rate = made / seconds
+    blind_ms = max(made - seen, 0) / alloc_rate * 1000
     state = ("adopted" if keep_programs else "attached anew") + (" %d/s" % rate if rate else " full rate")
-    print("%-14s churn %7d pipes, kleakd counted %8d of %8d allocations: blind %.1f ms (%d records dropped)"
+    print("%-22s churn %7d pipes, kleakd counted %8d of %8d allocations: blind %.1f ms (%d records dropped)"
           % (state, count[0], seen, made, blind_ms, dropped), flush=True)
     return blind_ms
 
