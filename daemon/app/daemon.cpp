@@ -142,7 +142,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       verdicts_(restored_verdicts(settings_)),
       state_(std::move(passed_fds_.states), with_ages_indexed(pipeline_),
              settings_.printk.enabled ? &printk_log_ : nullptr, verdicts_),
-      session_(tracer_options(settings_), sink_),
+      session_(tracer_options(settings_), sink_, std::move(passed_fds_.bpf)),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
       stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects),
@@ -169,6 +169,7 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     }
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
     state_.tracing_started(started_ns_);
+    state_.keep_programs(session_.tracer());
     mark_coverage_start();
     session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { on_drained(watermark); });
     loop_.watch(signals_.fd(), [this]() { on_signal(); });
@@ -217,8 +218,16 @@ Daemon::~Daemon() {
 void Daemon::run() {
     loop_.run();
     notifier_.stopping();
-    const std::uint64_t detached_ns = monotonic_now_ns();
-    session_.stop_and_drain();
+    // With systemd holding the links, the programs stay attached: what they
+    // write from the last drain on is the next process's, in the rings.
+    const bool handing_over = state_.programs_kept();
+    std::uint64_t detached_ns = monotonic_now_ns();
+    if (handing_over) {
+        session_.drain_for_handover();
+        detached_ns = monotonic_now_ns();
+    } else {
+        session_.stop_and_drain();
+    }
     tracing_stopped_ = true;
     pipeline_.finish();  // the slices still pending, then everything staged
     // For the next start, before settle(): a displaced entry's free may
@@ -230,7 +239,10 @@ void Daemon::run() {
         if (auto error = printk_file_->flush()) spdlog::warn("flushing the printk log failed: {}", *error);
     }
     write_snapshot();
-    spdlog::info("detached; final snapshot in {}", snapshots_.directory().string());
+    spdlog::info("{}; final snapshot in {}",
+                 handing_over ? "programs left attached in systemd's fd store (a restart adopts them, a stop detaches them)"
+                              : "detached",
+                 snapshots_.directory().string());
 }
 
 void Daemon::on_drained(std::uint64_t watermark) {
@@ -683,6 +695,11 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
 }
 
 void Daemon::update_status() {
+    // A CPU that came online got a new ring: the stored set must name it.
+    if (session_.rings_grown() != rings_grown_stored_) {
+        rings_grown_stored_ = session_.rings_grown();
+        state_.programs_changed(session_.tracer());
+    }
     const std::uint64_t now = monotonic_now_ns();
     const std::uint64_t records = pipeline_.records();
     records_per_second_ = static_cast<double>(records - rate_window_records_) * 1e9 /

@@ -135,6 +135,7 @@ private:
     std::vector<std::uint64_t> page_counts_at_start_;
     void mark_coverage_start();
     std::uint64_t last_drain_ns_ = 0;
+    unsigned rings_grown_stored_ = 0;  // session_.rings_grown() when the BPF set was last stored
     // Records' time up to which the tracker is complete: the watermark of the
     // last release done (a checkpoint's), and of the one in progress.
     std::uint64_t released_until_ns_ = 0;

@@ -97,6 +97,33 @@ void StateKeeping::save(core::StateKind kind, std::uint64_t tracked_until_ns, co
                      last_save_ms_);
 }
 
+void StateKeeping::keep_programs(const BpfTracer& tracer) {
+    programs_ = continuity_name(tracer.continuity());
+    if (!store_.active()) return;
+    if (tracer.continuity() == Continuity::adopted) {
+        programs_kept_ = true;  // still in the store, as they were handed over
+        if (restored_from_ == core::state_kind_name(core::StateKind::clean_stop))
+            tracing_started_ns_ = image_tracked_until_ns_;  // the programs never stopped: no gap
+        return;
+    }
+    programs_kept_ = store_programs(tracer);
+}
+
+void StateKeeping::programs_changed(const BpfTracer& tracer) {
+    if (programs_kept_) programs_kept_ = store_programs(tracer);
+}
+
+bool StateKeeping::store_programs(const BpfTracer& tracer) {
+    // Replaces the set stored before, if any: links no longer in it detach.
+    const auto fds = tracer.handover_fds();
+    if (const auto error = store_.store_bpf_set(tracer.identity(), fds)) {
+        spdlog::warn("handing the BPF links and maps to systemd failed ({}): a restart will re-attach", *error);
+        return false;
+    }
+    spdlog::info("{} BPF links, maps and rings handed to systemd: they stay attached across a restart", fds.size());
+    return true;
+}
+
 void StateKeeping::forget() {
     store_.remove();
     restored_from_.clear();
@@ -117,7 +144,8 @@ nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
                                                     ? tracker.outstanding_born_by_epochs(image_tracked_until_ns_)
                                                     : tracker.outstanding_born_by(image_tracked_until_ns_);
         std::uint64_t before = 0;
-        for (const core::SiteAge& s : born) before += s.count;
+        if (gap_ns() > 0)
+            for (const core::SiteAge& s : born) before += s.count;
         gap = {{"from_ns", image_tracked_until_ns_},
                {"to_ns", tracing_started_ns_},
                {"ns", gap_ns()},
@@ -125,6 +153,8 @@ nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
     }
     return {
         {"stored", store_.active()},
+        {"programs", programs_},
+        {"programs_kept", programs_kept_},
         {"restored_from", restored_from_.empty() ? nlohmann::json(nullptr) : nlohmann::json(restored_from_)},
         {"refused", refused_.empty() ? nlohmann::json(nullptr) : nlohmann::json(refused_)},
         {"restored_outstanding", restored_outstanding_},

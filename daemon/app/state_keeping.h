@@ -6,9 +6,15 @@
 // it. Without systemd nothing is passed nor stored: `kleakd serve` from a
 // shell starts fresh, as before.
 //
-// The programs are attached anew by each process, so what the kernel did
-// between the image and the new attach is not seen: the gap. It is reported
-// (stats, snapshots) and its consequences are bounded: an allocation
+// The programs' links and maps are stored with systemd too (keep_programs):
+// a restarted daemon of the same object and configuration adopts them, the
+// programs having run all along, and consumes the rings from where the
+// previous one stopped, after the image is loaded: nothing is lost across a
+// clean restart (gap 0). After a crash, the records the dead process had
+// consumed since its last checkpoint are the gap. When the programs do not
+// fit (an upgrade changed them) they are attached anew, and what the kernel
+// did between the previous process's exit and the attach is the gap. It is
+// reported (stats, snapshots) and its consequences are bounded: an allocation
 // restored from the image whose free fell in the gap stays outstanding, but
 // the verdicts judge no site on points from before the restart (SiteVerdicts
 // restart_ns()), and a restored plateau never rises.
@@ -24,6 +30,7 @@
 #include "core/printk.h"
 #include "core/site_verdicts.h"
 #include "core/state_image.h"
+#include "kernel/bpf_tracer.h"
 #include "kernel/unique_fd.h"
 #include "service/fd_store.h"
 
@@ -40,6 +47,16 @@ public:
     bool active() const { return store_.active(); }
     // Tracing (re)started at now_ns: the end of the gap.
     void tracing_started(std::uint64_t now_ns) { tracing_started_ns_ = now_ns; }
+
+    // Once the tracer is up: hands its links and maps to systemd, unless it
+    // adopted them from there, dropping the old ones it replaced. A clean
+    // stop's image with adopted programs leaves no gap.
+    void keep_programs(const BpfTracer& tracer);
+    // The tracer's rings changed (a CPU came online): the stored set is replaced.
+    void programs_changed(const BpfTracer& tracer);
+    // Whether systemd holds the links: a stop then leaves the programs
+    // attached for the next process (systemd closes them on `systemctl stop`).
+    bool programs_kept() const { return programs_kept_; }
 
     // Writes the image and hands it to systemd. `tracked_until_ns`: the
     // records' time up to which the tracker is complete (a clean stop: the
@@ -71,6 +88,11 @@ private:
     std::uint64_t save_failures_ = 0;
     std::uint64_t last_image_bytes_ = 0;
     double last_save_ms_ = 0;
+    // Hands the links, maps and rings to systemd; false (logged) on failure.
+    bool store_programs(const BpfTracer& tracer);
+
+    const char* programs_ = "fresh";  // continuity_name()
+    bool programs_kept_ = false;
 };
 
 }  // namespace kleak

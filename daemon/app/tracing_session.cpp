@@ -11,8 +11,8 @@
 
 namespace kleak {
 
-TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink)
-    : tracer_(options), consumer_(tracer_.ring_fds(), sink), drops_(tracer_.cpu_count(), 0) {}
+TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over)
+    : tracer_(options, std::move(handed_over)), consumer_(tracer_.ring_fds(), sink), drops_(tracer_.cpu_count(), 0) {}
 
 void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
                            std::function<void(std::uint64_t)> on_drained) {
@@ -115,7 +115,13 @@ void TracingSession::drain_rings_only() {
 
 void TracingSession::stop_and_drain() {
     tracer_.detach();
-    // Every CPU: nothing attached will age a batch or drain it again.
+    final_drain();
+}
+
+void TracingSession::drain_for_handover() { final_drain(); }
+
+void TracingSession::final_drain() {
+    // Every CPU: nothing will age a batch or drain it again in this process.
     tracer_.flush_all_batches();
     // The readers go on copying until now (detaching can take a while);
     // stopped before the last drain, none copies after it.
@@ -124,7 +130,7 @@ void TracingSession::stop_and_drain() {
         readers_.reset();
     }
     const int n = consumer_.drain();
-    if (n < 0) spdlog::warn("draining the rings after detach failed: {}", std::strerror(-n));
+    if (n < 0) spdlog::warn("the last drain of the rings failed: {}", std::strerror(-n));
 }
 
 const std::vector<std::uint64_t>& TracingSession::drops() {

@@ -29,7 +29,8 @@ struct SessionTiming {
 
 class TracingSession {
 public:
-    TracingSession(const TracerOptions& options, RecordSink& sink);
+    // `handed_over`: what a previous kleakd left in systemd's fd store (BpfTracer).
+    TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over = {});
 
     unsigned cpu_count() const { return tracer_.cpu_count(); }
     const BpfTracer& tracer() const { return tracer_; }
@@ -53,6 +54,11 @@ public:
 
     // Detaches the programs and drains what they left in the rings.
     void stop_and_drain();
+    // The same with the programs left attached, for the next kleakd to adopt
+    // (systemd keeps their links): every CPU's batch is pushed and the rings
+    // drained up to now; what the programs write afterwards stays in the
+    // rings, past their consumer position, for the next process.
+    void drain_for_handover();
 
     // Per-CPU drops; keeps the last good read if the map cannot be read.
     const std::vector<std::uint64_t>& drops();
@@ -66,6 +72,9 @@ public:
     std::vector<core::ProgramCost> program_costs() const;
 
 private:
+    // Pushes every batch, stops the readers, drains the rings once more.
+    void final_drain();
+
     BpfTracer tracer_;
     RingConsumer consumer_;
     std::optional<RingReaders> readers_;  // from start() to stop_and_drain()

@@ -176,14 +176,31 @@ constexpr const char* kCpuDownTracepoint = "cpuhp_enter";
 
 }  // namespace
 
+namespace {
+
+// FNV-1a: a digest, not a defence (nothing here is adversarial).
+struct Fnv1a {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    void mix(const void* data, std::size_t size) {
+        const auto* bytes = static_cast<const unsigned char*>(data);
+        for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+    }
+    void mix(const char* text) { mix(text, std::strlen(text) + 1); }
+    std::string hex() const {
+        char out[17];
+        std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+        return out;
+    }
+};
+
+}  // namespace
+
 std::string bpf_object_digest() {
     std::size_t size = 0;
-    const auto* bytes = static_cast<const unsigned char*>(::kleak_bpf__elf_bytes(&size));
-    std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a: once at start-up, ~1 ms
-    for (std::size_t i = 0; i < size; ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-    return hex;
+    const void* bytes = ::kleak_bpf__elf_bytes(&size);
+    Fnv1a digest;  // once or twice at start-up, ~1 ms
+    digest.mix(bytes, size);
+    return digest.hex();
 }
 
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
@@ -192,7 +209,8 @@ void PendingUnmapper::operator()(const ::kleak_pending_slot* slots) const {
     ::munmap(const_cast<::kleak_pending_slot*>(slots), length);
 }
 
-BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer_size) {
+BpfTracer::BpfTracer(const TracerOptions& options, Handover handed_over)
+    : buffer_size_(options.buffer_size), handover_(std::move(handed_over)), handed_over_(!handover_.empty()) {
     libbpf_set_print(print_libbpf);
     check_btf_present();
     check_privileges();
@@ -272,17 +290,56 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
     }
     spdlog::info("programs attach as {}: {}", attach_mode_name(attach_.mode), attach_.reason);
 
-    const int rings_fd = bpf_map__fd(skel_->maps.rings);
-    for (int cpu = 0; cpu < cpus; ++cpu) {
-        const __u32 key = static_cast<__u32>(cpu);
-        const int ring_fd = ring_fds_[static_cast<std::size_t>(cpu)].get();
-        if (bpf_map_update_elem(rings_fd, &key, &ring_fd, BPF_ANY) != 0)
-            throw StartupError(describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
+    const bool adopting = continuity_ == Continuity::adopted;
+    if (adopting) {
+        adopt_rings();
+    } else {
+        const int rings_fd = bpf_map__fd(skel_->maps.rings);
+        for (int cpu = 0; cpu < cpus; ++cpu) {
+            const __u32 key = static_cast<__u32>(cpu);
+            const int ring_fd = ring_fds_[static_cast<std::size_t>(cpu)].get();
+            if (bpf_map_update_elem(rings_fd, &key, &ring_fd, BPF_ANY) != 0)
+                throw StartupError(
+                    describe_errno("installing the ring of CPU " + std::to_string(cpu) + " failed", -errno));
+        }
     }
     map_pending_flags();
-    if (auto error = set_stack_capture(options.stacks, options.stack_sample_shift, {}))
+    if (adopting) adopt_stack_sites();  // kept until the stack control sets its own
+    if (auto error = set_stack_capture(options.stacks, options.stack_sample_shift, stack_sites_))
         throw StartupError(*error);
 
+    if (adopting) {
+        adopt_links(specs);
+        spdlog::info("kept the {} programs the previous kleakd left attached, with their rings and maps: nothing was "
+                     "detached across the restart",
+                     attached_.size());
+    } else {
+        attach_fresh(specs);
+        // Start kmem_cache_free's pushed-and-popped stack empty now that both
+        // programs run (see kleak__kmem_cache_free_nested). Adopted programs
+        // have run all along: their stack is consistent.
+        for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu)
+            run_on_cpu(skel_->progs.kleak__reset_freed, cpu);  // fails only offline: nothing to reset there
+    }
+    if (!adopting && handed_over_) {
+        continuity_ = Continuity::replaced;
+        spdlog::warn("the programs the previous kleakd left attached do not fit this one ({}): attached anew, the old "
+                     "ones detach; what the kernel did between the previous kleakd's exit and now was not traced",
+                     handover_refusal_);
+    }
+    handover_.close_all();
+
+    // Records wait in per-CPU batches until user space flushes them: without
+    // a working flush an idle CPU would keep its last records forever.
+    if (const int flushed = run_flush(FlushScope::every_cpu); flushed != 0) {
+        throw StartupError(describe_errno("running kleak__flush on each CPU (BPF_PROG_TEST_RUN with "
+                                          "BPF_F_TEST_RUN_ON_CPU) failed",
+                                          flushed) +
+                           "; kleakd needs Linux 5.10 or later");
+    }
+}
+
+void BpfTracer::attach_fresh(std::vector<ProgramSpec>& specs) {
     // Before the kmem programs: no CPU may go offline holding records with
     // nothing in place to flush it. Not fatal: without it only a CPU going
     // offline is affected, as on kernels without the tracepoint.
@@ -290,6 +347,7 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         *cpu_down_.link = bpf_program__attach(cpu_down_.program);
         if (*cpu_down_.link) {
             flushes_offline_cpus_ = true;
+            cpu_down_link_fd_ = bpf_link__fd(*cpu_down_.link);
         } else {
             spdlog::warn(
                 "{}; records a CPU holds when it goes offline reach user space only if it comes back",
@@ -307,27 +365,152 @@ BpfTracer::BpfTracer(const TracerOptions& options) : buffer_size_(options.buffer
         *spec.link = link;  // the skeleton destroys it
         attached_.emplace_back(full_name(spec));
         attached_programs_.push_back(spec.program);
+        link_fds_.push_back(bpf_link__fd(link));
     }
+}
 
-    // Start kmem_cache_free's pushed-and-popped stack empty now that both
-    // programs run (see kleak__kmem_cache_free_nested).
+std::string BpfTracer::configured_identity(const TracerOptions& options, const std::vector<ProgramSpec>& specs) const {
+    // FNV-1a over what the programs were loaded with: the rodata knobs (text
+    // ranges included), the ring and CPU counts, the attach mode and which
+    // programs load. A different value means other records or other hooks.
+    Fnv1a config;
+    config.mix(skel_->rodata, sizeof *skel_->rodata);
+    const std::uint64_t sizes[] = {ring_fds_.size(), options.buffer_size, static_cast<std::uint64_t>(attach_.mode)};
+    config.mix(sizes, sizeof sizes);
+    for (const ProgramSpec& spec : specs)
+        if (spec.wanted) config.mix(bpf_program__name(spec.program));
+    if (cpu_down_.program != nullptr) config.mix(bpf_program__name(cpu_down_.program));
+    return "abi " + std::to_string(KLEAK_ABI_VERSION) + " object " + bpf_object_digest() + " config " + config.hex();
+}
+
+bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {
+    if (handover_.empty()) return false;
+    if (handover_.identity() != identity_) {
+        handover_refusal_ = handover_.identity().empty()
+                                ? "no identity was handed over"
+                                : "loaded as '" + handover_.identity() + "', this kleakd loads '" + identity_ + "'";
+        return false;
+    }
+    ::bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) {
+        if (!handover_.has(map_fd_name(bpf_map__name(map)))) {
+            handover_refusal_ = std::string("the map ") + bpf_map__name(map) + " was not handed over";
+            return false;
+        }
+    }
+    // Each CPU's ring, still the one the `rings` map holds: a ring grown
+    // after the set was stored would be read stale.
+    const int rings = handover_.peek(map_fd_name(bpf_map__name(skel_->maps.rings)));
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        const __u32 key = static_cast<__u32>(cpu);
+        __u32 installed = 0;
+        bpf_map_info info{};
+        __u32 len = sizeof info;
+        const int ring = handover_.peek(ring_fd_name(key));
+        if (ring < 0 || bpf_map_lookup_elem(rings, &key, &installed) != 0 ||
+            bpf_obj_get_info_by_fd(ring, &info, &len) != 0 || info.id != installed) {
+            handover_refusal_ = "the ring of CPU " + std::to_string(cpu) + " was not handed over, or was replaced since";
+            return false;
+        }
+    }
+    for (const ProgramSpec& spec : specs) {
+        if (spec.wanted && !handover_.has(link_fd_name(bpf_program__name(spec.program)))) {
+            handover_refusal_ = "no link of " + full_name(spec) + " was handed over";
+            return false;
+        }
+    }
+    handover_refusal_.clear();
+    return true;
+}
+
+void BpfTracer::reuse_handed_maps() {
+    ::bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) {
+        const std::string name = map_fd_name(bpf_map__name(map));
+        const UniqueFd fd = handover_.take(name);  // bpf_map__reuse_fd keeps its own dup
+        if (const int err = bpf_map__reuse_fd(map, fd.get()); err != 0)
+            throw StartupError(describe_errno("reusing the map " + name + " the previous kleakd handed over failed", err));
+    }
+}
+
+void BpfTracer::adopt_rings() {
+    for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu) {
+        UniqueFd ring = handover_.take(ring_fd_name(static_cast<unsigned>(cpu)));  // handover_fits() said so
+        bpf_map_info info{};
+        __u32 len = sizeof info;
+        if (bpf_obj_get_info_by_fd(ring.get(), &info, &len) != 0)
+            throw StartupError(describe_errno("reading the ring of CPU " + std::to_string(cpu) +
+                                                  " the previous kleakd handed over failed",
+                                              -errno));
+        ring_fds_[cpu] = std::move(ring);  // the one created for it is not needed
+        ring_bytes_[cpu] = info.max_entries;
+    }
+}
+
+void BpfTracer::adopt_stack_sites() {
+    const int fd = bpf_map__fd(skel_->maps.stack_sites);
+    std::uint64_t key = 0;
+    std::uint64_t next = 0;
+    for (const void* previous = nullptr; bpf_map_get_next_key(fd, previous, &next) == 0; previous = &key) {
+        stack_sites_.push_back(next);
+        key = next;
+    }
+    std::sort(stack_sites_.begin(), stack_sites_.end());
+}
+
+void BpfTracer::adopt_links(const std::vector<ProgramSpec>& specs) {
+    if (cpu_down_.program != nullptr) {
+        adopted_cpu_down_link_ = handover_.take(link_fd_name(bpf_program__name(cpu_down_.program)));
+        flushes_offline_cpus_ = static_cast<bool>(adopted_cpu_down_link_);
+        cpu_down_link_fd_ = adopted_cpu_down_link_.get();
+    }
+    for (const ProgramSpec& spec : specs) {
+        if (!spec.wanted) continue;
+        UniqueFd link = handover_.take(link_fd_name(bpf_program__name(spec.program)));  // handover_fits() said so
+        // The program that runs is the linked one, not the copy loaded here:
+        // its run counts are what program_stats() reports.
+        bpf_link_info info{};
+        __u32 len = sizeof info;
+        UniqueFd program;
+        if (bpf_obj_get_info_by_fd(link.get(), &info, &len) == 0) program = UniqueFd(bpf_prog_get_fd_by_id(info.prog_id));
+        attached_.emplace_back(full_name(spec));
+        attached_programs_.push_back(spec.program);
+        link_fds_.push_back(link.get());
+        adopted_links_.push_back(std::move(link));
+        adopted_prog_fds_.push_back(std::move(program));
+    }
+}
+
+int BpfTracer::program_fd_for_stats(std::size_t i) const {
+    return adopted_prog_fds_.empty() ? bpf_program__fd(attached_programs_[i]) : adopted_prog_fds_[i].get();
+}
+
+std::vector<std::pair<std::string, int>> BpfTracer::handover_fds() const {
+    std::vector<std::pair<std::string, int>> out;
+    ::bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, skel_->obj) out.emplace_back(map_fd_name(bpf_map__name(map)), bpf_map__fd(map));
+    for (std::size_t i = 0; i < attached_programs_.size(); ++i)
+        if (link_fds_[i] >= 0) out.emplace_back(link_fd_name(bpf_program__name(attached_programs_[i])), link_fds_[i]);
     for (std::size_t cpu = 0; cpu < ring_fds_.size(); ++cpu)
-        run_on_cpu(skel_->progs.kleak__reset_freed, cpu);  // fails only offline: nothing to reset there
+        out.emplace_back(ring_fd_name(static_cast<unsigned>(cpu)), ring_fds_[cpu].get());
+    if (cpu_down_link_fd_ >= 0) out.emplace_back(link_fd_name(bpf_program__name(cpu_down_.program)), cpu_down_link_fd_);
+    return out;
+}
 
-    // Records wait in per-CPU batches until user space flushes them: without
-    // a working flush an idle CPU would keep its last records forever.
-    if (const int flushed = run_flush(FlushScope::every_cpu); flushed != 0) {
-        throw StartupError(describe_errno("running kleak__flush on each CPU (BPF_PROG_TEST_RUN with "
-                                          "BPF_F_TEST_RUN_ON_CPU) failed",
-                                          flushed) +
-                           "; kleakd needs Linux 5.10 or later");
+const char* continuity_name(Continuity c) {
+    switch (c) {
+        case Continuity::fresh: return "fresh";
+        case Continuity::adopted: return "adopted";
+        case Continuity::replaced: return "replaced";
     }
+    return "?";
 }
 
 std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptions& options, const ::btf& vmlinux,
                                                     std::vector<ProgramSpec>& specs) {
     attached_.clear();
     attached_programs_.clear();
+    link_fds_.clear();
     skel_.reset(kleak_bpf__open());
     if (!skel_) throw StartupError(describe_errno("opening the BPF object failed", -errno));
     const auto cpus = static_cast<__u32>(ring_fds_.size());
@@ -412,6 +595,13 @@ std::optional<BpfTracer::LoadRefusal> BpfTracer::open_and_load(const TracerOptio
         for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
         throw StartupError("this kernel lacks the tracepoint(s) " + list +
                            " (no btf_trace_* type in its BTF); kleakd cannot trace that here");
+    }
+
+    identity_ = configured_identity(options, specs);
+    continuity_ = Continuity::fresh;
+    if (handover_fits(specs)) {
+        reuse_handed_maps();
+        continuity_ = Continuity::adopted;
     }
 
     VerifierLogs logs(*skel_->obj);
@@ -610,7 +800,7 @@ std::vector<ProgramStats> BpfTracer::program_stats() const {
     for (std::size_t i = 0; i < attached_programs_.size(); ++i) {
         bpf_prog_info info{};
         __u32 len = sizeof info;
-        if (bpf_obj_get_info_by_fd(bpf_program__fd(attached_programs_[i]), &info, &len) != 0) continue;
+        if (bpf_obj_get_info_by_fd(program_fd_for_stats(i), &info, &len) != 0) continue;
         ProgramStats p{attached_[i], info.run_cnt, info.run_time_ns, info.recursion_misses, info.recursion_misses, 0};
         // The nested program recorded some of the events the kernel skipped
         // the primary for: those are not lost. Its own misses are not losses
@@ -632,6 +822,10 @@ void BpfTracer::detach() {
     // recovered misses that the kernel never counted).
     bpf_link__destroy(*free_nested_.link);
     *free_nested_.link = nullptr;
+    for (std::size_t i = 0; i < adopted_links_.size(); ++i)
+        if (attached_programs_[i] == free_nested_.program) adopted_links_[i].reset();
+    adopted_links_.clear();
+    adopted_cpu_down_link_.reset();
     kleak_bpf__detach(skel_.get());
     // Unregistering a tracepoint probe does not wait for runs already in
     // progress on other CPUs; one could still write its batch after the

@@ -8,7 +8,13 @@
 // install the rings, map `pending`, attach (the CPU-offline flush first, then
 // the traced events). Any failure throws StartupError with what failed and
 // what to do. Destruction detaches and frees everything: nothing is left in
-// the kernel.
+// the kernel, unless another holder (systemd's fd store) keeps the links.
+//
+// Given what a previous process handed over (kernel/bpf_handover.h) whose
+// identity matches this object and configuration, it loads its programs over
+// the handed maps and adopts the links: nothing is detached, nothing is
+// attached anew, and the rings are the old ones (continuity() adopted).
+// Otherwise it attaches fresh and closes the old links (replaced).
 #pragma once
 
 #include <cstddef>
@@ -23,6 +29,7 @@
 #include "core/slab_caches.h"
 #include "core/stack_capture.h"
 #include "kernel/attach_mode.h"
+#include "kernel/bpf_handover.h"
 #include "kernel/unique_fd.h"
 #include "kleak_abi.h"
 
@@ -119,9 +126,17 @@ struct ProgramVariant {
     ::bpf_program* other = nullptr;
 };
 
+// How this process came by its attached programs.
+enum class Continuity {
+    fresh,     // nothing was handed over: attached anew
+    adopted,   // a previous process's links and maps, kept attached across the restart
+    replaced,  // handed over but of another object or configuration: attached anew, the old closed
+};
+const char* continuity_name(Continuity c);
+
 class BpfTracer {
 public:
-    explicit BpfTracer(const TracerOptions& options);
+    explicit BpfTracer(const TracerOptions& options, Handover handed_over = {});
     ~BpfTracer();
     BpfTracer(const BpfTracer&) = delete;
     BpfTracer& operator=(const BpfTracer&) = delete;
@@ -210,7 +225,18 @@ public:
     std::vector<StackCounts> read_stack_counts() const;
 
     // Stops new records; the rings stay readable so the tail can be drained.
+    // Links someone else holds too (systemd) stay attached until they close theirs.
     void detach();
+
+    Continuity continuity() const { return continuity_; }
+    // Which object and configuration the programs run with: the ABI, the
+    // object's digest, rodata, ring sizes, attach mode and the programs loaded.
+    const std::string& identity() const { return identity_; }
+    // Why a handover was not adopted ("" when adopted or none was offered).
+    const std::string& handover_refusal() const { return handover_refusal_; }
+    // What to hand the next process, by fd name (bpf_handover.h): every map
+    // and every attached program's link. The fds stay owned here.
+    std::vector<std::pair<std::string, int>> handover_fds() const;
 
 private:
     struct LoadRefusal {
@@ -223,6 +249,19 @@ private:
     // verifier refused one; throws StartupError on any other failure.
     std::optional<LoadRefusal> open_and_load(const TracerOptions& options, const ::btf& vmlinux,
                                              std::vector<ProgramSpec>& specs);
+    // identity_ of the opened, configured object; whether handover_ fits it
+    // (same identity, every map, a link for every wanted program).
+    std::string configured_identity(const TracerOptions& options, const std::vector<ProgramSpec>& specs) const;
+    bool handover_fits(const std::vector<ProgramSpec>& specs);
+    // Before load: the object's maps become the handed-over ones.
+    void reuse_handed_maps();
+    // After load, adopting: the rings the `rings` map holds, the stack sites
+    // `stack_sites` holds, and the handed links in place of attaching.
+    void adopt_rings();
+    void adopt_stack_sites();
+    void adopt_links(const std::vector<ProgramSpec>& specs);
+    void attach_fresh(std::vector<ProgramSpec>& specs);
+    int program_fd_for_stats(std::size_t i) const;
     enum class FlushScope { pending, every_cpu };
     // Runs kleak__flush on each online CPU in `scope`; 0 or the first
     // negative errno.
@@ -261,6 +300,16 @@ private:
     bool families_attached_[4] = {false, false, false, false};
     std::unique_ptr<core::AllocatorText> allocator_text_;  // for the page and vmalloc programs' rodata
     std::vector<std::uint64_t> stack_sites_;  // what `stack_sites` holds, sorted
+    Handover handover_;                       // until adopted or replaced
+    bool handed_over_ = false;                // something was offered
+    Continuity continuity_ = Continuity::fresh;
+    std::string identity_;
+    std::string handover_refusal_;
+    std::vector<int> link_fds_;               // parallel to attached_
+    int cpu_down_link_fd_ = -1;
+    std::vector<UniqueFd> adopted_links_;     // parallel to attached_ when adopted
+    UniqueFd adopted_cpu_down_link_;
+    std::vector<UniqueFd> adopted_prog_fds_;  // the running programs, for program_stats()
 };
 
 }  // namespace kleak

@@ -6,6 +6,16 @@
 // watchdog kill, the package's restart after an upgrade. `systemctl stop`
 // and a reboot empty the store. Without systemd (NOTIFY_SOCKET unset, as for
 // `kleakd serve` from a shell) nothing is passed and storing is a no-op.
+//
+// The same store keeps the BPF links and maps (kernel/bpf_handover.h), so
+// that the programs stay attached while no kleakd runs. They go in as one
+// fd: a datagram socket with one message queued in it, carrying every link
+// and map (SCM_RIGHTS) and their names and identity. systemd drops an fd it
+// takes for one it holds already, and without kcmp(2) (a kernel without
+// CONFIG_KCMP, a container that denies it to PID 1) it compares inodes: every
+// BPF map and link shares one anonymous inode, so only the first of each
+// would be kept. A socket has an inode of its own; the next process reads
+// the message with MSG_PEEK, which leaves it queued for the one after.
 #pragma once
 
 #include <cstddef>
@@ -14,16 +24,20 @@
 #include <string>
 #include <vector>
 
+#include "kernel/bpf_handover.h"
 #include "kernel/unique_fd.h"
 
 namespace kleak::service {
 
 // The name the state memfd is stored under (FDNAME=).
 inline constexpr const char* kStateFdName = "kleakd-state";
+// The name of the socket holding the BPF links and maps.
+inline constexpr const char* kBpfSetFdName = "kleakd-bpf";
 
 struct PassedFds {
     std::vector<UniqueFd> sockets;  // kleakd.socket's (socket activation)
     std::vector<UniqueFd> states;   // stored state memfds: one, unless a store raced a crash
+    Handover bpf;                   // the links and maps in the kleakd-bpf socket, if any
 };
 
 // Takes every fd systemd passed, sorted by name, and unsets LISTEN_* so
@@ -43,7 +57,17 @@ public:
     // Empties the store (a `reset` forgets the state: a restart must too).
     void remove();
 
+    // The BPF links and maps (by name) and their identity, replacing the
+    // set stored before: nullopt on success, else the error.
+    std::optional<std::string> store_bpf_set(const std::string& identity,
+                                             const std::vector<std::pair<std::string, int>>& fds);
+
 private:
+    // A sealed memfd holding `bytes`, under `name`, replacing the one before.
+    std::optional<std::string> store_bytes(const std::string& name, std::span<const std::byte> bytes);
+    std::optional<std::string> store_fd(const std::string& name, int fd);
+    void remove(const std::string& name);
+
     bool active_ = false;
 };
 

@@ -4,10 +4,12 @@
 // per-CPU `pending` flags let a drain's flush skip CPUs with empty batches
 // and no others, that a CPU going offline pushes its batch into its ring on
 // the way down, that the small ring of a CPU offline at start wakes its
-// consumer, that the batched stream still decodes and
-// keeps each CPU's records in time order, that frees which take no clock
-// reading carry their batch's previous one and are closed by a later one,
-// and that nested kmem_cache_free events are accounted for.
+// consumer, that the batched stream still decodes and keeps each CPU's
+// records in time order, that frees which take no clock reading carry
+// their batch's previous one and are closed by a later one, and that nested
+// kmem_cache_free events are accounted for; and that a tracer's links and
+// maps, held as systemd's fd store holds them, keep the programs attached
+// after it is gone and are adopted by the next one (kernel/bpf_handover.h).
 // Counts and order only: nothing here asserts on timing.
 #include <fcntl.h>
 #include <sched.h>
@@ -19,6 +21,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -504,6 +507,92 @@ TEST(KernelBatching, BatchedStreamDecodesAndEachCpuIsInTimeOrder) {
         std::cerr << "kmem_cache_free: the kernel skipped " << p.kernel_recursion_misses << " nested runs, "
                   << p.recovered << " recorded by the nested program, " << p.recursion_misses << " lost\n";
     }
+}
+
+// What systemd's fd store would hold for `tracer`: a dup of each of its
+// maps and links (service/fd_store.h queues them in a socket).
+std::vector<kleak::NamedFd> store_of(const kleak::BpfTracer& tracer) {
+    std::vector<kleak::NamedFd> store;
+    for (const auto& [name, fd] : tracer.handover_fds())
+        store.push_back({name, kleak::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3))});
+    return store;
+}
+
+// What systemd hands a restarted process: copies, the store keeps its own.
+kleak::Handover handed(const std::vector<kleak::NamedFd>& store, const std::string& identity) {
+    std::vector<kleak::NamedFd> copies;
+    for (const kleak::NamedFd& f : store)
+        copies.push_back({f.name, kleak::UniqueFd(::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 3))});
+    return kleak::Handover(std::move(copies), identity);
+}
+
+std::set<std::uint32_t> link_ids(const std::vector<std::pair<std::string, int>>& fds) {
+    std::set<std::uint32_t> ids;
+    for (const auto& [name, fd] : fds) {
+        if (!name.starts_with(kleak::link_fd_name(""))) continue;
+        bpf_link_info info{};
+        __u32 len = sizeof info;
+        if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) ids.insert(info.id);
+    }
+    return ids;
+}
+
+bool link_exists(std::uint32_t id) { return static_cast<bool>(kleak::UniqueFd(bpf_link_get_fd_by_id(id))); }
+
+// A restart through the fd store: the programs never detach, and what they
+// wrote while no tracer existed (pipes made then) is in the rings the next
+// tracer adopts. A tracer of another configuration replaces them instead.
+TEST(KernelHandover, AdoptedProgramsStayAttachedAndTheirRingsKeepWhatWasWrittenMeanwhile) {
+    REQUIRE_KERNEL();
+    std::vector<kleak::NamedFd> store;
+    std::set<std::uint32_t> links;
+    std::string identity;
+    {
+        kleak::BpfTracer first(small_tracer());
+        EXPECT_EQ(first.continuity(), kleak::Continuity::fresh);
+        store = store_of(first);
+        identity = first.identity();
+        links = link_ids(first.handover_fds());
+        ASSERT_GE(links.size(), 3u);
+        CollectingSink sink(first.cpu_count());
+        kleak::RingConsumer consumer(first.ring_fds(), sink);
+        ASSERT_EQ(first.flush_all_batches(), 0);
+        ASSERT_GE(consumer.drain(), 0);  // the next tracer sees only what comes after
+    }
+    for (const std::uint32_t id : links) EXPECT_TRUE(link_exists(id)) << "link " << id << " detached with its tracer";
+    HeldPipes pipes(kPipes);  // while no tracer exists
+    ASSERT_EQ(pipes.count(), kPipes);
+
+    kleak::BpfTracer second(small_tracer(), handed(store, identity));
+    ASSERT_EQ(second.continuity(), kleak::Continuity::adopted) << second.handover_refusal();
+    EXPECT_EQ(link_ids(second.handover_fds()), links) << "no new link";
+    CollectingSink sink(second.cpu_count());
+    kleak::RingConsumer consumer(second.ring_fds(), sink);
+    ASSERT_EQ(second.flush_all_batches(), 0);
+    ASSERT_GE(consumer.drain(), 0);
+    const auto symbols = kleak::make_kallsyms_symbolizer(kleak::kProcKallsyms);
+    int made_meanwhile = 0;
+    for (const auto& [cpu, n] : pipe_allocations(sink, *symbols)) made_meanwhile += n;
+    // Two allocations a pipe; other processes' pipes only add.
+    EXPECT_GE(made_meanwhile, 2 * kPipes) << "pipes made while no tracer existed, read from the adopted rings";
+    EXPECT_EQ(sink.undecodable, 0u);
+
+    kleak::TracerOptions other = small_tracer();
+    other.buffer_size /= 2;
+    kleak::BpfTracer third(other, handed(store, identity));
+    EXPECT_EQ(third.continuity(), kleak::Continuity::replaced);
+    EXPECT_NE(third.handover_refusal().find("this kleakd loads"), std::string::npos) << third.handover_refusal();
+    std::set<std::uint32_t> shared;
+    const std::set<std::uint32_t> third_links = link_ids(third.handover_fds());
+    std::set_intersection(third_links.begin(), third_links.end(), links.begin(), links.end(),
+                          std::inserter(shared, shared.begin()));
+    EXPECT_TRUE(shared.empty()) << "a replacing tracer attaches links of its own";
+    EXPECT_EQ(third_links.size(), links.size());
+
+    // The store emptied (systemctl stop) and the adopting tracer gone: no link left.
+    store.clear();
+    second.detach();
+    for (const std::uint32_t id : links) EXPECT_FALSE(link_exists(id)) << "link " << id << " still attached";
 }
 
 }  // namespace

@@ -9,16 +9,23 @@ tests/systemd's job; this one runs wherever the kernel tests run, beside
 another kleakd (private socket, snapshot directory and notify socket).
 
 Checks:
-  1. a clean stop (SIGTERM) stores an image; the next kleakd restores it:
+  1. a clean stop (SIGTERM) stores an image, and the BPF links and maps stay
+     in the store (the programs stay attached; one socket, FDNAME=kleakd-bpf,
+     holds them all in one queued message); the next kleakd restores the
+     image and adopts the programs (the same link ids, no new link, gap 0):
      64 pipes held across the restart are still outstanding at
      alloc_pipe_info, and closing them frees them there (outstanding down by
-     the pipes, unmatched frees not up by them);
+     the pipes, unmatched frees not up by them); 64 pipes closed while no
+     kleakd ran are freed, 64 made then are outstanding;
+  1b. a "systemctl stop" (the store closes its fds): no link is left;
   2. SIGKILL after checkpoints (every 1 s): the next kleakd restores the
      checkpoint and reports the gap (stats state.gap.ns > 0), the pipes held
      since before it still outstanding;
   3. an image of another format version is refused with a log line and the
      daemon starts fresh (nothing restored, tracing);
-  4. without NOTIFY_SOCKET nothing is stored (state.stored false).
+  4. without NOTIFY_SOCKET nothing is stored (state.stored false);
+  5. a kleakd of another configuration (ring size) replaces the stored
+     programs: attached anew, the old links gone.
 
 usage: test_state_restart.py KLEAKD KLEAKCTL       (as root; exit 0 = pass)
 """
@@ -52,7 +59,7 @@ class FakeSystemd:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
         self.path = path
-        self.stored = {}  # FDNAME -> fd
+        self.stored = {}  # FDNAME -> [fd]: systemd keeps every fd, several per name
         self.lock = threading.Lock()
         self.ready = threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -69,11 +76,10 @@ class FakeSystemd:
             with self.lock:
                 name = fields.get("FDNAME", "stored")
                 if fields.get("FDSTOREREMOVE") == "1" and name in self.stored:
-                    os.close(self.stored.pop(name))
+                    for fd in self.stored.pop(name):
+                        os.close(fd)
                 if fields.get("FDSTORE") == "1" and fds:
-                    if name in self.stored:  # systemd would keep both; kleakd removes first
-                        os.close(self.stored[name])
-                    self.stored[name] = fds.pop(0)
+                    self.stored.setdefault(name, []).append(fds.pop(0))
                 for fd in fds:
                     os.close(fd)
             if fields.get("READY") == "1":
@@ -81,35 +87,119 @@ class FakeSystemd:
 
     def take(self, name="kleakd-state"):
         with self.lock:
-            return self.stored.pop(name, None)
+            fds = self.stored.pop(name, [])
+        for fd in fds[:-1]:
+            os.close(fd)
+        return fds[-1] if fds else None
+
+    def handoff(self):
+        """Copies of every stored fd, as (name, fd), for the next process:
+        systemd keeps its own until the service stops."""
+        with self.lock:
+            return [(name, os.dup(fd)) for name, fds in sorted(self.stored.items()) for fd in fds]
+
+    def bpf_set(self):
+        """The identity and the names queued in the stored kleakd-bpf socket
+        with each link's id (None for a map), peeked as kleakd does (the
+        message stays for the next one); the peeked copies are closed."""
+        with self.lock:
+            held = self.stored.get("kleakd-bpf", [])
+            if not held:
+                return None, []
+            sock = socket.socket(fileno=os.dup(held[-1]))
+        try:
+            fd_size = array.array("i").itemsize
+            msg, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * fd_size), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            sock.close()
+        fds = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % fd_size]))
+        lines = msg.decode().split("\n")
+        named = [(name, fdinfo_field(os.getpid(), fd, "link_id")) for name, fd in zip(lines[1:], fds)]
+        for fd in fds:
+            os.close(fd)
+        return lines[0], named
+
+    def link_ids(self):
+        """The BPF link ids in the stored set."""
+        return sorted(i for name, i in self.bpf_set()[1] if name.startswith("kleakd-bpf-link-"))
+
+    def map_count(self):
+        return sum(1 for name, _ in self.bpf_set()[1] if name.startswith("kleakd-bpf-map-"))
+
+    def stop_service(self):
+        """systemctl stop: the store is emptied and its fds closed."""
+        with self.lock:
+            stored, self.stored = self.stored, {}
+        for fds in stored.values():
+            for fd in fds:
+                os.close(fd)
+
+
+def fdinfo_field(pid, fd, field):
+    with open("/proc/%d/fdinfo/%d" % (pid, fd)) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def process_link_ids(pid):
+    """The BPF link ids a process holds."""
+    ids = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:bpf_link":
+                ids.append(fdinfo_field(pid, int(fd), "link_id"))
+        except OSError:
+            pass
+    return sorted(ids)
+
+
+def link_exists(link_id):
+    return subprocess.run(["bpftool", "link", "show", "id", str(link_id)], capture_output=True).returncode == 0
 
 
 class Kleakd:
-    def __init__(self, workdir, notify=None, stored_fd=None, checkpoint="60s"):
+    def __init__(self, workdir, notify=None, stored_fd=None, checkpoint="60s", stored=None, buffer_size="8M"):
         self.sock = os.path.join(workdir, "kleakd.sock")
         config = os.path.join(workdir, "kleakd.conf")
         with open(config, "w") as f:
             json.dump({"socket": {"path": self.sock, "group": "root"},
                        "snapshots": {"directory": os.path.join(workdir, "snapshots"),
-                                     "checkpoint_interval": checkpoint}}, f)
+                                     "checkpoint_interval": checkpoint},
+                       "tracing": {"buffer_size": buffer_size}}, f)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
         if notify:
             env["NOTIFY_SOCKET"] = notify
         argv = [KLEAKD, "serve", "--config", config]
         pass_fds, preexec = (), None
+        stored = list(stored or [])
         if stored_fd is not None:
+            stored.append(("kleakd-state", stored_fd))
+        if stored:
             # As systemd passes fds: from 3 on, named, for this pid only (a
             # wrapper sets LISTEN_PID to its own pid, then execs kleakd).
-            env.update(LISTEN_FDS="1", LISTEN_FDNAMES="kleakd-state")
+            env.update(LISTEN_FDS=str(len(stored)), LISTEN_FDNAMES=":".join(name for name, _ in stored))
             argv = [sys.executable, "-c",
                     "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[1], sys.argv[1:])"] + argv
-            pass_fds, preexec = (3,), (lambda: os.dup2(stored_fd, 3))
+            # Moved above the highest target first, so no dup2 overwrites a source.
+            top = 1000
+            def preexec():
+                for i, (_, fd) in enumerate(stored):
+                    os.dup2(fd, top + i)
+                for i in range(len(stored)):
+                    os.dup2(top + i, 3 + i)
+                    os.close(top + i)
+            pass_fds = tuple(range(3, 3 + len(stored)))
         self.log_path = os.path.join(workdir, "kleakd-%d.log" % time.monotonic_ns())
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(argv, env=env, stderr=self.log, stdout=subprocess.DEVNULL, pass_fds=pass_fds,
                                      preexec_fn=preexec)
-        if stored_fd is not None:
-            os.close(stored_fd)
+        for _, fd in stored:
+            os.close(fd)
 
     def text(self):
         with open(self.log_path) as f:
@@ -190,10 +280,20 @@ def main():
         # --- 1: a clean stop and a restart ---------------------------------------
         first = Kleakd(work, notify=systemd.path)
         check(first.wait_log("queries on") and systemd.ready.wait(20), "kleakd 1 started (READY=1 received)")
+        links = systemd.link_ids()
+        identity, _ = systemd.bpf_set()
+        check(len(links) >= 6 and systemd.map_count() >= 10 and identity.startswith("abi "),
+              "kleakd 1 stored its links (ids %s), its maps (%d) and their identity (%s) in one socket"
+              % (links, systemd.map_count(), identity))
         pipes = hold_pipes()
-        check(wait_until(lambda: first.pipes_outstanding() >= 64), "kleakd 1 sees the 64 held pipes")
+        closed_in_gap = hold_pipes()
+        check(wait_until(lambda: first.pipes_outstanding() >= 128), "kleakd 1 sees the 128 held pipes")
         check(first.stop() == 0, "kleakd 1 stopped cleanly on SIGTERM")
         check("state stored with systemd" in first.text(), "kleakd 1 logged that it stored its state")
+        check(all(link_exists(i) for i in links), "the programs stay attached while no kleakd runs (links %s)" % links)
+        # While no kleakd runs: 64 pipes freed, 64 made.
+        close_pipes(closed_in_gap)
+        made_in_gap = hold_pipes()
         image = systemd.take()
         check(image is not None, "FDSTORE=1 with FDNAME=kleakd-state handed over a memfd")
         if image is None:
@@ -201,46 +301,84 @@ def main():
         image_bytes = os.pread(image, 1 << 30, 0)
         check(image_bytes[:8] == b"KLEAKST\0", "the memfd holds a state image (%d bytes)" % len(image_bytes))
 
-        second = Kleakd(work, notify=systemd.path, stored_fd=image)
+        second = Kleakd(work, notify=systemd.path, stored_fd=image, stored=systemd.handoff())
         held = second.restored("clean stop", "kleakd 2 (after the restart)")
         state = second.ctl("stats")["state"]
-        check(state["restored_from"] == "clean stop" and state["gap"] is not None,
-              "stats state: restored_from %r, gap %s ns" % (state["restored_from"], state["gap"] and state["gap"]["ns"]))
+        check(state["restored_from"] == "clean stop" and state["gap"] is not None and state["gap"]["ns"] == 0,
+              "stats state: restored_from %r, gap %s ns (0: the programs ran all along)"
+              % (state["restored_from"], state["gap"] and state["gap"]["ns"]))
+        check(state["programs"] == "adopted" and state["programs_kept"] is True,
+              "stats state: programs %r, programs_kept %r" % (state["programs"], state["programs_kept"]))
+        check("kept the" in second.text() and "nothing was detached" in second.text(), "kleakd 2 logged the adoption")
+        check(process_link_ids(second.proc.pid) == links and systemd.link_ids() == links,
+              "kleakd 2 holds the same links (%s), no new one (%s)" % (links, process_link_ids(second.proc.pid)))
+        # A pipe is two allocations at alloc_pipe_info (the pipe_inode_info and
+        # its buffer array). 64 held across + 64 made in the gap: 256; the 64
+        # closed in the gap are freed, else 384 (other processes' pipes made
+        # since kleakd 1 started may add a few).
+        check(256 <= held < 256 + 64,
+              "outstanding at alloc_pipe_info after the restart: %d (256 = 2 x (held + made in the gap): the 64 "
+              "closed in the gap were freed)" % held)
         unmatched_before = second.unmatched_at("free_pipe_info")
+        check(unmatched_before < 64, "the gap's frees matched their allocations: %d unmatched at free_pipe_info"
+              % unmatched_before)
         close_pipes(pipes)
-        check(wait_until(lambda: second.pipes_outstanding() <= held - 48),
+        close_pipes(made_in_gap)
+        check(wait_until(lambda: second.pipes_outstanding() <= held - 224),
               "closing the pipes frees them at their site (outstanding %d -> %d)" % (held, second.pipes_outstanding()))
         unmatched_after = second.unmatched_at("free_pipe_info")
-        # Had the restart forgotten them, the 64 pipes' frees would count
+        # Had the restart forgotten them, the pipes' frees would count
         # unmatched at free_pipe_info (2 each); other processes' pipes made
         # before kleakd 2 started and closed since may add a few.
         check(unmatched_after - unmatched_before < 64,
               "no jump in unmatched frees at free_pipe_info from the restart (%d -> %d)"
               % (unmatched_before, unmatched_after))
 
-        # --- 2: a crash resumes from the checkpoint ---------------------------------
+        # --- 1b: systemctl stop: nothing is left attached ---------------------------
         check(second.stop() == 0, "kleakd 2 stopped cleanly")
-        stale = systemd.take()
-        if stale is not None:
-            os.close(stale)
+        systemd.stop_service()
+        check(wait_until(lambda: not any(link_exists(i) for i in links)),
+              "after the store closes its fds no link of kleakd's is left (%s)" % links)
+
+        # --- 2: a crash resumes from the checkpoint ---------------------------------
         third = Kleakd(work, notify=systemd.path, checkpoint="1s")
         check(third.wait_log("queries on"), "kleakd 3 started (checkpoints every 1s)")
         pipes = hold_pipes()
         check(wait_until(lambda: third.pipes_outstanding() >= 64), "kleakd 3 sees 64 new held pipes")
         time.sleep(2.5)  # at least one checkpoint after the pipes
         third.stop(signal.SIGKILL)
+        links = systemd.link_ids()
         checkpoint = systemd.take()
         check(checkpoint is not None, "a checkpoint was stored before SIGKILL")
         if checkpoint is None:
             return 1
-        fourth = Kleakd(work, notify=systemd.path, stored_fd=checkpoint)
+        fourth = Kleakd(work, notify=systemd.path, stored_fd=checkpoint, stored=systemd.handoff())
         fourth.restored("checkpoint", "kleakd 4 (after the crash)")
-        gap = fourth.ctl("stats")["state"]["gap"]
+        state = fourth.ctl("stats")["state"]
+        gap = state["gap"]
         check(gap is not None and gap["ns"] > 0 and gap["to_ns"] > gap["from_ns"],
               "the gap since the checkpoint is reported: %s" % gap)
+        check(state["programs"] == "adopted" and process_link_ids(fourth.proc.pid) == links,
+              "kleakd 4 adopted the crashed one's programs (links %s)" % links)
         close_pipes(pipes)
         check(fourth.stop() == 0, "kleakd 4 stopped cleanly")
+
+        # --- 5: another configuration replaces the stored programs -----------------
         stale = systemd.take()
+        sixth = Kleakd(work, notify=systemd.path, stored=systemd.handoff(), buffer_size="4M")
+        check(sixth.wait_log("queries on"), "kleakd 6 (4M rings) started with the 8M daemon's programs")
+        state = sixth.ctl("stats")["state"]
+        # The fake store reads its datagrams on a thread of its own: wait for the new set.
+        wait_until(lambda: systemd.link_ids() and not set(systemd.link_ids()) & set(links))
+        new_links = systemd.link_ids()
+        check(state["programs"] == "replaced" and "do not fit" in sixth.text(),
+              "kleakd 6: programs %r (%s)" % (state["programs"],
+                                              next((l for l in sixth.text().splitlines() if "do not fit" in l), "")))
+        check(wait_until(lambda: not any(link_exists(i) for i in links)) and new_links and
+              not set(new_links) & set(links), "the old links are gone (%s), the new ones stored (%s)" % (links, new_links))
+        check(sixth.stop() == 0, "kleakd 6 stopped cleanly")
+        systemd.stop_service()
+        check(wait_until(lambda: not any(link_exists(i) for i in new_links)), "stopped: no link left (%s)" % new_links)
 
         # --- 3: an image of another format is refused ---------------------------------
         if stale is not None:

@@ -20,7 +20,10 @@
 # kernel stacks (the stack BPF loads; a held pipe's stack shows the pipe(2)
 # path, its comm and cgroup; `all` sampled by pointer hash keeps about 1 in
 # 2^N; leaks, suspects and snapshot rows name the top comm and cgroup; a
-# named function's sites only; off captures none).
+# named function's sites only; off captures none),
+# a restart's handover (test_batching's KernelHandover: a tracer adopts the
+# links, maps and rings another left, reads what was written meanwhile; one
+# of another configuration replaces them; nothing left attached after).
 b=${kleak_build:?kleak_build= missing from the kernel command line}
 [ -n "${kleak_expect_attach:-}" ] && export KLEAKD_EXPECT_ATTACH=$kleak_expect_attach
 failed=0
