@@ -87,12 +87,15 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
 }
 
 // A second look at the sites judged growing in a cache whose objects from
-// before tracing are being freed. The frees must account for the rise of
-// all the cache's sites together (to a tenth, for frees still in flight,
-// at least 2): a cache that rose by more than they explain may hold a leak,
-// and the frees cannot say which site's rise they explain, so then every
-// site of it keeps its verdict. Counted rises (newest sample minus first),
-// as the frees are counted over the same samples.
+// before tracing are being freed. The frees must account for the net rise
+// of all the cache's sites together (to a tenth, for frees still in
+// flight, at least 2): a cache that rose by more
+// than they explain may hold a leak, and the frees cannot say which site's
+// rise they explain, so then every site of it keeps its verdict. Counted
+// rises (newest sample minus first), as the frees are counted over the same
+// samples; summed with their signs, as the cache's count moves: in a busy
+// kmalloc cache hundreds of sites wander up and down, and their ups alone
+// would add up to a rise the cache never made.
 void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<const std::uint64_t> site_caches) {
     const auto rise = [&](SiteId id) {
         return static_cast<double>(std::max<std::int64_t>(0, judgements_[id].window_rise));
@@ -101,7 +104,7 @@ void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<co
     bool any = false;
     for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
         if (site_caches[id] == 0 || sites[id].allocs == 0) continue;
-        cache_rise[site_caches[id]] += rise(id);
+        cache_rise[site_caches[id]] += static_cast<double>(judgements_[id].window_rise);
         any = any || judgements_[id].verdict == Verdict::growing;
     }
     if (!any) return;
@@ -109,10 +112,11 @@ void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<co
     for (SiteId id = 0; id < sites.size() && id < site_caches.size(); ++id) {
         if (site_caches[id] == 0 || judgements_[id].verdict != Verdict::growing || rise(id) <= 0) continue;
         const std::uint64_t unseen = turnover_.since(site_caches[id], judgements_[id].window_start_ns);
-        const double total = cache_rise[site_caches[id]];
-        const double unexplained = total - static_cast<double>(unseen);
-        if (unseen == 0 || unexplained > std::max(2.0, total / 10)) continue;
-        const TurnoverShare share{std::min(static_cast<double>(unseen), total) * rise(id) / total, unseen};
+        const double net = cache_rise[site_caches[id]];
+        const double unexplained = net - static_cast<double>(unseen);
+        if (unseen == 0 || unexplained > std::max(2.0, net / 10)) continue;
+        const double basis = std::max(net, rise(id));  // > 0: this site rose
+        const TurnoverShare share{std::min(static_cast<double>(unseen), basis) * rise(id) / basis, unseen};
         histories_.series_into(id, 0, history);
         trim_restored(history);
         judgements_[id] = judge_site(history, sites[id], rules_, nullptr, share);

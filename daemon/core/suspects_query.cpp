@@ -36,8 +36,7 @@ nlohmann::json rules_json(const SiteVerdicts& verdicts) {
             {"recent_ns", r.recent_ns},
             {"min_rise", r.min_rise},
             {"min_rising_share", r.min_rising_fraction},
-            {"min_rising_share_first_window", r.min_rising_fraction_first_window},
-            {"max_step_share", r.max_step_share}};
+            {"min_rising_share_first_window", r.min_rising_fraction_first_window}};
 }
 
 nlohmann::json judgement_json(const SiteJudgement& j) {

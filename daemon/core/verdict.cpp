@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "trend.h"
@@ -31,6 +32,30 @@ std::string number_text(double v) {
     char buf[32];
     std::snprintf(buf, sizeof buf, std::fabs(v) >= 100 ? "%.0f" : "%.1f", v);
     return buf;
+}
+
+// The biggest rise between two samples, when it stayed (the count never fell
+// back below its middle after it), and the trend's rise over the window
+// with it taken out. A burst held (a BPF map, a plateau filled at once) is
+// such a step with no climb beside it; a transient spike is no step.
+struct HeldStep {
+    std::uint64_t size = 0;
+    double rise_without = 0;
+};
+std::optional<HeldStep> held_step(std::span<const HistoryPoint> window, std::vector<TrendPoint> counts) {
+    std::size_t at = 0;
+    std::uint64_t size = 0;
+    for (std::size_t i = 1; i < window.size(); ++i)
+        if (window[i].outstanding > window[i - 1].outstanding + size) {
+            size = window[i].outstanding - window[i - 1].outstanding;
+            at = i;
+        }
+    if (size == 0) return std::nullopt;
+    const std::uint64_t middle = window[at - 1].outstanding + size / 2;
+    for (std::size_t i = at; i < window.size(); ++i)
+        if (window[i].outstanding < middle) return std::nullopt;
+    for (std::size_t i = at; i < counts.size(); ++i) counts[i].y -= static_cast<double>(size);
+    return HeldStep{size, theil_sen_slope(counts, kTrendPoints) * (counts.back().t_s - counts.front().t_s)};
 }
 
 }  // namespace
@@ -131,14 +156,11 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
                    "% of its changes rise";
         return j;
     }
-    std::uint64_t biggest_step = 0;
-    for (std::size_t i = 1; i < window.size(); ++i)
-        if (window[i].outstanding > window[i - 1].outstanding)
-            biggest_step = std::max(biggest_step, window[i].outstanding - window[i - 1].outstanding);
-    if (j.window_rise > 0 && static_cast<double>(biggest_step) > rules.max_step_share * static_cast<double>(j.window_rise)) {
+    if (const auto step = held_step(window, counts); step && step->rise_without < rules.min_rise) {
         j.verdict = Verdict::steady;
-        j.reason = "a step, not a climb: " + std::to_string(biggest_step) + " of its rise of " +
-                   std::to_string(j.window_rise) + " came between two samples (" + trend + ")";
+        j.reason = "a step, not a climb: " + std::to_string(step->size) + " of its rise of " +
+                   std::to_string(j.window_rise) + " came between two samples and stayed, and without it " +
+                   "it rose by " + number_text(step->rise_without) + " (" + trend + ")";
         return j;
     }
     if (recent_peak <= older_peak) {

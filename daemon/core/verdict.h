@@ -3,13 +3,14 @@
 //
 //   growing          outstanding rises over the window, steadily (most pairs
 //                    of samples that differ rise, the Theil-Sen trend is at
-//                    least min_rise over the window, no one interval made
-//                    most of the rise), and reached a new high within
+//                    least min_rise over the window, and still is without
+//                    its biggest held step), and reached a new high within
 //                    `recent`: the leak signature.
 //   steady           bounded: flat, or noise around a level (a cache, churn
 //                    at a constant population), or a plateau it stopped
 //                    climbing to (a one-time leak or a filled cache), a step
-//                    (most of its rise in one interval: a burst held), or
+//                    (a rise between two samples that stayed, with no climb
+//                    beside it: a burst held), or
 //                    filling up: a rise its cache's frees of objects kleakd
 //                    never saw allocated account for (cache_turnover.h).
 //   reclaimable      would be growing, but it allocates reclaimable memory (a
@@ -55,7 +56,6 @@ struct VerdictRules {
     // than the window: every cache is filling up from empty then, and only
     // a leak's steadiness sets it apart from a cache following the host's work.
     double min_rising_fraction_first_window = 0.9;
-    double max_step_share = 0.5;         // of the window's rise, the most one interval may make
     double untracked_min_share = 0.01;   // replaced / allocs from which frees count as untracked
     std::uint64_t untracked_min_replaced = 8;
     bool operator==(const VerdictRules&) const = default;

@@ -254,11 +254,6 @@ public:
         const int fd = ::eventfd(0, EFD_CLOEXEC);
         if (fd >= 0) fds_.push_back(fd);
     }
-    // Closes the i-th and opens another in its place.
-    void replace(std::size_t i) {
-        ::close(fds_.at(i));
-        fds_[i] = ::eventfd(0, EFD_CLOEXEC);
-    }
     std::size_t count() const { return fds_.size(); }
     HeldEventfds() = default;
     HeldEventfds(const HeldEventfds&) = delete;

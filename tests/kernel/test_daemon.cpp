@@ -749,43 +749,6 @@ TEST(Verdicts, ASiteReplacingObjectsMadeBeforeTracingIsFillingUpAndALeakThereIsN
     EXPECT_CLEAN_STOP(daemon);
 }
 
-// The same for a kmalloc site, whose frees (kfree) name no cache: eventfds
-// made before the daemon started, then replaced one by one. The next
-// allocation at an address kfree'd unseen names its cache (README
-// "Verdicts"), so the frees of the old eventfd_ctx objects still show the
-// rise is kleakd's view filling up; then the same site leaks.
-TEST(Verdicts, AKmallocSiteReplacingObjectsMadeBeforeTracingIsFillingUpAndALeakThereIsNot) {
-    REQUIRE_KERNEL();
-    constexpr std::size_t kOld = 400;
-    HeldEventfds held;
-    for (std::size_t i = 0; i < kOld; ++i) held.add();
-    ASSERT_EQ(held.count(), kOld);
-    Daemon daemon;
-    daemon.config.verdicts = kFastVerdicts;
-    ASSERT_TRUE(daemon.start());
-
-    for (std::size_t i = 0; i < 280; ++i) {  // 20 a second for 14 s
-        held.replace(i);
-        std::this_thread::sleep_for(50ms);
-    }
-    const json filling = suspect_of(ctl_json(daemon, {"suspects", "--top", "100000"}), "do_eventfd");
-    ASSERT_FALSE(filling.is_null());
-    EXPECT_GE(u64(filling, "outstanding"), 250u) << filling.dump();
-    EXPECT_EQ(filling.at("verdict"), "steady") << filling.dump();
-    EXPECT_TRUE(filling.at("reasons").at(0).get<std::string>().starts_with("filling up, not leaking: trend +"))
-        << filling.dump();
-    EXPECT_GE(u64(stats(daemon).at("caches"), "unseen_frees"), 250u);
-
-    for (int i = 0; i < 140; ++i) {  // 20 a second for 7 s, none closed
-        held.add();
-        std::this_thread::sleep_for(50ms);
-    }
-    const json leaking = suspect_of(ctl_json(daemon, {"suspects", "--top", "100000"}), "do_eventfd");
-    ASSERT_FALSE(leaking.is_null());
-    EXPECT_EQ(leaking.at("verdict"), "growing") << leaking.dump();
-    EXPECT_CLEAN_STOP(daemon);
-}
-
 TEST(Verdicts, MapleTreeSitesAreUntrackedFreesNeverGrowing) {
     REQUIRE_KERNEL();
     Daemon daemon;

@@ -133,12 +133,18 @@ TEST(Verdict, AStepIsNotGrowingEvenWhileItIsTheNewestHigh) {
     auto step = [](double t) { return t < 50 ? 100.0 : 5000.0; };
     const SiteJudgement j = judge(series(100, step));
     EXPECT_EQ(j.verdict, Verdict::steady) << j.reason;
-    EXPECT_NE(j.reason.find("a step, not a climb: 4900 of its rise of 4900 came between two samples"),
+    EXPECT_NE(j.reason.find("a step, not a climb: 4900 of its rise of 4900 came between two samples and stayed"),
               std::string::npos)
         << j.reason;
-    // Steps of a tenth each (a leak in bursts) are a climb.
+    // Steps one after another (a leak in bursts) are a climb.
     const SiteJudgement bursts = judge(series(100, [](double t) { return 100 + 500 * std::floor(t / 20); }));
     EXPECT_EQ(bursts.verdict, Verdict::growing) << bursts.reason;
+    // A step does not hide a leak beside it: 1 a second, and 300 more held from 50 s.
+    const SiteJudgement leak_and_step = judge(series(100, [](double t) { return 100 + t + (t < 50 ? 0 : 300); }));
+    EXPECT_EQ(leak_and_step.verdict, Verdict::growing) << leak_and_step.reason;
+    // Nor does a spike that came back down: 1 a second, 200 more at one sample only.
+    const SiteJudgement leak_and_spike = judge(series(100, [](double t) { return 100 + t + (t == 50 ? 200 : 0); }));
+    EXPECT_EQ(leak_and_spike.verdict, Verdict::growing) << leak_and_spike.reason;
 }
 
 TEST(Verdict, ChurnAtAConstantPopulationIsNeverGrowing) {
