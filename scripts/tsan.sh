@@ -12,7 +12,7 @@
 #   RingConsumerKernel.ReadersKeepARingFromOverflowingWhileNothingDrains
 #       readers must copy as fast as a pipe churn fills the ring (a rate);
 #       the readers' copying still runs under TSan in
-#       KernelBatching.ACpusSmallRingWakesItsReaderBeforeItOverflows and in
+#       KernelBatching.ACpusSmallRingWakesItsConsumer and in
 #       the daemon tests.
 #   Daemon.MinAgeCountsOnlyOldAllocations     --min-age 1s against a sleep
 #   Daemon.HalfClosedClientWithPendingRepliesDoesNotSpin   a CPU-time limit
