@@ -159,13 +159,14 @@ TEST(KernelBatching, PendingFlagIsSetWhileACpuHoldsRecordsAndClearedByItsFlush) 
     const bool pending = tracer.batch_pending(cpu);
     ASSERT_GE(consumer.drain(), 0);
     const int before_flush = t.pipe_allocations_on(cpu);
-    EXPECT_TRUE(pending || before_flush == 2 * kFew)
+    // (At least: another process's pipes made on this CPU meanwhile count too.)
+    EXPECT_TRUE(pending || before_flush >= 2 * kFew)
         << "the flag read 0 while the batch held " << 2 * kFew - before_flush << " pipe allocations";
 
     // flush_batches() skips CPUs whose flag reads 0: it must still deliver them.
     ASSERT_EQ(tracer.flush_batches(), 0);
     ASSERT_GE(consumer.drain(), 0);
-    EXPECT_EQ(t.pipe_allocations_on(cpu), 2 * kFew) << "seen before the flush: " << before_flush;
+    EXPECT_GE(t.pipe_allocations_on(cpu), 2 * kFew) << "seen before the flush: " << before_flush;
 
     // This CPU's flag right after its flush: 0 unless the kernel recorded
     // something here in between. A flush that left it set would read 1 on
