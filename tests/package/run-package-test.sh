@@ -422,12 +422,20 @@ else
     fail "the upgrade overwrote the local change to /etc/kleakd/kleakd.conf"
 fi
 record_daemon_progs || fail "could not read which BPF programs the restarted kleakd holds"
-still=""
-for id in $ids_before; do bpftool prog show id "$id" >/dev/null 2>&1 && still+="$id "; done
-if [ -z "$still" ]; then
-    pass "the old daemon's programs ($ids_before) are unloaded; the new one holds $LAST_IDS"
+# The same package again is the same BPF object and configuration: the new
+# daemon adopts the old one's programs from the fd store, attached all along
+# (README "What survives what"); a package with another object replaces them.
+programs=$(C 20 kleakctl stats --json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["state"]["programs"])')
+gone="" still=""
+for id in $ids_before; do
+    if bpftool prog show id "$id" >/dev/null 2>&1; then still+="$id "; else gone+="$id "; fi
+done
+if [ "$programs" = adopted ] && [ -z "$gone" ]; then
+    pass "the upgrade (the same BPF object) kept the old daemon's programs attached: adopted, ids $ids_before still loaded"
+elif [ "$programs" = replaced ] && [ -z "$still" ]; then
+    pass "the old daemon's programs ($ids_before) were replaced and unloaded; the new one holds $LAST_IDS"
 else
-    fail "the old daemon's programs $still are still loaded after the restart"
+    fail "after the upgrade state.programs is '$programs'; old programs still loaded: '$still', gone: '$gone'"
 fi
 
 # --- 7: stop --------------------------------------------------------------------
