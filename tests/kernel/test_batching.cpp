@@ -344,8 +344,10 @@ TEST(KernelBatching, ACpusSmallRingWakesItsConsumer) {
     std::cerr << "[ small    ] " << kBurstPipes << " pipes on CPU 1's 16K ring: " << handed_on << " records handed on, "
               << dropped << " dropped; the ring woke the loop " << ring_wakes
               << " times, " << drains << " drains in all\n";
-    // A wake-up per batch the loop took in time: without the mark, none.
-    EXPECT_GE(ring_wakes, 10u) << "CPU 1's small ring did not wake its consumer";
+    // Without the mark the ring never wakes the loop (0-1 seen); with it,
+    // 35-340 here and 8 under TSan in CI, where the slow loop takes many
+    // batches per edge.
+    EXPECT_GE(ring_wakes, 4u) << "CPU 1's small ring did not wake its consumer";
     EXPECT_EQ(sink.undecodable, 0u);
 }
 
