@@ -440,6 +440,7 @@ nlohmann::json Daemon::caches_stats() const {
     for (const auto& [cache, count] : pipeline_.tracker().unseen_frees_by_cache()) unseen += count;
     out["unseen_frees"] = unseen;
     out["caches_with_unseen_frees"] = pipeline_.tracker().unseen_frees_by_cache().size();
+    out["unseen_kfrees_unnamed"] = pipeline_.tracker().unseen_kfree_slots_dropped();
     return out;
 }
 

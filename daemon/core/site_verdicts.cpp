@@ -88,8 +88,8 @@ void SiteVerdicts::sample(std::span<const SiteStats> sites, std::uint64_t now_ns
 
 // A second look at the sites judged growing in a cache whose objects from
 // before tracing are being freed. The frees must account for the net rise
-// of all the cache's sites together (to a tenth, for frees still in
-// flight, at least 2): a cache that rose by more
+// of all the cache's sites together, and for the site's own rise (each to a
+// tenth, for frees still in flight, at least 2): a cache that rose by more
 // than they explain may hold a leak, and the frees cannot say which site's
 // rise they explain, so then every site of it keeps its verdict. Counted
 // rises (newest sample minus first), as the frees are counted over the same
@@ -115,6 +115,9 @@ void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<co
         const double net = cache_rise[site_caches[id]];
         const double unexplained = net - static_cast<double>(unseen);
         if (unseen == 0 || unexplained > std::max(2.0, net / 10)) continue;
+        // Nor may they explain less than this site's own rise: a neighbour
+        // whose objects were freed (seen) lowers the net, not the leak.
+        if (rise(id) - static_cast<double>(unseen) > std::max(2.0, rise(id) / 10)) continue;
         const double basis = std::max(net, rise(id));  // > 0: this site rose
         const TurnoverShare share{std::min(static_cast<double>(unseen), basis) * rise(id) / basis, unseen};
         histories_.series_into(id, 0, history);

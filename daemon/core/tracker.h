@@ -172,6 +172,8 @@ public:
     const absl::flat_hash_map<std::uint64_t, std::uint64_t>& unseen_frees_by_cache() const {
         return unseen_frees_by_cache_;
     }
+    // kfree'd addresses not kept to be named (UnseenFreeSlots::dropped()).
+    std::uint64_t unseen_kfree_slots_dropped() const { return unseen_kfree_slots_.dropped(); }
 
     // Distinct (site, bytes_alloc) classes interned so far.
     std::size_t class_count() const { return classes_.size(); }

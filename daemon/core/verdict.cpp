@@ -35,9 +35,12 @@ std::string number_text(double v) {
 }
 
 // The biggest rise between two samples, when it stayed (the count never fell
-// back below its middle after it), and the trend's rise over the window
-// with it taken out. A burst held (a BPF map, a plateau filled at once) is
-// such a step with no climb beside it; a transient spike is no step.
+// back below its middle after it) and no other rise between two samples was
+// half its size, and the trend's rise over the window with it taken out. A
+// burst held (a BPF map, a plateau filled at once) is such a step with no
+// climb beside it; a transient spike is no step, and bursts one after
+// another are a climb (the trend would not see a second one that fewer than
+// half the sample pairs straddle).
 struct HeldStep {
     std::uint64_t size = 0;
     double rise_without = 0;
@@ -51,6 +54,8 @@ std::optional<HeldStep> held_step(std::span<const HistoryPoint> window, std::vec
             at = i;
         }
     if (size == 0) return std::nullopt;
+    for (std::size_t i = 1; i < window.size(); ++i)
+        if (i != at && window[i].outstanding >= window[i - 1].outstanding + (size + 1) / 2) return std::nullopt;
     const std::uint64_t middle = window[at - 1].outstanding + size / 2;
     for (std::size_t i = at; i < window.size(); ++i)
         if (window[i].outstanding < middle) return std::nullopt;

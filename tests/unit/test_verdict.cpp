@@ -139,6 +139,10 @@ TEST(Verdict, AStepIsNotGrowingEvenWhileItIsTheNewestHigh) {
     // Steps one after another (a leak in bursts) are a climb.
     const SiteJudgement bursts = judge(series(100, [](double t) { return 100 + 500 * std::floor(t / 20); }));
     EXPECT_EQ(bursts.verdict, Verdict::growing) << bursts.reason;
+    // Two bursts are a climb too, though most sample pairs straddle only one.
+    const SiteJudgement two_bursts =
+        judge(series(100, [](double t) { return 100.0 + (t >= 20 ? 500 : 0) + (t >= 80 ? 500 : 0); }));
+    EXPECT_EQ(two_bursts.verdict, Verdict::growing) << two_bursts.reason;
     // A step does not hide a leak beside it: 1 a second, and 300 more held from 50 s.
     const SiteJudgement leak_and_step = judge(series(100, [](double t) { return 100 + t + (t < 50 ? 0 : 300); }));
     EXPECT_EQ(leak_and_step.verdict, Verdict::growing) << leak_and_step.reason;
