@@ -505,8 +505,12 @@ static __always_inline bool stack_wanted(unsigned long call_site, const void *pt
 		return false;
 	if (s->mode == KLEAK_STACKS_ALL) {
 		__u32 shift = s->sample_shift;
+		/* The bits below those sampled_out() read: every pointer that
+		 * reaches here has those at 0, so reusing them would take a stack
+		 * at every recorded allocation (`trace --sample-shift`). */
+		__u64 h = ((__u64)ptr * 0x9E3779B97F4A7C15ULL) << (sample_shift & 63);
 
-		return shift == 0 || (((__u64)ptr * 0x9E3779B97F4A7C15ULL) >> (64 - (shift & 63))) == 0;
+		return shift == 0 || (h >> (64 - (shift & 63))) == 0;
 	}
 	if (s->mode != KLEAK_STACKS_SUSPECTS)
 		return false;
