@@ -436,10 +436,20 @@ nlohmann::json Daemon::snapshot() {
 // before tracing (those with a cache: 6.1+), which mark caches still filling up.
 nlohmann::json Daemon::caches_stats() const {
     nlohmann::json out = slabs_.stats();
-    std::uint64_t unseen = 0;
-    for (const auto& [cache, count] : pipeline_.tracker().unseen_frees_by_cache()) unseen += count;
+    std::uint64_t unseen = 0, caches = 0;
+    nlohmann::json families = nlohmann::json::object();
+    for (const auto& [key, count] : pipeline_.tracker().unseen_frees_by_cache()) {
+        if (core::is_family_turnover_key(key)) {
+            for (const core::Family family : {core::Family::vmalloc, core::Family::percpu})
+                if (key == core::family_turnover_key(family)) families[std::string(core::family_name(family))] = count;
+            continue;
+        }
+        unseen += count;
+        ++caches;
+    }
     out["unseen_frees"] = unseen;
-    out["caches_with_unseen_frees"] = pipeline_.tracker().unseen_frees_by_cache().size();
+    out["caches_with_unseen_frees"] = caches;
+    out["unseen_frees_by_family"] = families;
     out["unseen_kfrees_unnamed"] = pipeline_.tracker().unseen_kfree_slots_dropped();
     return out;
 }
@@ -649,7 +659,7 @@ void Daemon::sample_verdicts() {
     // skip the pass over every class.
     const auto& unseen = tracker.unseen_frees_by_cache();
     const std::vector<std::uint64_t> site_caches =
-        unseen.empty() ? std::vector<std::uint64_t>{} : core::site_cache_keys(tracker);
+        unseen.empty() ? std::vector<std::uint64_t>{} : core::site_turnover_keys(tracker);
     verdicts_.sample(tracker.sites(), monotonic_now_ns(),
                      {caches.sites, site_caches, unseen.empty() ? nullptr : &unseen});
     // The growing sites may have changed: they get stacks from now on.

@@ -219,6 +219,16 @@ std::vector<std::uint64_t> site_cache_keys(const Tracker& tracker) {
     return out;
 }
 
+std::vector<std::uint64_t> site_turnover_keys(const Tracker& tracker) {
+    std::vector<std::uint64_t> keys = site_cache_keys(tracker);
+    for (SiteId id = 0; id < keys.size(); ++id) {
+        const Family family = tracker.sites()[id].family;
+        if (keys[id] == 0 && (family == Family::vmalloc || family == Family::percpu))
+            keys[id] = family_turnover_key(family);
+    }
+    return keys;
+}
+
 std::vector<std::string> site_cache_names(std::span<const std::uint64_t> keys, const CacheNames& names) {
     std::vector<std::string> out(keys.size());
     absl::flat_hash_map<std::uint64_t, std::string> memo;

@@ -86,6 +86,9 @@ Reconciliation reconcile_caches(const Tracker& tracker, const CacheNames& names,
 // Every site's main cache (the one most of its live objects are in; its first
 // when none is live), by SiteId: its key (slab_caches.h), 0 when unknown.
 std::vector<std::uint64_t> site_cache_keys(const Tracker& tracker);
+// The same, with family_turnover_key() for vmalloc and percpu sites: the
+// keys the frees of objects made before tracing are counted under.
+std::vector<std::uint64_t> site_turnover_keys(const Tracker& tracker);
 // Their names: "" for 0.
 std::vector<std::string> site_cache_names(std::span<const std::uint64_t> keys, const CacheNames& names);
 inline std::vector<std::string> site_cache_names(const Tracker& tracker, const CacheNames& names) {

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <string>
 
+#include "family.h"
+
 namespace kleak::core {
 
 // The kernel's gfp bits kmalloc_type() reads; their values are the same from
@@ -34,6 +36,13 @@ inline constexpr std::uint32_t kKmallocMaxCacheSize = 8192;
 
 std::uint64_t kmalloc_cache_key(std::uint32_t gfp_flags, std::uint32_t bytes_alloc);
 constexpr bool is_kmalloc_cache_key(std::uint64_t key) { return key != 0 && key < (std::uint64_t{1} << 32); }
+// vmalloc and percpu have no caches: each whole family is one for the
+// frees of objects made before tracing (cache_turnover.h). Keys between the
+// kmalloc ones and kernel addresses.
+constexpr std::uint64_t family_turnover_key(Family family) {
+    return (std::uint64_t{1} << 32) | static_cast<std::uint8_t>(family);
+}
+constexpr bool is_family_turnover_key(std::uint64_t key) { return key >> 8 == std::uint64_t{1} << 24; }
 // The slab size of a kmalloc key; 0 for kmalloc-large and non-kmalloc keys.
 std::uint32_t kmalloc_key_size(std::uint64_t key);
 // The kernel's size suffix: "8" .. "512", then "1k" .. "8k".

@@ -185,7 +185,10 @@ SiteJudgement judge_site(std::span<const HistoryPoint> history, const SiteStats&
     // filling up, not the kernel holding more (site_verdicts.cpp decides).
     if (turnover.cache_unseen_frees > 0) {
         j.verdict = Verdict::steady;
-        j.reason = "filling up, not leaking: " + trend + ", but its cache freed " +
+        j.reason = "filling up, not leaking: " + trend + ", but " +
+                   (stats.family == Family::slab ? std::string("its cache")
+                                                 : "the " + std::string(family_name(stats.family)) + " family") +
+                   " freed " +
                    std::to_string(turnover.cache_unseen_frees) +
                    " objects allocated before kleakd saw them in that time (this site's share: " +
                    number_text(turnover.share) + "): new objects took the places of old ones kleakd cannot count";

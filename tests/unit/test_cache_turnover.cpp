@@ -305,6 +305,31 @@ TEST(SiteVerdictsTurnover, ANeighbourFreeingItsObjectsDoesNotHideALeak) {
     EXPECT_EQ(j.verdict, Verdict::growing) << j.reason;
 }
 
+// vmalloc and percpu have no caches: each family is one for its unseen
+// frees (a process's thread stack and percpu counters replaced).
+TEST(SiteVerdictsTurnover, AVmallocSiteReplacingUnseenAreasIsFillingUpNotLeaking) {
+    Tracker tracker;
+    SiteVerdicts verdicts{kPeriod, VerdictRules{}};
+    std::uint64_t ptr = 0xffffc90000000000, unseen = 0xffffc90100000000;
+    for (int k = 0; k < 12; ++k) {
+        const std::uint64_t ts = 1000 * kSecond + static_cast<std::uint64_t>(k) * kPeriod;
+        for (int i = 0; i < 2; ++i) {
+            tracker.apply(free_event({.ts = ts, .ptr = unseen += 0x5000, .site = 0, .kind = EventKind::vmalloc_free}));
+            tracker.apply(alloc_event({.ts = ts + 1, .ptr = ptr += 0x5000, .site = kFillSite, .req = 16384,
+                                       .alloc = 20480, .kind = EventKind::vmalloc_alloc}));
+        }
+        verdicts.sample(tracker.sites(), ts + 5,
+                        {{}, site_turnover_keys(tracker), &tracker.unseen_frees_by_cache()});
+    }
+    EXPECT_EQ(tracker.unseen_frees_by_cache().at(family_turnover_key(Family::vmalloc)), 24u);
+    SiteId fill = 0;
+    while (tracker.sites()[fill].call_site != kFillSite) ++fill;
+    EXPECT_EQ(site_cache_keys(tracker)[fill], 0u);  // no cache to name
+    const SiteJudgement j = verdicts.judgement(fill);
+    EXPECT_EQ(j.verdict, Verdict::steady) << j.reason;
+    EXPECT_NE(j.reason.find("the vmalloc family freed"), std::string::npos) << j.reason;
+}
+
 TEST(SiteVerdictsTurnover, WithoutTheTrackersCountsNothingChanges) {
     Scenario sc;
     for (int k = 0; k < 30; ++k) {
