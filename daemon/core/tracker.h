@@ -166,7 +166,8 @@ public:
     // Frees of objects never seen allocated (made before tracing started, or
     // their record lost), per slab cache key (slab_caches.h): cumulative since
     // reset(). kmem_cache_free names its cache (6.1+); a kfree's cache is
-    // named by the next allocation at its address (unseen_free_slots.h). A
+    // named by the next allocation at its address (unseen_free_slots.h);
+    // vmalloc and percpu count under family_turnover_key(). A
     // cache that has them is still replacing objects kleakd cannot see
     // (verdict.h, "filling up").
     const absl::flat_hash_map<std::uint64_t, std::uint64_t>& unseen_frees_by_cache() const {
