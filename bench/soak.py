@@ -35,9 +35,10 @@ any other kleakd on the host, and for --minutes keeps it busy with:
             line at once: when, which CPUs, the steal, the ring readers'
             copies and the load in those 10 s. bench/cpu_steal.py runs
             throughout for the worst 100 ms of steal.
-  priority  the daemon runs at the script's nice (0 under plain sudo), as a
-            bare `kleakd serve` does; the shipped unit runs it at Nice=-10
-            (--daemon-nice -10 for that).
+  priority  `kleakd serve` raises itself to nice -10 (as the unit's Nice=-10
+            does, and trace and record do) when started above it; the
+            header prints the nice it ran at. --daemon-nice N starts it at
+            N first (below -10 it stays there).
 
 Prints a table every minute (RSS at the sample and the median of the
 minute's samples) and a summary: RSS at the end of warm-up
