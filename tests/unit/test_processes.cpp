@@ -9,6 +9,7 @@
 #include "core/event.h"
 #include "core/fast_decode.h"
 #include "core/process_table.h"
+#include "core/record_batch.h"
 #include "core/stacks_query.h"
 #include "test_helpers.h"
 
@@ -60,6 +61,22 @@ TEST(ProcessRecord, DecodesTgidCommAndCgroup) {
 
     const auto bytes = test::record_bytes(rec);
     EXPECT_EQ(decode_record(std::span(bytes).first(39), 0, fast), DecodeStatus::too_short);
+}
+
+// A batch holds a process record and then its allocation's record: both
+// come out, the allocation not swallowed as the process record's tail.
+TEST(ProcessRecord, SplitsFromTheAllocationAfterItInABatch) {
+    kleak_process_record process{};
+    process.hdr.kind = KLEAK_PROCESS;
+    process.hdr.tgid = 5;
+    const kleak_alloc_record alloc =
+        test::alloc_record(alloc_event({.ts = 2, .ptr = 0x10, .site = kPipeSite, .alloc = 64, .tgid = 5, .stack = 1}));
+    std::vector<std::byte> batch = test::record_bytes(process);
+    const auto more = test::record_bytes(alloc);
+    batch.insert(batch.end(), more.begin(), more.end());
+    std::vector<std::size_t> sizes;
+    EXPECT_EQ(for_each_record(batch, [&](std::span<const std::byte> r) { sizes.push_back(r.size()); }), 2u);
+    EXPECT_EQ(sizes, (std::vector<std::size_t>{sizeof process, sizeof alloc}));
 }
 
 TEST(ProcessTable, AnAllocationGetsItsProcessAsRecordedBeforeIt) {
