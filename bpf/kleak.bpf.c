@@ -208,6 +208,14 @@ struct {
 	__type(value, __u64);
 } stack_counts SEC(".maps");
 
+/* The process behind each tgid as last recorded (kleak_abi.h, KLEAK_PROCESS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KLEAK_PROCESSES_MAX);
+	__type(key, __u32);
+	__type(value, struct kleak_process_seen);
+} processes SEC(".maps");
+
 /* Nested kmem_cache_free events recorded by kleak__kmem_cache_free_nested. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -627,6 +635,40 @@ static __always_inline void publish_alloc(struct alloc_slot *s, void *rec)
 		bpf_ringbuf_submit(rec, submit_flags(s->ring));
 }
 
+/*
+ * Records who tgid is (KLEAK_PROCESS) before its allocation's record, when
+ * the `processes` map does not hold it already as it is now: a new process,
+ * an exec (new comm), a cgroup move, or an entry the LRU evicted. Only
+ * allocations that carry a stack come here, and they already paid ~1 us for
+ * the walk: a cgroup id read, a 16-byte copy and a hash lookup add little.
+ * The leader's comm, not the thread's: threads that name themselves would
+ * otherwise flip the entry at every allocation.
+ */
+static __always_inline void note_process(__u32 tgid, __u32 family)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct kleak_process_seen now = {};
+	struct kleak_process_seen *was;
+	struct kleak_process_record *rec;
+	struct alloc_slot slot;
+
+	now.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_probe_read_kernel(now.comm, sizeof(now.comm), BPF_CORE_READ(task, group_leader, comm));
+	was = bpf_map_lookup_elem(&processes, &tgid);
+	if (was && was->cgroup_id == now.cgroup_id && *(__u64 *)&was->comm[0] == *(__u64 *)&now.comm[0] &&
+	    *(__u64 *)&was->comm[8] == *(__u64 *)&now.comm[8])
+		return;
+	bpf_map_update_elem(&processes, &tgid, &now, BPF_ANY);
+	rec = reserve_alloc(&slot, sizeof(*rec), family);
+	if (!rec)
+		return;
+	fill_header(&rec->hdr, slot.now, KLEAK_PROCESS);
+	rec->hdr.tgid = tgid;
+	rec->cgroup_id = now.cgroup_id;
+	__builtin_memcpy(rec->comm, now.comm, sizeof(rec->comm));
+	publish_alloc(&slot, rec);
+}
+
 /* ctx: the program's, for the stack walk. */
 static __always_inline int emit_alloc(void *ctx, __u16 kind, unsigned long call_site, const void *ptr,
 				      __u64 bytes_req, __u64 bytes_alloc, __u32 gfp_flags, __u64 cache)
@@ -640,8 +682,11 @@ static __always_inline int emit_alloc(void *ctx, __u16 kind, unsigned long call_
 	if (skip(ptr) || bytes_req < min_size)
 		return 0;
 	/* Before the batch is taken: the walk is the slow part. */
-	if (stack_wanted(call_site, ptr))
+	if (stack_wanted(call_site, ptr)) {
 		stack = capture_stack(ctx, kind_family(kind), &tgid);
+		if (stack)
+			note_process(tgid, kind_family(kind));
+	}
 	rec = reserve_alloc(&slot, size, kind_family(kind));
 	if (!rec)
 		return 0;

@@ -17,12 +17,12 @@
 #include <linux/types.h>
 #endif
 
-#define KLEAK_ABI_VERSION 5
+#define KLEAK_ABI_VERSION 6
 /* Version 2 added KLEAK_TS_LOWER_BOUND and KLEAK_TIME_MARK, version 3
  * KLEAK_CACHE_ALLOC_FROM, version 4 the page, percpu and vmalloc kinds (and
  * struct kleak_page_alloc_record) and KLEAK_CACHE_FREE_FROM, version 5 the
  * stack id and tgid of allocation records (the old `tid` slot, which older
- * writers left 0: "no stack"); an older stream
+ * writers left 0: "no stack"), version 6 KLEAK_PROCESS; an older stream
  * is a newer one that uses none of them, so all are readable. A new kind a
  * reader would count undecodable bumps the version, so that an older reader
  * refuses the recording rather than losing every such record. */
@@ -44,6 +44,7 @@ enum kleak_record_kind {
 	KLEAK_VMALLOC_ALLOC = 12,   /* vmalloc:alloc_vmap_area (alloc record) */
 	KLEAK_VMALLOC_FREE = 13,    /* vmalloc:free_vmap_area_noflush (free record, call_site 0) */
 	KLEAK_CACHE_FREE_FROM = 14, /* kmem:kmem_cache_free with its cache (6.1+) */
+	KLEAK_PROCESS = 15,         /* who a process is (struct kleak_process_record) */
 };
 
 /*
@@ -278,5 +279,28 @@ enum kleak_stack_count {
 };
 #define KLEAK_STACK_COUNT_KINDS 4
 #define KLEAK_STACK_COUNTS (KLEAK_FAMILY_COUNT * KLEAK_STACK_COUNT_KINDS)
+
+/*
+ * Who allocated, recorded at the allocation (README, "Processes and
+ * cgroups"). An allocation record that carries a stack carries its tgid; the
+ * process's comm (its thread group leader's, as /proc/PID/comm) and cgroup v2
+ * id go into a KLEAK_PROCESS record just before it, in the same CPU's stream,
+ * only when the `processes` LRU hash (tgid -> struct kleak_process_seen) does
+ * not already hold them: once per process and cgroup move, not per event. So
+ * a process that exited, or a cgroup removed, is still named at the query.
+ */
+#define KLEAK_COMM_BYTES 16
+struct kleak_process_seen {
+	__u64 cgroup_id; /* bpf_get_current_cgroup_id(): the cgroup v2 directory's inode */
+	char comm[KLEAK_COMM_BYTES]; /* NUL-padded */
+};
+#define KLEAK_PROCESSES_MAX 8192 /* entries of the `processes` LRU hash (~0.5 MiB) */
+
+/* KLEAK_PROCESS: 40 bytes; hdr.tgid is the process. */
+struct kleak_process_record {
+	struct kleak_record_header hdr;
+	__u64 cgroup_id;
+	char comm[KLEAK_COMM_BYTES];
+};
 
 #endif /* KLEAK_ABI_H */

@@ -256,7 +256,11 @@ void Daemon::on_drained(std::uint64_t watermark) {
 // One slice, then back to the loop: the raised flag brings us back on its
 // next turn, after the queries that are waiting.
 void Daemon::continue_release() {
-    if (pipeline_.release_some(kReleaseSliceRecords)) {
+    const bool more = pipeline_.release_some(kReleaseSliceRecords);
+    // Cgroups first recorded in this slice get their paths now, before they
+    // can be removed (one open_by_handle_at each, once).
+    cgroups_.name_new(pipeline_.tracker().processes());
+    if (more) {
         release_wake_.raise();
     } else {
         release_wake_.lower();
@@ -454,6 +458,20 @@ nlohmann::json Daemon::caches_stats() const {
     return out;
 }
 
+nlohmann::json Daemon::processes_stats() {
+    const core::ProcessTable& processes = pipeline_.tracker().processes();
+    cgroups_.name_new(processes);
+    const core::CgroupNames& cgroups = cgroups_.names();
+    return {{"recorded", processes.size()},
+            {"limit", core::ProcessTable::kMaxProcesses},
+            {"folded", processes.folded()},
+            {"processless_allocations", pipeline_.tracker().processless_allocations()},
+            {"cgroups_named", cgroups.size()},
+            {"cgroups_removed_before_named", cgroups.removed()},
+            {"cgroups_unnamed", cgroups.unnamed()},
+            {"memory_bytes", processes.memory_bytes() + cgroups.memory_bytes()}};
+}
+
 nlohmann::json Daemon::stats() {
     const auto& totals = pipeline_.tracker().totals();
     const core::Losses loss = losses();
@@ -470,6 +488,8 @@ nlohmann::json Daemon::stats() {
         {"outstanding_bytes", totals.outstanding_bytes},
         {"tracker_bytes", pipeline_.tracker().memory_bytes()},
         {"tracker_class_overflows", pipeline_.tracker().class_overflows()},
+        // Who allocated, recorded at the allocation (README "Processes and cgroups").
+        {"processes", processes_stats()},
         {"reordered_frees", totals.reordered_frees},
         {"displaced_allocations", pipeline_.tracker().displaced_count()},
         // Each read names every call site seen so far; another follows when
@@ -552,7 +572,7 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::handle(co
             if (request.leaks.by != "site") {
                 // Processes are known only for allocations that carry a stack (README, "Stacks").
                 const auto processes = core::live_processes(pipeline_.tracker(), std::nullopt);
-                return ProcessNamer().group(processes, request.leaks.by, request.leaks.sort == proto::LeakSort::bytes,
+                return process_namer().group(processes, request.leaks.by, request.leaks.sort == proto::LeakSort::bytes,
                                             request.leaks.top);
             }
             name_new_call_sites(Naming::at_most_every_10s);
@@ -680,10 +700,15 @@ std::variant<nlohmann::json, proto::Error, service::Subscribe> Daemon::capture(c
     return stacks_.to_json();
 }
 
+ProcessNamer Daemon::process_namer() {
+    cgroups_.name_new(pipeline_.tracker().processes());
+    return ProcessNamer(pipeline_.tracker().processes(), cgroups_.names());
+}
+
 // Each row's top comms and cgroups, from its allocations that carry a process
 // (README, "Stacks"): one pass over the classes, one /proc read per process.
 void Daemon::name_site_processes(nlohmann::json& rows) {
-    ProcessNamer().annotate_sites(rows, core::processes_by_site(pipeline_.tracker(), *symbolizer_));
+    process_namer().annotate_sites(rows, core::processes_by_site(pipeline_.tracker(), *symbolizer_));
 }
 
 nlohmann::json Daemon::stacks_query(const proto::StacksArgs& args) {
@@ -700,7 +725,7 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     if (!frames_to_name_.empty()) name_new_call_sites(Naming::whenever_new);
     frames_to_name_.clear();
     nlohmann::json out = core::stacks_to_json(pipeline_.tracker(), source, *symbolizer_, query);
-    ProcessNamer().annotate_stacks(out);
+    process_namer().annotate_stacks(out);
     stacks_.label(out);
     return out;
 }

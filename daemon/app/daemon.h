@@ -27,6 +27,8 @@
 #include "app/serve_command.h"
 #include "app/slab_reconciler.h"
 #include "app/stack_control.h"
+#include "app/cgroup_namer.h"
+#include "app/process_namer.h"
 #include "app/tracing_session.h"
 #include "config/config.h"
 #include "core/pipeline.h"
@@ -87,6 +89,9 @@ private:
     std::variant<nlohmann::json, proto::Error, service::Subscribe> capture(const proto::CaptureArgs& args);
     nlohmann::json stacks_query(const proto::StacksArgs& args);
     void name_site_processes(nlohmann::json& rows);
+    // Names processes as recorded, cgroups recorded since the last slice looked up first.
+    ProcessNamer process_namer();
+    nlohmann::json processes_stats();
     // The `stacks` result of `query`, its frames named, with the capture in force.
     nlohmann::json live_stacks(const core::StacksQuery& query);
     // Stack frames to name with the call sites at the next kallsyms read
@@ -119,6 +124,7 @@ private:
     service::SnapshotWriter snapshots_;
     SlabReconciler slabs_;
     StackControl stacks_;
+    CgroupNamer cgroups_;
     std::optional<service::QueryServer> server_;
     std::filesystem::path owned_socket_;  // unlinked at exit; empty if systemd owns it
     TimerFd snapshot_timer_;

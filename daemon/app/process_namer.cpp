@@ -20,21 +20,29 @@ std::string read_proc(std::uint32_t tgid, const char* file) {
 
 }  // namespace
 
-const ProcessName& ProcessNamer::name(std::uint32_t tgid) {
-    auto it = names_.find(tgid);
+const ProcessName& ProcessNamer::name(std::uint32_t process) {
+    auto it = names_.find(process);
     if (it != names_.end()) return it->second;
     ProcessName out;
-    out.comm = read_proc(tgid, "comm");
-    if (!out.comm.empty() && out.comm.back() == '\n') out.comm.pop_back();
-    out.cgroup = core::cgroup_v2_path(read_proc(tgid, "cgroup"));
-    out.unit = core::systemd_unit(out.cgroup);
-    return names_.emplace(tgid, std::move(out)).first->second;
+    if (process != 0) {
+        const core::ProcessIdentity& p = processes_[process];
+        if (p.recorded) {
+            out.comm = p.comm_text();
+            out.cgroup = cgroups_.path(p.cgroup_id);
+        } else {
+            out.comm = read_proc(p.tgid, "comm");
+            if (!out.comm.empty() && out.comm.back() == '\n') out.comm.pop_back();
+            out.cgroup = core::cgroup_v2_path(read_proc(p.tgid, "cgroup"));
+        }
+        out.unit = core::systemd_unit(out.cgroup);
+    }
+    return names_.emplace(process, std::move(out)).first->second;
 }
 
 void ProcessNamer::annotate_stacks(nlohmann::json& result) {
     for (auto& stack : result.at("stacks")) {
         for (auto& process : stack.at("processes")) {
-            const ProcessName& n = name(process.at("tgid").get<std::uint32_t>());
+            const ProcessName& n = name(process.at("process").get<std::uint32_t>());
             process["comm"] = n.comm;
             process["cgroup"] = n.cgroup;
             process["unit"] = n.unit;
@@ -50,7 +58,7 @@ nlohmann::json ProcessNamer::group(std::span<const core::ProcessTotal> processes
     std::map<std::string, Row> rows;
     std::uint64_t outstanding = 0, outstanding_bytes = 0;
     for (const core::ProcessTotal& p : processes) {
-        const ProcessName& n = name(p.tgid);
+        const ProcessName& n = name(p.process);
         Row& row = rows[by == "cgroup" ? n.cgroup : n.comm];
         row.outstanding += p.outstanding;
         row.outstanding_bytes += p.outstanding_bytes;

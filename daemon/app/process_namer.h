@@ -1,6 +1,9 @@
-// The comm and cgroup of a process by its tgid, read from /proc when a query
-// asks (so they are the process's now, not at the allocation: a process
-// that has exited is "" for both), cached per query.
+// The comm and cgroup of a process (a ProcessTable id): as recorded at the
+// allocation (core/process_table.h), the cgroup's path as looked up when it
+// was first recorded (app/cgroup_namer.h). A process the stream did not
+// record (an older recording, a lost record) is read from /proc when the
+// query asks, as before ABI 6: then it is the process's now, and "" once it
+// has exited. Cached per query.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +13,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/cgroup_names.h"
+#include "core/process_table.h"
 #include "core/stacks_query.h"
 
 namespace kleak {
@@ -22,8 +27,11 @@ struct ProcessName {
 
 class ProcessNamer {
 public:
-    const ProcessName& name(std::uint32_t tgid);
-    // Adds "comm", "cgroup" and "unit" to every {"tgid", ...} row of a
+    ProcessNamer(const core::ProcessTable& processes, const core::CgroupNames& cgroups)
+        : processes_(processes), cgroups_(cgroups) {}
+    // process: a ProcessTable id, 0 for unknown (all fields "").
+    const ProcessName& name(std::uint32_t process);
+    // Adds "comm", "cgroup" and "unit" to every {"process", ...} row of a
     // `stacks` result's "processes".
     void annotate_stacks(nlohmann::json& result);
     // The `leaks --by comm|cgroup` result: `processes` grouped by their comm
@@ -40,7 +48,9 @@ public:
     void annotate_sites(nlohmann::json& rows, const std::map<std::string, std::vector<core::ProcessTotal>>& by_site);
 
 private:
-    std::unordered_map<std::uint32_t, ProcessName> names_;
+    const core::ProcessTable& processes_;
+    const core::CgroupNames& cgroups_;
+    std::unordered_map<std::uint32_t, ProcessName> names_;  // by process id
 };
 
 }  // namespace kleak

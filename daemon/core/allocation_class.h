@@ -67,8 +67,9 @@ constexpr ClassId class_of(std::uint64_t packed) { return static_cast<ClassId>(p
 constexpr std::uint64_t unit_of(std::uint64_t packed) { return packed >> kClassBits; }
 
 // Who made an allocation, when its record says (a stack was captured): the
-// kernel stack (1 + its id in the BPF stack map) and the process (tgid).
-// {0, 0}: not known.
+// kernel stack (1 + its id in the BPF stack map) and the process (its id in
+// the tracker's ProcessTable, process_table.h: a tgid with its comm and
+// cgroup at the allocation). {0, 0}: not known.
 // Classes are never freed, and a class per (stack, process) grows with every
 // short-lived process allocating at a site whose stacks are captured: past
 // this many classes, new ones keep their stack but not their process (at most
@@ -77,8 +78,8 @@ inline constexpr std::size_t kProcessClassLimit = std::size_t{1} << 16;
 
 struct Origin {
     std::uint32_t stack = 0;
-    std::uint32_t tgid = 0;
-    std::uint64_t key() const { return (std::uint64_t{stack} << 32) | tgid; }
+    std::uint32_t process = 0;
+    std::uint64_t key() const { return (std::uint64_t{stack} << 32) | process; }
     bool operator==(const Origin&) const = default;
 };
 

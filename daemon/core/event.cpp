@@ -7,7 +7,7 @@
 
 namespace kleak::core {
 
-static_assert(KLEAK_ABI_VERSION == 5, "update the static_asserts below with the ABI");
+static_assert(KLEAK_ABI_VERSION == 6, "update the static_asserts below with the ABI");
 static_assert(sizeof(kleak_record_header) == 16);
 static_assert(offsetof(kleak_record_header, ts_ns) == 0);
 static_assert(offsetof(kleak_record_header, kind) == 8);
@@ -46,6 +46,11 @@ static_assert(static_cast<int>(EventKind::percpu_alloc) == KLEAK_PERCPU_ALLOC);
 static_assert(static_cast<int>(EventKind::percpu_free) == KLEAK_PERCPU_FREE);
 static_assert(static_cast<int>(EventKind::vmalloc_alloc) == KLEAK_VMALLOC_ALLOC);
 static_assert(static_cast<int>(EventKind::vmalloc_free) == KLEAK_VMALLOC_FREE);
+static_assert(static_cast<int>(EventKind::process) == KLEAK_PROCESS);
+static_assert(sizeof(kleak_process_record) == 40);
+static_assert(offsetof(kleak_process_record, cgroup_id) == 16);
+static_assert(offsetof(kleak_process_record, comm) == 24);
+static_assert(sizeof(kleak_process_seen) == 24);
 
 DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, Event& out) {
     kleak_record_header hdr;
@@ -128,6 +133,17 @@ DecodeStatus decode_record(std::span<const std::byte> bytes, std::uint16_t cpu, 
         out.bytes_req = out.bytes_alloc = out.tid = out.stack = 0;
         out.gfp_flags = hdr.flags;
         out.cache = rec.cache;
+        return DecodeStatus::ok;
+    }
+    case KLEAK_PROCESS: {
+        kleak_process_record rec;
+        if (bytes.size() < sizeof rec) return DecodeStatus::too_short;
+        std::memcpy(&rec, bytes.data(), sizeof rec);
+        out.kind = EventKind::process;
+        std::memcpy(&out.ptr, rec.comm, 8);
+        std::memcpy(&out.call_site, rec.comm + 8, 8);
+        out.cache = rec.cgroup_id;
+        out.bytes_req = out.bytes_alloc = out.gfp_flags = out.tid = out.stack = 0;
         return DecodeStatus::ok;
     }
     case KLEAK_TIME_MARK:

@@ -2,7 +2,9 @@
 // place that knows the wire layout in bpf/kleak_abi.h.
 #pragma once
 
+#include <array>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <span>
 
@@ -28,6 +30,10 @@ enum class EventKind : std::uint16_t {
     percpu_free = 11,
     vmalloc_alloc = 12, // the area's size, guard page included
     vmalloc_free = 13,
+    // 14 is KLEAK_CACHE_FREE_FROM, decoded as cache_free.
+    // Who tgid is from now on (process_table.h): ptr and call_site hold the
+    // 16 comm bytes (process_comm()), cache the cgroup v2 id.
+    process = 15,
 };
 
 constexpr bool is_alloc(EventKind kind) {
@@ -95,6 +101,14 @@ struct Event {
     // slab_caches.h); 0 otherwise.
     std::uint64_t cache = 0;
 };
+
+// The comm a process event carries (in ptr and call_site, in memory order).
+inline std::array<char, 16> process_comm(const Event& event) {
+    std::array<char, 16> comm;
+    std::memcpy(comm.data(), &event.ptr, 8);
+    std::memcpy(comm.data() + 8, &event.call_site, 8);
+    return comm;
+}
 
 // A window too long for bytes_req: the free may have happened any time before ts_ns.
 inline constexpr std::uint32_t kUnboundedWindow = 0xffffffff;

@@ -45,6 +45,8 @@ std::size_t record_size_at(std::span<const std::byte> start, std::size_t rest_si
         return if_present(sizeof(kleak_cache_free_record), rest_size);
     case KLEAK_TIME_MARK:
         return if_present(sizeof(kleak_time_mark), rest_size);
+    case KLEAK_PROCESS:
+        return if_present(sizeof(kleak_process_record), rest_size);
     case KLEAK_PRINTK: {
         if (rest_size < KLEAK_PRINTK_HEADER_SIZE || start.size() < KLEAK_PRINTK_HEADER_SIZE) return 0;
         std::uint32_t len = 0;

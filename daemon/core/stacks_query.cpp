@@ -50,17 +50,25 @@ std::vector<StackTotal> live_stacks(const Tracker& tracker) {
     return rows;
 }
 
+namespace {
+
+void add_to(ProcessTotal& row, const Tracker& tracker, const AllocationClass& cls, std::uint64_t live) {
+    row.process = cls.origin.process;
+    row.tgid = cls.origin.process != 0 ? tracker.processes()[cls.origin.process].tgid : 0;
+    row.outstanding += live;
+    row.outstanding_bytes += live * cls.bytes_alloc;
+}
+
+}  // namespace
+
 std::vector<ProcessTotal> live_processes(const Tracker& tracker, std::optional<SiteId> site) {
-    std::map<std::uint32_t, ProcessTotal> by_tgid;
+    std::map<std::uint32_t, ProcessTotal> by_process;
     tracker.for_each_class([&](const AllocationClass& cls, std::uint64_t, std::uint64_t live) {
         if ((site && cls.site != *site) || cls.origin.stack == 0 || live == 0) return;
-        ProcessTotal& row = by_tgid[cls.origin.tgid];
-        row.tgid = cls.origin.tgid;
-        row.outstanding += live;
-        row.outstanding_bytes += live * cls.bytes_alloc;
+        add_to(by_process[cls.origin.process], tracker, cls, live);
     });
     std::vector<ProcessTotal> rows;
-    for (const auto& [tgid, row] : by_tgid) rows.push_back(row);
+    for (const auto& [process, row] : by_process) rows.push_back(row);
     sort_by_bytes(rows);
     return rows;
 }
@@ -69,16 +77,13 @@ std::map<std::string, std::vector<ProcessTotal>> processes_by_site(const Tracker
     std::map<SiteId, std::map<std::uint32_t, ProcessTotal>> by_site;
     tracker.for_each_class([&](const AllocationClass& cls, std::uint64_t, std::uint64_t live) {
         if (cls.origin.stack == 0 || live == 0) return;
-        ProcessTotal& row = by_site[cls.site][cls.origin.tgid];
-        row.tgid = cls.origin.tgid;
-        row.outstanding += live;
-        row.outstanding_bytes += live * cls.bytes_alloc;
+        add_to(by_site[cls.site][cls.origin.process], tracker, cls, live);
     });
     std::map<std::string, std::vector<ProcessTotal>> out;
-    for (const auto& [site, by_tgid] : by_site) {
+    for (const auto& [site, by_process] : by_site) {
         const std::uint64_t call_site = tracker.sites()[site].call_site;
         std::vector<ProcessTotal>& rows = out[format_site(call_site, symbolizer.resolve(call_site))];
-        for (const auto& [tgid, row] : by_tgid) rows.push_back(row);
+        for (const auto& [process, row] : by_process) rows.push_back(row);
         sort_by_bytes(rows);
     }
     return out;
@@ -122,7 +127,10 @@ nlohmann::json stacks_to_json(const Tracker& tracker, StackSource& source, Symbo
         nlohmann::json processes = nlohmann::json::array();
         for (const ProcessTotal& p : live_processes(tracker, row.site))
             processes.push_back(
-                {{"tgid", p.tgid}, {"outstanding", p.outstanding}, {"outstanding_bytes", p.outstanding_bytes}});
+                {{"tgid", p.tgid},
+                 {"process", p.process},
+                 {"outstanding", p.outstanding},
+                 {"outstanding_bytes", p.outstanding_bytes}});
         stacks.push_back({
             {"site", format_site(site.call_site, symbol)},
             {"function", symbol.known() ? symbol.function : hex_address(site.call_site)},

@@ -39,10 +39,12 @@ struct StackTotal {
 // outside the class table (Tracker::class_overflows()) are not counted.
 std::vector<StackTotal> live_stacks(const Tracker& tracker);
 
-// Live allocations per process (Origin::tgid) of one site, or of every site
-// (nullopt), most bytes first: only allocations that carry a stack have one.
+// Live allocations per process (Origin::process, the tracker's
+// ProcessTable id; 0: unknown) of one site, or of every site (nullopt), most
+// bytes first: only allocations that carry a stack have one.
 struct ProcessTotal {
-    std::uint32_t tgid = 0;
+    std::uint32_t process = 0;
+    std::uint32_t tgid = 0;  // 0 when process is 0
     std::uint64_t outstanding = 0;
     std::uint64_t outstanding_bytes = 0;
 };
@@ -67,7 +69,8 @@ struct StacksQuery {
 
 // {"stacks": [{"site", "function", "family", "frames": ["func+0xoff [module]",
 // innermost first], "outstanding", "outstanding_bytes", "processes": [{"tgid",
-// "outstanding", "outstanding_bytes"}]}], "outstanding", "outstanding_bytes"}:
+// "process", "outstanding", "outstanding_bytes"}]}], "outstanding",
+// "outstanding_bytes"}:
 // the totals are over every stack the query matched, `top` or not.
 nlohmann::json stacks_to_json(const Tracker& tracker, StackSource& source, Symbolizer& symbolizer,
                               const StacksQuery& query);

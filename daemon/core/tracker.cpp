@@ -48,6 +48,8 @@ void Tracker::apply(const Event& event) {
     if (event.ts_ns >= next_expiry_ns_) [[unlikely]]
         expire_displaced(event.ts_ns);
     if (event.kind == EventKind::printk) return;
+    if (event.kind == EventKind::process) [[unlikely]]
+        return processes_.recorded(event.tgid, event.cache, process_comm(event));
     const SiteId here = intern(event.call_site, event.kind);
     if (is_alloc(event.kind)) {
         allocated(event, here);
@@ -85,9 +87,7 @@ void Tracker::allocated(const Event& event, SiteId here) {
         event.kind == EventKind::kmalloc ? kmalloc_cache_key(event.gfp_flags, event.bytes_alloc) : event.cache;
     if (cache_key != 0 && unseen_kfree_slots_.take(event.ptr)) [[unlikely]]
         ++unseen_frees_by_cache_[cache_key];
-    const ClassId cls = classes_.intern(
-        here, event.bytes_alloc, cache_key,
-        Origin{event.stack, event.stack != 0 && classes_.size() < kProcessClassLimit ? event.tgid : 0});
+    const ClassId cls = classes_.intern(here, event.bytes_alloc, cache_key, origin_of(event));
     if (cls != kOverflowClass) [[likely]] {
         if (cls >= class_live_.size()) class_live_.resize(cls + 1);
         ++class_live_[cls];
@@ -109,10 +109,20 @@ void Tracker::allocated(const Event& event, SiteId here) {
     }
     if (cls == kOverflowClass) {
         ++class_overflows_;
-        overflow_[event.ptr] = {here, event.bytes_alloc, Origin{event.stack, event.stack != 0 ? event.tgid : 0}};
+        overflow_[event.ptr] = {here, event.bytes_alloc, origin_of(event)};
     }
     ++totals_.outstanding;
     totals_.outstanding_bytes += event.bytes_alloc;
+}
+
+Origin Tracker::origin_of(const Event& event) {
+    if (event.stack == 0) [[likely]]
+        return {};
+    if (classes_.size() >= kProcessClassLimit) {
+        ++processless_allocations_;
+        return {event.stack, 0};
+    }
+    return {event.stack, processes_.current(event.tgid)};
 }
 
 void Tracker::freed(const Event& event, SiteId here) {
@@ -221,7 +231,7 @@ std::size_t Tracker::memory_bytes() const {
                                   displacements_.size() * sizeof(Displacement) +
                                   unseen_frees_by_cache_.capacity() * (2 * sizeof(std::uint64_t) + 1) +
                                   unseen_kfree_slots_.memory_bytes();
-    return live_.memory_bytes() + classes_.memory_bytes() + class_live_.capacity() * sizeof(std::uint64_t) + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
+    return live_.memory_bytes() + classes_.memory_bytes() + processes_.memory_bytes() + class_live_.capacity() * sizeof(std::uint64_t) + side_maps + ids + sites_.capacity() * sizeof(SiteStats) +
            sizeof(site_cache_) + ages_.memory_bytes();
 }
 

@@ -43,6 +43,7 @@
 #include "allocation_class.h"
 #include "event.h"
 #include "pointer_table.h"
+#include "process_table.h"
 #include "state_bytes.h"
 #include "unseen_free_slots.h"
 
@@ -193,6 +194,13 @@ public:
     std::uint64_t class_overflows() const { return class_overflows_; }
     std::size_t overflow_count() const { return overflow_.size(); }
 
+    // Who allocated (process_table.h): the Origin::process ids of classes.
+    // Kept across reset(). processless_allocations(): allocations that carry
+    // a stack whose class lost its process, as the class table held
+    // kProcessClassLimit classes (allocation_class.h).
+    const ProcessTable& processes() const { return processes_; }
+    std::uint64_t processless_allocations() const { return processless_allocations_; }
+
     // End of input: no free is still to come, so every displaced entry's
     // free was missed (counted `replaced`).
     void settle() { expire_displaced(std::numeric_limits<std::uint64_t>::max()); }
@@ -239,6 +247,10 @@ private:
     // ptr -> class, for live entries whose class is kOverflowClass.
     absl::flat_hash_map<std::uint64_t, AllocationClass> overflow_;
     std::uint64_t class_overflows_ = 0;
+    ProcessTable processes_;
+    std::uint64_t processless_allocations_ = 0;
+    // The Origin of an allocation event (the process it was made by, if it carries a stack).
+    Origin origin_of(const Event& event);
     absl::flat_hash_map<std::uint64_t, std::uint64_t> unseen_frees_by_cache_;
     UnseenFreeSlots unseen_kfree_slots_;
     struct Displaced {

@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"slab", "page", "percpu", "vmalloc"}));
     leaks
         ->add_option("--by", options.by,
-                     "Group by call site, or by the allocating process's comm or cgroup (v2 path): only allocations "
+                     "Group by call site, or by the allocating process's comm or cgroup (v2 path) as at the allocation: only allocations "
                      "that carry a kernel stack have a process (see `stacks`); --min-age and --family apply to "
                      "sites only")
         ->check(CLI::IsMember({"site", "comm", "cgroup"}))

@@ -2426,6 +2426,20 @@ namespace {
 
 // A child process, named `comm` (prctl) and, when `cgroup` is not empty,
 // moved into that cgroup v2 directory, holding `count` pipes until destroyed.
+// An fd closed with its owner.
+class HeldFd {
+public:
+    explicit HeldFd(int fd) : fd_(fd) {}
+    HeldFd(HeldFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    HeldFd& operator=(HeldFd&&) = delete;
+    ~HeldFd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+
+private:
+    int fd_;
+};
+
 class PipeHolder {
 public:
     PipeHolder(const std::string& comm, int count, const fs::path& cgroup = {}) {
@@ -2466,6 +2480,25 @@ public:
     PipeHolder& operator=(const PipeHolder&) = delete;
     bool ok() const { return ok_; }
     pid_t pid() const { return pid_; }
+    // The child's pipes, opened again through /proc/PID/fd (one fd per pipe,
+    // read-write so the open never waits for a peer): they outlive the child.
+    std::vector<HeldFd> keep_pipes() const {
+        std::vector<HeldFd> out;
+        std::set<std::string> seen;
+        const fs::path fds = fs::path("/proc") / std::to_string(pid_) / "fd";
+        // Not the pipe that tells the child to exit: held open, it never would.
+        struct stat go {};
+        ::fstat(go_, &go);
+        seen.insert("pipe:[" + std::to_string(go.st_ino) + "]");
+        for (const auto& entry : fs::directory_iterator(fds)) {
+            std::error_code error;
+            const std::string target = fs::read_symlink(entry.path(), error).string();
+            if (error || !target.starts_with("pipe:") || !seen.insert(target).second) continue;
+            const int fd = ::open(entry.path().c_str(), O_RDWR | O_CLOEXEC);
+            if (fd >= 0) out.emplace_back(fd);
+        }
+        return out;
+    }
 
 private:
     pid_t pid_ = -1;
@@ -2487,9 +2520,9 @@ public:
             }
         }
     }
-    ~TempCgroup() {
-        if (!path_.empty()) ::rmdir(path_.c_str());
-    }
+    ~TempCgroup() { remove(); }
+    // Once no process is left in it; true when it is gone.
+    bool remove() { return path_.empty() || ::rmdir(path_.c_str()) == 0 || errno == ENOENT; }
     const fs::path& path() const { return path_; }
     std::string v2_path() const { return "/" + name_; }
 
@@ -2515,8 +2548,10 @@ json wait_for_pipes(const Daemon& daemon, pid_t tgid, std::uint64_t count) {
     json out;
     for (const auto deadline = Clock::now() + 20s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
         out = stacks_of(daemon, "alloc_pipe_info");
-        // processes are per site: a stack's row lists every process of its site
-        if (pipes_of(out, tgid) >= count) break;
+        // processes are per site: a stack's row lists every process of its
+        // site, and a pipe is one allocation at each of alloc_pipe_info's two
+        // sites, so `count` pipes are all in once the sum reaches 2 * count.
+        if (pipes_of(out, tgid) >= 2 * count) break;
     }
     return out;
 }
@@ -2558,7 +2593,7 @@ TEST(Stacks, AllModeShowsThePipeSyscallPathItsProcessAndItsCgroup) {
     for (const auto& p : mine.at("processes"))
         if (p.at("tgid") == static_cast<std::uint32_t>(holder.pid())) child = p;
     ASSERT_FALSE(child.is_null()) << mine.dump(2);
-    EXPECT_GE(u64(child, "outstanding"), static_cast<std::uint64_t>(kPipes));
+    EXPECT_GE(u64(child, "outstanding"), static_cast<std::uint64_t>(kPipes)) << mine.dump(2);
     EXPECT_EQ(child.at("comm"), comm);
     EXPECT_EQ(child.at("cgroup"), cgroup.v2_path());
     // leaks --by comm and --by cgroup: the child's pipes under its comm and its cgroup.
@@ -2600,20 +2635,28 @@ TEST(Stacks, AllModeShowsThePipeSyscallPathItsProcessAndItsCgroup) {
     EXPECT_CLEAN_STOP(daemon);
 }
 
+// Names alloc_pipe_info for stacks (`stacks --capture`) once the tracker has
+// seen at least `sites` of its call sites (a warm-up child's pipes teach
+// them); the capture's answer.
+json capture_pipe_sites(const Daemon& daemon, std::uint64_t sites) {
+    {
+        PipeHolder warm_up("kstkwarm", 4);
+        EXPECT_TRUE(warm_up.ok());
+    }
+    json capture;
+    for (const auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+        capture = ctl_json(daemon, {"stacks", "--capture", "alloc_pipe_info"});
+        if (u64(capture, "sites") >= sites) break;
+    }
+    return capture;
+}
+
 TEST(Stacks, ANamedFunctionGetsStacksAndNoOtherSiteDoes) {
     REQUIRE_KERNEL();
     Daemon daemon;  // suspects mode, the default: no site grows within this test
     ASSERT_TRUE(daemon.start());
-    {
-        PipeHolder warm_up("kstkwarm", 4);  // the tracker learns alloc_pipe_info's call site
-        ASSERT_TRUE(warm_up.ok());
-    }
     // Until the site is named, the pipes carry no stack.
-    json capture;
-    for (const auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
-        capture = ctl_json(daemon, {"stacks", "--capture", "alloc_pipe_info"});
-        if (u64(capture, "sites") > 0) break;
-    }
+    const json capture = capture_pipe_sites(daemon, 1);
     EXPECT_EQ(capture.at("mode"), "suspects");
     EXPECT_EQ(capture.at("functions"), json::array({"alloc_pipe_info"}));
     ASSERT_GE(u64(capture, "sites"), 1u) << capture.dump();
@@ -2635,8 +2678,10 @@ TEST(Stacks, ANamedFunctionGetsStacksAndNoOtherSiteDoes) {
 }
 
 // The child's live allocations at each alloc_pipe_info call site, from the
-// `leaks` rows' comms (its comm is its own), once two reads agree.
-std::map<std::string, std::uint64_t> pipe_rows_of(const Daemon& daemon, const std::string& comm, json* last = nullptr) {
+// `leaks` rows' comms (its comm is its own), once two reads agree and both
+// sites have at least `at_least` (a loaded host drains late).
+std::map<std::string, std::uint64_t> pipe_rows_of(const Daemon& daemon, const std::string& comm, json* last = nullptr,
+                                                  std::uint64_t at_least = 0) {
     std::map<std::string, std::uint64_t> counts, before;
     for (const auto deadline = Clock::now() + 15s; Clock::now() < deadline; std::this_thread::sleep_for(400ms)) {
         const json leaks = ctl_json(daemon, {"leaks", "--top", "100000"});
@@ -2647,7 +2692,8 @@ std::map<std::string, std::uint64_t> pipe_rows_of(const Daemon& daemon, const st
                 if (c.at("key") == comm) counts[row.at("site").get<std::string>()] = u64(c, "outstanding");
         }
         if (last) *last = leaks;
-        if (counts.size() == 2 && counts == before) break;
+        const bool all_in = std::all_of(counts.begin(), counts.end(), [&](const auto& c) { return c.second >= at_least; });
+        if (counts.size() == 2 && counts == before && all_in) break;
         before = counts;
     }
     return counts;
@@ -2700,26 +2746,27 @@ TEST(Stacks, SiteRowsNameTheirTopCommAndCgroup) {
     REQUIRE_KERNEL();
     Daemon daemon;
     ASSERT_TRUE(daemon.start());
-    {
-        PipeHolder warm_up("kwhowarm", 4);  // the tracker learns alloc_pipe_info's call sites
-        ASSERT_TRUE(warm_up.ok());
-    }
-    json capture;
-    for (const auto deadline = Clock::now() + 10s; Clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
-        capture = ctl_json(daemon, {"stacks", "--capture", "alloc_pipe_info"});
-        if (u64(capture, "sites") >= 2) break;
-    }
+    const json capture = capture_pipe_sites(daemon, 2);
     ASSERT_GE(u64(capture, "sites"), 2u) << capture.dump();
     TempCgroup cgroup;
     ASSERT_FALSE(cgroup.path().empty()) << "no cgroup v2 mount";
     const std::string comm = "kwho" + std::to_string(::getpid() % 100000);
     constexpr int kPipes = 128;
-    PipeHolder holder(comm, kPipes, cgroup.path());
-    ASSERT_TRUE(holder.ok());
-    json leaks;
-    const auto counts = pipe_rows_of(daemon, comm, &leaks);
-    ASSERT_EQ(counts.size(), 2u) << leaks.dump(2).substr(0, 4000);
-    for (const auto& [site, n] : counts) EXPECT_GE(n, static_cast<std::uint64_t>(kPipes)) << site;
+    std::vector<HeldFd> kept;
+    {
+        PipeHolder holder(comm, kPipes, cgroup.path());
+        ASSERT_TRUE(holder.ok());
+        json leaks;
+        const auto counts = pipe_rows_of(daemon, comm, &leaks, kPipes);
+        ASSERT_EQ(counts.size(), 2u) << leaks.dump(2).substr(0, 4000);
+        for (const auto& [site, n] : counts) EXPECT_GE(n, static_cast<std::uint64_t>(kPipes)) << site;
+        kept = holder.keep_pipes();
+        ASSERT_GE(kept.size(), static_cast<std::size_t>(kPipes));
+    }  // the child exits; its pipes live on in `kept`
+    // Its cgroup goes too: the rows name both as they were at the allocation
+    // (README, "Processes and cgroups"), not as /proc has them now.
+    ASSERT_TRUE(cgroup.remove()) << std::strerror(errno);
+    ASSERT_FALSE(fs::exists(cgroup.path()));
 
     // The first comm and cgroup of each alloc_pipe_info row, in each view.
     const auto check_rows = [&](const json& rows, const std::string& view) {
@@ -2744,6 +2791,12 @@ TEST(Stacks, SiteRowsNameTheirTopCommAndCgroup) {
     const Result text = ctl({"--socket", daemon.socket().string(), "leaks", "--top", "100000"});
     ASSERT_EQ(text.exit_code, 0) << text.err;
     EXPECT_NE(text.out.find("(by " + comm + " in " + cgroup.v2_path() + ")"), std::string::npos) << text.out;
+    // Recorded once per process and cgroup, not per allocation.
+    const json processes = stats(daemon).at("processes");
+    EXPECT_GE(u64(processes, "recorded"), 2u) << processes.dump();  // the warm-up child and ours
+    EXPECT_LT(u64(processes, "recorded"), static_cast<std::uint64_t>(kPipes)) << processes.dump();
+    EXPECT_GE(u64(processes, "cgroups_named"), 2u) << processes.dump();  // the test's and the child's
+    EXPECT_EQ(u64(processes, "folded"), 0u);
     EXPECT_CLEAN_STOP(daemon);
 }
 
