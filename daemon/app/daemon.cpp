@@ -138,11 +138,12 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
       pipeline_(possible_cpus()),
       printk_log_(settings_.printk.lines),
       sink_(pipeline_),
+      handed_rings_(passed_fds_.bpf, passed_fds_.ring_tail.get(), sink_, monotonic_now_ns()),
       symbolizer_(make_kallsyms_symbolizer(command.kallsyms, tracked_call_sites(), drain_while_symbolizing())),
       verdicts_(restored_verdicts(settings_)),
       state_(std::move(passed_fds_.states), with_ages_indexed(pipeline_),
              settings_.printk.enabled ? &printk_log_ : nullptr, verdicts_),
-      session_(tracer_options(settings_), sink_, std::move(passed_fds_.bpf)),
+      session_(tracer_options(settings_), sink_, std::move(passed_fds_.bpf), std::move(handed_rings_)),
       snapshots_(settings_.snapshots.directory, settings_.snapshots.retention),
       slabs_(session_.tracer()),
       stacks_(session_.tracer(), core::parse_stack_mode(settings_.tracing.stacks).value_or(core::StackMode::suspects),
@@ -169,7 +170,9 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
     }
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
     state_.tracing_started(started_ns_);
-    state_.keep_programs(session_.tracer());
+    if (passed_fds_.ring_tail) state_.forget_ring_tail();  // in the consumer now, or refused
+    passed_fds_.ring_tail.reset();
+    state_.keep_programs(session_.tracer(), session_.handed_reading(), started_ns_);
     mark_coverage_start();
     session_.start(loop_, command_.timing, [this](std::uint64_t watermark) { on_drained(watermark); });
     loop_.watch(signals_.fd(), [this]() { on_signal(); });
@@ -225,6 +228,9 @@ void Daemon::run() {
     if (handing_over) {
         session_.drain_for_handover();
         detached_ns = monotonic_now_ns();
+        // From here on the rings' records are the next process's: read into
+        // the tail while the image and snapshot are written (kernel/ring_tail.h).
+        session_.keep_reading_for_handover();
     } else {
         session_.stop_and_drain();
     }
@@ -239,6 +245,7 @@ void Daemon::run() {
         if (auto error = printk_file_->flush()) spdlog::warn("flushing the printk log failed: {}", *error);
     }
     write_snapshot();
+    if (handing_over) state_.store_ring_tail(session_.ring_tail());
     spdlog::info("{}; final snapshot in {}",
                  handing_over ? "programs left attached in systemd's fd store (a restart adopts them, a stop detaches them)"
                               : "detached",

@@ -112,6 +112,10 @@ private:
     std::optional<service::PrintkFile> printk_file_;
     std::uint64_t printk_file_failures_ = 0;
     PipelineSink sink_;
+    // First of all the slow start-up (kallsyms, the image, the BPF object):
+    // the previous kleakd's rings are copied out from here on, and drained
+    // into sink_ once the state is loaded (kernel/handed_rings.h).
+    HandedRings handed_rings_;
     std::unique_ptr<core::CachingSymbolizer> symbolizer_;
     // Before session_: its histories are read back from the last snapshot
     // before tracing starts, so the rings do not fill while a large file is

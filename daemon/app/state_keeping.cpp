@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "kernel/bpf_tracer.h"
+#include "core/sizes.h"
 #include "kernel/host_info.h"
 #include "kleak_abi.h"
 #include "version.h"
@@ -97,13 +98,26 @@ void StateKeeping::save(core::StateKind kind, std::uint64_t tracked_until_ns, co
                      last_save_ms_);
 }
 
-void StateKeeping::keep_programs(const BpfTracer& tracer) {
+void StateKeeping::store_ring_tail(UniqueFd tail) {
+    if (!tail) return;
+    if (const auto error = store_.store_ring_tail(tail.get()))
+        spdlog::warn("handing the ring tail to systemd failed ({}): the records in it are lost", *error);
+}
+
+void StateKeeping::keep_programs(const BpfTracer& tracer, const HandedReading& reading, std::uint64_t started_ns) {
     programs_ = continuity_name(tracer.continuity());
     if (!store_.active()) return;
     if (tracer.continuity() == Continuity::adopted) {
         programs_kept_ = true;  // still in the store, as they were handed over
-        if (restored_from_ == core::state_kind_name(core::StateKind::clean_stop))
+        if (restored_from_ == core::state_kind_name(core::StateKind::clean_stop)) {
             tracing_started_ns_ = image_tracked_until_ns_;  // the programs never stopped: no gap
+            rings_unread_from_ns_ = std::max(reading.previous_read_until_ns, image_tracked_until_ns_);
+            rings_read_since_ns_ = reading.since_ns != 0 ? reading.since_ns : started_ns;
+            tail_bytes_ = reading.tail_bytes;
+            spdlog::info("the adopted rings went unread for {:.1f} ms across the restart ({} read by the previous "
+                         "kleakd after its last drain, handed over)",
+                         static_cast<double>(*unread_ns()) / 1e6, core::format_size(tail_bytes_));
+        }
         return;
     }
     programs_kept_ = store_programs(tracer);
@@ -136,6 +150,11 @@ std::uint64_t StateKeeping::gap_ns() const {
     return tracing_started_ns_ - std::min(tracing_started_ns_, image_tracked_until_ns_);
 }
 
+std::optional<std::uint64_t> StateKeeping::unread_ns() const {
+    if (rings_read_since_ns_ == 0) return std::nullopt;
+    return rings_read_since_ns_ - std::min(rings_read_since_ns_, rings_unread_from_ns_);
+}
+
 nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
     nlohmann::json gap = nullptr;
     if (!restored_from_.empty()) {
@@ -160,6 +179,8 @@ nlohmann::json StateKeeping::to_json(const core::Tracker& tracker) const {
         {"restored_outstanding", restored_outstanding_},
         {"load_ms", load_ms_},
         {"gap", std::move(gap)},
+        {"unread_ns", unread_ns() ? nlohmann::json(*unread_ns()) : nlohmann::json(nullptr)},
+        {"tail_bytes", tail_bytes_},
         {"saves", saves_},
         {"save_failures", save_failures_},
         {"image_bytes", last_image_bytes_},

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "core/site_verdicts.h"
 #include "core/state_image.h"
 #include "kernel/bpf_tracer.h"
+#include "kernel/handed_rings.h"
 #include "kernel/unique_fd.h"
 #include "service/fd_store.h"
 
@@ -50,13 +52,22 @@ public:
 
     // Once the tracer is up: hands its links and maps to systemd, unless it
     // adopted them from there, dropping the old ones it replaced. A clean
-    // stop's image with adopted programs leaves no gap.
-    void keep_programs(const BpfTracer& tracer);
+    // stop's image with adopted programs leaves no gap. `reading`: how the
+    // adopted rings were read (kernel/handed_rings.h); `started_ns`: when
+    // the session started, the first read when they were not read early.
+    void keep_programs(const BpfTracer& tracer, const HandedReading& reading, std::uint64_t started_ns);
     // The tracer's rings changed (a CPU came online): the stored set is replaced.
     void programs_changed(const BpfTracer& tracer);
     // Whether systemd holds the links: a stop then leaves the programs
     // attached for the next process (systemd closes them on `systemctl stop`).
     bool programs_kept() const { return programs_kept_; }
+
+    // A clean stop that hands its programs over: the rings' tail
+    // (TracingSession::ring_tail()) goes to systemd after the image. The
+    // next start takes it back out (forget_ring_tail()): it fits only the
+    // rings as this process left them.
+    void store_ring_tail(UniqueFd tail);
+    void forget_ring_tail() { store_.remove_ring_tail(); }
 
     // Writes the image and hands it to systemd. `tracked_until_ns`: the
     // records' time up to which the tracker is complete (a clean stop: the
@@ -69,6 +80,11 @@ public:
 
     // How long nothing was traced across the restart (0: not restored).
     std::uint64_t gap_ns() const;
+    // How long no process read the adopted rings across a clean restart:
+    // the previous kleakd's last drain to this one's first copy (records
+    // are lost only if a ring overflowed meanwhile: losses.dropped).
+    // nullopt when the rings were not adopted from a clean stop.
+    std::optional<std::uint64_t> unread_ns() const;
 
     // The "state" object of `stats` and snapshots (docs/PROTOCOL.md). The
     // tracker says how many live allocations were born before the gap:
@@ -82,6 +98,11 @@ private:
     std::string refused_;        // why a stored image was not used
     std::uint64_t image_tracked_until_ns_ = 0;
     std::uint64_t tracing_started_ns_ = 0;
+    // Adopted after a clean stop: the previous process's last read of the
+    // rings and this one's first; else 0.
+    std::uint64_t rings_unread_from_ns_ = 0;
+    std::uint64_t rings_read_since_ns_ = 0;
+    std::uint64_t tail_bytes_ = 0;
     std::uint64_t restored_outstanding_ = 0;
     double load_ms_ = 0;
     std::uint64_t saves_ = 0;

@@ -8,11 +8,24 @@
 #include "core/sizes.h"
 #include "kernel/host_info.h"
 #include "kernel/ring_mapping.h"
+#include "kernel/ring_tail.h"
 
 namespace kleak {
 
-TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over)
-    : tracer_(options, std::move(handed_over)), consumer_(tracer_.ring_fds(), sink), drops_(tracer_.cpu_count(), 0) {}
+TracingSession::TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over,
+                               HandedRings handed_rings)
+    : tracer_(options, std::move(handed_over)), drops_(tracer_.cpu_count(), 0) {
+    // The adopted rings are the handed ones (handover_fits() checked each is
+    // the one the programs write into): what was copied of them goes on.
+    if (tracer_.continuity() == Continuity::adopted && handed_rings.reading() &&
+        handed_rings.ring_count() == tracer_.ring_fds().size()) {
+        consumer_ = handed_rings.take_consumer();
+        readers_ = handed_rings.take_readers();
+        handed_reading_ = handed_rings.reading_so_far();
+    } else {
+        consumer_ = std::make_unique<RingConsumer>(tracer_.ring_fds(), sink);
+    }
+}
 
 void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
                            std::function<void(std::uint64_t)> on_drained) {
@@ -31,7 +44,7 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
             fd, [this]() { drain(); }, EventLoop::Trigger::edge);
     // The same wake-up reaches the ring's reader, which copies the ring out
     // if the loop falls behind, and then wakes the loop.
-    readers_.emplace(consumer_, tracer_.ring_fds());
+    if (!readers_) readers_ = std::make_unique<RingReaders>(*consumer_, tracer_.ring_fds());
     loop_ = &loop;
     loop.watch(readers_->notify().fd(), [this]() {
         readers_->notify().lower();
@@ -82,7 +95,7 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
                              cpu, core::format_size(tracer_.buffer_size()), failure, failed_growths_);
             continue;
         }
-        consumer_.replace_ring(cpu, std::move(mapping));
+        consumer_->replace_ring(cpu, std::move(mapping));
         try {
             if (loop_ != nullptr) loop_->watch(fd, [this]() { drain(); }, EventLoop::Trigger::edge);
         } catch (const std::exception& e) {
@@ -99,6 +112,7 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
 }
 
 void TracingSession::drain() {
+    if (drained_for_good_) return;
     const std::uint64_t started = monotonic_now_ns();
     // Batches still held per CPU in BPF hold records older than `started`;
     // only CPUs whose batch holds records are flushed (see BpfTracer).
@@ -107,8 +121,17 @@ void TracingSession::drain() {
 }
 
 void TracingSession::drain_rings_only() {
+    // After the last drain the rings' records are the next process's (or,
+    // detached, there are none): a late caller must not consume them.
+    if (drained_for_good_) return;
     tracer_.flush_batches();
-    const int n = consumer_.drain();
+    const int n = consumer_->drain();
+    // The first drain took the handed rings' early copies: the readers
+    // copy only when the loop falls behind again, as in any session.
+    if (readers_ && readers_->eager()) {
+        readers_->lazy();
+        consumer_->set_copy_limit(RingConsumer::kDefaultCopyLimit);
+    }
     if (n < 0 && failed_drains_++ % 1000 == 0)  // rate-limited: once per 1000 failures
         spdlog::warn("draining the rings failed: {} ({} times so far)", std::strerror(-n), failed_drains_);
 }
@@ -120,16 +143,41 @@ void TracingSession::stop_and_drain() {
 
 void TracingSession::drain_for_handover() { final_drain(); }
 
+void TracingSession::keep_reading_for_handover() {
+    consumer_->set_copy_limit(HandedRings::kCopyLimit);
+    try {
+        readers_ = std::make_unique<RingReaders>(*consumer_, tracer_.ring_fds(), /*eager=*/true);
+    } catch (const std::exception& e) {
+        spdlog::warn("the rings are not read while the state is stored ({}): the next kleakd reads them", e.what());
+    }
+}
+
+UniqueFd TracingSession::ring_tail() {
+    if (!readers_) return UniqueFd();
+    RingTailWriter tail;
+    tail.append(*consumer_);  // the bulk, while the readers still copy
+    readers_.reset();
+    UniqueFd fd = tail.finish(*consumer_);
+    if (!fd)
+        spdlog::warn("the ring tail cannot be handed over ({}): {} bytes of records read after the last drain are lost",
+                     tail.error(), tail.bytes());
+    else
+        spdlog::info("ring tail: {} read after the last drain, handed to the next kleakd",
+                     core::format_size(tail.bytes()));
+    return fd;
+}
+
 void TracingSession::final_drain() {
     // Every CPU: nothing will age a batch or drain it again in this process.
     tracer_.flush_all_batches();
     // The readers go on copying until now (detaching can take a while);
     // stopped before the last drain, none copies after it.
     if (readers_) {
-        loop_->unwatch(readers_->notify().fd());
+        if (loop_ != nullptr) loop_->unwatch(readers_->notify().fd());
         readers_.reset();
     }
-    const int n = consumer_.drain();
+    const int n = consumer_->drain();
+    drained_for_good_ = true;
     if (n < 0) spdlog::warn("the last drain of the rings failed: {}", std::strerror(-n));
 }
 

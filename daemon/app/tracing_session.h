@@ -15,6 +15,7 @@
 #include "kernel/event_loop.h"
 #include "core/report.h"
 #include "kernel/bpf_tracer.h"
+#include "kernel/handed_rings.h"
 #include "kernel/ring_consumer.h"
 #include "kernel/ring_readers.h"
 
@@ -29,13 +30,20 @@ struct SessionTiming {
 
 class TracingSession {
 public:
-    // `handed_over`: what a previous kleakd left in systemd's fd store (BpfTracer).
-    TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over = {});
+    // `handed_over`: what a previous kleakd left in systemd's fd store
+    // (BpfTracer). `handed_rings`: its rings, read since this process began
+    // (kernel/handed_rings.h); their consumer and readers go on here when
+    // the programs are adopted, else they are dropped.
+    TracingSession(const TracerOptions& options, RecordSink& sink, Handover handed_over = {},
+                   HandedRings handed_rings = {});
 
     unsigned cpu_count() const { return tracer_.cpu_count(); }
     const BpfTracer& tracer() const { return tracer_; }
     BpfTracer& tracer() { return tracer_; }
-    const RingConsumer& consumer() const { return consumer_; }
+    const RingConsumer& consumer() const { return *consumer_; }
+    // How the handed rings were read (HandedRings), when their early copies
+    // were kept (the programs adopted); else all 0.
+    const HandedReading& handed_reading() const { return handed_reading_; }
     // Ring readers that could not be pinned to their CPU (0 before start()).
     unsigned readers_unpinned() const { return readers_ ? readers_->unpinned() : 0; }
 
@@ -59,6 +67,13 @@ public:
     // drained up to now; what the programs write afterwards stays in the
     // rings, past their consumer position, for the next process.
     void drain_for_handover();
+    // After drain_for_handover(): readers copy the rings out again while this
+    // process writes its image and final snapshot, and ring_tail() stops
+    // them and puts what they copied in a memfd for the next process
+    // (kernel/ring_tail.h; invalid, logged, if it cannot: then those records
+    // are lost, and counted in the log).
+    void keep_reading_for_handover();
+    UniqueFd ring_tail();
 
     // Per-CPU drops; keeps the last good read if the map cannot be read.
     const std::vector<std::uint64_t>& drops();
@@ -76,8 +91,11 @@ private:
     void final_drain();
 
     BpfTracer tracer_;
-    RingConsumer consumer_;
-    std::optional<RingReaders> readers_;  // from start() to stop_and_drain()
+    std::unique_ptr<RingConsumer> consumer_;
+    // From start() (or, adopting, from the process's start: HandedRings) to stop_and_drain().
+    std::unique_ptr<RingReaders> readers_;
+    HandedReading handed_reading_;
+    bool drained_for_good_ = false;  // final_drain() ran: drain() does nothing
     EventLoop* loop_ = nullptr;           // start()'s, which watches the readers
     std::vector<std::uint64_t> drops_;
     std::optional<TimerFd> drain_timer_;

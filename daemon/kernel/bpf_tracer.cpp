@@ -203,6 +203,10 @@ std::string bpf_object_digest() {
     return digest.hex();
 }
 
+std::string bpf_records_identity() {
+    return "abi " + std::to_string(KLEAK_ABI_VERSION) + " object " + bpf_object_digest();
+}
+
 void BpfTracer::SkeletonDeleter::operator()(::kleak_bpf* skel) const { kleak_bpf__destroy(skel); }
 
 void PendingUnmapper::operator()(const ::kleak_pending_slot* slots) const {
@@ -380,7 +384,7 @@ std::string BpfTracer::configured_identity(const TracerOptions& options, const s
     for (const ProgramSpec& spec : specs)
         if (spec.wanted) config.mix(bpf_program__name(spec.program));
     if (cpu_down_.program != nullptr) config.mix(bpf_program__name(cpu_down_.program));
-    return "abi " + std::to_string(KLEAK_ABI_VERSION) + " object " + bpf_object_digest() + " config " + config.hex();
+    return bpf_records_identity() + " config " + config.hex();
 }
 
 bool BpfTracer::handover_fits(const std::vector<ProgramSpec>& specs) {

@@ -49,6 +49,10 @@ namespace kleak {
 // A digest of the BPF object this daemon carries (hex): a state image
 // (core/state_image.h) is loaded only by a daemon carrying the same one.
 std::string bpf_object_digest();
+// The first part of BpfTracer::identity(): the record ABI and the object.
+// Rings handed over by a process whose identity starts with it hold records
+// this daemon decodes, whatever the configuration (kernel/handed_rings.h).
+std::string bpf_records_identity();
 
 
 struct TracerOptions {

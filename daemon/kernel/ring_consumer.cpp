@@ -137,9 +137,10 @@ std::int64_t RingConsumer::spill(unsigned cpu) {
     const std::lock_guard hold(ring.lock);
     const RingMapping& m = *ring.mapping;
     std::uint64_t sample_bytes = 0;
-    // Up to twice the ring: with the ring itself, three rings' worth of time
-    // before anything is dropped (~200 ms for 8 MiB at full rate here).
-    const std::int64_t taken = take_samples(m, 2 * m.size(), ring.copied, sample_bytes);
+    // Up to twice the ring by default: with the ring itself, three rings'
+    // worth of time before anything is dropped (~200 ms for 8 MiB at full
+    // rate here).
+    const std::int64_t taken = take_samples(m, copy_limit() * m.size(), ring.copied, sample_bytes);
     spilled_bytes_.fetch_add(sample_bytes, std::memory_order_relaxed);
     return taken;
 }
@@ -152,6 +153,40 @@ std::int64_t RingConsumer::take_samples(const RingMapping& m, std::size_t cap, S
     if (end != start) store_release(m.consumer_pos(), end);
     if (error < 0) return error;
     return static_cast<std::int64_t>(end - start);
+}
+
+unsigned long RingConsumer::take_copies(unsigned cpu, SampleBuffer& out) {
+    Ring& ring = *rings_.at(cpu);
+    out.clear();
+    const std::lock_guard hold(ring.lock);
+    out.swap(ring.copied);
+    return load_acquire(ring.mapping->consumer_pos());
+}
+
+unsigned long RingConsumer::consumer_position(unsigned cpu) const {
+    Ring& ring = *rings_.at(cpu);
+    const std::lock_guard hold(ring.lock);
+    return load_acquire(ring.mapping->consumer_pos());
+}
+
+bool RingConsumer::whole_copies(std::span<const std::byte> copies) {
+    for (std::size_t at = 0; at < copies.size();) {
+        std::uint32_t size = 0;
+        if (copies.size() - at < 8) return false;
+        std::memcpy(&size, copies.data() + at, sizeof size);
+        const std::size_t footprint = 8 + ((size + 7ul) & ~7ul);
+        if (footprint > copies.size() - at) return false;
+        at += footprint;
+    }
+    return true;
+}
+
+bool RingConsumer::preload(unsigned cpu, std::span<const std::byte> copies) {
+    if (!whole_copies(copies)) return false;  // hand_on() trusts the framing
+    Ring& ring = *rings_.at(cpu);
+    const std::lock_guard hold(ring.lock);
+    if (!copies.empty()) std::memcpy(ring.copied.extend(copies.size()), copies.data(), copies.size());
+    return true;
 }
 
 std::uint64_t RingConsumer::backlog_bytes(unsigned cpu) const {

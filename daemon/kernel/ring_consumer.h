@@ -72,10 +72,32 @@ public:
     // Copies what ring `cpu` holds out of it, for the next drain() to hand
     // on, so that a reader thread on that CPU (ring_readers.h) keeps the ring
     // from overflowing while the draining thread cannot run. Stops once the
-    // copies hold as many bytes as the ring (the rest stays in the ring).
+    // copies hold copy_limit() rings' worth (the rest stays in the ring).
     // Safe from any thread; returns the bytes taken from the ring (0 when the
     // copies are full) or a negative errno.
     std::int64_t spill(unsigned cpu);
+
+    // How many rings' worth spill() may copy out of each ring before a drain
+    // takes the copies: 2 while a loop drains; more while a restarted kleakd
+    // reads the rings it was handed before it can drain (kernel/handed_rings.h).
+    void set_copy_limit(unsigned rings) { copy_limit_.store(rings, std::memory_order_relaxed); }
+    unsigned copy_limit() const { return copy_limit_.load(std::memory_order_relaxed); }
+    static constexpr unsigned kDefaultCopyLimit = 2;
+
+    // A stopping kleakd hands what its readers copied after its last drain
+    // to the next one (kernel/ring_tail.h). take_copies() moves ring `cpu`'s
+    // copies into `out` (emptied first) and returns the ring's consumer
+    // position after them; any thread.
+    unsigned long take_copies(unsigned cpu, SampleBuffer& out);
+    // Ring `cpu`'s consumer position: where the copies end (a moment old).
+    unsigned long consumer_position(unsigned cpu) const;
+    // Puts a previous process's copies of ring `cpu` after those it has
+    // already, before anything copied from now on. False, and nothing put,
+    // if they are not whole copies.
+    bool preload(unsigned cpu, std::span<const std::byte> copies);
+    // Whether `copies` is a sequence of whole copies, as take_copies() gives.
+    static bool whole_copies(std::span<const std::byte> copies);
+    std::size_t ring_count() const { return rings_.size(); }
 
     // Bytes ring `cpu` holds, committed or reserved, not yet consumed: a
     // moment old.
@@ -143,6 +165,7 @@ private:
     std::uint64_t records_ = 0;
     std::atomic<std::uint64_t> peak_backlog_bytes_{0};
     std::atomic<std::uint64_t> spilled_bytes_{0};
+    std::atomic<unsigned> copy_limit_{kDefaultCopyLimit};
 };
 
 }  // namespace kleak

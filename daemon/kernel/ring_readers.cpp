@@ -26,8 +26,8 @@ void watch(int epoll_fd, int fd, std::uint32_t events, const std::string& what) 
 
 }  // namespace
 
-RingReaders::RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds)
-    : consumer_(consumer) {
+RingReaders::RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds, bool eager)
+    : consumer_(consumer), eager_(eager) {
     for (std::size_t cpu = 0; cpu < ring_fds.size(); ++cpu) {
         UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
         if (!epoll) throw StartupError(std::string("epoll_create1 for a ring reader failed: ") + std::strerror(errno));
@@ -75,7 +75,11 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
     if (!pinned) unpinned_.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
         epoll_event events[2];
-        const int n = ::epoll_wait(epoll_fd, events, 2, -1);
+        // Eager, a reader does not wait for the producer's wake-up at a
+        // quarter: a ring already part full when it was handed over may never
+        // send one, and every copy made now is room while nothing drains.
+        const bool eager = this->eager();
+        const int n = ::epoll_wait(epoll_fd, events, 2, eager ? 1 : -1);
         if (n < 0) {
             if (errno == EINTR) continue;
             return;  // EBADF/EINVAL: nothing a reader can mend; the loop's drains go on
@@ -97,7 +101,8 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
         // copied at every wake-up). So a reader copies only once the ring is
         // half full: the loop, due at a quarter, is late.
         const std::size_t ring = consumer_.ring_bytes(cpu);
-        if (consumer_.backlog_bytes(cpu) >= ring / 2) {
+        const std::uint64_t backlog = consumer_.backlog_bytes(cpu);
+        if (eager ? backlog > 0 : backlog >= ring / 2) {
             std::int64_t taken = 0;
             try {
                 taken = consumer_.spill(cpu);
@@ -111,6 +116,7 @@ void RingReaders::run(unsigned cpu, int epoll_fd) {
                 continue;
             }
         }
+        if (eager) continue;  // epoll_wait's millisecond is the pause
         // Wake-ups go on at every batch until the loop has drained (or, with
         // the copies full, until it drains them): take them together, an
         // edge-triggered epoll keeps them meanwhile. A twentieth of what

@@ -28,7 +28,10 @@ class RingReaders {
 public:
     // One reader per ring of `consumer`; ring_fds[cpu] is CPU cpu's ring.
     // Throws StartupError if a thread, eventfd or epoll set cannot be made.
-    RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds);
+    // `eager`: nothing drains yet (a restarted kleakd still starting up,
+    // kernel/handed_rings.h): copy whatever the ring holds, every
+    // millisecond, until lazy() is called.
+    RingReaders(RingConsumer& consumer, const std::vector<int>& ring_fds, bool eager = false);
     ~RingReaders();  // stops and joins the readers
     RingReaders(const RingReaders&) = delete;
     RingReaders& operator=(const RingReaders&) = delete;
@@ -36,6 +39,10 @@ public:
     // Reader `cpu` watches `ring_fd` too: its CPU's new ring
     // (RingConsumer::replace_ring). False, errno set, if it cannot.
     bool watch_ring(unsigned cpu, int ring_fd);
+
+    // A loop drains from now on: copy only when it falls behind.
+    void lazy() { eager_.store(false, std::memory_order_relaxed); }
+    bool eager() const { return eager_.load(std::memory_order_relaxed); }
 
     // Readable after a reader copied records out: lower it, then drain.
     WakeFd& notify() { return notify_; }
@@ -54,6 +61,7 @@ private:
     WakeFd stop_;
     std::vector<UniqueFd> epolls_;
     std::atomic<unsigned> unpinned_{0};
+    std::atomic<bool> eager_;
     std::vector<std::thread> threads_;
 };
 

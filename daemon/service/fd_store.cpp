@@ -78,6 +78,8 @@ PassedFds take_passed_fds() {
             PeekedSet part = peek_bpf_set(fd.get());  // systemd keeps the socket, with the message
             bpf.identity = part.identity;
             for (NamedFd& f : part.fds) bpf.fds.push_back(std::move(f));
+        } else if (name == kRingTailFdName) {
+            out.ring_tail = std::move(fd);  // one: each stop replaces it
         } else {
             (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
         }
@@ -117,6 +119,12 @@ std::optional<std::string> StateStore::store(std::span<const std::byte> image) {
 }
 
 void StateStore::remove() { remove(kStateFdName); }
+
+std::optional<std::string> StateStore::store_ring_tail(int fd) {
+    if (!active_) return std::nullopt;
+    remove(kRingTailFdName);
+    return store_fd(kRingTailFdName, fd);
+}
 
 std::optional<std::string> StateStore::store_bpf_set(const std::string& identity,
                                                      const std::vector<std::pair<std::string, int>>& fds) {

@@ -33,11 +33,14 @@ namespace kleak::service {
 inline constexpr const char* kStateFdName = "kleakd-state";
 // The name of the socket holding the BPF links and maps.
 inline constexpr const char* kBpfSetFdName = "kleakd-bpf";
+// The name of the memfd holding a stopping kleakd's ring tail (kernel/ring_tail.h).
+inline constexpr const char* kRingTailFdName = "kleakd-ring-tail";
 
 struct PassedFds {
     std::vector<UniqueFd> sockets;  // kleakd.socket's (socket activation)
     std::vector<UniqueFd> states;   // stored state memfds: one, unless a store raced a crash
     Handover bpf;                   // the links and maps in the kleakd-bpf socket, if any
+    UniqueFd ring_tail;             // what the previous kleakd read after its last drain, if any
 };
 
 // Takes every fd systemd passed, sorted by name, and unsets LISTEN_* so
@@ -61,6 +64,11 @@ public:
     // set stored before: nullopt on success, else the error.
     std::optional<std::string> store_bpf_set(const std::string& identity,
                                              const std::vector<std::pair<std::string, int>>& fds);
+
+    // The tail of the rings (kernel/ring_tail.h, sealed), for the next
+    // start only: it takes it out again (remove_ring_tail()).
+    std::optional<std::string> store_ring_tail(int fd);
+    void remove_ring_tail() { remove(kRingTailFdName); }
 
 private:
     // A sealed memfd holding `bytes`, under `name`, replacing the one before.

@@ -4,6 +4,7 @@
 // In-process: the tracer and the consumer are used as the daemon uses them.
 #include <bpf/bpf.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "kernel/bpf_tracer.h"
 #include "kernel/ring_consumer.h"
 #include "kernel/ring_readers.h"
+#include "kernel/ring_tail.h"
 #include "kernel/startup_error.h"
 #include "kernel/unique_fd.h"
 #include "kernel_test_support.h"
@@ -320,6 +322,71 @@ TEST(RingConsumerKernel, ReadersKeepARingFromOverflowingWhileNothingDrains) {
     EXPECT_EQ(read.undecodable, 0u);
     EXPECT_EQ(read.late, 0u);
     EXPECT_EQ(calibration.late + alone.late, 0u);
+}
+
+// A stopping kleakd's tail (kernel/ring_tail.h): what its readers copied
+// out after its last drain reaches the next consumer of the same rings, in
+// front of what the rings still hold; without it those records would be
+// gone (the old consumer moved the positions past them). A tail the rings
+// have been consumed past since is refused, and so is a damaged one.
+TEST(RingConsumerKernel, ARingTailCarriesWhatTheOldReadersCopiedToTheNextConsumer) {
+    REQUIRE_KERNEL();
+    kleak::TracerOptions options;
+    options.buffer_size = 1u << 20;
+    kleak::BpfTracer tracer(options);
+    const unsigned cpus = tracer.cpu_count();
+
+    NullSink nowhere;
+    kleak::RingConsumer old_consumer(tracer.ring_fds(), nowhere);
+    tracer.flush_all_batches();
+    ASSERT_GE(old_consumer.drain(), 0);  // the old process's last drain
+    old_consumer.set_copy_limit(16);
+    std::optional<kleak::RingReaders> readers;
+    readers.emplace(old_consumer, tracer.ring_fds(), /*eager=*/true);
+    std::vector<std::unique_ptr<HeldPipes>> held;
+    for (int i = 0; i < kPipes; ++i) held.push_back(std::make_unique<HeldPipes>(1));
+    tracer.flush_all_batches();
+    std::this_thread::sleep_for(100ms);  // eager readers copy every millisecond
+    kleak::RingTailWriter tail;
+    tail.append(old_consumer);
+    readers.reset();
+    kleak::UniqueFd tail_fd = tail.finish(old_consumer);
+    ASSERT_TRUE(tail_fd) << tail.error();
+    EXPECT_GT(tail.bytes(), 0u) << "the eager readers copied nothing";
+
+    // Pipes made after the tail: still in the rings.
+    for (int i = 0; i < kPipes; ++i) held.push_back(std::make_unique<HeldPipes>(1));
+    tracer.flush_all_batches();
+
+    kleak::core::Pipeline pipeline(cpus);
+    CountingSink sink(pipeline, cpus);
+    kleak::RingConsumer next(tracer.ring_fds(), sink);
+    const kleak::TailLoad load = kleak::load_ring_tail(tail_fd.get(), next);
+    ASSERT_FALSE(load.error) << *load.error;
+    EXPECT_EQ(load.bytes, tail.bytes());
+    ASSERT_GE(next.drain(), 0);
+    pipeline.finish();
+    EXPECT_GE(outstanding_at(pipeline.tracker(), "alloc_pipe_info"), 2u * kPipes)
+        << "the pipes held after the last drain, before and after the tail";
+    EXPECT_EQ(pipeline.undecodable(), 0u);
+    EXPECT_EQ(pipeline.late(), 0u) << "the tail came in order, before the rings";
+
+    // The rings have moved past it: a second load is refused, nothing put.
+    for (int i = 0; i < 4; ++i) HeldPipes churn(1);
+    tracer.flush_all_batches();
+    ASSERT_GE(next.drain(), 0);
+    NullSink later_sink;
+    kleak::RingConsumer later(tracer.ring_fds(), later_sink);
+    const kleak::TailLoad again = kleak::load_ring_tail(tail_fd.get(), later);
+    ASSERT_TRUE(again.error);
+    EXPECT_NE(again.error->find("consumed past"), std::string::npos) << *again.error;
+    EXPECT_EQ(again.bytes, 0u);
+
+    // A damaged tail: not one of this format.
+    kleak::UniqueFd junk(::memfd_create("junk", MFD_CLOEXEC));
+    ASSERT_EQ(::write(junk.get(), "KLKTAIL9", 8), 8);
+    const kleak::TailLoad damaged = kleak::load_ring_tail(junk.get(), later);
+    ASSERT_TRUE(damaged.error);
 }
 
 }  // namespace

@@ -16,7 +16,9 @@ Checks:
      64 pipes held across the restart are still outstanding at
      alloc_pipe_info, and closing them frees them there (outstanding down by
      the pipes, unmatched frees not up by them); 64 pipes closed while no
-     kleakd ran are freed, 64 made then are outstanding;
+     kleakd ran are freed, 64 made then are outstanding; the first kleakd
+     handed its ring tail over and the second reports how long the rings
+     went unread (state.unread_ns, tail_bytes);
   1b. a "systemctl stop" (the store closes its fds): no link is left;
   2. SIGKILL after checkpoints (every 1 s): the next kleakd restores the
      checkpoint and reports the gap (stats state.gap.ns > 0), the pipes held
@@ -310,6 +312,12 @@ def main():
         check(state["programs"] == "adopted" and state["programs_kept"] is True,
               "stats state: programs %r, programs_kept %r" % (state["programs"], state["programs_kept"]))
         check("kept the" in second.text() and "nothing was detached" in second.text(), "kleakd 2 logged the adoption")
+        # The rings were read right through (kernel/ring_tail.h, handed_rings.h):
+        # kleakd 1 handed its tail over, kleakd 2 read the rings from its start.
+        check("ring tail: " in first.text() and "handed to the next kleakd" in first.text(),
+              "kleakd 1 handed its ring tail over: " + next((l for l in first.text().splitlines() if "ring tail" in l), "(nothing)"))
+        check(isinstance(state.get("unread_ns"), int) and "tail_bytes" in state and "went unread" in second.text(),
+              "stats state: unread_ns %r, tail_bytes %r" % (state.get("unread_ns"), state.get("tail_bytes")))
         check(process_link_ids(second.proc.pid) == links and systemd.link_ids() == links,
               "kleakd 2 holds the same links (%s), no new one (%s)" % (links, process_link_ids(second.proc.pid)))
         # A pipe is two allocations at alloc_pipe_info (the pipe_inode_info and
