@@ -168,6 +168,9 @@ Daemon::Daemon(const ServeCommand& command, config::Settings settings, SignalFd&
             [this](core::PrintkLine&& line) { fresh_printk_.push_back(printk_log_.append(std::move(line))); });
         configure_printk_file();
     }
+    if (!passed_fds_.bpf_refused.empty())
+        spdlog::warn("the programs the previous kleakd left in systemd's fd store were not adopted: {}; attached anew",
+                     passed_fds_.bpf_refused);
     started_ns_ = rate_window_ns_ = monotonic_now_ns();
     state_.tracing_started(started_ns_);
     if (passed_fds_.ring_tail) state_.forget_ring_tail();  // in the consumer now, or refused
@@ -221,6 +224,7 @@ Daemon::~Daemon() {
 void Daemon::run() {
     loop_.run();
     notifier_.stopping();
+    store_grown_rings();  // a ring grown since the last status update (every 5 s)
     // With systemd holding the links, the programs stay attached: what they
     // write from the last drain on is the next process's, in the rings.
     const bool handing_over = state_.programs_kept();
@@ -737,12 +741,16 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     return out;
 }
 
-void Daemon::update_status() {
-    // A CPU that came online got a new ring: the stored set must name it.
+// A CPU that came online got a new ring: the stored set must name it.
+void Daemon::store_grown_rings() {
     if (session_.rings_grown() != rings_grown_stored_) {
         rings_grown_stored_ = session_.rings_grown();
         state_.programs_changed(session_.tracer());
     }
+}
+
+void Daemon::update_status() {
+    store_grown_rings();
     const std::uint64_t now = monotonic_now_ns();
     const std::uint64_t records = pipeline_.records();
     records_per_second_ = static_cast<double>(records - rate_window_records_) * 1e9 /

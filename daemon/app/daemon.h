@@ -78,6 +78,7 @@ private:
     void checkpoint();
     void sample_verdicts();
     void update_status();
+    void store_grown_rings();
     void reload();
     void reset();
     void on_signal();

@@ -76,6 +76,12 @@ PassedFds take_passed_fds() {
         UniqueFd fd(SD_LISTEN_FDS_START + i);
         if (name == kBpfSetFdName) {
             PeekedSet part = peek_bpf_set(fd.get());  // systemd keeps the socket, with the message
+            // Every part or none: a set missing one (its cpu_down link, say)
+            // must not be adopted.
+            if (part.identity.empty())
+                out.bpf_refused = "a part of it could not be read (a truncated message)";
+            else if (!bpf.identity.empty() && bpf.identity != part.identity)
+                out.bpf_refused = "its parts name two different sets ('" + bpf.identity + "', '" + part.identity + "')";
             bpf.identity = part.identity;
             for (NamedFd& f : part.fds) bpf.fds.push_back(std::move(f));
         } else if (name == kRingTailFdName) {
@@ -84,7 +90,7 @@ PassedFds take_passed_fds() {
             (name == kStateFdName ? out.states : out.sockets).push_back(std::move(fd));
         }
     }
-    if (!bpf.fds.empty()) out.bpf = Handover(std::move(bpf.fds), std::move(bpf.identity));
+    if (!bpf.fds.empty() && out.bpf_refused.empty()) out.bpf = Handover(std::move(bpf.fds), std::move(bpf.identity));
     if (names != nullptr) {
         for (int i = 0; i < n; ++i) std::free(names[i]);
         std::free(names);

@@ -41,6 +41,9 @@ struct PassedFds {
     std::vector<UniqueFd> states;   // stored state memfds: one, unless a store raced a crash
     Handover bpf;                   // the links and maps in the kleakd-bpf socket, if any
     UniqueFd ring_tail;             // what the previous kleakd read after its last drain, if any
+    // Why a stored BPF set was not taken ("" when none was stored or it was):
+    // a part unreadable, or parts of two sets.
+    std::string bpf_refused;
 };
 
 // Takes every fd systemd passed, sorted by name, and unsets LISTEN_* so
