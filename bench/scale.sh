@@ -11,7 +11,9 @@
 # and, while a writev loop keeps ingest busy (5-6M records/s on 2 CPUs):
 #   - `leaks` query latency over the socket, request sent to reply read:
 #     p50/p99/max of --queries queries, without and with min_age (the
-#     latter adds up the daemon's age index);
+#     latter adds up the daemon's age index), and `suspects` (verdicts);
+#   - the daemon's records per CPU-second at 1M outstanding, over 5 s of
+#     ingest before the queries (records / its user + system time);
 #   - records lost meanwhile, and the RSS and its peak while ingesting (the
 #     merge's staging of records in flight on top of the RSS at rest);
 #   - how long the host kept the vCPUs from running meanwhile (steal,
@@ -109,6 +111,18 @@ writer=$!
 pids+=("$writer")
 sleep 1
 
+# The daemon's records per CPU-second while it only ingests: records over
+# its user + system time (clock ticks, /proc/PID/stat) for 5 s before the
+# queries (a `suspects` query costs tens of ms of CPU: not in this figure).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+records() { ask stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["records"])'; }
+ticks_before=$(cpu_ticks)
+records_before=$(records)
+sleep 5
+ticks_after=$(cpu_ticks)
+records_after=$(records)
+python3 -c "import sys; r, t, hz = (int(a) for a in sys.argv[1:]); print(f'daemon ingesting only (5 s): {r:,} records in {t / hz:.2f} CPU-s = {r * hz / t / 1e6:.1f} M records per CPU-second')" \
+  "$((records_after - records_before))" "$((ticks_after - ticks_before))" "$(getconf CLK_TCK)"
 python3 bench/cpu_steal.py > "$tmp/steal.json" &
 steal_pid=$!
 pids+=("$steal_pid")
@@ -125,10 +139,10 @@ print(f"daemon RSS at rest {kb('VmRSS') / 1024:.1f} MiB (peak so far {kb('VmHWM'
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(path)
 f = s.makefile("rb")
-def run(args, n):
+def run(args, n, op="leaks"):
     lat = []
     for i in range(n):
-        msg = json.dumps({"v": 1, "id": i, "op": "leaks", "args": args}, separators=(",", ":")) + "\n"
+        msg = json.dumps({"v": 1, "id": i, "op": op, "args": args}, separators=(",", ":")) + "\n"
         t0 = time.perf_counter()
         s.sendall(msg.encode())
         reply = json.loads(f.readline())
@@ -140,6 +154,7 @@ def run(args, n):
     return f"p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lat[-1]:.2f} ms over {n} queries"
 print("leaks (top 20, by bytes):            " + run({"top": 20}, queries))
 print("leaks --min-age 1s (age index):      " + run({"top": 20, "min_age": "1s"}, queries))
+print("suspects (top 20, verdicts):         " + run({"top": 20}, queries, "suspects"))
 EOF
 kill -TERM "$steal_pid"
 wait "$steal_pid" || true  # an empty file prints as "?"
