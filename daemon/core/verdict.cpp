@@ -34,10 +34,11 @@ std::string number_text(double v) {
     return buf;
 }
 
-// The biggest rise between two samples, when it stayed (the count never fell
-// back below its middle after it) and no other rise between two samples was
-// half its size, and the trend's rise over the window with it taken out. A
-// burst held (a BPF map, a plateau filled at once) is such a step with no
+// The biggest rise between two samples (with the rises just before and
+// after it: a burst can straddle a sample), when it stayed (the count never
+// fell back below its middle after it) and no other rise between two samples
+// was half its size, and the trend's rise over the window with it taken out.
+// A burst held (a BPF map, a plateau filled at once) is such a step with no
 // climb beside it; a transient spike is no step, and bursts one after
 // another are a climb (the trend would not see a second one that fewer than
 // half the sample pairs straddle).
@@ -46,20 +47,26 @@ struct HeldStep {
     double rise_without = 0;
 };
 std::optional<HeldStep> held_step(std::span<const HistoryPoint> window, std::vector<TrendPoint> counts) {
+    const auto rose = [&](std::size_t i) { return window[i].outstanding > window[i - 1].outstanding; };
     std::size_t at = 0;
-    std::uint64_t size = 0;
+    std::uint64_t biggest = 0;
     for (std::size_t i = 1; i < window.size(); ++i)
-        if (window[i].outstanding > window[i - 1].outstanding + size) {
-            size = window[i].outstanding - window[i - 1].outstanding;
+        if (window[i].outstanding > window[i - 1].outstanding + biggest) {
+            biggest = window[i].outstanding - window[i - 1].outstanding;
             at = i;
         }
-    if (size == 0) return std::nullopt;
+    if (biggest == 0) return std::nullopt;
+    const std::size_t first = at > 1 && rose(at - 1) ? at - 1 : at;                // the step's first interval
+    const std::size_t last = at + 1 < window.size() && rose(at + 1) ? at + 1 : at;  // and its last
+    const std::uint64_t base = window[first - 1].outstanding;
+    const std::uint64_t size = window[last].outstanding - base;
     for (std::size_t i = 1; i < window.size(); ++i)
-        if (i != at && window[i].outstanding >= window[i - 1].outstanding + (size + 1) / 2) return std::nullopt;
-    const std::uint64_t middle = window[at - 1].outstanding + size / 2;
-    for (std::size_t i = at; i < window.size(); ++i)
-        if (window[i].outstanding < middle) return std::nullopt;
-    for (std::size_t i = at; i < counts.size(); ++i) counts[i].y -= static_cast<double>(size);
+        if ((i < first || i > last) && window[i].outstanding >= window[i - 1].outstanding + (size + 1) / 2)
+            return std::nullopt;
+    for (std::size_t i = last; i < window.size(); ++i)
+        if (window[i].outstanding < base + size / 2) return std::nullopt;
+    for (std::size_t i = first; i < last; ++i) counts[i].y = static_cast<double>(base);
+    for (std::size_t i = last; i < counts.size(); ++i) counts[i].y -= static_cast<double>(size);
     return HeldStep{size, theil_sen_slope(counts, kTrendPoints) * (counts.back().t_s - counts.front().t_s)};
 }
 

@@ -139,6 +139,11 @@ TEST(Verdict, AStepIsNotGrowingEvenWhileItIsTheNewestHigh) {
     // Steps one after another (a leak in bursts) are a climb.
     const SiteJudgement bursts = judge(series(100, [](double t) { return 100 + 500 * std::floor(t / 20); }));
     EXPECT_EQ(bursts.verdict, Verdict::growing) << bursts.reason;
+    // A burst that straddles a sample is one step.
+    const SiteJudgement straddled =
+        judge(series(100, [](double t) { return t < 50 ? 100.0 : t < 60 ? 2600.0 : 5000.0; }));
+    EXPECT_EQ(straddled.verdict, Verdict::steady) << straddled.reason;
+    EXPECT_NE(straddled.reason.find("a step, not a climb: 4900 of its rise"), std::string::npos) << straddled.reason;
     // Two bursts are a climb too, though most sample pairs straddle only one.
     const SiteJudgement two_bursts =
         judge(series(100, [](double t) { return 100.0 + (t >= 20 ? 500 : 0) + (t >= 80 ? 500 : 0); }));
