@@ -455,8 +455,7 @@ nlohmann::json Daemon::caches_stats() const {
     nlohmann::json families = nlohmann::json::object();
     for (const auto& [key, count] : pipeline_.tracker().unseen_frees_by_cache()) {
         if (core::is_family_turnover_key(key)) {
-            for (const core::Family family : {core::Family::vmalloc, core::Family::percpu})
-                if (key == core::family_turnover_key(family)) families[std::string(core::family_name(family))] = count;
+            families[std::string(core::family_name(static_cast<core::Family>(key & 0xff)))] = count;
             continue;
         }
         unseen += count;

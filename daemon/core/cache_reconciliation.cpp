@@ -221,11 +221,8 @@ std::vector<std::uint64_t> site_cache_keys(const Tracker& tracker) {
 
 std::vector<std::uint64_t> site_turnover_keys(const Tracker& tracker) {
     std::vector<std::uint64_t> keys = site_cache_keys(tracker);
-    for (SiteId id = 0; id < keys.size(); ++id) {
-        const Family family = tracker.sites()[id].family;
-        if (keys[id] == 0 && (family == Family::vmalloc || family == Family::percpu))
-            keys[id] = family_turnover_key(family);
-    }
+    for (SiteId id = 0; id < keys.size(); ++id)
+        if (keys[id] == 0) keys[id] = family_turnover_key(tracker.sites()[id].family);
     return keys;
 }
 

@@ -113,11 +113,10 @@ void SiteVerdicts::weigh_turnover(std::span<const SiteStats> sites, std::span<co
         if (site_caches[id] == 0 || judgements_[id].verdict != Verdict::growing || rise(id) <= 0) continue;
         const std::uint64_t unseen = turnover_.since(site_caches[id], judgements_[id].window_start_ns);
         const double net = cache_rise[site_caches[id]];
-        const double unexplained = net - static_cast<double>(unseen);
-        if (unseen == 0 || unexplained > std::max(2.0, net / 10)) continue;
-        // Nor may they explain less than this site's own rise: a neighbour
-        // whose objects were freed (seen) lowers the net, not the leak.
-        if (rise(id) - static_cast<double>(unseen) > std::max(2.0, rise(id) / 10)) continue;
+        const auto explained = [&](double r) { return r - static_cast<double>(unseen) <= std::max(2.0, r / 10); };
+        // The site's own rise too: a neighbour whose objects were freed
+        // (seen) lowers the net, not the leak.
+        if (unseen == 0 || !explained(net) || !explained(rise(id))) continue;
         const double basis = std::max(net, rise(id));  // > 0: this site rose
         const TurnoverShare share{std::min(static_cast<double>(unseen), basis) * rise(id) / basis, unseen};
         histories_.series_into(id, 0, history);

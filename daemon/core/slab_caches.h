@@ -37,9 +37,10 @@ inline constexpr std::uint32_t kKmallocMaxCacheSize = 8192;
 std::uint64_t kmalloc_cache_key(std::uint32_t gfp_flags, std::uint32_t bytes_alloc);
 constexpr bool is_kmalloc_cache_key(std::uint64_t key) { return key != 0 && key < (std::uint64_t{1} << 32); }
 // vmalloc and percpu have no caches: each whole family is one for the
-// frees of objects made before tracing (cache_turnover.h). Keys between the
-// kmalloc ones and kernel addresses.
+// frees of objects made before tracing (cache_turnover.h); 0 for the others.
+// Keys between the kmalloc ones and kernel addresses, the family in the low byte.
 constexpr std::uint64_t family_turnover_key(Family family) {
+    if (family != Family::vmalloc && family != Family::percpu) return 0;
     return (std::uint64_t{1} << 32) | static_cast<std::uint8_t>(family);
 }
 constexpr bool is_family_turnover_key(std::uint64_t key) { return key >> 8 == std::uint64_t{1} << 24; }

@@ -136,8 +136,8 @@ void Tracker::freed(const Event& event, SiteId here) {
             ++unseen_frees_by_cache_[event.cache];
         else if (event.kind == EventKind::kfree)
             unseen_kfree_slots_.freed(event.ptr, event.ts_ns);
-        else if (const Family family = family_of(event.kind); family == Family::vmalloc || family == Family::percpu)
-            ++unseen_frees_by_cache_[family_turnover_key(family)];
+        else if (const std::uint64_t key = family_turnover_key(family_of(event.kind)); key != 0)
+            ++unseen_frees_by_cache_[key];
         return;
     }
     const AllocationClass origin_class = class_of_entry(event.ptr, packed);
