@@ -224,7 +224,7 @@ Daemon::~Daemon() {
 void Daemon::run() {
     loop_.run();
     notifier_.stopping();
-    store_grown_rings();  // a ring grown since the last status update (every 5 s)
+    store_replaced_rings();  // a ring replaced since the last status update (every 5 s)
     // With systemd holding the links, the programs stay attached: what they
     // write from the last drain on is the next process's, in the rings.
     const bool handing_over = state_.programs_kept();
@@ -233,8 +233,10 @@ void Daemon::run() {
         session_.drain_for_handover();
         detached_ns = monotonic_now_ns();
         // From here on the rings' records are the next process's: read into
-        // the tail while the image and snapshot are written (kernel/ring_tail.h).
+        // the tail while the image and snapshot are written (kernel/ring_tail.h),
+        // then held by rings big enough for the time no kleakd runs.
         session_.keep_reading_for_handover();
+        if (session_.make_room_for_restart() > 0) store_replaced_rings();
     } else {
         session_.stop_and_drain();
     }
@@ -740,16 +742,17 @@ nlohmann::json Daemon::live_stacks(const core::StacksQuery& query) {
     return out;
 }
 
-// A CPU that came online got a new ring: the stored set must name it.
-void Daemon::store_grown_rings() {
-    if (session_.rings_grown() != rings_grown_stored_) {
-        rings_grown_stored_ = session_.rings_grown();
+// A CPU got a new ring (it came online, a restart's went back to size): the
+// stored set must name it.
+void Daemon::store_replaced_rings() {
+    if (session_.rings_replaced() != rings_replaced_stored_) {
+        rings_replaced_stored_ = session_.rings_replaced();
         state_.programs_changed(session_.tracer());
     }
 }
 
 void Daemon::update_status() {
-    store_grown_rings();
+    store_replaced_rings();
     const std::uint64_t now = monotonic_now_ns();
     const std::uint64_t records = pipeline_.records();
     records_per_second_ = static_cast<double>(records - rate_window_records_) * 1e9 /

@@ -78,7 +78,7 @@ private:
     void checkpoint();
     void sample_verdicts();
     void update_status();
-    void store_grown_rings();
+    void store_replaced_rings();
     void reload();
     void reset();
     void on_signal();
@@ -146,7 +146,7 @@ private:
     std::vector<std::uint64_t> page_counts_at_start_;
     void mark_coverage_start();
     std::uint64_t last_drain_ns_ = 0;
-    unsigned rings_grown_stored_ = 0;  // session_.rings_grown() when the BPF set was last stored
+    unsigned rings_replaced_stored_ = 0;  // session_.rings_replaced() when the BPF set was last stored
     // Records' time up to which the tracker is complete: the watermark of the
     // last release done (a checkpoint's), and of the one in progress.
     std::uint64_t released_until_ns_ = 0;

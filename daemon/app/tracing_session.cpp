@@ -50,14 +50,40 @@ void TracingSession::start(EventLoop& loop, const SessionTiming& timing,
         readers_->notify().lower();
         drain();
     });
-    // CPUs offline at start have a small ring (BpfTracer) until they come online.
-    if (!tracer_.small_ring_cpus().empty()) {
-        online_timer_.emplace(std::chrono::seconds(1));
-        loop.watch(online_timer_->fd(), [this]() {
-            online_timer_->take();
-            grow_rings_of_online_cpus();
-        });
+    // CPUs offline at start have a small ring (BpfTracer) until they come
+    // online; rings adopted from a restart are bigger until drained.
+    ring_timer_.emplace(std::chrono::seconds(1));
+    loop.watch(ring_timer_->fd(), [this]() {
+        ring_timer_->take();
+        fit_rings();
+    });
+}
+
+std::string TracingSession::replace_ring(unsigned cpu, std::uint64_t bytes) {
+    // Mapped, then installed for the programs, then read: a failure leaves
+    // the CPU writing into its ring, still drained.
+    UniqueFd ring = tracer_.make_ring(bytes);
+    if (!ring) return std::string("creating it failed: ") + std::strerror(errno);
+    std::unique_ptr<RingMapping> mapping;
+    try {
+        mapping = std::make_unique<RingMapping>(ring.get(), cpu);
+    } catch (const std::exception& e) {
+        return e.what();
     }
+    const int fd = ring.get();
+    if (const int err = tracer_.install_ring(cpu, std::move(ring), bytes); err != 0)
+        return std::string("installing it failed: ") + std::strerror(-err);
+    consumer_->replace_ring(cpu, std::move(mapping));
+    try {
+        if (loop_ != nullptr) loop_->watch(fd, [this]() { drain(); }, EventLoop::Trigger::edge);
+    } catch (const std::exception& e) {
+        spdlog::warn("the loop cannot watch CPU {}'s new ring ({}): it is drained on the timer only", cpu, e.what());
+    }
+    if (readers_ && !readers_->watch_ring(cpu, fd))
+        spdlog::warn("the reader of CPU {} cannot watch its new ring: {}", cpu, std::strerror(errno));
+    ++rings_replaced_;
+    retired_since_tick_ = true;
+    return {};
 }
 
 unsigned TracingSession::grow_rings_of_online_cpus() {
@@ -68,26 +94,7 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
     unsigned grown = 0;
     for (const unsigned cpu : small) {
         if (!std::binary_search(online->begin(), online->end(), cpu)) continue;
-        // Mapped, then installed for the programs, then read: a failure
-        // leaves the CPU writing into its small ring, still drained.
-        UniqueFd ring = tracer_.make_full_ring();
-        std::unique_ptr<RingMapping> mapping;
-        std::string failure;
-        if (!ring) {
-            failure = std::string("creating it failed: ") + std::strerror(errno);
-        } else {
-            try {
-                mapping = std::make_unique<RingMapping>(ring.get(), cpu);
-            } catch (const std::exception& e) {
-                failure = e.what();
-            }
-        }
-        const int fd = ring.get();
-        if (failure.empty()) {
-            if (const int err = tracer_.install_ring(cpu, std::move(ring)); err != 0)
-                failure = std::string("installing it failed: ") + std::strerror(-err);
-        }
-        if (!failure.empty()) {
+        if (const std::string failure = replace_ring(cpu, tracer_.buffer_size()); !failure.empty()) {
             // Retried each second.
             if (failed_growths_++ % 60 == 0)
                 spdlog::warn("CPU {} is online but its ring cannot grow to {}: {}; it drops what its small ring "
@@ -95,20 +102,70 @@ unsigned TracingSession::grow_rings_of_online_cpus() {
                              cpu, core::format_size(tracer_.buffer_size()), failure, failed_growths_);
             continue;
         }
-        consumer_->replace_ring(cpu, std::move(mapping));
-        try {
-            if (loop_ != nullptr) loop_->watch(fd, [this]() { drain(); }, EventLoop::Trigger::edge);
-        } catch (const std::exception& e) {
-            spdlog::warn("the loop cannot watch CPU {}'s new ring ({}): it is drained on the timer only", cpu, e.what());
-        }
-        if (readers_ && !readers_->watch_ring(cpu, fd))
-            spdlog::warn("the reader of CPU {} cannot watch its new ring: {}", cpu, std::strerror(errno));
         spdlog::info("CPU {} came online: its ring grew from {} to {}", cpu, core::format_size(kOfflineRingBytes),
                      core::format_size(tracer_.buffer_size()));
         ++rings_grown_;
         ++grown;
     }
     return grown;
+}
+
+std::uint64_t restart_ring_bytes(std::uint64_t buffer_size, unsigned cpus) {
+    const std::uint64_t share = kRestartRoomBytes / std::max(cpus, 1u);
+    const std::uint64_t want = std::min(kRestartRingFactor * buffer_size, std::max(buffer_size, share));
+    std::uint64_t bytes = buffer_size;
+    while (bytes * 2 <= want) bytes *= 2;  // rings are powers of two
+    return bytes;
+}
+
+unsigned TracingSession::make_room_for_restart() {
+    const std::uint64_t bytes = restart_ring_bytes(tracer_.buffer_size(), tracer_.cpu_count());
+    if (bytes <= tracer_.buffer_size()) return 0;
+    unsigned made = 0;
+    std::string failures;
+    for (unsigned cpu = 0; cpu < tracer_.cpu_count(); ++cpu) {
+        if (tracer_.ring_bytes()[cpu] != tracer_.buffer_size()) continue;  // an offline CPU's small ring
+        if (const std::string failure = replace_ring(cpu, bytes); !failure.empty())
+            failures += fmt::format("{}CPU {}: {}", failures.empty() ? "" : "; ", cpu, failure);
+        else
+            ++made;
+    }
+    if (!failures.empty())
+        spdlog::warn("some CPUs keep their {} ring through the restart ({})", core::format_size(tracer_.buffer_size()),
+                     failures);
+    if (made > 0)
+        spdlog::info("{} CPUs write into a {} ring until the next kleakd reads it (then {} again)", made,
+                     core::format_size(bytes), core::format_size(tracer_.buffer_size()));
+    return made;
+}
+
+void TracingSession::fit_rings() {
+    // Rings retired at an earlier tick: every program that looked one up
+    // has long returned (they run in microseconds), so what reached them is
+    // all there.
+    if (!retired_since_tick_ && consumer_->retired_rings() > 0) {
+        for (const int fd : tracer_.retired_ring_fds())
+            if (loop_ != nullptr) loop_->unwatch(fd);
+        for (unsigned cpu = 0; cpu < tracer_.cpu_count(); ++cpu) consumer_->release_retired(cpu);
+        tracer_.release_retired_rings();
+    }
+    retired_since_tick_ = false;
+    grow_rings_of_online_cpus();
+    // A ring made big for a restart (make_room_for_restart()), adopted: back
+    // to the configured size once the early copies are drained.
+    if (readers_ && readers_->eager()) return;
+    for (unsigned cpu = 0; cpu < tracer_.cpu_count(); ++cpu) {
+        const std::uint64_t had = tracer_.ring_bytes()[cpu];
+        if (had <= tracer_.buffer_size()) continue;
+        if (const std::string failure = replace_ring(cpu, tracer_.buffer_size()); !failure.empty()) {
+            if (failed_growths_++ % 60 == 0)
+                spdlog::warn("CPU {}'s {} ring from the restart cannot go back to {}: {}", cpu,
+                             core::format_size(had), core::format_size(tracer_.buffer_size()), failure);
+            continue;
+        }
+        spdlog::info("CPU {}'s ring is back from {} (the restart's) to {}", cpu, core::format_size(had),
+                     core::format_size(tracer_.buffer_size()));
+    }
 }
 
 void TracingSession::drain() {
@@ -144,7 +201,7 @@ void TracingSession::stop_and_drain() {
 void TracingSession::drain_for_handover() { final_drain(); }
 
 void TracingSession::keep_reading_for_handover() {
-    consumer_->set_copy_limit(HandedRings::kCopyLimit);
+    consumer_->set_copy_limit(HandedRings::copy_limit(consumer_->ring_bytes(0)));
     try {
         readers_ = std::make_unique<RingReaders>(*consumer_, tracer_.ring_fds(), /*eager=*/true);
     } catch (const std::exception& e) {
@@ -154,6 +211,10 @@ void TracingSession::keep_reading_for_handover() {
 
 UniqueFd TracingSession::ring_tail() {
     if (!readers_) return UniqueFd();
+    // With the copies: what was still in flight into the rings
+    // make_room_for_restart() retired (the image and snapshot took long enough
+    // for every such write to end).
+    for (unsigned cpu = 0; cpu < tracer_.cpu_count(); ++cpu) consumer_->release_retired(cpu);
     RingTailWriter tail;
     tail.append(*consumer_);  // the bulk, while the readers still copy
     readers_.reset();

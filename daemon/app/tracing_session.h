@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "kernel/event_loop.h"
@@ -82,6 +83,16 @@ public:
     // session does it every second; public for tests). Returns the rings grown.
     unsigned grow_rings_of_online_cpus();
     unsigned rings_grown() const { return rings_grown_; }
+    // Rings replaced so far (grown, made big for a restart, back to size):
+    // the BPF set stored with systemd must name the new ones.
+    unsigned rings_replaced() const { return rings_replaced_; }
+    // At a stop that leaves the programs attached, before the tail: each
+    // CPU writes into a new, bigger ring (restart_ring_bytes()), so that
+    // what the programs write while no kleakd runs (systemd starting the
+    // next one: ~80 ms, an 8 MiB ring's worth at full rate here) fits; the
+    // next kleakd puts it back to buffer_size once it has drained it
+    // (fit_rings()). Returns the rings replaced; then store the set again.
+    unsigned make_room_for_restart();
 
     // Run counts, run time and recursion misses of every attached program.
     std::vector<core::ProgramCost> program_costs() const;
@@ -89,6 +100,13 @@ public:
 private:
     // Pushes every batch, stops the readers, drains the rings once more.
     void final_drain();
+    // CPU `cpu` writes into a new ring of `bytes` from now on; the old one
+    // is retired (released at a later fit_rings()). "" or why not.
+    std::string replace_ring(unsigned cpu, std::uint64_t bytes);
+    // Every second: releases the rings retired before the last tick, grows
+    // the rings of CPUs that came online, and puts adopted restart rings
+    // back to buffer_size.
+    void fit_rings();
 
     BpfTracer tracer_;
     std::unique_ptr<RingConsumer> consumer_;
@@ -99,13 +117,22 @@ private:
     EventLoop* loop_ = nullptr;           // start()'s, which watches the readers
     std::vector<std::uint64_t> drops_;
     std::optional<TimerFd> drain_timer_;
-    std::optional<TimerFd> online_timer_;  // while some CPU has its small ring
+    std::optional<TimerFd> ring_timer_;  // fit_rings()
     unsigned rings_grown_ = 0;
+    unsigned rings_replaced_ = 0;
+    bool retired_since_tick_ = false;  // a ring was retired since fit_rings() last ran
     std::uint64_t failed_growths_ = 0;
     std::function<void(std::uint64_t)> on_drained_;
     std::uint64_t holdback_ns_ = 0;
     std::uint64_t failed_drains_ = 0;
 };
+
+// The ring each CPU gets through a restart (TracingSession::make_room_for_restart()):
+// kRestartRingFactor times buffer_size, at most kRestartRoomBytes for all
+// CPUs together (never less than buffer_size), a power of two.
+inline constexpr std::uint64_t kRestartRingFactor = 4;
+inline constexpr std::uint64_t kRestartRoomBytes = 256ull << 20;
+std::uint64_t restart_ring_bytes(std::uint64_t buffer_size, unsigned cpus);
 
 // Runs `loop` until SIGINT/SIGTERM on `signals` or, when `duration` is
 // non-zero, until it has passed; calls on_tick() every `tick` (0: never).

@@ -663,9 +663,7 @@ UniqueFd BpfTracer::create_ring(std::uint64_t bytes) {
     return UniqueFd(bpf_map_create(BPF_MAP_TYPE_RINGBUF, "kleak_ring", 0, 0, static_cast<__u32>(bytes), nullptr));
 }
 
-UniqueFd BpfTracer::make_full_ring() const { return create_ring(buffer_size_); }
-
-int BpfTracer::install_ring(unsigned cpu, UniqueFd ring) {
+int BpfTracer::install_ring(unsigned cpu, UniqueFd ring, std::uint64_t bytes) {
     if (cpu >= ring_fds_.size()) return -EINVAL;
     const int rings_fd = bpf_map__fd(skel_->maps.rings);
     const int fd = ring.get();
@@ -673,7 +671,7 @@ int BpfTracer::install_ring(unsigned cpu, UniqueFd ring) {
     // The old ring stays open: its consumer drains what was in flight.
     retired_ring_fds_.push_back(std::move(ring_fds_[cpu]));
     ring_fds_[cpu] = std::move(ring);
-    ring_bytes_[cpu] = buffer_size_;
+    ring_bytes_[cpu] = bytes;
     return 0;
 }
 
@@ -682,6 +680,12 @@ std::vector<unsigned> BpfTracer::small_ring_cpus() const {
     for (unsigned cpu = 0; cpu < ring_bytes_.size(); ++cpu)
         if (ring_bytes_[cpu] < buffer_size_) cpus.push_back(cpu);
     return cpus;
+}
+
+std::vector<int> BpfTracer::retired_ring_fds() const {
+    std::vector<int> fds;
+    for (const UniqueFd& fd : retired_ring_fds_) fds.push_back(fd.get());
+    return fds;
 }
 
 std::vector<int> BpfTracer::ring_fds() const {

@@ -150,17 +150,25 @@ public:
     // Each CPU's ring now, by CPU.
     std::vector<int> ring_fds() const;
     // Its size: buffer_size() for a CPU online at start or grown since,
-    // kOfflineRingBytes for one offline at start.
+    // kOfflineRingBytes for one offline at start, more for a ring adopted
+    // from a restart (TracingSession::room_for_restart()).
     const std::vector<std::uint64_t>& ring_bytes() const { return ring_bytes_; }
     // CPUs whose ring is still the small one.
     std::vector<unsigned> small_ring_cpus() const;
 
-    // Growing a CPU's ring when it comes online: a new ring of buffer_size()
-    // (invalid, errno set, on failure), which the consumer maps first, then
-    // installs it for `cpu`'s programs. Records in flight in the old ring
-    // stay readable there. install_ring returns 0 or a negative errno.
-    UniqueFd make_full_ring() const;
-    int install_ring(unsigned cpu, UniqueFd ring);
+    // Replacing a CPU's ring (growing it when the CPU comes online, a bigger
+    // one for a restart: app/tracing_session.h): a new ring of `bytes` (a
+    // power of two; invalid, errno set, on failure), which the consumer maps
+    // first, then installs it for `cpu`'s programs. Records in flight in the
+    // old ring stay readable there until release_retired_rings().
+    // install_ring returns 0 or a negative errno.
+    UniqueFd make_ring(std::uint64_t bytes) const { return create_ring(bytes); }
+    UniqueFd make_full_ring() const { return create_ring(buffer_size_); }
+    int install_ring(unsigned cpu, UniqueFd ring, std::uint64_t bytes);
+    // Closes the rings install_ring() replaced: once no program can still be
+    // writing into them and the consumer has let them go.
+    void release_retired_rings() { retired_ring_fds_.clear(); }
+    std::vector<int> retired_ring_fds() const;
     const std::vector<std::string>& attached() const { return attached_; }
     // How the programs attached (tp_btf or raw_tp), and why.
     const AttachChoice& attach_choice() const { return attach_; }

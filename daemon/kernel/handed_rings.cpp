@@ -35,7 +35,7 @@ HandedRings::HandedRings(const Handover& handover, int ring_tail, RecordSink& si
     for (const UniqueFd& fd : ring_fds_) fds.push_back(fd.get());
     try {
         consumer_ = std::make_unique<RingConsumer>(fds, sink);
-        consumer_->set_copy_limit(kCopyLimit);
+        consumer_->set_copy_limit(copy_limit(consumer_->ring_bytes(0)));
         // Before the readers: the tail ends where they start.
         if (ring_tail >= 0) {
             const TailLoad tail = load_ring_tail(ring_tail, *consumer_);

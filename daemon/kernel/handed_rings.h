@@ -5,7 +5,7 @@
 // programs never stopped writing: at full rate an 8 MiB ring fills in ~70 ms.
 //
 // Eager readers (ring_readers.h) copy each ring out every millisecond into
-// memory, up to kCopyLimit rings' worth per CPU; what does not fit stays in
+// memory, up to kCopyBytes per CPU; what does not fit stays in
 // the ring, and what the ring then cannot take is dropped and counted by the
 // programs, as ever. Nothing is decoded here: the copies wait, in order,
 // until the tracing session adopts the consumer and drains it after the
@@ -22,6 +22,7 @@
 // thrown away, as the old programs' records past the restart always were.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -41,9 +42,12 @@ struct HandedReading {
 
 class HandedRings {
 public:
-    // While nothing drains, each reader may hold this many rings' worth of
-    // copies (128 MiB per CPU for 8 MiB rings: ~1 s at full rate here).
-    static constexpr unsigned kCopyLimit = 16;
+    // While nothing drains, each reader may hold this much in copies
+    // (~1.5 s at full rate here), in rings' worth of `ring_bytes`.
+    static constexpr std::uint64_t kCopyBytes = 128ull << 20;
+    static unsigned copy_limit(std::size_t ring_bytes) {
+        return static_cast<unsigned>(std::max<std::uint64_t>(2, kCopyBytes / std::max<std::size_t>(ring_bytes, 1)));
+    }
 
     HandedRings() = default;
     // Starts reading every ring in `handover` into a consumer that will hand

@@ -126,6 +126,23 @@ void RingConsumer::replace_ring(unsigned cpu, std::unique_ptr<RingMapping> mappi
     ring.mapping = std::move(mapping);
 }
 
+void RingConsumer::release_retired(unsigned cpu) {
+    Ring& ring = *rings_.at(cpu);
+    const std::lock_guard hold(ring.lock);
+    std::uint64_t sample_bytes = 0;
+    for (const auto& old : ring.retired) take_samples(*old, SIZE_MAX, ring.copied, sample_bytes);
+    ring.retired.clear();
+}
+
+std::size_t RingConsumer::retired_rings() const {
+    std::size_t n = 0;
+    for (const auto& ring : rings_) {
+        const std::lock_guard hold(ring->lock);
+        n += ring->retired.size();
+    }
+    return n;
+}
+
 std::size_t RingConsumer::ring_bytes(unsigned cpu) const {
     Ring& ring = *rings_.at(cpu);
     const std::lock_guard hold(ring.lock);

@@ -112,6 +112,14 @@ public:
     // flight into it. The draining thread only.
     void replace_ring(unsigned cpu, std::unique_ptr<RingMapping> ring);
 
+    // Lets ring `cpu`'s retired rings go (replace_ring()): what reached them
+    // since is copied out, to be handed on at the next drain, and they are
+    // unmapped. For when no program can still write into them (the tracer
+    // replaced them long enough ago). The draining thread only.
+    void release_retired(unsigned cpu);
+    // Rings replace_ring() retired, on every CPU, not yet released.
+    std::size_t retired_rings() const;
+
     std::uint64_t records() const { return records_; }
     // The most bytes one ring held when it was read: how close it came to overflowing.
     std::uint64_t peak_backlog_bytes() const { return peak_backlog_bytes_.load(std::memory_order_relaxed); }

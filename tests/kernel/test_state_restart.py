@@ -100,10 +100,11 @@ class FakeSystemd:
         with self.lock:
             return [(name, os.dup(fd)) for name, fds in sorted(self.stored.items()) for fd in fds]
 
-    def bpf_set(self):
+    def bpf_set(self, field="link_id"):
         """The identity and the names queued in the stored kleakd-bpf socket
-        with each link's id (None for a map), peeked as kleakd does (the
-        message stays for the next one); the peeked copies are closed."""
+        with each fd's `field` from its fdinfo (link_id: None for a map),
+        peeked as kleakd does (the message stays for the next one); the
+        peeked copies are closed."""
         with self.lock:
             held = self.stored.get("kleakd-bpf", [])
             if not held:
@@ -119,7 +120,7 @@ class FakeSystemd:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array.array("i", data[: len(data) - len(data) % fd_size]))
         lines = msg.decode().split("\n")
-        named = [(name, fdinfo_field(os.getpid(), fd, "link_id")) for name, fd in zip(lines[1:], fds)]
+        named = [(name, fdinfo_field(os.getpid(), fd, field)) for name, fd in zip(lines[1:], fds)]
         for fd in fds:
             os.close(fd)
         return lines[0], named
@@ -127,6 +128,10 @@ class FakeSystemd:
     def link_ids(self):
         """The BPF link ids in the stored set."""
         return sorted(i for name, i in self.bpf_set()[1] if name.startswith("kleakd-bpf-link-"))
+
+    def ring_sizes(self):
+        """The sizes of the stored rings, by CPU."""
+        return [n for name, n in self.bpf_set("max_entries")[1] if name.startswith("kleakd-bpf-ring-")]
 
     def map_count(self):
         return sum(1 for name, _ in self.bpf_set()[1] if name.startswith("kleakd-bpf-map-"))
@@ -158,6 +163,28 @@ def process_link_ids(pid):
         except OSError:
             pass
     return sorted(ids)
+
+
+def process_ring_sizes(pid):
+    """The sizes of the BPF ring buffers a process holds (mapped or not)."""
+    sizes = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:bpf-map" and \
+                    fdinfo_field(pid, int(fd), "map_type") == 27:  # BPF_MAP_TYPE_RINGBUF
+                sizes.append(fdinfo_field(pid, int(fd), "max_entries"))
+        except OSError:
+            pass
+    return sorted(sizes)
+
+
+def restart_ring_bytes(buffer_size, cpus):
+    """app/tracing_session.h: 4 x buffer_size, at most 256 MiB for all CPUs, a power of two."""
+    want = min(4 * buffer_size, max(buffer_size, (256 << 20) // cpus))
+    size = buffer_size
+    while size * 2 <= want:
+        size *= 2
+    return size
 
 
 def link_exists(link_id):
@@ -296,6 +323,14 @@ def main():
         # While no kleakd runs: 64 pipes freed, 64 made.
         close_pipes(closed_in_gap)
         made_in_gap = hold_pipes()
+        # The restart's rings (TracingSession::make_room_for_restart()): what
+        # the programs write while no kleakd runs goes into rings bigger than
+        # the configured ones, stored in their place.
+        stop_rings = systemd.ring_sizes()
+        big = restart_ring_bytes(8 << 20, len(stop_rings) or 1)
+        check(stop_rings and all(n == big for n in stop_rings),
+              "kleakd 1 stored %d-byte rings for the restart (%s), the programs write into them"
+              % (big, stop_rings))
         image = systemd.take()
         check(image is not None, "FDSTORE=1 with FDNAME=kleakd-state handed over a memfd")
         if image is None:
@@ -320,6 +355,14 @@ def main():
               "stats state: unread_ns %r, tail_bytes %r" % (state.get("unread_ns"), state.get("tail_bytes")))
         check(process_link_ids(second.proc.pid) == links and systemd.link_ids() == links,
               "kleakd 2 holds the same links (%s), no new one (%s)" % (links, process_link_ids(second.proc.pid)))
+        # Back to the configured size once read (every second), the big ones
+        # let go and the set stored again (every 5 s) names the new ones.
+        eight = [8 << 20] * len(stop_rings)
+        check(wait_until(lambda: second.ctl("stats")["rings"]["bytes_per_cpu"] == eight
+                         and process_ring_sizes(second.proc.pid) == eight and systemd.ring_sizes() == eight, 15),
+              "kleakd 2 put the rings back to 8M: stats %s, held %s, stored %s"
+              % (second.ctl("stats")["rings"]["bytes_per_cpu"], process_ring_sizes(second.proc.pid),
+                 systemd.ring_sizes()))
         # A pipe is two allocations at alloc_pipe_info (the pipe_inode_info and
         # its buffer array). 64 held across + 64 made in the gap: 256; the 64
         # closed in the gap are freed, else 384 (other processes' pipes made
