@@ -151,7 +151,7 @@ public:
     std::vector<int> ring_fds() const;
     // Its size: buffer_size() for a CPU online at start or grown since,
     // kOfflineRingBytes for one offline at start, more for a ring adopted
-    // from a restart (TracingSession::room_for_restart()).
+    // from a restart (TracingSession::make_room_for_restart()).
     const std::vector<std::uint64_t>& ring_bytes() const { return ring_bytes_; }
     // CPUs whose ring is still the small one.
     std::vector<unsigned> small_ring_cpus() const;
@@ -163,7 +163,6 @@ public:
     // old ring stay readable there until release_retired_rings().
     // install_ring returns 0 or a negative errno.
     UniqueFd make_ring(std::uint64_t bytes) const { return create_ring(bytes); }
-    UniqueFd make_full_ring() const { return create_ring(buffer_size_); }
     int install_ring(unsigned cpu, UniqueFd ring, std::uint64_t bytes);
     // Closes the rings install_ring() replaced: once no program can still be
     // writing into them and the consumer has let them go.
