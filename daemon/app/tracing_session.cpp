@@ -143,8 +143,8 @@ void TracingSession::fit_rings() {
     // Rings retired at an earlier tick: every program that looked one up
     // has long returned (they run in microseconds), so what reached them is
     // all there.
-    if (!retired_since_tick_ && consumer_->retired_rings() > 0) {
-        for (const int fd : tracer_.retired_ring_fds())
+    if (const std::vector<int> retired = tracer_.retired_ring_fds(); !retired_since_tick_ && !retired.empty()) {
+        for (const int fd : retired)
             if (loop_ != nullptr) loop_->unwatch(fd);
         for (unsigned cpu = 0; cpu < tracer_.cpu_count(); ++cpu) consumer_->release_retired(cpu);
         tracer_.release_retired_rings();

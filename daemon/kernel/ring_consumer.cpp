@@ -134,15 +134,6 @@ void RingConsumer::release_retired(unsigned cpu) {
     ring.retired.clear();
 }
 
-std::size_t RingConsumer::retired_rings() const {
-    std::size_t n = 0;
-    for (const auto& ring : rings_) {
-        const std::lock_guard hold(ring->lock);
-        n += ring->retired.size();
-    }
-    return n;
-}
-
 std::size_t RingConsumer::ring_bytes(unsigned cpu) const {
     Ring& ring = *rings_.at(cpu);
     const std::lock_guard hold(ring.lock);

@@ -117,8 +117,6 @@ public:
     // unmapped. For when no program can still write into them (the tracer
     // replaced them long enough ago). The draining thread only.
     void release_retired(unsigned cpu);
-    // Rings replace_ring() retired, on every CPU, not yet released.
-    std::size_t retired_rings() const;
 
     std::uint64_t records() const { return records_; }
     // The most bytes one ring held when it was read: how close it came to overflowing.
